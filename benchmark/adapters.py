@@ -1,0 +1,283 @@
+"""Stage: adapters. Turn a document into training examples (the recipe's objective), train a
+peft LoRA adapter on the model, cache it on disk, and switch it on and off.
+
+Adapters are attached with transformers' PEFT integration (``model.add_adapter`` /
+``set_adapter`` / ``disable_adapters``) rather than ``peft.get_peft_model``: the model keeps
+its class and module tree, so the compression hooks see the same attention modules either
+way. A recipe only ever receives a :class:`~benchmark.datasets.TrainingView` (document text
+and train_qa), never the evaluation questions.
+
+Objectives:
+  * ``qa``: train QA pairs in the prompt format *without* the document; loss on the answer only.
+  * ``ctx_qa``: the same with the document in the prompt.
+  * ``ntp``: raw next-token prediction on the document, in chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .datasets import TrainingView
+from .models import PromptRenderer
+from .paths import cache_dir, stable_hash
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("qa", "ctx_qa", "ntp")
+#: LoRA inits that rewrite the base weights: the base conditions would no longer be the base model.
+_BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+    use_dora: bool = False
+    init: str = "default"  # "default" (kaiming A, zero B) or "gaussian"
+    eval_scale: float = 1.0  # multiplies the LoRA update at evaluation time
+
+    def peft_config(self) -> LoraConfig:
+        if self.init.split("_")[0].lower() in _BASE_MODIFYING_INITS:
+            raise ValueError(
+                f"lora.init '{self.init}' rewrites the base weights, which would change the base-model "
+                "conditions; use 'default' or 'gaussian'"
+            )
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.target_modules),
+            use_dora=self.use_dora, init_lora_weights=True if self.init == "default" else self.init, bias="none",
+        )
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    objective: str = "qa"
+    lr: float = 1e-3
+    epochs: int = 6
+    batch_size: int = 8
+    weight_decay: float = 0.0
+    seed: int = 0
+    chunk_tokens: int = 128  # ntp only
+    hook: str | None = None  # "module:function" (TrainingView) -> list[{"question","answer"}] for qa/ctx_qa
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An adapter recipe; ``name == "none"`` means no adapter (only the base condition runs)."""
+
+    name: str
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    code_dir: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+    def fingerprint(self) -> dict:
+        fp = {"lora": self.lora.__dict__, "train": self.train.__dict__}
+        if self.train.hook and self.code_dir:  # the hook's source is part of the recipe
+            mod = self.train.hook.split(":")[0].replace(".", "/") + ".py"
+            src = Path(self.code_dir) / mod
+            fp["hook_source"] = stable_hash(src.read_text()) if src.exists() else None
+        return fp
+
+    def hash(self) -> str:
+        return stable_hash(self.fingerprint())
+
+
+# ---------------------------------------------------------------- examples
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # -100 where no loss
+
+
+def _answer_text(answer: str, answer_prefix: str) -> str:
+    text = answer if not answer_prefix or answer_prefix[-1].isspace() or answer_prefix.endswith("{") else " " + answer
+    return text + ("}" if answer_prefix.endswith("{") else "")
+
+
+def qa_pairs(view: TrainingView, recipe: Recipe) -> list[tuple[str, str]]:
+    if recipe.train.hook:
+        module_name, fn_name = recipe.train.hook.split(":")
+        import sys
+
+        sys.path.insert(0, str(recipe.code_dir))
+        try:
+            fn = getattr(importlib.import_module(module_name), fn_name)
+        finally:
+            sys.path.remove(str(recipe.code_dir))
+        return [(p["question"], p["answer"]) for p in fn(view)]
+    return list(view.train_qa)
+
+
+def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer) -> list[Example]:
+    tok = renderer.tokenizer
+    objective = recipe.train.objective
+    if objective == "ntp":
+        ids = renderer.doc_ids(view.text)
+        n = recipe.train.chunk_tokens
+        return [Example(ids[i:i + n], ids[i:i + n]) for i in range(0, len(ids), n) if len(ids[i:i + n]) > 1]
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective '{objective}' (choose from {OBJECTIVES})")
+    pairs = qa_pairs(view, recipe)
+    if not pairs:
+        raise ValueError(f"document {view.doc_id}: objective '{objective}' needs train_qa pairs (or a hook) and has none")
+    doc_ids = renderer.doc_ids(view.text) if objective == "ctx_qa" else []
+    examples = []
+    for q, a in pairs:
+        prompt = renderer.prefix_ids + doc_ids + renderer.suffix_ids(q)
+        target = tok.encode(_answer_text(a, renderer.prompt.answer_prefix), add_special_tokens=False) + [tok.eos_token_id]
+        examples.append(Example(prompt + target, [-100] * len(prompt) + target))
+    return examples
+
+
+# ---------------------------------------------------------------- train / cache / switch
+
+
+def adapter_key(model_key: str, view: TrainingView, recipe: Recipe, spec_version: str) -> str:
+    doc = stable_hash({"text": view.text, "train_qa": view.train_qa}, 64)
+    return stable_hash({"model": model_key, "doc": doc, "recipe": recipe.fingerprint(), "spec": spec_version}, 24)
+
+
+def _batches(examples: list[Example], batch_size: int, pad_id: int, device, rng: random.Random):
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    for i in range(0, len(order), batch_size):
+        chunk = [examples[j] for j in order[i:i + batch_size]]
+        width = max(len(e.input_ids) for e in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for b, e in enumerate(chunk):
+            n = len(e.input_ids)
+            ids[b, :n] = torch.tensor(e.input_ids)
+            labels[b, :n] = torch.tensor(e.labels)
+            mask[b, :n] = 1
+        yield ids.to(device), labels.to(device), mask.to(device)
+
+
+def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool = True) -> dict:
+    """Attach a fresh LoRA adapter ``name`` and train it; only LoRA weights get gradients."""
+    s = recipe.train
+    torch.manual_seed(s.seed)
+    model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
+    model.set_adapter(name)
+    params = []
+    for pname, p in model.named_parameters():
+        p.requires_grad_(f".{name}." in pname or pname.endswith(f".{name}"))
+        if p.requires_grad:
+            params.append(p)
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    rng = random.Random(s.seed)
+    model.train()
+    n_tokens, t0, losses = 0, time.perf_counter(), []
+    steps = s.epochs * ((len(examples) + s.batch_size - 1) // s.batch_size)
+    bar = tqdm(total=steps, desc=f"train {name}", leave=False, disable=not progress)
+    try:
+        for _ in range(s.epochs):
+            for ids, labels, mask in _batches(examples, s.batch_size, pad_id, model.device, rng):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss))
+                n_tokens += int(mask.sum())
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        bar.close()
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+    seconds = time.perf_counter() - t0
+    return {"steps": len(losses), "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / max(seconds, 1e-9),
+            "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+
+
+def set_eval_scale(model, name: str, scale: float) -> None:
+    if scale == 1.0:
+        return
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and name in module.scaling:
+            module.scale_layer(scale)
+
+
+class AdapterStore:
+    """Train-once, load-after adapters under ``$LORAKV_CACHE/adapters/<key>/``."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or cache_dir() / "adapters"
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def has(self, key: str) -> bool:
+        return (self.path(key) / "adapter_model.safetensors").exists()
+
+    def attach(self, model, name: str, key: str, recipe: Recipe, examples_fn, pad_id: int, progress=True) -> dict:
+        """Attach adapter ``name`` to the model: loaded from cache if present, else trained and saved."""
+        d = self.path(key)
+        if self.has(key):
+            model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
+            set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")), adapter_name=name)
+            info = json.loads((d / "train_info.json").read_text())
+            info["cached"] = True
+        else:
+            info = train_adapter(model, name, examples_fn(), recipe, pad_id, progress=progress)
+            state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+            tmp = d.with_name(d.name + ".tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(tmp / "adapter_model.safetensors"))
+            info["bytes"] = sum(v.numel() * v.element_size() for v in state.values())
+            info["recipe"] = recipe.fingerprint()
+            (tmp / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
+            if d.exists():
+                import shutil
+
+                shutil.rmtree(d)
+            tmp.rename(d)
+            info["cached"] = False
+        set_eval_scale(model, name, recipe.lora.eval_scale)
+        model.set_adapter(name)
+        return info
+
+
+@contextlib.contextmanager
+def adapter_state(model, on: bool):
+    """Adapters enabled (``on``) or disabled for the duration of the block."""
+    if not getattr(model, "_hf_peft_config_loaded", False):
+        if on:
+            raise RuntimeError("no adapter attached")
+        yield
+        return
+    if on:
+        model.enable_adapters()
+    else:
+        model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
+def detach_adapter(model, name: str) -> None:
+    model.delete_adapter(name)

@@ -1,0 +1,150 @@
+"""Command line: parses arguments and calls the runner, the validators or the leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+RHO_HELP = "rho = fraction of the document's KV entries evicted (0 = full cache, 1 = prompt without the document)"
+
+
+def _cond_help() -> str:
+    from .spec import CONDITION_HELP
+
+    return "; ".join(f"{k}: {v}" for k, v in CONDITION_HELP.items())
+
+
+def _offline() -> None:
+    # Nothing in the mini tier touches a hub; make sure no library tries to.
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cmd_evaluate(args) -> int:
+    from tabulate import tabulate
+
+    from .results import load_result
+    from .runner import evaluate
+
+    t0 = time.perf_counter()
+    paths = evaluate(
+        args.submission, tier=args.tier, model_id=args.model, datasets=args.dataset, split=args.split, docs=args.docs,
+        questions=args.questions, rhos=args.rhos, conditions=args.conditions, device=args.device, out=args.out,
+        batch_size=args.batch_size,
+    )
+    for path in paths:
+        data = load_result(path)
+        print(f"\n{data['submission']['name']} | {data['model']['id']} | {data['dataset']['id']} "
+              f"({len(data['documents'])} docs, {data['spec_version']}) -> {path}")
+        print(format_cells(data, tabulate))
+    print(f"\nwall time: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def format_cells(data: dict, tabulate) -> str:
+    """ROUGE-L (95% CI) by rho x condition."""
+    conds = [c for c in data["conditions"] if any(x["condition"] == c for x in data["cells"])]
+    rows = []
+    for rho in data["rhos"]:
+        row = [rho]
+        for c in conds:
+            cell = next((x for x in data["cells"] if x["rho"] == rho and x["condition"] == c), None)
+            row.append("" if cell is None else f"{cell['rouge_l']:.1f} [{cell['rouge_l_ci95'][0]:.0f},{cell['rouge_l_ci95'][1]:.0f}]")
+        rows.append(row)
+    return tabulate(rows, headers=["rho"] + conds, tablefmt="github")
+
+
+def cmd_validate_data(args) -> int:
+    from .datasets import load_documents, summarize
+
+    status = 0
+    for f in args.files:
+        try:
+            docs = load_documents(f)
+        except ValueError as exc:
+            print(f"INVALID {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"ok {f}: {summarize(docs)}")
+    return status
+
+
+def cmd_smoke(args) -> int:
+    """Load the mini tier end to end: data validated, model provisioned, one question answered."""
+    from .compression import evict, prefill
+    from .datasets import load_split
+    from .generation import Row, greedy_decode
+    from .metrics import extract_answer, score_prediction
+    from .models import PromptRenderer, load_model
+    from .spec import load_spec
+
+    spec = load_spec(args.tier)
+    for ds in spec.datasets:
+        docs = load_split(ds.test)
+        print(f"dataset {ds.id}: {len(docs)} documents, {sum(len(d.questions) for d in docs)} questions (sha256 ok)")
+    m = spec.model(args.model)
+    t0 = time.perf_counter()
+    model, tok = load_model(m, args.device)
+    print(f"model {m.id}: loaded in {time.perf_counter() - t0:.1f} s")
+    doc = load_split(spec.datasets[0].test)[0]
+    r = PromptRenderer(tok, spec.prompt_for(m))
+    q = doc.questions[0]
+    ids = r.prefix_ids + r.doc_ids(doc.text)
+    kv, _ = prefill(model, ids, (len(r.prefix_ids), len(ids)))
+    kv, _ = evict(kv, None, (len(r.prefix_ids), len(ids)), 0.0)
+    text = greedy_decode(model, tok, [Row(kv, len(ids), r.suffix_ids(q.question))],
+                         max_new_tokens=spec.generation.max_new_tokens, stop=spec.generation.stop)[0]
+    pred = extract_answer(text, r.prompt.answer_prefix)
+    print(f"Q: {q.question}\nA: {pred!r}  gold: {list(q.answers)}  {score_prediction(pred, q.answers)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("evaluate", help="run the protocol for a submission",
+                       description=f"{RHO_HELP}. Conditions: {_cond_help()}.")
+    e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
+    e.add_argument("--tier", default="mini", help="mini (default, CPU) or paper")
+    e.add_argument("--model", help="model id from the spec (default: the spec's default model)")
+    e.add_argument("--dataset", action="append", help="dataset id (repeatable; default: all of the tier)")
+    e.add_argument("--split", default="test", choices=["test", "dev"])
+    e.add_argument("--docs", type=int, help="only the first N documents")
+    e.add_argument("--questions", type=int, help="only the first N questions per document")
+    e.add_argument("--rhos", type=float, nargs="+", help=RHO_HELP)
+    e.add_argument("--conditions", nargs="+", help="subset of: " + _cond_help())
+    e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    e.add_argument("--batch-size", type=int, default=16, help="questions decoded together")
+    e.add_argument("--out", default="leaderboard/results", help="root of the result files")
+    e.set_defaults(func=cmd_evaluate)
+
+    v = sub.add_parser("validate-data", help="check JSONL files against the document format")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(func=cmd_validate_data)
+
+    s = sub.add_parser("smoke", help="load the tier: data validated, model provisioned, one question answered")
+    s.add_argument("--tier", default="mini")
+    s.add_argument("--model")
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_smoke)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline()
+    args = build_parser().parse_args(argv)
+    from .spec import SpecError
+
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

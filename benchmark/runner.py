@@ -1,0 +1,199 @@
+"""The runner: the only place that wires the stages together.
+
+For every (model, dataset, document)::
+
+    adapter   = train or load the document's LoRA (once per model x document x recipe)
+    prefill   = one pass per distinct prefill weights the conditions need (base, adapter),
+                scoring the document entries with the compressor in the same pass
+    for every rho and condition: evict from that condition's prefill with that condition's scores
+    decode    = all questions x rho x conditions, batched, once per decode weights
+    metrics   = ROUGE-L / EM per question; the result file is rewritten after each document
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter
+from .compression import evict, kv_bytes, prefill
+from .datasets import Document, load_split
+from .generation import Row, greedy_decode
+from .metrics import extract_answer, score_prediction
+from .models import PromptRenderer, load_model, pick_device
+from .results import ResultFile, environment, result_path
+from .spec import CONDITIONS, Spec, load_spec
+from .submission import Submission, load_submission
+
+log = logging.getLogger(__name__)
+ADAPTER = "doc"
+
+
+@dataclass
+class DocumentRun:
+    """Everything needed to evaluate documents with one model, one submission, one spec."""
+
+    model: object
+    tokenizer: object
+    renderer: PromptRenderer
+    spec: Spec
+    submission: Submission
+    model_key: str
+    press: object = None
+    store: AdapterStore = field(default_factory=AdapterStore)
+    batch_size: int = 16
+    progress: bool = True
+    stats: dict = field(default_factory=lambda: {"prefills": 0, "decoded_tokens": 0})
+
+    def evaluate(self, doc: Document, rhos, conditions, questions=None) -> tuple[dict, list[dict]]:
+        """Answer ``questions`` (default: all of the document's) for every (rho, condition)."""
+        questions = list(questions or doc.questions)
+        recipe: Recipe = self.submission.recipe
+        conditions = [c for c in conditions if recipe.enabled or c == "base"]
+        needs_adapter = any(CONDITIONS[c][s] == "adapter" for c in conditions for s in ("prefill", "score", "decode"))
+        timings: dict[str, float] = {}
+        adapter_info = None
+
+        if needs_adapter:
+            t0 = time.perf_counter()
+            view = doc.training_view()  # never the evaluation questions
+            key = adapter_key(self.model_key, view, recipe, self.spec.spec_version)
+            adapter_info = self.store.attach(
+                self.model, ADAPTER, key, recipe, lambda: build_examples(view, recipe, self.renderer),
+                self.tokenizer.pad_token_id, progress=self.progress,
+            )
+            adapter_info = {k: adapter_info.get(k) for k in ("bytes", "seconds", "steps", "tokens", "tokens_per_s",
+                                                             "first_loss", "final_loss", "cached")} | {"key": key}
+            timings["adapter_s"] = time.perf_counter() - t0
+
+        try:
+            preds = self._answer(doc, questions, rhos, conditions, timings)
+        finally:
+            if needs_adapter:
+                detach_adapter(self.model, ADAPTER)
+        prefix, n_doc = len(self.renderer.prefix_ids), len(self.renderer.doc_ids(doc.text))
+        record = {"doc_id": doc.doc_id, "n_prefix_tokens": prefix, "n_doc_tokens": n_doc,
+                  "adapter": adapter_info, "timings": timings}
+        return record, preds
+
+    def _answer(self, doc: Document, questions, rhos, conditions, timings) -> list[dict]:
+        r = self.renderer
+        doc_ids = r.doc_ids(doc.text)
+        span = (len(r.prefix_ids), len(r.prefix_ids) + len(doc_ids))
+        full_len = span[1]
+        # One prefill per distinct prefill weights; scores from each prefill that some condition scores with.
+        prefills = {CONDITIONS[c]["prefill"] for c in conditions} | {CONDITIONS[c]["score"] for c in conditions}
+        kv, scores = {}, {}
+        t0 = time.perf_counter()
+        for weights in sorted(prefills):
+            with adapter_state(self.model, weights == "adapter"):
+                kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos)
+            self.stats["prefills"] += 1
+        timings["prefill_s"] = time.perf_counter() - t0
+
+        # Rows: every question for every (rho, condition); evicted caches shared where identical.
+        t0 = time.perf_counter()
+        pruned: dict[tuple, tuple] = {}
+        rows: dict[str, list[tuple[Row, dict]]] = {"base": [], "adapter": []}
+        suffixes = [r.suffix_ids(q.question) for q in questions]
+        for rho in rhos:
+            for cond in conditions:
+                c = CONDITIONS[cond]
+                key = (c["prefill"], c["score"], rho)
+                if key not in pruned:
+                    pkv, n_keep = evict(kv[c["prefill"]], scores[c["score"]], span, rho)
+                    pruned[key] = (pkv, n_keep)
+                pkv, n_keep = pruned[key]
+                offset = full_len if rho < 1 else span[0]
+                meta = {"rho": rho, "condition": cond, "kv_entries": int(sum(k.shape[1] * k.shape[2] for k, _ in pkv)),
+                        "kv_bytes": kv_bytes(pkv)}
+                for q, suffix in zip(questions, suffixes):
+                    rows[c["decode"]].append((Row(pkv, offset, suffix), {**meta, "question": q}))
+        timings["evict_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        gen = self.spec.generation
+        preds = []
+        for weights, items in rows.items():
+            if not items:
+                continue
+            with adapter_state(self.model, weights == "adapter"):
+                texts = greedy_decode(self.model, self.tokenizer, [row for row, _ in items],
+                                      max_new_tokens=gen.max_new_tokens, stop=gen.stop, batch_size=self.batch_size)
+            for (_, meta), text in zip(items, texts):
+                q = meta["question"]
+                prediction = extract_answer(text, r.prompt.answer_prefix)
+                s = score_prediction(prediction, q.answers)
+                self.stats["decoded_tokens"] += len(self.tokenizer.encode(text, add_special_tokens=False))
+                preds.append({
+                    "doc_id": doc.doc_id, "question_id": q.id, "rho": meta["rho"], "condition": meta["condition"],
+                    "generation": text, "prediction": prediction, "answers": list(q.answers),
+                    "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
+                    "kv_entries": meta["kv_entries"], "kv_bytes": meta["kv_bytes"],
+                })
+        timings["decode_s"] = time.perf_counter() - t0
+        return preds
+
+
+def model_key(model_spec) -> str:
+    src = model_spec.source
+    return f"{model_spec.id}@{src.get('sha256') or src.get('revision')}"
+
+
+def open_run(spec: Spec, submission: Submission, model_id: str | None = None, device: str | None = None,
+             **kwargs) -> DocumentRun:
+    model_spec = spec.model(model_id)
+    model, tok = load_model(model_spec, device)
+    renderer = PromptRenderer(tok, spec.prompt_for(model_spec))
+    return DocumentRun(model=model, tokenizer=tok, renderer=renderer, spec=spec, submission=submission,
+                       model_key=model_key(model_spec), press=submission.make_compressor(), **kwargs)
+
+
+def evaluate(
+    submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
+    split: str = "test", docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
+    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
+    batch_size: int = 16, progress: bool = True,
+) -> list[Path]:
+    """Run the protocol; returns the result files written (one per dataset)."""
+    spec = load_spec(tier)
+    submission = load_submission(submission_path)
+    device = pick_device(device)
+    rhos = sorted(rhos if rhos is not None else spec.rhos)
+    conditions = list(conditions or spec.conditions)
+    run = open_run(spec, submission, model_id, device, batch_size=batch_size, progress=progress)
+    model_spec = spec.model(model_id)
+    written = []
+    for ds_id in datasets or [d.id for d in spec.datasets]:
+        ds = spec.dataset(ds_id)
+        data_file = ds.split(split)
+        documents = load_split(data_file)[:docs]
+        header = {
+            "submission": {"name": submission.name, "hash": submission.hash(), "compressor": submission.compressor_cfg,
+                           "adapter": submission.raw["adapter"], "headline_condition": submission.headline_condition},
+            "tier": spec.tier, "spec_version": spec.spec_version, "spec_hash": spec.hash,
+            "model": {"id": model_spec.id, "name": model_spec.name},
+            "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
+            "rhos": rhos, "conditions": conditions, "environment": environment(device),
+        }
+        path = result_path(out, submission.name, spec.tier, model_spec.id, ds.id + ("" if split == "test" else f".{split}"))
+        result = ResultFile(path, header)
+        done = result.done()
+        active = [c for c in conditions if submission.recipe.enabled or c == "base"]
+        bar = tqdm(documents, desc=f"{model_spec.id} {ds.id}", disable=not progress)
+        for doc in bar:
+            qs = list(doc.questions)[:questions]
+            todo = [(rho, c) for rho in rhos for c in active if (doc.doc_id, rho, c) not in done]
+            if not todo:
+                continue
+            # Resume at document granularity: drop this document's partial predictions, redo it whole.
+            result.data["predictions"] = [p for p in result.data["predictions"] if p["doc_id"] != doc.doc_id]
+            record, preds = run.evaluate(doc, rhos, active, qs)
+            result.add_document(record, preds)
+        written.append(path)
+    return written

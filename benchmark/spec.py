@@ -1,0 +1,191 @@
+"""Stage: spec. Load a tier's YAML task spec, validate it against its JSON Schema, freeze it.
+
+The spec fixes everything a result depends on except the submission: datasets, models,
+the rho grid, the conditions, the prompt, generation and the metric. Its hash goes into
+every result file, so numbers from different specs are never mixed on the leaderboard.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .paths import PACKAGE_DIR, cache_dir, stable_hash
+
+SPEC_DIR = PACKAGE_DIR / "specs"
+SCHEMA_DIR = PACKAGE_DIR / "schemas"
+TIERS = ("mini", "paper")
+
+#: The four conditions as data: which weights prefill the document, which pick the kept
+#: entries (score), which decode the question and answer. "adapter" = base + document LoRA.
+CONDITIONS: dict[str, dict[str, str]] = {
+    "base": {"prefill": "base", "score": "base", "decode": "base"},
+    "adapter_all": {"prefill": "adapter", "score": "adapter", "decode": "adapter"},
+    "base_kv_adapter_decode": {"prefill": "base", "score": "base", "decode": "adapter"},
+    "base_score_adapter_prefill": {"prefill": "adapter", "score": "base", "decode": "adapter"},
+}
+CONDITION_HELP = {
+    "base": "no adapter anywhere (KV-only)",
+    "adapter_all": "adapter on for prefill, scoring and decoding",
+    "base_kv_adapter_decode": "base prefill and scoring; adapter only for question and answer",
+    "base_score_adapter_prefill": "base scoring picks the kept entries of an adapter prefill; adapter decodes",
+}
+
+
+class SpecError(ValueError):
+    """A spec or data file that does not conform; the message names the file and field."""
+
+
+def validate_against(schema_name: str, obj, source: str) -> None:
+    """Validate ``obj`` with ``schemas/<schema_name>``; raise SpecError naming file and field."""
+    schema = json.loads((SCHEMA_DIR / schema_name).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  {source}: field '{where}': {err.message}")
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise SpecError(f"{source} does not match {schema_name}:\n" + "\n".join(lines) + more)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    system: str | None
+    user: str  # contains {document} and {question}
+    answer_prefix: str
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: Path
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    id: str
+    test: DataFile
+    dev: DataFile | None = None
+    mirrors: str | None = None
+    source: dict = field(default_factory=dict)
+    expected: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> DataFile:
+        f = self.test if name == "test" else self.dev
+        if f is None:
+            raise SpecError(f"dataset {self.id} has no '{name}' split")
+        return f
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    name: str
+    dtype: str
+    source: dict
+    default: bool = False
+    prompt: Prompt | None = None
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Spec:
+    spec_version: str
+    tier: str
+    datasets: tuple[DatasetSpec, ...]
+    models: tuple[ModelSpec, ...]
+    rhos: tuple[float, ...]
+    conditions: tuple[str, ...]
+    prompt: Prompt
+    generation: GenerationSpec
+    hash: str
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    def dataset(self, dataset_id: str) -> DatasetSpec:
+        for d in self.datasets:
+            if d.id == dataset_id:
+                return d
+        raise SpecError(f"spec {self.spec_version}: no dataset '{dataset_id}' (have: {[d.id for d in self.datasets]})")
+
+    def model(self, model_id: str | None = None) -> ModelSpec:
+        if model_id is None:
+            return next((m for m in self.models if m.default), self.models[0])
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise SpecError(f"spec {self.spec_version}: no model '{model_id}' (have: {[m.id for m in self.models]})")
+
+    def prompt_for(self, model: ModelSpec) -> Prompt:
+        return model.prompt or self.prompt
+
+
+def _resolve_data_path(path: str) -> Path:
+    """``prepared/...`` lives in the cache (paper tier, made by prepare-data); the rest in the package."""
+    if path.startswith("prepared/"):
+        return cache_dir() / "data" / path.removeprefix("prepared/")
+    return PACKAGE_DIR / path
+
+
+def _prompt(d: dict) -> Prompt:
+    return Prompt(system=d["system"], user=d["user"], answer_prefix=d["answer_prefix"])
+
+
+def load_spec(tier_or_path: str | Path = "mini") -> Spec:
+    """Load ``specs/<tier>.yaml`` (or a YAML path), validate it and freeze it."""
+    path = Path(tier_or_path)
+    if str(tier_or_path) in TIERS:
+        path = SPEC_DIR / f"{tier_or_path}.yaml"
+    if not path.exists():
+        raise SpecError(f"no spec at {path} (tiers: {', '.join(TIERS)})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    validate_against("spec.schema.json", raw, str(path))
+    datasets = tuple(
+        DatasetSpec(
+            id=d["id"],
+            test=DataFile(_resolve_data_path(d["test"]["path"]), d["test"]["sha256"]),
+            dev=DataFile(_resolve_data_path(d["dev"]["path"]), d["dev"]["sha256"]) if "dev" in d else None,
+            mirrors=d.get("mirrors"),
+            source=d.get("source", {}),
+            expected=d.get("expected", {}),
+        )
+        for d in raw["datasets"]
+    )
+    models = tuple(
+        ModelSpec(
+            id=m["id"], name=m["name"], dtype=m["dtype"], source=m["source"], default=m.get("default", False),
+            prompt=_prompt(m["prompt"]) if "prompt" in m else None,
+        )
+        for m in raw["models"]
+    )
+    gen = raw["generation"]
+    return Spec(
+        spec_version=raw["spec_version"],
+        tier=raw["tier"],
+        datasets=datasets,
+        models=models,
+        rhos=tuple(float(r) for r in raw["rhos"]),
+        conditions=tuple(raw["conditions"]),
+        prompt=_prompt(raw["prompt"]),
+        generation=GenerationSpec(max_new_tokens=gen["max_new_tokens"], stop=tuple(gen.get("stop", ()))),
+        hash=stable_hash(raw),
+        raw=raw,
+    )
+
+
+def known_spec_hashes() -> dict[str, str]:
+    """spec hash -> spec_version for every spec shipped in the package."""
+    return {load_spec(t).hash: load_spec(t).spec_version for t in TIERS}

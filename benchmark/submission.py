@@ -1,0 +1,85 @@
+"""A submission: ``submissions/<name>/submission.yaml`` = a compressor + an adapter recipe.
+
+Example::
+
+    name: snapkv
+    authors: [Jane Doe]
+    description: SnapKV on the document, QA LoRA adapter.
+    compressor: {press: SnapKVPress, kwargs: {window_size: 16}}
+    adapter:
+      recipe: qa                      # none | qa | ctx_qa | ntp
+      lora: {r: 16, alpha: 32, target_modules: [gate_proj, up_proj, down_proj], use_dora: true}
+      train: {lr: 1.0e-3, epochs: 6, batch_size: 8}
+
+``compressor.press`` is a kvpress class name or ``module:Class`` of a ``.py`` file in the
+submission folder (a dataclass with kvpress's ``score`` signature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .adapters import LoraSettings, Recipe, TrainSettings
+from .compression import build_compressor
+from .paths import stable_hash
+from .spec import SpecError, validate_against
+
+
+@dataclass(frozen=True)
+class Submission:
+    name: str
+    path: Path
+    raw: dict
+    recipe: Recipe
+
+    @property
+    def compressor_cfg(self) -> dict:
+        return self.raw["compressor"]
+
+    def make_compressor(self):
+        cfg = self.compressor_cfg
+        press = build_compressor(cfg["press"], cfg.get("kwargs"), code_dir=self.path)
+        if "score_depends_on_rho" in cfg:
+            object.__setattr__(press, "score_depends_on_rho", cfg["score_depends_on_rho"])
+        return press
+
+    @property
+    def headline_condition(self) -> str:
+        if "headline_condition" in self.raw:
+            return self.raw["headline_condition"]
+        return "base_kv_adapter_decode" if self.recipe.enabled else "base"
+
+    def hash(self) -> str:
+        """Identity of what was evaluated: the YAML and any code in the folder."""
+        code = {p.name: p.read_text() for p in sorted(self.path.glob("*.py"))}
+        return stable_hash({"submission": self.raw, "code": code})
+
+
+def load_submission(path: str | Path) -> Submission:
+    path = Path(path)
+    yml = path / "submission.yaml" if path.is_dir() else path
+    if not yml.exists():
+        raise SpecError(f"{yml}: no submission.yaml (a submission is a folder submissions/<name>/ holding one)")
+    try:
+        raw = yaml.safe_load(yml.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{yml}: not valid YAML: {exc}") from exc
+    validate_against("submission.schema.json", raw, str(yml))
+    folder = yml.parent
+    if raw["name"] != folder.name and folder.parent.name == "submissions":
+        raise SpecError(f"{yml}: field 'name': '{raw['name']}' must equal the folder name '{folder.name}'")
+    ad = raw["adapter"]
+    lora = dict(ad.get("lora", {}))
+    if "target_modules" in lora:
+        lora["target_modules"] = tuple(lora["target_modules"])
+    train = dict(ad.get("train", {}))
+    recipe = Recipe(
+        name=ad["recipe"],
+        lora=LoraSettings(**lora),
+        train=TrainSettings(objective=ad["recipe"] if ad["recipe"] != "none" else "qa", **train),
+        code_dir=str(folder),
+    )
+    return Submission(name=raw["name"], path=folder, raw=raw, recipe=recipe)
