@@ -1,0 +1,471 @@
+"""The paper's QA-synthesis recipe: training QA pairs for a document-specific adapter.
+
+Recipe (arXiv 2606.05698; ``synthesize:`` block of the paper's conf/*.yaml):
+
+1. split the document into ``chunk_tokens`` (64) token chunks;
+2. for each chunk, prompt the generator with the chunk as the target passage
+   and the ``neighbours`` (2) chunks on each side as background, asking for
+   ``pairs_per_chunk`` (4) question/answer pairs as a JSON array of
+   ``{"question", "answer"}`` with short answers in the passage's words;
+3. sample (``temperature`` 0.4, ``top_p`` 0.9), seeded per chunk; a chunk whose
+   output has no usable pair is generated again, ``retries`` (3) attempts in all
+   (the paper's one try + ``max_retries: 2``); at most ``pairs_per_chunk``
+   pairs are kept per chunk.
+
+:func:`parse_qa_pairs` turns realistic model output (code fences, prose, trailing
+commas, single quotes, truncation, wrapper objects ...) into clean pairs;
+:func:`cached_synthesize` stores results under
+``cache_dir/synth/<sha256>.json`` keyed by generator, document and settings.
+Generation uses ``transformers`` ``model.generate``; a vLLM ``LLM`` is used
+when one is passed as ``model``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = 1  # bump when the prompt text changes: it is part of the cache key
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """Everything that changes the synthesized pairs (hence the cache key)."""
+
+    chunk_tokens: int = 64
+    pairs_per_chunk: int = 4
+    neighbours: int = 2
+    temperature: float = 0.4
+    top_p: float = 0.9
+    retries: int = 3
+    seed: int = 0
+    max_new_tokens: int = 2048
+    prompt_version: int = PROMPT_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_tokens", "pairs_per_chunk", "retries", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SynthesisSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.neighbours < 0:
+            raise ValueError(f"SynthesisSettings.neighbours must be >= 0, got {self.neighbours}")
+
+
+@dataclass
+class SynthesisStats:
+    """Counters of one synthesis run (stored next to the pairs in the cache)."""
+
+    chunks: int = 0
+    generate_calls: int = 0
+    failed_chunks: int = 0  # chunks with no usable pair after every attempt
+    pairs: int = 0
+    extra_pairs_dropped: int = 0
+    failures: list[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------- chunking
+
+
+def chunk_document(text: str, tokenizer: Any, chunk_tokens: int = 64) -> list[str]:
+    """Split ``text`` into consecutive chunks of ``chunk_tokens`` tokens.
+
+    With a fast tokenizer the chunks are slices of the original text (cut at
+    token starts, so no character is lost); otherwise each chunk is the decoded
+    token ids. Whitespace-only chunks are dropped.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if not text.strip():
+        return []
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        starts = [start for start, end in enc["offset_mapping"] if end > start]
+        cuts = starts[::chunk_tokens][1:]
+        bounds = [0, *cuts, len(text)]
+        chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    else:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        chunks = [
+            tokenizer.decode(ids[i : i + chunk_tokens], skip_special_tokens=True)
+            for i in range(0, len(ids), chunk_tokens)
+        ]
+    return [c.strip() for c in chunks if c.strip()]
+
+
+# ---------------------------------------------------------------------- prompts
+
+
+def build_prompt(
+    tokenizer: Any,
+    chunks: list[str],
+    index: int,
+    *,
+    pairs_per_chunk: int = 4,
+    neighbours: int = 2,
+) -> tuple[str, bool]:
+    """The generation prompt for ``chunks[index]``.
+
+    Returns ``(prompt, templated)``: the tokenizer's chat template is applied
+    (thinking disabled for models that support it) when it has one, otherwise
+    the bare instruction is returned and ``templated`` is False.
+    """
+    lo, hi = max(0, index - neighbours), min(len(chunks), index + neighbours + 1)
+    background = "\n\n".join(chunks[lo:index] + chunks[index + 1 : hi])
+    items = "1 question-answer pair" if pairs_per_chunk == 1 else f"{pairs_per_chunk} question-answer pairs"
+    parts = []
+    if background:
+        parts.append(
+            "The surrounding text of a document is given as background; use it only to "
+            f"understand the target passage.\n\n[Background]\n{background}\n"
+        )
+    parts.append(f"[Target passage]\n{chunks[index]}\n")
+    parts.append(
+        f"Write {items} about facts stated in the target passage. Each answer must be "
+        "short (a word or a few words), taken from the passage's own wording where "
+        'possible. Reply with only a JSON array of objects with the keys "question" '
+        'and "answer", and nothing else.'
+    )
+    content = "\n".join(parts)
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=False,  # Qwen3; ignored by other templates
+        )
+        return prompt, True
+    return content + "\n\n", False
+
+
+# ----------------------------------------------------------------------- parser
+
+_THINK_RE = re.compile(r"<think>.*?(?:</think>|$)", re.S)
+_FENCE_RE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)(?:```|$)", re.S)
+_TRAILING_COMMA_RE = re.compile(r",\s*([\]}])")
+_QUESTION_KEYS = ("question", "q", "query")
+_ANSWER_KEYS = ("answer", "a", "short_answer")
+
+
+def _balanced_end(text: str, start: int) -> int | None:
+    """Index just past the bracket closing ``text[start]``, or None if unclosed.
+
+    Strings in double or single quotes are skipped (with backslash escapes).
+    """
+    stack: list[str] = []
+    quote: str | None = None
+    escaped = False
+    pairs = {"[": "]", "{": "}"}
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in pairs:
+            stack.append(pairs[ch])
+        elif ch in "]}":
+            if not stack or stack.pop() != ch:
+                return None
+            if not stack:
+                return i + 1
+    return None
+
+
+def _loads(text: str) -> Any:
+    """Parse one JSON-ish value at the start of ``text``; None when impossible."""
+    decoder = json.JSONDecoder()
+    for candidate in (text, _TRAILING_COMMA_RE.sub(r"\1", text)):
+        try:
+            return decoder.raw_decode(candidate)[0]
+        except json.JSONDecodeError:
+            pass
+    end = _balanced_end(text, 0)
+    if end is not None:  # Python-literal style: single quotes, trailing commas
+        segment = text[:end]
+        pythonic = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", segment)))
+        for candidate in (segment, pythonic):
+            try:
+                return ast.literal_eval(candidate)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                pass
+    return None
+
+
+def _field(item: dict, keys: tuple[str, ...]) -> str | None:
+    lowered = {str(k).strip().lower(): v for k, v in item.items()}
+    for key in keys:
+        value = lowered.get(key)
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _is_pair(obj: Any) -> bool:
+    return isinstance(obj, dict) and _field(obj, _QUESTION_KEYS) is not None
+
+
+def _candidates(obj: Any) -> list[Any]:
+    """Pair-like objects inside a parsed value (array, single object, or wrapper)."""
+    if isinstance(obj, list):
+        out: list[Any] = []
+        for element in obj:
+            out.extend(element if isinstance(element, list) else [element])
+        return out
+    if isinstance(obj, dict):
+        if _is_pair(obj):
+            return [obj]
+        for value in obj.values():  # {"qa_pairs": [...]} and similar wrappers
+            if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+                return value
+    return []
+
+
+def _scan_objects(text: str) -> list[Any]:
+    """Every complete ``{...}`` that parses to a pair, left to right (truncation-proof)."""
+    found: list[Any] = []
+    i = text.find("{")
+    while i != -1:
+        end = _balanced_end(text, i)
+        if end is not None:
+            obj = _loads(text[i:end])
+            if _is_pair(obj):
+                found.append(obj)
+                i = text.find("{", end)
+                continue
+        i = text.find("{", i + 1)
+    return found
+
+
+def _clean(items: list[Any]) -> list[dict]:
+    pairs: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        question, answer = _field(item, _QUESTION_KEYS), _field(item, _ANSWER_KEYS)
+        if not question or not answer:
+            continue
+        key = (" ".join(question.lower().split()), " ".join(answer.lower().split()))
+        if key in seen:
+            continue
+        seen.add(key)
+        pairs.append({"question": question, "answer": answer})
+    return pairs
+
+
+def _parse_region(text: str) -> list[dict]:
+    starts = [i for i in (text.find("["), text.find("{")) if i != -1]
+    if not starts:
+        return []
+    body = text[min(starts) :]
+    parsed = _clean(_candidates(_loads(body)))
+    scanned = _clean(_scan_objects(body))  # also catches objects split by prose or truncation
+    return scanned if len(scanned) > len(parsed) else parsed
+
+
+def parse_qa_pairs(text: str) -> list[dict]:
+    """Extract ``[{"question": str, "answer": str}, ...]`` from raw model output.
+
+    Tolerates ``<think>`` blocks, code fences, prose around the JSON, trailing
+    commas, single-quoted (Python-literal) output, a single object or a wrapper
+    object instead of an array, and arrays truncated mid-object (complete
+    objects are kept). Extra keys are dropped; items lacking a question or a
+    non-empty answer are skipped; numeric answers become strings; duplicates
+    (case/whitespace-insensitive) are removed. Returns [] for hopeless text.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return []
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    text = _THINK_RE.sub("", text)
+    if "```" in text:
+        fenced = "\n".join(m.group(1) for m in _FENCE_RE.finditer(text))
+        pairs = _parse_region(fenced)
+        if pairs:
+            return pairs
+    return _parse_region(text)
+
+
+# ------------------------------------------------------------------- generation
+
+
+def _is_vllm(model: Any) -> bool:
+    try:
+        from vllm import LLM
+    except ImportError:
+        return False
+    return isinstance(model, LLM)
+
+
+def _generate_text(model: Any, tokenizer: Any, prompt: str, templated: bool, settings: SynthesisSettings, seed: int) -> str:
+    """One sampled completion for ``prompt`` (the RNG is seeded by the caller)."""
+    if _is_vllm(model):  # pragma: no cover -- vLLM is not installed in CI
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=seed
+        )
+        return model.generate([prompt], params, use_tqdm=False)[0].outputs[0].text
+
+    import torch
+
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        output = model.generate(
+            **inputs,
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=pad_id,
+        )
+    new_tokens = output[0, inputs["input_ids"].shape[1] :]
+    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+def _synthesize(model: Any, tokenizer: Any, text: str, settings: SynthesisSettings, progress: bool) -> tuple[list[dict], SynthesisStats]:
+    import torch
+
+    chunks = chunk_document(text, tokenizer, settings.chunk_tokens)
+    stats = SynthesisStats(chunks=len(chunks))
+    pairs: list[dict] = []
+    iterator: Any = range(len(chunks))
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="synthesizing QA", unit="chunk")
+    for index in iterator:
+        prompt, templated = build_prompt(
+            tokenizer, chunks, index, pairs_per_chunk=settings.pairs_per_chunk, neighbours=settings.neighbours
+        )
+        chunk_seed = settings.seed + index
+        torch.manual_seed(chunk_seed)  # retries continue this chunk's RNG stream
+        got: list[dict] = []
+        for attempt in range(settings.retries):
+            raw = _generate_text(model, tokenizer, prompt, templated, settings, chunk_seed * 1000 + attempt)
+            stats.generate_calls += 1
+            got = parse_qa_pairs(raw)
+            if got:
+                break
+            log.debug("chunk %d attempt %d: no usable pair in %r", index, attempt + 1, raw[:200])
+        if not got:
+            stats.failed_chunks += 1
+            stats.failures.append(index)
+        stats.extra_pairs_dropped += max(0, len(got) - settings.pairs_per_chunk)
+        pairs.extend(got[: settings.pairs_per_chunk])
+    stats.pairs = len(pairs)
+    if stats.failed_chunks:
+        log.warning(
+            "QA synthesis: %d/%d chunks gave no usable pair after %d attempts",
+            stats.failed_chunks,
+            stats.chunks,
+            settings.retries,
+        )
+    return pairs, stats
+
+
+def synthesize_qa(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    *,
+    chunk_tokens: int = 64,
+    pairs_per_chunk: int = 4,
+    neighbours: int = 2,
+    temperature: float = 0.4,
+    top_p: float = 0.9,
+    retries: int = 3,
+    seed: int = 0,
+    max_new_tokens: int = 2048,
+    progress: bool = True,
+) -> list[dict]:
+    """Synthesize training QA pairs for one document (see the module docstring).
+
+    ``neighbours`` is the number of chunks on EACH side given as background
+    (the paper's ``context_window_chunks``); ``retries`` is the number of
+    generation attempts per chunk, the first included. Returns a list of
+    ``{"question", "answer"}`` dicts in chunk order (possibly empty).
+    """
+    settings = SynthesisSettings(
+        chunk_tokens=chunk_tokens,
+        pairs_per_chunk=pairs_per_chunk,
+        neighbours=neighbours,
+        temperature=temperature,
+        top_p=top_p,
+        retries=retries,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    return _synthesize(model, tokenizer, text, settings, progress)[0]
+
+
+# ------------------------------------------------------------------------ cache
+
+
+def synthesis_cache_path(cache_dir: str | Path, generator_id: str, text: str, settings: SynthesisSettings) -> Path:
+    """``cache_dir/synth/<sha256 of (generator_id, document sha256, settings json)>.json``."""
+    doc_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    key = json.dumps([generator_id, doc_sha, asdict(settings)], sort_keys=True, separators=(",", ":"))
+    return Path(cache_dir) / "synth" / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
+
+
+def cached_synthesize(
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    *,
+    cache_dir: str | Path,
+    generator_id: str,
+    progress: bool = True,
+    **settings: Any,
+) -> list[dict]:
+    """:func:`synthesize_qa` with an on-disk cache.
+
+    ``generator_id`` names the generator (e.g. ``"Qwen/Qwen3-4B@<revision>"``);
+    ``settings`` are :func:`synthesize_qa`'s keyword arguments. A cached result
+    for the same generator, document text and settings is returned without
+    generating; an unreadable cache file is regenerated (with a warning).
+    """
+    settings_obj = SynthesisSettings(**settings)
+    path = synthesis_cache_path(cache_dir, generator_id, text, settings_obj)
+    if path.exists():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            pairs = cached["pairs"]
+            if isinstance(pairs, list) and all(isinstance(p, dict) for p in pairs):
+                log.info("QA synthesis: reusing %s (%d pairs)", path, len(pairs))
+                return pairs
+            raise ValueError("field 'pairs' is not a list of objects")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("QA synthesis: ignoring unreadable cache file %s (%s); regenerating", path, exc)
+
+    pairs, stats = _synthesize(model, tokenizer, text, settings_obj, progress)
+    record = {
+        "generator_id": generator_id,
+        "doc_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "settings": asdict(settings_obj),
+        "stats": asdict(stats),
+        "pairs": pairs,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return pairs
