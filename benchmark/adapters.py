@@ -197,7 +197,7 @@ def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                losses.append(float(loss))
+                losses.append(loss.item())
                 n_tokens += int(mask.sum())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
