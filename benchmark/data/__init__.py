@@ -1,0 +1,1 @@
+"""Bundled data for lorakv-bench: the fictional mini datasets and their generator."""
