@@ -1,0 +1,508 @@
+"""Conformance checks for what lands in the repository: submissions and result files.
+
+``check_submission(path)`` (``lorakv-bench validate submissions/<name>``) loads the
+submission YAML against its schema, builds its adapter recipe and runs its compressor on the
+tiny random models of :mod:`benchmark.tiny` (seconds, CPU, nothing downloaded): the press must
+score exactly the document entries, (kv_heads, n_doc) per layer, deterministically, and must
+leave the KV cache alone, so the framework's eviction keeps kvpress's budget of document
+entries per head and every non-document entry.
+
+``check_result_file(path)`` re-derives everything a result file claims that can be re-derived
+without a model: schema, known spec hash, extracted answers, per-question ROUGE-L/EM, the
+(rho, condition) cells, its place in ``leaderboard/results/``, and the hash of the submission
+folder it names.
+
+Both return a list of problems, each naming the file and field; an empty list means conformant.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+#: rho values the compressor is exercised at (kvpress's budget: compute_n_kept(n_doc, rho)).
+CONFORMANCE_RHOS = (0.0, 0.3, 0.5, 0.9, 1.0)
+#: tiny model families the compressor must work on (GQA llama; qwen3 with q/k norms).
+CONFORMANCE_MODELS = ("llama", "qwen3")
+TOL = 1e-6
+MAX_PER_KIND = 5  # repeated problems of one kind are summarised after this many
+
+_SENTENCES = (
+    "Maren Oskvik opened a bakery in Tollervik in 1987.",
+    "Her brother Anders moved to Quillsby and wrote to her every spring.",
+    "The patient received 40 mg of Velatrixin daily for three weeks.",
+    "Dr. Halvorsen noted a creatinine of 1.8 mg/dL and lowered the dose.",
+    "The bakery burned down in 1994 and was rebuilt on the same square.",
+    "Anders returned to Tollervik only once, for the reopening.",
+)
+#: The document the compressor scores: long enough for kvpress's default windows (e.g. SnapKV's 64).
+CONFORMANCE_DOCUMENT = " ".join(_SENTENCES[(i * 5) % len(_SENTENCES)] for i in range(18))  # ~480 tokens
+CONFORMANCE_TRAIN_QA = (("Where did Maren open her bakery?", "Tollervik"), ("Who moved to Quillsby?", "Anders"))
+
+
+# ============================================================== submissions
+
+
+def check_submission(path: str | Path) -> list[str]:
+    """Problems with ``submissions/<name>`` (or a submission.yaml); empty = conformant."""
+    from .spec import SpecError
+    from .submission import load_submission
+
+    path = Path(path)
+    yml = path / "submission.yaml" if path.is_dir() else path
+    try:
+        sub = load_submission(path)
+    except SpecError as exc:
+        return [str(exc)]
+    except (TypeError, ValueError) as exc:  # e.g. settings the schema lets through but the dataclasses refuse
+        return [f"{yml}: field 'adapter': {type(exc).__name__}: {exc}"]
+    own = _code_modules(sub)
+    _forget_modules(own)  # a module of the same name from another submission must not be reused
+    try:
+        problems = _check_recipe(sub, yml)
+        problems += _check_compressor(sub, yml)
+    finally:
+        _forget_modules(own)
+    return problems
+
+
+def _code_modules(sub) -> list[str]:
+    """Top-level module names the submission's code defines (its press and hook modules)."""
+    names = [p.stem for p in sorted(Path(sub.path).glob("*.py"))]
+    press = sub.compressor_cfg["press"]
+    if ":" in press:
+        names.append(press.split(":")[0])
+    if sub.recipe.train.hook:
+        names.append(sub.recipe.train.hook.split(":")[0])
+    return sorted(set(names))
+
+
+def _forget_modules(names: list[str]) -> None:
+    """Drop imported modules of these names that are some submission's code (a folder with a
+    submission.yaml above them); library modules of the same name are left alone."""
+    import sys
+
+    for name in names:
+        for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            file = getattr(sys.modules[mod], "__file__", None)
+            if file and any((parent / "submission.yaml").exists() for parent in Path(file).resolve().parents[:3]):
+                del sys.modules[mod]
+
+
+def _check_recipe(sub, yml: Path) -> list[str]:
+    from .adapters import OBJECTIVES
+    from .spec import CONDITIONS
+
+    problems = []
+    headline = sub.headline_condition
+    if headline not in CONDITIONS:
+        problems.append(f"{yml}: field 'headline_condition': unknown condition '{headline}' (have: {sorted(CONDITIONS)})")
+    recipe = sub.recipe
+    if not recipe.enabled:
+        if headline != "base":
+            problems.append(f"{yml}: field 'headline_condition': '{headline}' needs an adapter, but adapter.recipe is 'none' "
+                            "(only the base condition runs); use 'base' or choose a recipe")
+        return problems
+    if recipe.train.objective not in OBJECTIVES:
+        problems.append(f"{yml}: field 'adapter/recipe': unknown objective '{recipe.train.objective}' (have: {OBJECTIVES})")
+    try:
+        cfg = recipe.lora.peft_config()
+    except Exception as exc:  # noqa: BLE001 - anything peft refuses is a submission problem
+        problems.append(f"{yml}: field 'adapter/lora': the LoRA config does not build: {type(exc).__name__}: {exc}")
+        cfg = None
+    if cfg is not None:
+        problems += _check_lora_attaches(cfg, yml)
+    if recipe.train.hook:
+        if recipe.train.objective == "ntp":
+            problems.append(f"{yml}: field 'adapter/train/hook': the ntp recipe trains on the document text and never "
+                            "calls a QA hook; use recipe qa or ctx_qa, or drop the hook")
+        else:
+            problems += _check_hook(recipe, yml)
+    return problems
+
+
+def _check_lora_attaches(cfg, yml: Path) -> list[str]:
+    """The adapter must attach to the (llama/qwen-style) models of the benchmark: target_modules exist."""
+    from .tiny import tiny_model
+
+    model, _ = tiny_model("llama")
+    try:
+        model.add_adapter(cfg, adapter_name="conformance")
+    except Exception as exc:  # noqa: BLE001
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and not list(m.children())})
+        return [f"{yml}: field 'adapter/lora/target_modules': the adapter does not attach to a llama-style model: "
+                f"{type(exc).__name__}: {exc} (leaf modules: {names})"]
+    return []
+
+
+def _check_hook(recipe, yml: Path) -> list[str]:
+    from .adapters import qa_pairs
+    from .datasets import TrainingView
+
+    field = "adapter/train/hook"
+    view = TrainingView("conformance-doc", CONFORMANCE_DOCUMENT, CONFORMANCE_TRAIN_QA)
+    module_name, fn_name = recipe.train.hook.split(":")
+    module_file = Path(recipe.code_dir or ".") / (module_name.replace(".", "/") + ".py")
+    if not module_file.exists():
+        return [f"{yml}: field '{field}': '{recipe.train.hook}' names {module_file.name}, which is not in the "
+                f"submission folder {module_file.parent}"]
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(recipe.code_dir))
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        out = fn(view)
+    except Exception as exc:  # noqa: BLE001
+        return [f"{yml}: field '{field}': '{recipe.train.hook}' failed on a sample TrainingView: {type(exc).__name__}: {exc}"]
+    finally:
+        sys.path.remove(str(recipe.code_dir))
+    if not isinstance(out, list) or not out:
+        return [f"{yml}: field '{field}': '{recipe.train.hook}' must return a non-empty list of "
+                f"{{'question': str, 'answer': str}} dicts, got {type(out).__name__}"
+                + (" (empty)" if isinstance(out, list) else "")]
+    for i, item in enumerate(out):
+        if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("answer"), str)
+                and item["question"].strip() and item["answer"].strip()):
+            return [f"{yml}: field '{field}': item {i} returned by '{recipe.train.hook}' is not a "
+                    f"{{'question': non-empty str, 'answer': non-empty str}} dict: {item!r:.200}"]
+    try:
+        qa_pairs(view, recipe)  # the way the runner calls it
+    except Exception as exc:  # noqa: BLE001
+        return [f"{yml}: field '{field}': the runner could not use '{recipe.train.hook}': {type(exc).__name__}: {exc}"]
+    return []
+
+
+def _check_compressor(sub, yml: Path) -> list[str]:
+    cfg = sub.compressor_cfg
+    desc = f"'{cfg['press']}'" + (f" with kwargs {cfg['kwargs']}" if cfg.get("kwargs") else "")
+    try:
+        sub.make_compressor()
+    except Exception as exc:  # noqa: BLE001
+        field = "compressor/kwargs" if isinstance(exc, TypeError) and "argument" in str(exc) else "compressor/press"
+        return [f"{yml}: field '{field}': compressor {desc} could not be built: {type(exc).__name__}: {exc}"]
+    import torch
+
+    problems = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and immune to a busy machine
+    try:
+        for kind in CONFORMANCE_MODELS:
+            try:
+                problems += _check_press_on_tiny(sub, kind, yml, desc)
+            except Exception as exc:  # noqa: BLE001 - a press that crashes is non-conformant, not a crash of validate
+                problems.append(f"{yml}: field 'compressor/press': compressor {desc} raised on the tiny {kind} model: "
+                                f"{type(exc).__name__}: {exc}")
+    finally:
+        torch.set_num_threads(threads)
+    return problems
+
+
+def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
+    import torch
+    from kvpress.utils import compute_n_kept
+
+    from .compression import evict, prefill, score_depends_on_rho
+    from .models import PromptRenderer
+    from .spec import load_spec
+    from .tiny import tiny_model
+
+    where = f"{yml}: field 'compressor/press': compressor {desc} on the tiny {kind} model"
+    model, tok = tiny_model(kind)
+    renderer = PromptRenderer(tok, load_spec("mini").prompt)
+    doc_ids = renderer.doc_ids(CONFORMANCE_DOCUMENT)
+    ids = renderer.prefix_ids + doc_ids
+    span = (len(renderer.prefix_ids), len(ids))
+    n_doc = len(doc_ids)
+    assert span[0] > 0, "the conformance prompt must have a non-empty prefix"
+    n_layers, kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
+
+    ref_kv, _ = prefill(model, ids, span)  # the unpruned cache, no press involved
+    press = sub.make_compressor()
+    kv, scores = prefill(model, ids, span, press, CONFORMANCE_RHOS)
+
+    # 1. scoring must not touch the cache: same entries as a prefill without the press
+    for i, ((k, v), (rk, rv)) in enumerate(zip(kv, ref_kv)):
+        if k.shape != rk.shape or not (torch.equal(k, rk) and torch.equal(v, rv)):
+            return [f"{where}: score() changed the KV cache of layer {i} during the prefill (keys {tuple(k.shape)}, "
+                    f"expected {tuple(rk.shape)} and identical entries); a compressor only returns scores, the "
+                    "framework evicts (and never evicts the prefix or the question)"]
+    if len(kv) != len(ref_kv):
+        return [f"{where}: the prefill cache has {len(kv)} layers, expected {len(ref_kv)}"]
+
+    # 2. score shape: (kv_heads, n_doc) per layer (the press returns (batch, kv_heads, n_doc))
+    problems = []
+    for key, per_layer in scores.by_rho.items():
+        at = "" if key is None else f" (compression_ratio={key})"
+        if len(per_layer) != n_layers:
+            return [f"{where}: got scores for {len(per_layer)} layers{at}, expected {n_layers}"]
+        for i, s in enumerate(per_layer):
+            if tuple(s.shape) != (kv_heads, n_doc):
+                return [f"{where}: score() returned shape {(1, *tuple(s.shape))} for layer {i}{at}; expected "
+                        f"(batch, kv_heads, n_doc) = (1, {kv_heads}, {n_doc}): one score per KV head and document "
+                        "entry (the press sees only the document)"]
+            if torch.isnan(s).any():
+                return [f"{where}: score() returned NaN for layer {i}{at}"]
+
+    # 3. evict at every rho: kvpress's budget per head, the prefix untouched, kept entries are document entries
+    kept = {}
+    for rho in CONFORMANCE_RHOS:
+        pkv, n_keep = evict(kv, scores, span, rho)
+        budget = compute_n_kept(n_doc, rho)
+        if n_keep != budget:
+            problems.append(f"{where}: rho={rho} keeps {n_keep} document entries per head, kvpress's budget is {budget}")
+        for i, ((k, v), (rk, rv)) in enumerate(zip(pkv, ref_kv)):
+            if k.shape[2] != span[0] + budget:
+                problems.append(f"{where}: rho={rho} layer {i}: {k.shape[2]} entries per head after eviction, expected "
+                                f"{span[0]} prefix + {budget} document = {span[0] + budget}")
+                break
+            if not (torch.equal(k[:, :, :span[0]], rk[:, :, :span[0]]) and torch.equal(v[:, :, :span[0]], rv[:, :, :span[0]])):
+                problems.append(f"{where}: rho={rho} layer {i}: a non-document (prefix) entry was evicted or changed")
+                break
+            if not _is_ordered_subset(k[0, :, span[0]:], rk[0, :, span[0]:span[1]]):
+                problems.append(f"{where}: rho={rho} layer {i}: the kept entries are not document entries of the "
+                                "unpruned cache in their original order")
+                break
+        kept[rho] = pkv
+
+    # 4. determinism: the same press again, and a fresh instance, keep the same entries
+    for label, again in (("a second run of the same press", press), ("a fresh instance of the press", sub.make_compressor())):
+        kv2, scores2 = prefill(model, ids, span, again, CONFORMANCE_RHOS)
+        for rho in CONFORMANCE_RHOS:
+            pkv2, _ = evict(kv2, scores2, span, rho)
+            if any(not torch.equal(a[0], b[0]) for a, b in zip(kept[rho], pkv2)):
+                problems.append(f"{where}: not deterministic: {label} keeps different entries at rho={rho} "
+                                "(seed any randomness, e.g. RandomPress(seed=0))")
+                break
+
+    # 5. a press scored once for all rhos must not read compression_ratio (else declare score_depends_on_rho: true)
+    if not problems and not score_depends_on_rho(press) and hasattr(press, "compression_ratio"):
+        runs = []
+        for ratio in (0.25, 0.25, 0.75):
+            p = sub.make_compressor()
+            p.compression_ratio = ratio
+            runs.append(prefill(model, ids, span, p, CONFORMANCE_RHOS)[1].for_rho(0.5))
+        same = [all(torch.equal(a, b) for a, b in zip(runs[0], other)) for other in runs[1:]]
+        if not same[0]:
+            problems.append(f"{where}: not deterministic: two fresh instances score the document differently "
+                            "(seed any randomness, e.g. RandomPress(seed=0))")
+        elif not same[1]:
+            problems.append(f"{yml}: field 'compressor/score_depends_on_rho': the scores of {desc} change with "
+                            "compression_ratio but it is scored once for every rho; set score_depends_on_rho: true")
+    return problems
+
+
+def _is_ordered_subset(kept, ref) -> bool:
+    """Every head's kept rows (heads, n_keep, dim) are rows of ref (heads, n_doc, dim), in their original order."""
+    if kept.shape[1] == 0:
+        return True
+    match = (kept[:, :, None, :] == ref[:, None, :, :]).all(-1)  # (heads, n_keep, n_doc)
+    if not match.any(-1).all():
+        return False
+    pos = match.float().argmax(-1)  # first matching document position of each kept row
+    return bool((pos[:, 1:] > pos[:, :-1]).all())
+
+
+# ============================================================== result files
+
+
+def _limited(problems: list[str], kind_count: dict, kind: str, message: str) -> None:
+    kind_count[kind] = kind_count.get(kind, 0) + 1
+    if kind_count[kind] <= MAX_PER_KIND:
+        problems.append(message)
+
+
+def _close(a, b, tol: float = TOL) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def _find_submissions_dir(path: Path) -> Path:
+    for parent in path.resolve().parents:
+        if (parent / "submissions").is_dir():
+            return parent / "submissions"
+    return Path.cwd() / "submissions"
+
+
+def check_result_file(path: str | Path, *, submissions_dir: str | Path | None = None,
+                      full_protocol: bool = True) -> list[str]:
+    """Problems with a result file ``leaderboard/results/<submission>/<tier>/<model>/<dataset>.json``.
+
+    ``submissions_dir`` defaults to the nearest ``submissions/`` above the file (else ``./submissions``).
+    ``full_protocol`` also requires what the leaderboard compares on: the test split, the spec's
+    rho grid and conditions, and every document and question of the split (when its data is present).
+    """
+    from .metrics import extract_answer, score_prediction
+    from .results import aggregate, load_result
+    from .spec import SpecError, known_spec_hashes, load_spec
+    from .submission import load_submission
+
+    path = Path(path)
+    try:
+        data = load_result(path)
+    except SpecError as exc:
+        return [str(exc)]
+    except OSError as exc:
+        return [f"{path}: cannot read: {exc}"]
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+
+    # spec
+    known = known_spec_hashes()
+    if data["spec_hash"] not in known:
+        problems.append(f"{path}: field 'spec_hash': {data['spec_hash']} is not the hash of any spec shipped in this "
+                        f"version ({', '.join(f'{v}={h}' for h, v in sorted(known.items()))}); re-run the evaluation")
+    elif known[data["spec_hash"]] != data["spec_version"]:
+        problems.append(f"{path}: field 'spec_version': '{data['spec_version']}' but spec_hash {data['spec_hash']} is "
+                        f"spec '{known[data['spec_hash']]}'")
+    try:
+        spec = load_spec(data["tier"])
+        model_spec = spec.model(data["model"]["id"])
+        answer_prefix = spec.prompt_for(model_spec).answer_prefix
+    except SpecError as exc:
+        problems.append(f"{path}: field 'model/id': {exc}")
+        spec, answer_prefix = None, None
+
+    # place in the tree
+    split = data["dataset"]["split"]
+    stem = data["dataset"]["id"] + ("" if split == "test" else f".{split}")
+    expected = (data["submission"]["name"], data["tier"], data["model"]["id"], stem + ".json")
+    if tuple(path.parts[-4:]) != expected:
+        problems.append(f"{path}: field 'submission/name', 'tier', 'model/id', 'dataset': the file must live at "
+                        f"<results>/{'/'.join(expected)}, it is at .../{'/'.join(path.parts[-4:])}")
+
+    # predictions: extraction and metrics re-derived
+    for i, p in enumerate(data["predictions"]):
+        if answer_prefix is not None:
+            extracted = extract_answer(p["generation"], answer_prefix)
+            if extracted != p["prediction"]:
+                _limited(problems, counts, "prediction",
+                         f"{path}: field 'predictions/{i}/prediction': {p['prediction']!r} but the generation extracts "
+                         f"to {extracted!r} (answer_prefix {answer_prefix!r})")
+        s = score_prediction(p["prediction"], p["answers"])
+        for metric in ("rouge_l", "exact_match"):
+            if not _close(100 * s[metric], p[metric]):
+                _limited(problems, counts, metric,
+                         f"{path}: field 'predictions/{i}/{metric}': stored {p[metric]!r}, recomputed "
+                         f"{100 * s[metric]!r} from its prediction and answers")
+    for kind, n in sorted(counts.items()):
+        if n > MAX_PER_KIND:
+            problems.append(f"{path}: ... and {n - MAX_PER_KIND} more wrong '{kind}' values")
+
+    # cells re-aggregated
+    cells = aggregate(data["predictions"], data["documents"])
+    if len(cells) != len(data["cells"]):
+        problems.append(f"{path}: field 'cells': {len(data['cells'])} cells stored, the predictions aggregate to {len(cells)}")
+    else:
+        for i, (want, got) in enumerate(zip(cells, data["cells"])):
+            bad = [k for k in want if k not in got or not _close(want[k], got[k])]
+            if bad:
+                k = bad[0]
+                problems.append(f"{path}: field 'cells/{i}/{k}': stored {got.get(k)!r}, the predictions aggregate to "
+                                f"{want[k]!r} (rho={want['rho']}, condition={want['condition']})")
+
+    problems += _check_grid(path, data)
+    if full_protocol and spec is not None:
+        problems += _check_protocol(path, data, spec)
+
+    # the submission it names
+    subs = Path(submissions_dir) if submissions_dir is not None else _find_submissions_dir(path)
+    name = data["submission"]["name"]
+    folder = subs / name
+    if not (folder / "submission.yaml").exists():
+        problems.append(f"{path}: field 'submission/name': no submission folder {folder} with a submission.yaml")
+    else:
+        try:
+            sub = load_submission(folder)
+        except SpecError as exc:
+            problems.append(f"{path}: field 'submission/name': its submission does not load: {exc}")
+        else:
+            if sub.hash() != data["submission"]["hash"]:
+                problems.append(f"{path}: field 'submission/hash': {data['submission']['hash']} but {folder} hashes to "
+                                f"{sub.hash()}; the submission changed since this result was produced, re-run the evaluation")
+            if sub.headline_condition != data["submission"]["headline_condition"]:
+                problems.append(f"{path}: field 'submission/headline_condition': '{data['submission']['headline_condition']}'"
+                                f" but {folder} declares '{sub.headline_condition}'")
+    return problems
+
+
+def _check_grid(path: Path, data: dict) -> list[str]:
+    """Documents and predictions agree, and every document answered every question at every (rho, condition)."""
+    problems = []
+    docs = [d["doc_id"] for d in data["documents"]]
+    if len(set(docs)) != len(docs):
+        problems.append(f"{path}: field 'documents': duplicate doc_id")
+    pred_docs = {p["doc_id"] for p in data["predictions"]}
+    if pred_docs - set(docs):
+        problems.append(f"{path}: field 'predictions': predictions for documents not in 'documents': {sorted(pred_docs - set(docs))[:5]}")
+    if set(docs) - pred_docs:
+        problems.append(f"{path}: field 'documents': documents without predictions: {sorted(set(docs) - pred_docs)[:5]}")
+    bad_rho = sorted({p["rho"] for p in data["predictions"]} - set(data["rhos"]))
+    bad_cond = sorted({p["condition"] for p in data["predictions"]} - set(data["conditions"]))
+    if bad_rho:
+        problems.append(f"{path}: field 'predictions': rho values {bad_rho} not in the file's 'rhos'")
+    if bad_cond:
+        problems.append(f"{path}: field 'predictions': conditions {bad_cond} not in the file's 'conditions'")
+    conds = sorted({p["condition"] for p in data["predictions"]})
+    by_doc: dict[str, dict] = {}
+    for p in data["predictions"]:
+        by_doc.setdefault(p["doc_id"], {}).setdefault((p["rho"], p["condition"]), []).append(p["question_id"])
+    for doc, grid in sorted(by_doc.items()):
+        want = {(r, c) for r in data["rhos"] for c in conds}
+        if set(grid) != want:
+            missing = sorted(want - set(grid))[:3]
+            problems.append(f"{path}: field 'predictions': document {doc} lacks (rho, condition) {missing}")
+            continue
+        qsets = {tuple(sorted(q)) for q in grid.values()}
+        if len(qsets) != 1 or any(len(q) != len(set(q)) for q in grid.values()):
+            problems.append(f"{path}: field 'predictions': document {doc} does not answer the same questions, once "
+                            "each, at every (rho, condition)")
+    return problems
+
+
+def _check_protocol(path: Path, data: dict, spec) -> list[str]:
+    """What makes results of different submissions comparable on the leaderboard."""
+    from .datasets import load_split
+
+    problems = []
+    if data["dataset"]["split"] != "test":
+        problems.append(f"{path}: field 'dataset/split': '{data['dataset']['split']}'; the leaderboard uses the test split")
+    if [float(r) for r in data["rhos"]] != sorted(spec.rhos):
+        problems.append(f"{path}: field 'rhos': {data['rhos']}, the spec's grid is {sorted(spec.rhos)}")
+    if list(data["conditions"]) != list(spec.conditions):
+        problems.append(f"{path}: field 'conditions': {data['conditions']}, the spec's are {list(spec.conditions)}")
+    conds = {p["condition"] for p in data["predictions"]}
+    if "base" not in conds:
+        problems.append(f"{path}: field 'predictions': no 'base' condition (the KV-only reference every submission reports)")
+    headline = data["submission"]["headline_condition"]
+    if headline not in conds:
+        problems.append(f"{path}: field 'submission/headline_condition': no predictions for '{headline}'")
+    try:
+        ds = spec.dataset(data["dataset"]["id"])
+        data_file = ds.split("test")
+    except Exception as exc:  # noqa: BLE001
+        return problems + [f"{path}: field 'dataset/id': {exc}"]
+    if data["dataset"].get("sha256") not in (None, data_file.sha256):
+        problems.append(f"{path}: field 'dataset/sha256': {data['dataset'].get('sha256')}, the spec pins {data_file.sha256}")
+    if not data_file.path.exists():  # paper-tier data lives in the cache; checked where it is prepared
+        return problems
+    want = {d.doc_id: sorted(q.id for q in d.questions) for d in load_split(data_file)}
+    have: dict[str, set] = {}
+    for p in data["predictions"]:
+        have.setdefault(p["doc_id"], set()).add(p["question_id"])
+    if set(have) != set(want):
+        missing = sorted(set(want) - set(have))
+        problems.append(f"{path}: field 'documents': {len(have)} of the split's {len(want)} documents"
+                        + (f" (missing {missing[:5]}{'...' if len(missing) > 5 else ''})" if missing else "")
+                        + "; the leaderboard needs the full split (evaluate without --docs)")
+    else:
+        short = sorted(d for d in want if sorted(have[d]) != want[d])
+        if short:
+            problems.append(f"{path}: field 'predictions': documents {short[:5]} do not answer all their questions "
+                            "(evaluate without --questions)")
+    return problems

@@ -1,0 +1,337 @@
+"""Conformance of what is committed (every submission, every result file, the rendered leaderboard),
+and proof that the checks catch broken submissions and tampered results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from benchmark import leaderboard
+from benchmark.conformance import check_result_file, check_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
+RESULTS_ROOT = ROOT / "leaderboard" / "results"
+RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
+
+
+# ------------------------------------------------------------------ what is committed
+
+
+@pytest.mark.parametrize("submission", SUBMISSIONS, ids=[p.name for p in SUBMISSIONS])
+def test_committed_submission_conforms(submission):
+    assert check_submission(submission) == []
+
+
+@pytest.mark.parametrize("result", RESULTS, ids=[p.relative_to(RESULTS_ROOT).as_posix() for p in RESULTS])
+def test_committed_result_conforms(result):
+    assert check_result_file(result, submissions_dir=ROOT / "submissions") == []
+
+
+@pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
+def test_leaderboard_is_up_to_date():
+    stale = leaderboard.stale_files(RESULTS_ROOT, ROOT / "leaderboard" / "README.md", ROOT / "leaderboard" / "plots")
+    assert stale == [], "leaderboard is stale; run `lorakv-bench leaderboard` and commit leaderboard/"
+
+
+# ------------------------------------------------------------------ broken submissions are caught
+
+
+def write_submission(root: Path, name: str, yaml_text: str, files: dict[str, str] | None = None) -> Path:
+    folder = root / "submissions" / name
+    folder.mkdir(parents=True)
+    (folder / "submission.yaml").write_text(textwrap.dedent(yaml_text).lstrip())
+    for fname, src in (files or {}).items():
+        (folder / fname).write_text(textwrap.dedent(src).lstrip())
+    return folder
+
+
+def yaml_for(name: str, compressor: str = "{press: KnormPress}", adapter: str = "{recipe: none}", extra: str = "") -> str:
+    return (f"name: {name}\nauthors: [Test Author]\ndescription: conformance test\n"
+            f"compressor: {compressor}\nadapter: {adapter}\n{extra}")
+
+
+GOOD_PRESS = """
+    from dataclasses import dataclass
+
+    from kvpress import ScorerPress
+
+
+    @dataclass
+    class NormPress(ScorerPress):
+        '''Keeps the entries with the largest value norm.'''
+
+        def score(self, module, hidden_states, keys, values, attentions, kwargs):
+            return values.norm(dim=-1)
+    """
+
+PREFIX_EVICTING_PRESS = """
+    from dataclasses import dataclass
+
+    from kvpress import ScorerPress
+
+
+    @dataclass
+    class NormPress(ScorerPress):
+        '''Prunes the cache itself, dropping the first (prefix) entry of every layer.'''
+
+        def score(self, module, hidden_states, keys, values, attentions, kwargs):
+            layer = kwargs["past_key_values"].layers[module.layer_idx]
+            layer.keys, layer.values = layer.keys[:, :, 1:], layer.values[:, :, 1:]
+            return values.norm(dim=-1)
+    """
+
+WRONG_SHAPE_PRESS = """
+    from dataclasses import dataclass
+
+    from kvpress import ScorerPress
+
+
+    @dataclass
+    class PerQueryHeadPress(ScorerPress):
+        '''Returns one score per *query* head (GQA: 4 query heads, 2 KV heads) instead of per KV head.'''
+
+        def score(self, module, hidden_states, keys, values, attentions, kwargs):
+            groups = module.config.num_attention_heads // module.config.num_key_value_heads
+            return keys.norm(dim=-1).repeat_interleave(groups, dim=1)
+    """
+
+GOOD_HOOK = """
+    def make_pairs(view):
+        first = view.text.split(".")[0]
+        return [{"question": "What does the document start with?", "answer": first}] + [
+            {"question": q, "answer": a} for q, a in view.train_qa]
+    """
+
+BAD_HOOK = """
+    def make_pairs(view):
+        return [("What does the document start with?", view.text[:20])]  # tuples, not dicts
+    """
+
+LORA = "{recipe: qa, lora: {r: 4, alpha: 8}, train: {epochs: 1}}"
+
+
+def test_good_submissions_pass(tmp_path):
+    kvpress_named = write_submission(tmp_path, "snapkv-qa", yaml_for(
+        "snapkv-qa", "{press: SnapKVPress, kwargs: {window_size: 16}}", LORA))
+    custom = write_submission(tmp_path, "custom", yaml_for(
+        "custom", "{press: 'press:NormPress'}",
+        "{recipe: qa, lora: {r: 4, alpha: 8}, train: {hook: 'hooks:make_pairs'}}"),
+        {"press.py": GOOD_PRESS, "hooks.py": GOOD_HOOK})
+    assert check_submission(kvpress_named) == []
+    assert check_submission(custom) == []
+
+
+@pytest.mark.parametrize("compressor, adapter, extra, field, words", [
+    ("{press: KnormPress}", "{recipe: qa, lora: {rank: 16}}", "", "adapter/lora", "rank"),
+    ("{press: KnormPress, window: 3}", "{recipe: none}", "", "compressor", "window"),
+    ("{press: KnormPress}", "{recipe: finetune}", "", "adapter/recipe", "finetune"),
+    ("{press: KnormPress}", "{recipe: none}", "headline_condition: adapter_all\n", "headline_condition", "adapter"),
+    ("{press: NoSuchPress}", "{recipe: none}", "", "compressor/press", "NoSuchPress"),
+    ("{press: SnapKVPress, kwargs: {windw_size: 3}}", "{recipe: none}", "", "compressor/kwargs", "windw_size"),
+    ("{press: KnormPress}", "{recipe: qa, lora: {target_modules: [mlp_in]}}", "", "adapter/lora/target_modules", "mlp_in"),
+    ("{press: KnormPress}", "{recipe: qa, lora: {init: pissa}}", "", "adapter/lora", "pissa"),
+], ids=["unknown-lora-field", "unknown-compressor-field", "unknown-recipe", "headline-needs-adapter",
+        "unknown-press", "bad-press-kwargs", "bad-target-modules", "base-modifying-init"])
+def test_bad_yaml_field_is_named(tmp_path, compressor, adapter, extra, field, words):
+    folder = write_submission(tmp_path, "broken", yaml_for("broken", compressor, adapter, extra))
+    problems = check_submission(folder)
+    assert problems, "a broken submission passed"
+    text = "\n".join(problems)
+    assert str(folder / "submission.yaml") in text
+    assert f"'{field}" in text and words in text, text
+
+
+def test_name_must_match_folder(tmp_path):
+    folder = write_submission(tmp_path, "right", yaml_for("wrong"))
+    (problem,) = check_submission(folder)
+    assert "field 'name'" in problem and "submission.yaml" in problem
+
+
+def test_press_that_evicts_prefix_entries_fails(tmp_path):
+    folder = write_submission(tmp_path, "evicts-prefix", yaml_for("evicts-prefix", "{press: 'press:NormPress'}"),
+                              {"press.py": PREFIX_EVICTING_PRESS})
+    problems = check_submission(folder)
+    assert problems and all("field 'compressor/press'" in p for p in problems)
+    assert any("changed the KV cache" in p for p in problems), problems
+
+
+def test_press_same_module_name_as_another_submission_is_not_reused(tmp_path):
+    """Two submissions each with a press.py: the second is checked with its own code."""
+    good = write_submission(tmp_path, "good", yaml_for("good", "{press: 'press:NormPress'}"), {"press.py": GOOD_PRESS})
+    bad = write_submission(tmp_path, "bad", yaml_for("bad", "{press: 'press:NormPress'}"), {"press.py": PREFIX_EVICTING_PRESS})
+    assert check_submission(good) == []
+    assert check_submission(bad) != []
+    assert check_submission(good) == []
+
+
+def test_press_with_wrong_score_shape_fails(tmp_path):
+    folder = write_submission(tmp_path, "wrong-shape", yaml_for("wrong-shape", "{press: 'press_q:PerQueryHeadPress'}"),
+                              {"press_q.py": WRONG_SHAPE_PRESS})
+    problems = check_submission(folder)
+    assert problems and any("shape" in p and "(batch, kv_heads, n_doc)" in p for p in problems), problems
+    assert all("field 'compressor/press'" in p for p in problems)
+
+
+def test_missing_press_module_fails(tmp_path):
+    folder = write_submission(tmp_path, "no-module", yaml_for("no-module", "{press: 'nowhere:NormPress'}"))
+    (problem,) = check_submission(folder)
+    assert "field 'compressor/press'" in problem and "nowhere" in problem
+
+
+def test_nondeterministic_press_fails(tmp_path):
+    folder = write_submission(tmp_path, "random", yaml_for("random", "{press: RandomPress}"))
+    problems = check_submission(folder)
+    assert any("not deterministic" in p for p in problems), problems
+    seeded = write_submission(tmp_path, "random-seeded", yaml_for("random-seeded", "{press: RandomPress, kwargs: {seed: 0}}"))
+    assert check_submission(seeded) == []
+
+
+def test_missing_hook_fails(tmp_path):
+    folder = write_submission(tmp_path, "no-hook", yaml_for(
+        "no-hook", adapter="{recipe: qa, train: {hook: 'synth:make_pairs'}}"))
+    (problem,) = check_submission(folder)
+    assert "field 'adapter/train/hook'" in problem and "synth.py" in problem
+
+
+def test_hook_returning_wrong_type_fails(tmp_path):
+    folder = write_submission(tmp_path, "bad-hook", yaml_for(
+        "bad-hook", adapter="{recipe: ctx_qa, train: {hook: 'bad_hooks:make_pairs'}}"), {"bad_hooks.py": BAD_HOOK})
+    (problem,) = check_submission(folder)
+    assert "field 'adapter/train/hook'" in problem and "dict" in problem
+
+
+def test_hook_with_ntp_recipe_fails(tmp_path):
+    folder = write_submission(tmp_path, "ntp-hook", yaml_for(
+        "ntp-hook", adapter="{recipe: ntp, train: {hook: 'hooks:make_pairs'}}"), {"hooks.py": GOOD_HOOK})
+    (problem,) = check_submission(folder)
+    assert "field 'adapter/train/hook'" in problem and "ntp" in problem
+
+
+def test_not_yaml(tmp_path):
+    folder = tmp_path / "submissions" / "garbled"
+    folder.mkdir(parents=True)
+    (folder / "submission.yaml").write_text("name: [unclosed\n")
+    (problem,) = check_submission(folder)
+    assert "submission.yaml" in problem and "YAML" in problem
+
+
+# ------------------------------------------------------------------ result files: valid, then tampered
+
+
+def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple[Path, Path]:
+    """A result file that passes every check: real mini-tier questions, made-up generations,
+    metrics and cells computed the way the runner does. Returns (path, submissions dir)."""
+    from benchmark.datasets import load_split
+    from benchmark.metrics import extract_answer, score_prediction
+    from benchmark.results import ResultFile, result_path
+    from benchmark.spec import load_spec
+    from benchmark.submission import load_submission
+
+    folder = write_submission(tmp_path, "knorm", yaml_for("knorm"))
+    sub = load_submission(folder)
+    spec = load_spec("mini")
+    model = spec.model()
+    ds = spec.dataset(dataset)
+    prefix = spec.prompt_for(model).answer_prefix
+    header = {
+        "submission": {"name": sub.name, "hash": sub.hash(), "compressor": sub.compressor_cfg,
+                       "adapter": sub.raw["adapter"], "headline_condition": sub.headline_condition},
+        "tier": "mini", "spec_version": spec.spec_version, "spec_hash": spec.hash,
+        "model": {"id": model.id, "name": model.name}, "dataset": {"id": ds.id, "split": "test", "sha256": ds.test.sha256},
+        "rhos": sorted(spec.rhos), "conditions": list(spec.conditions), "environment": {"device": "cpu"},
+    }
+    path = result_path(tmp_path / "leaderboard" / "results", sub.name, "mini", model.id, ds.id)
+    rf = ResultFile(path, header)
+    docs, preds = [], []
+    for d_i, doc in enumerate(load_split(ds.test)):
+        docs.append({"doc_id": doc.doc_id, "n_prefix_tokens": 12, "n_doc_tokens": 300, "adapter": None, "timings": {}})
+        for q_i, q in enumerate(doc.questions):
+            for rho in sorted(spec.rhos):
+                right = (q_i + d_i) % 3 != 0 and rho < 0.9
+                generation = f" {q.answers[0]}\nQuestion: more" if right else " I am not sure\n"
+                prediction = extract_answer(generation, prefix)
+                s = score_prediction(prediction, q.answers)
+                kept = 300 - int(300 * rho)
+                preds.append({"doc_id": doc.doc_id, "question_id": q.id, "rho": rho, "condition": "base",
+                              "generation": generation, "prediction": prediction, "answers": list(q.answers),
+                              "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
+                              "kv_entries": kept, "kv_bytes": 64 * kept})
+    rf.data["documents"], rf.data["predictions"] = docs, preds
+    rf.save()
+    return path, tmp_path / "submissions"
+
+
+@pytest.fixture()
+def valid_result(tmp_path):
+    return write_valid_result(tmp_path)
+
+
+def test_valid_result_passes(valid_result):
+    path, subs = valid_result
+    assert check_result_file(path, submissions_dir=subs) == []
+    assert check_result_file(path) == []  # finds tmp_path/submissions by itself
+
+
+def _tamper(path: Path, fn) -> Path:
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def test_tampered_rouge_is_reported(valid_result, tmp_path):
+    path, subs = valid_result
+    copy = tmp_path / "copy" / path.relative_to(tmp_path)
+    copy.parent.mkdir(parents=True)
+    shutil.copy(path, copy)
+
+    def bump(data):
+        p = data["predictions"][3]
+        p["rouge_l"] = 100.0 if p["rouge_l"] < 50 else 0.0
+
+    problems = check_result_file(_tamper(copy, bump), submissions_dir=subs)
+    assert any("field 'predictions/3/rouge_l'" in p and str(copy) in p for p in problems), problems
+    assert check_result_file(path, submissions_dir=subs) == []  # the original is untouched
+
+
+def _set(path_in_data, value):
+    def fn(data):
+        obj = data
+        for key in path_in_data[:-1]:
+            obj = obj[key]
+        obj[path_in_data[-1]] = value
+    return fn
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (_set(["predictions", 0, "prediction"], "something else"), "predictions/0/prediction"),
+    (_set(["predictions", 1, "exact_match"], 50.0), "predictions/1/exact_match"),
+    (_set(["cells", 0, "rouge_l"], 99.0), "cells/0/rouge_l"),
+    (_set(["cells", 2, "kv_bytes"], 1.0), "cells/2/kv_bytes"),
+    (_set(["spec_hash"], "0123456789abcdef"), "spec_hash"),
+    (_set(["submission", "hash"], "0123456789abcdef"), "submission/hash"),
+    (_set(["submission", "name"], "someone-else"), "submission/name"),
+    (_set(["rhos"], [0.0, 0.5, 0.75, 0.9, 0.95, 1.0, 0.99]), "rhos"),
+    (_set(["format"], "lorakv-bench-result/0"), "format"),
+    (lambda d: d.update(predictions=[p for p in d["predictions"] if p["rho"] != 0.5]), "predictions"),
+    (lambda d: d.update(predictions=[p for p in d["predictions"] if p["doc_id"] != d["documents"][0]["doc_id"]],
+                        documents=d["documents"][1:]), "documents"),
+], ids=["prediction-not-extracted", "exact-match", "cell-rouge", "cell-kv-bytes", "unknown-spec", "submission-hash",
+        "wrong-place", "rho-grid", "schema", "missing-rho", "partial-split"])
+def test_tampered_result_is_reported(valid_result, mutate, field):
+    path, subs = valid_result
+    problems = check_result_file(_tamper(path, mutate), submissions_dir=subs)
+    assert any(f"'{field}" in p for p in problems), problems
+
+
+def test_changed_submission_is_reported(valid_result):
+    path, subs = valid_result
+    yml = subs / "knorm" / "submission.yaml"
+    yml.write_text(yml.read_text().replace("conformance test", "changed after evaluating"))
+    problems = check_result_file(path, submissions_dir=subs)
+    assert any("field 'submission/hash'" in p for p in problems), problems
