@@ -102,6 +102,45 @@ def cmd_smoke(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    """Conformance of submission folders and result files; every problem names file and field."""
+    from .conformance import check_result_file, check_submission
+
+    status = 0
+    for target in args.paths:
+        problems = check_result_file(target) if str(target).endswith(".json") else check_submission(target)
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({len(problems)} problems)" if problems else ""))
+        status |= bool(problems)
+    return status
+
+
+def cmd_leaderboard(args) -> int:
+    from .leaderboard import render, stale_files
+
+    if args.check:
+        stale = stale_files(args.results, args.out, args.plots)
+        for f in stale:
+            print(f"stale: {f}")
+        if stale:
+            print("run `lorakv-bench leaderboard` to regenerate", file=sys.stderr)
+        return int(bool(stale))
+    render(args.results, args.out, args.plots)
+    print(f"wrote {args.out} and {args.plots}/")
+    return 0
+
+
+def cmd_prepare_data(args) -> int:
+    from .paper_data import prepare_data
+    from .paths import cache_dir
+
+    out = args.out or cache_dir() / "data" / f"{args.name}.jsonl"
+    summary = prepare_data(args.name, args.source, out, selection=args.selection)
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,13 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rhos", type=float, nargs="+", help=RHO_HELP)
     e.add_argument("--conditions", nargs="+", help="subset of: " + _cond_help())
     e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    e.add_argument("--batch-size", type=int, default=16, help="questions decoded together")
+    e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
     e.add_argument("--out", default="leaderboard/results", help="root of the result files")
     e.set_defaults(func=cmd_evaluate)
 
     v = sub.add_parser("validate-data", help="check JSONL files against the document format")
     v.add_argument("files", nargs="+")
     v.set_defaults(func=cmd_validate_data)
+
+    val = sub.add_parser("validate", help="conformance of submissions/<name> folders and result .json files")
+    val.add_argument("paths", nargs="+")
+    val.set_defaults(func=cmd_validate)
+
+    lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots from the result files")
+    lb.add_argument("--results", default="leaderboard/results")
+    lb.add_argument("--out", default="leaderboard/README.md")
+    lb.add_argument("--plots", default="leaderboard/plots")
+    lb.add_argument("--check", action="store_true", help="only report whether the leaderboard is up to date")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    pd = sub.add_parser("prepare-data", help="convert a paper-tier dataset to the benchmark's JSONL")
+    pd.add_argument("name", choices=["narrativeqa", "longhealth"])
+    pd.add_argument("--source", help="local files in the original format (NarrativeQA parquet dir, LongHealth json)")
+    pd.add_argument("--selection", help="selection JSON (default: the paper's, shipped in the package)")
+    pd.add_argument("--out", help="output JSONL (default: $LORAKV_CACHE/data/<name>.jsonl, where the paper spec looks)")
+    pd.set_defaults(func=cmd_prepare_data)
 
     s = sub.add_parser("smoke", help="load the tier: data validated, model provisioned, one question answered")
     s.add_argument("--tier", default="mini")

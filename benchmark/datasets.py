@@ -53,7 +53,7 @@ class DataError(SpecError):
 
 
 def parse_document(obj: dict, source: str) -> Document:
-    validate_against("document.schema.json", obj, source)
+    validate_against("document.schema.json", obj, source, DataError)
     return Document(
         doc_id=obj["doc_id"],
         text=obj["text"],

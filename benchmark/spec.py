@@ -40,7 +40,7 @@ class SpecError(ValueError):
     """A spec or data file that does not conform; the message names the file and field."""
 
 
-def validate_against(schema_name: str, obj, source: str) -> None:
+def validate_against(schema_name: str, obj, source: str, error: type[Exception] | None = None) -> None:
     """Validate ``obj`` with ``schemas/<schema_name>``; raise SpecError naming file and field."""
     schema = json.loads((SCHEMA_DIR / schema_name).read_text())
     validator = jsonschema.Draft202012Validator(schema)
@@ -51,7 +51,7 @@ def validate_against(schema_name: str, obj, source: str) -> None:
             where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
             lines.append(f"  {source}: field '{where}': {err.message}")
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        raise SpecError(f"{source} does not match {schema_name}:\n" + "\n".join(lines) + more)
+        raise (error or SpecError)(f"{source} does not match {schema_name}:\n" + "\n".join(lines) + more)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tiny random models and an offline tokenizer for fast unit tests (seconds, no downloads)."""
+"""Tiny random models and an offline tokenizer: fast unit tests and submission conformance checks (seconds, no downloads)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,68 @@
+"""Adapters: trained once then loaded; on/off switching is exact; the trainer never sees eval questions."""
+
+import torch
+
+from benchmark import adapters as A
+from benchmark.adapters import AdapterStore, LoraSettings, Recipe, TrainSettings, adapter_key, adapter_state, build_examples
+from benchmark.models import PromptRenderer
+from benchmark.tiny import tiny_model
+
+RECIPE = Recipe("qa", LoraSettings(r=4, alpha=8, use_dora=True), TrainSettings(lr=5e-2, epochs=2, batch_size=2))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits
+
+
+def test_adapter_trained_once_then_loaded(tmp_path, qa_prompt, document, monkeypatch):
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, qa_prompt)
+    view = document.training_view()
+    store = AdapterStore(tmp_path / "adapters")
+    key = adapter_key("tiny", view, RECIPE, "test-1.0")
+    ids = r.full_ids(document.text, "Where?")
+    before = _logits(model, ids)
+
+    info = store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id, progress=False)
+    assert not info["cached"] and info["steps"] == 4 and info["final_loss"] < info["first_loss"]
+    trained = _logits(model, ids)
+    with adapter_state(model, False):
+        assert torch.equal(_logits(model, ids), before)  # disabled adapter = exactly the base model
+    assert not torch.allclose(trained, before)
+    model.delete_adapter("doc")
+
+    calls = []
+    monkeypatch.setattr(A, "train_adapter", lambda *a, **k: calls.append(1))
+    info = store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id, progress=False)
+    assert info["cached"] and not calls
+    assert torch.allclose(_logits(model, ids), trained, atol=1e-6)
+
+
+def test_examples_are_answer_only_and_use_no_document(qa_prompt, document):
+    _, tok = tiny_model("llama")
+    r = PromptRenderer(tok, qa_prompt)
+    ex = build_examples(document.training_view(), RECIPE, r)
+    assert len(ex) == len(document.train_qa)
+    doc_ids = r.doc_ids(document.text)
+    for e, (q, a) in zip(ex, document.train_qa):
+        target = [t for t, lab in zip(e.input_ids, e.labels) if lab != -100]
+        assert tok.decode(target, skip_special_tokens=True).strip() == a
+        assert e.input_ids[: len(r.no_doc_ids(q))] == r.no_doc_ids(q)
+        assert not any(e.input_ids[i:i + 8] == doc_ids[:8] for i in range(len(e.input_ids)))
+    ntp = build_examples(document.training_view(), Recipe("ntp", train=TrainSettings(objective="ntp", chunk_tokens=16)), r)
+    assert sum(len(e.input_ids) for e in ntp) == len(doc_ids)
+
+
+def test_training_view_hides_evaluation_questions(document):
+    view = document.training_view()
+    assert not hasattr(view, "questions")
+    assert all(q.question not in repr(view) for q in document.questions)
+
+
+def test_key_changes_with_recipe_and_document(document):
+    view = document.training_view()
+    other = Recipe("qa", LoraSettings(r=8), RECIPE.train)
+    assert adapter_key("m", view, RECIPE, "v") != adapter_key("m", view, other, "v")
+    assert adapter_key("m", view, RECIPE, "v") != adapter_key("m2", view, RECIPE, "v")
+    assert adapter_key("m", view, RECIPE, "v") == adapter_key("m", document.training_view(), RECIPE, "v")

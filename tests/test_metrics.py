@@ -1,0 +1,49 @@
+"""ROUGE-L / EM after SQuAD normalisation, answer extraction, clustered bootstrap (hand-computed)."""
+
+import pytest
+
+from benchmark.metrics import clustered_bootstrap_ci, exact_match, extract_answer, normalize_answer, rouge_l
+
+
+def test_normalisation():
+    assert normalize_answer("  The Tollervik Bakery!  ") == "tollervik bakery"
+    assert normalize_answer("An apple, a pear.") == "apple pear"
+    assert normalize_answer("Ærøskøbing") == "ærøskøbing"
+
+
+@pytest.mark.parametrize("pred,golds,expected", [
+    ("Tollervik", ["Tollervik"], 1.0),
+    ("the Tollervik", ["Tollervik"], 1.0),  # article dropped
+    ("in Tollervik town", ["Tollervik"], 0.5),  # P=1/3, R=1 -> F=0.5
+    ("40 mg daily", ["40 mg", "forty milligrams"], 0.8),  # P=2/3, R=1 -> 0.8, max over golds
+    ("mg 40", ["40 mg"], 0.5),  # LCS 1: P=R=1/2
+    ("", ["Tollervik"], 0.0),
+    ("Ærøskøbing harbour", ["ærøskøbing"], 2 / 3),  # unicode letters are kept as tokens
+])
+def test_rouge_l_hand_computed(pred, golds, expected):
+    assert rouge_l(pred, golds) == pytest.approx(expected)
+
+
+def test_exact_match():
+    assert exact_match("The Tollervik.", ["tollervik"]) == 1.0
+    assert exact_match("Tollervik bay", ["Tollervik"]) == 0.0
+    assert exact_match("", ["x"]) == 0.0
+
+
+def test_extraction():
+    assert extract_answer(" Tollervik\nmore", "Answer:") == "Tollervik"
+    assert extract_answer("\n\n  Anders  \n", "") == "Anders"
+    assert extract_answer("Anders}", "The answer is \\boxed{") == "Anders"
+    assert extract_answer("I think \\boxed{a {b} c} end") == "a {b} c"
+    assert extract_answer("40 mg", "The answer is \\boxed{") == "40 mg"  # unclosed box: all of it
+    assert extract_answer("") == ""
+
+
+def test_clustered_bootstrap_is_wider_than_nothing_and_deterministic():
+    vals = [1, 1, 1, 0, 0, 0, 1, 0]
+    docs = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    lo, hi = clustered_bootstrap_ci(vals, docs, seed=0)
+    assert 0 <= lo < 0.5 < hi <= 1
+    assert (lo, hi) == clustered_bootstrap_ci(vals, docs, seed=0)
+    # identical documents -> zero-width interval
+    assert clustered_bootstrap_ci([0.5, 0.5], ["a", "b"]) == (0.5, 0.5)

@@ -1,0 +1,144 @@
+"""The runner: conditions use the adapter exactly where the spec says, prefills happen once per
+weights, results resume, and bad inputs fail with messages naming file and field."""
+
+import json
+
+import pytest
+
+from benchmark import runner as R
+from benchmark.models import PromptRenderer
+from benchmark.spec import CONDITIONS, SpecError, load_spec
+from benchmark.submission import load_submission
+from benchmark.tiny import tiny_model
+
+SUB = """name: {name}
+authors: [test]
+description: test submission
+compressor: {{press: SnapKVPress, kwargs: {{window_size: 8}}}}
+adapter:
+  recipe: {recipe}
+"""
+LORA = """  lora: {r: 4, alpha: 8, target_modules: [gate_proj, up_proj, down_proj], use_dora: true}
+  train: {lr: 5.0e-2, epochs: 1, batch_size: 4}
+"""
+
+
+def make_submission(tmp_path, recipe="qa", name="tsub"):
+    d = tmp_path / "submissions" / name
+    d.mkdir(parents=True)
+    (d / "submission.yaml").write_text(SUB.format(name=name, recipe=recipe) + (LORA if recipe != "none" else ""))
+    return load_submission(d)
+
+
+def make_run(tmp_path, qa_prompt, recipe="qa"):
+    model, tok = tiny_model("llama")
+    sub = make_submission(tmp_path, recipe)
+    return R.DocumentRun(model=model, tokenizer=tok, renderer=PromptRenderer(tok, qa_prompt), spec=load_spec("mini"),
+                         submission=sub, model_key="tiny", press=sub.make_compressor(), progress=False)
+
+
+def _adapter_on(model) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return bool(layers) and not layers[0].disable_adapters
+
+
+def test_adapter_is_on_exactly_where_the_condition_says(tmp_path, qa_prompt, document, monkeypatch):
+    run = make_run(tmp_path, qa_prompt)
+    seen = {"prefill": [], "decode": []}
+    real_prefill, real_decode = R.prefill, R.greedy_decode
+
+    def spy_prefill(model, *a, **k):
+        seen["prefill"].append(_adapter_on(model))
+        return real_prefill(model, *a, **k)
+
+    def spy_decode(model, tok, rows, **k):
+        seen["decode"].append((_adapter_on(model), len(rows)))
+        return real_decode(model, tok, rows, **k)
+
+    monkeypatch.setattr(R, "prefill", spy_prefill)
+    monkeypatch.setattr(R, "greedy_decode", spy_decode)
+    rhos = [0.0, 0.5, 1.0]
+    for cond, c in CONDITIONS.items():
+        seen = {"prefill": [], "decode": []}
+        _, preds = run.evaluate(document, rhos, [cond])
+        assert len(preds) == len(rhos) * len(document.questions)
+        expected_prefills = sorted({c["prefill"], c["score"]})
+        assert sorted("adapter" if on else "base" for on in seen["prefill"]) == expected_prefills
+        assert seen["decode"] == [(c["decode"] == "adapter", len(preds))]
+
+
+def test_one_prefill_per_weights_for_the_whole_grid(tmp_path, qa_prompt, document):
+    run = make_run(tmp_path, qa_prompt)
+    rec, preds = run.evaluate(document, [0.0, 0.25, 0.5, 0.75, 0.9, 1.0], list(CONDITIONS))
+    assert run.stats["prefills"] == 2  # base and adapter, never |rho| x |conditions|
+    assert len(preds) == 6 * 4 * len(document.questions)
+    # base and base_kv_adapter_decode read the same cache
+    for p in preds:
+        if p["condition"] == "base_kv_adapter_decode":
+            twin = next(x for x in preds if x["condition"] == "base" and x["rho"] == p["rho"]
+                        and x["question_id"] == p["question_id"])
+            assert twin["kv_entries"] == p["kv_entries"]
+
+
+def test_no_adapter_recipe_runs_only_base(tmp_path, qa_prompt, document):
+    run = make_run(tmp_path, qa_prompt, recipe="none")
+    rec, preds = run.evaluate(document, [0.0, 1.0], list(CONDITIONS))
+    assert {p["condition"] for p in preds} == {"base"} and rec["adapter"] is None
+
+
+def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch):
+    from benchmark.datasets import Document
+    from benchmark.spec import DataFile
+
+    data = tmp_path / "docs.jsonl"
+    row = {"doc_id": document.doc_id, "text": document.text,
+           "questions": [{"id": q.id, "question": q.question, "answers": list(q.answers)} for q in document.questions],
+           "train_qa": [{"question": q, "answer": a} for q, a in document.train_qa]}
+    data.write_text(json.dumps(row) + "\n" + json.dumps({**row, "doc_id": "d1", "questions": [
+        {**q, "id": q["id"] + "b"} for q in row["questions"]]}) + "\n")
+    model, tok = tiny_model("llama")
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
+    spec = load_spec("mini")
+    ds = spec.datasets[0]
+    import dataclasses
+
+    spec = dataclasses.replace(spec, datasets=(dataclasses.replace(ds, test=DataFile(data, None)),))
+    monkeypatch.setattr(R, "load_spec", lambda tier: spec)
+    sub = make_submission(tmp_path)
+    out = tmp_path / "results"
+    calls = []
+    real = R.DocumentRun.evaluate
+    monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
+    kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False)
+    [path] = R.evaluate(sub.path, docs=1, **kwargs)
+    first = json.loads(path.read_text())
+    assert len(first["predictions"]) == 2 * 2 * 3 and calls == ["d0"]
+    [path] = R.evaluate(sub.path, **kwargs)  # resumes: d0 is done, only d1 runs
+    assert calls == ["d0", "d1"]
+    data2 = json.loads(path.read_text())
+    assert len(data2["predictions"]) == 2 * 2 * 3 * 2
+    assert [p for p in data2["predictions"] if p["doc_id"] == "d0"] == first["predictions"]
+    cell = next(c for c in data2["cells"] if c["rho"] == 0.0 and c["condition"] == "base")
+    assert cell["n_documents"] == 2 and cell["rouge_l_ci95"][0] <= cell["rouge_l"] <= cell["rouge_l_ci95"][1]
+
+
+def test_bad_submission_names_file_and_field(tmp_path):
+    d = tmp_path / "submissions" / "bad"
+    d.mkdir(parents=True)
+    (d / "submission.yaml").write_text(SUB.format(name="bad", recipe="qa") + "  lora: {r: 0}\n")
+    with pytest.raises(SpecError, match=r"submission.yaml: field 'adapter/lora/r'"):
+        load_submission(d)
+
+
+def test_bad_data_names_file_line_and_field(tmp_path):
+    from benchmark.datasets import DataError, load_documents
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"doc_id": "a", "text": "t", "questions": [{"id": "q", "question": "?", "answers": []}]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: field 'questions/0/answers'"):
+        load_documents(f)
+    f.write_text("{not json\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: not valid JSON"):
+        load_documents(f)
