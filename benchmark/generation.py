@@ -18,8 +18,28 @@ from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .compression import KV
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A cache layer written in place into a buffer sized for the whole decode, instead of
+    DynamicLayer's ``torch.cat`` of the entire cache at every generated token."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self._kbuf, self._vbuf, self._len = keys, values, length
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        end = self._len + key_states.shape[-2]
+        self._kbuf[:, :, self._len:end] = key_states
+        self._vbuf[:, :, self._len:end] = value_states
+        self._len = end
+        self.keys, self.values = self._kbuf[:, :, :end], self._vbuf[:, :, :end]
+        return self.keys, self.values
 
 
 @dataclass
@@ -56,16 +76,19 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
     q_len = max(len(r.suffix_ids) for r in rows)
 
     cache = DynamicCache()
+    cache.layer_class_to_replicate = None
+    cache.layers = []
+    capacity = cache_len + q_len + max_new_tokens
     for layer in range(n_layers):
         k0 = rows[0].kv[layer][0]
-        shape = (bsz, k0.shape[1], cache_len, k0.shape[3])
+        shape = (bsz, k0.shape[1], capacity, k0.shape[3])
         keys = k0.new_zeros(shape)
         values = k0.new_zeros(shape)
         for b, r in enumerate(rows):
             k, v = r.kv[layer]
             keys[b, :, : k.shape[2]] = k[0]
             values[b, :, : v.shape[2]] = v[0]
-        cache.update(keys, values, layer)
+        cache.layers.append(_PreallocatedLayer(keys, values, cache_len))
 
     mask = torch.zeros(bsz, cache_len + q_len, dtype=torch.long, device=device)
     input_ids = torch.full((bsz, q_len), tokenizer.pad_token_id, dtype=torch.long, device=device)
