@@ -26,6 +26,9 @@ def _offline() -> None:
 def cmd_evaluate(args) -> int:
     from tabulate import tabulate
 
+    if args.dry_run or args.preset:
+        return dry_run(args)
+
     from .results import load_result
     from .runner import evaluate
 
@@ -41,6 +44,58 @@ def cmd_evaluate(args) -> int:
               f"({len(data['documents'])} docs, {data['spec_version']}) -> {path}")
         print(format_cells(data, tabulate))
     print(f"\nwall time: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def dry_run(args) -> int:
+    """List the runs a command (or a paper preset) would make, with their cost in prefills and trainings."""
+    from pathlib import Path
+
+    import yaml
+    from tabulate import tabulate
+
+    from .datasets import load_split
+    from .spec import CONDITIONS, load_spec
+    from .submission import load_submission
+
+    spec = load_spec(args.tier)
+    subs = [args.submission]
+    if args.preset:
+        presets = yaml.safe_load((Path(__file__).parent / "specs" / "paper_presets.yaml").read_text())
+        if args.preset not in presets:
+            print(f"error: no preset '{args.preset}' (have: {', '.join(presets)})", file=sys.stderr)
+            return 2
+        print(f"preset {args.preset}: {presets[args.preset]['description']}")
+        subs = [str(Path(args.submission).parent / s) for s in presets[args.preset]["submissions"]]
+    models = [spec.model(args.model)] if args.model else list(spec.models)
+    rhos = args.rhos or list(spec.rhos)
+    rows = []
+    for sub_path in subs:
+        try:
+            sub = load_submission(sub_path)
+            conds = [c for c in (args.conditions or spec.conditions) if sub.recipe.enabled or c == "base"]
+            name, recipe = sub.name, sub.recipe.name
+        except ValueError:
+            name, recipe, conds = Path(sub_path).name + " (missing)", "?", list(args.conditions or spec.conditions)
+        for m in models:
+            for ds in spec.datasets:
+                if args.dataset and ds.id not in args.dataset:
+                    continue
+                try:
+                    docs = load_split(ds.test)
+                    n_docs = len(docs[: args.docs])
+                    n_q = sum(len(d.questions[: args.questions]) for d in docs[: args.docs])
+                except ValueError:
+                    n_docs = ds.expected.get("documents", "?")
+                    n_q = ds.expected.get("questions", "?")
+                prefills = len({CONDITIONS[c][s] for c in conds for s in ("prefill", "score")})
+                rows.append([name, recipe, m.id, ds.id, n_docs, n_q, len(rhos), len(conds),
+                             n_docs if recipe not in ("none", "?") else 0,
+                             n_docs * prefills if isinstance(n_docs, int) else "?",
+                             n_q * len(rhos) * len(conds) if isinstance(n_q, int) else "?"])
+    print(tabulate(rows, headers=["submission", "recipe", "model", "dataset", "docs", "questions", "rhos", "conditions",
+                                  "trainings", "prefills", "answers"], tablefmt="github"))
+    print(f"rho grid: {rhos}")
     return 0
 
 
@@ -159,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
     e.add_argument("--out", default="leaderboard/results", help="root of the result files")
+    e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
+    e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
+                   "target-modules); submissions are looked up beside SUBMISSION")
     e.set_defaults(func=cmd_evaluate)
 
     v = sub.add_parser("validate-data", help="check JSONL files against the document format")
