@@ -36,7 +36,7 @@ def cmd_evaluate(args) -> int:
     paths = evaluate(
         args.submission, tier=args.tier, model_id=args.model, datasets=args.dataset, split=args.split, docs=args.docs,
         questions=args.questions, rhos=args.rhos, conditions=args.conditions, device=args.device, out=args.out,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, shard=_shard(args.shard),
     )
     for path in paths:
         data = load_result(path)
@@ -44,6 +44,25 @@ def cmd_evaluate(args) -> int:
               f"({len(data['documents'])} docs, {data['spec_version']}) -> {path}")
         print(format_cells(data, tabulate))
     print(f"\nwall time: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"error: --shard takes i/n, e.g. 0/4 (got {text!r})") from None
+    if not 0 <= i < n:
+        raise SystemExit(f"error: --shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def cmd_merge(args) -> int:
+    from .results import merge_shards
+
+    print(f"wrote {merge_shards(args.shards, args.out)}")
     return 0
 
 
@@ -214,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
     e.add_argument("--out", default="leaderboard/results", help="root of the result files")
+    e.add_argument("--shard", help="i/n: run documents i, i+n, ... (independent work units); join with `merge`")
     e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
     e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
                    "target-modules); submissions are looked up beside SUBMISSION")
@@ -222,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate-data", help="check JSONL files against the document format")
     v.add_argument("files", nargs="+")
     v.set_defaults(func=cmd_validate_data)
+
+    mg = sub.add_parser("merge", help="join shard result files (--shard i/n) into the unsharded result file")
+    mg.add_argument("out")
+    mg.add_argument("shards", nargs="+")
+    mg.set_defaults(func=cmd_merge)
 
     val = sub.add_parser("validate", help="conformance of submissions/<name> folders and result .json files")
     val.add_argument("paths", nargs="+")

@@ -107,11 +107,12 @@ class ResultFile:
         self.data["predictions"].extend(predictions)
         self.save()
 
-    def save(self) -> None:
+    def save(self, keep_updated: bool = False) -> None:
         self.data["documents"].sort(key=lambda d: d["doc_id"])
         self.data["predictions"].sort(key=lambda p: (p["doc_id"], p["question_id"], p["rho"], p["condition"]))
         self.data["cells"] = aggregate(self.data["predictions"], self.data["documents"])
-        self.data["updated"] = now()
+        if not keep_updated:
+            self.data["updated"] = now()
         validate_against("result.schema.json", self.data, str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
@@ -127,3 +128,30 @@ def load_result(path: str | Path) -> dict:
         raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     validate_against("result.schema.json", data, str(path))
     return data
+
+
+def merge_shards(paths: list[str | Path], out: str | Path) -> Path:
+    """Join shard result files (``--shard i/n``) into one: the same predictions, documents and
+    cells as a single unsharded run (cells are recomputed from the union of predictions)."""
+    datas = [load_result(p) for p in paths]
+    first = datas[0]
+    for p, d in zip(paths, datas):
+        for key in ("spec_hash", "submission", "model", "dataset", "tier", "rhos", "conditions"):
+            if d[key] != first[key]:
+                raise SpecError(f"{p}: field '{key}' differs from {paths[0]}; these are not shards of one run")
+    seen: dict[str, str] = {}
+    for p, d in zip(paths, datas):
+        for doc in d["documents"]:
+            if doc["doc_id"] in seen:
+                raise SpecError(f"{p}: document '{doc['doc_id']}' is also in {seen[doc['doc_id']]}")
+            seen[doc["doc_id"]] = str(p)
+    header = {k: first[k] for k in ("submission", "tier", "spec_version", "spec_hash", "model", "dataset", "rhos",
+                                    "conditions", "environment")}
+    merged = ResultFile.__new__(ResultFile)
+    merged.path = Path(out)
+    merged.data = {"format": FORMAT, **header, "created": min(d["created"] for d in datas),
+                   "updated": max(d["updated"] for d in datas),
+                   "documents": [doc for d in datas for doc in d["documents"]],
+                   "predictions": [p for d in datas for p in d["predictions"]], "cells": []}
+    merged.save(keep_updated=True)
+    return merged.path

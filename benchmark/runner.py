@@ -159,9 +159,13 @@ def evaluate(
     submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
     split: str = "test", docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
     conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
-    batch_size: int = 64, progress: bool = True,
+    batch_size: int = 64, progress: bool = True, shard: tuple[int, int] | None = None,
 ) -> list[Path]:
-    """Run the protocol; returns the result files written (one per dataset)."""
+    """Run the protocol; returns the result files written (one per dataset).
+
+    ``shard=(i, n)`` runs only documents i, i+n, i+2n, ... into ``<dataset>.shard-i-of-n.json``;
+    ``lorakv-bench merge`` joins the n shard files into exactly the unsharded result.
+    """
     spec = load_spec(tier)
     submission = load_submission(submission_path)
     device = pick_device(device)
@@ -174,6 +178,8 @@ def evaluate(
         ds = spec.dataset(ds_id)
         data_file = ds.split(split)
         documents = load_split(data_file)[:docs]
+        if shard:
+            documents = documents[shard[0]::shard[1]]
         header = {
             "submission": {"name": submission.name, "hash": submission.hash(), "compressor": submission.compressor_cfg,
                            "adapter": submission.raw["adapter"], "headline_condition": submission.headline_condition},
@@ -182,7 +188,8 @@ def evaluate(
             "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
             "rhos": rhos, "conditions": conditions, "environment": environment(device),
         }
-        path = result_path(out, submission.name, spec.tier, model_spec.id, ds.id + ("" if split == "test" else f".{split}"))
+        stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
+        path = result_path(out, submission.name, spec.tier, model_spec.id, stem)
         result = ResultFile(path, header)
         done = result.done()
         active = [c for c in conditions if submission.recipe.enabled or c == "base"]

@@ -142,3 +142,34 @@ def test_bad_data_names_file_line_and_field(tmp_path):
     f.write_text("{not json\n")
     with pytest.raises(DataError, match=r"bad.jsonl:1: not valid JSON"):
         load_documents(f)
+
+
+def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt, document, monkeypatch):
+    from benchmark.results import merge_shards
+    from benchmark.spec import DataFile
+    import dataclasses
+
+    rows = []
+    for i in range(3):
+        rows.append({"doc_id": f"d{i}", "text": document.text + f" Extra fact number {i}.",
+                     "questions": [{"id": f"d{i}-{q.id}", "question": q.question, "answers": list(q.answers)}
+                                   for q in document.questions[:2]],
+                     "train_qa": [{"question": q, "answer": a} for q, a in document.train_qa]})
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model, tok = tiny_model("llama")
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
+    spec = load_spec("mini")
+    spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
+    monkeypatch.setattr(R, "load_spec", lambda tier: spec)
+    sub = make_submission(tmp_path)
+    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], progress=False)
+    [whole] = R.evaluate(sub.path, out=tmp_path / "whole", **kw)
+    shards = [R.evaluate(sub.path, out=tmp_path / "shards", shard=(i, 2), **kw)[0] for i in range(2)]
+    merged = json.loads(merge_shards(shards, tmp_path / "merged.json").read_text())
+    single = json.loads(whole.read_text())
+    for key in ("predictions", "cells"):
+        assert merged[key] == single[key]
+    assert [d["doc_id"] for d in merged["documents"]] == [d["doc_id"] for d in single["documents"]]
+    with pytest.raises(SpecError, match="also in"):
+        merge_shards([shards[0], shards[0]], tmp_path / "bad.json")
