@@ -33,11 +33,19 @@ def cmd_evaluate(args) -> int:
     from .runner import evaluate
 
     t0 = time.perf_counter()
-    paths = evaluate(
-        args.submission, tier=args.tier, model_id=args.model, datasets=args.dataset, split=args.split, docs=args.docs,
-        questions=args.questions, rhos=args.rhos, conditions=args.conditions, device=args.device, out=args.out,
-        batch_size=args.batch_size, shard=_shard(args.shard),
-    )
+    common = dict(tier=args.tier, model_id=args.model, datasets=args.dataset, split=args.split, docs=args.docs,
+                  questions=args.questions, rhos=args.rhos, conditions=args.conditions, device=args.device,
+                  out=args.out, batch_size=args.batch_size)
+    if args.executor == "ray":
+        from .executors import run_on_ray
+
+        try:
+            paths = run_on_ray(args.submission, address=args.ray_address, **common)
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        paths = evaluate(args.submission, shard=_shard(args.shard), **common)
     for path in paths:
         data = load_result(path)
         print(f"\n{data['submission']['name']} | {data['model']['id']} | {data['dataset']['id']} "
@@ -234,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
     e.add_argument("--out", default="leaderboard/results", help="root of the result files")
     e.add_argument("--shard", help="i/n: run documents i, i+n, ... (independent work units); join with `merge`")
+    e.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="ray: one Ray task per (dataset, document) work unit, GPUs declared on cuda, shards merged")
+    e.add_argument("--ray-address", help="an existing Ray cluster (default: start a local instance)")
     e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
     e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
                    "target-modules); submissions are looked up beside SUBMISSION")
