@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from . import attention
 from .paths import cache_dir, sha256_file, stable_hash
 from .spec import ModelSpec, Prompt
 
@@ -141,7 +142,7 @@ def load_model(model: ModelSpec, device: str | None = None):
         kwargs = {"revision": model.source["revision"]}
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="sdpa", **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attention.register(), **kwargs)
     except OSError as exc:
         if model.source["kind"] == "hf":
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"

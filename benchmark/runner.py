@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft.helpers import DoraCaching
 from tqdm.auto import tqdm
 
 from .adapters import AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter
@@ -31,7 +32,6 @@ from .spec import CONDITIONS, Spec, load_spec
 from .submission import Submission, load_submission
 
 log = logging.getLogger(__name__)
-ADAPTER = "doc"
 
 
 @dataclass
@@ -58,13 +58,15 @@ class DocumentRun:
         needs_adapter = any(CONDITIONS[c][s] == "adapter" for c in conditions for s in ("prefill", "score", "decode"))
         timings: dict[str, float] = {}
         adapter_info = None
+        name = None
 
         if needs_adapter:
             t0 = time.perf_counter()
             view = doc.training_view()  # never the evaluation questions
             key = adapter_key(self.model_key, view, recipe, self.spec.spec_version)
+            name = f"doc_{key[:12]}"  # unique per document: nothing cached for one adapter serves another
             adapter_info = self.store.attach(
-                self.model, ADAPTER, key, recipe, lambda: build_examples(view, recipe, self.renderer),
+                self.model, name, key, recipe, lambda: build_examples(view, recipe, self.renderer),
                 self.tokenizer.pad_token_id, progress=self.progress,
             )
             adapter_info = {k: adapter_info.get(k) for k in ("bytes", "seconds", "steps", "tokens", "tokens_per_s",
@@ -72,10 +74,11 @@ class DocumentRun:
             timings["adapter_s"] = time.perf_counter() - t0
 
         try:
-            preds = self._answer(doc, questions, rhos, conditions, timings)
+            with DoraCaching():  # DoRA: weight norms computed once per adapter, not at every forward
+                preds = self._answer(doc, questions, rhos, conditions, timings)
         finally:
             if needs_adapter:
-                detach_adapter(self.model, ADAPTER)
+                detach_adapter(self.model, name)
         prefix, n_doc = len(self.renderer.prefix_ids), len(self.renderer.doc_ids(doc.text))
         record = {"doc_id": doc.doc_id, "n_prefix_tokens": prefix, "n_doc_tokens": n_doc,
                   "adapter": adapter_info, "timings": timings}

@@ -6,6 +6,7 @@ import functools
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from . import attention
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 CORPUS = [
@@ -45,9 +46,9 @@ def tiny_model(kind: str = "llama", seed: int = 0):
     )
     torch.manual_seed(seed)
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation="sdpa"))
+        model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation=attention.register()))
     elif kind == "qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16, attn_implementation="sdpa"))
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16, attn_implementation=attention.register()))
     else:
         raise ValueError(kind)
     model.generation_config.eos_token_id = tok.eos_token_id
