@@ -25,13 +25,14 @@ without a source (then ``datasets.load_dataset`` is tried, and a clear
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from .paths import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,6 @@ class DataIntegrityError(PaperDataError):
 
 
 # --------------------------------------------------------------------------- files
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: str | Path, expected: str | None, what: str) -> str:

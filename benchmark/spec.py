@@ -141,6 +141,16 @@ def _prompt(d: dict) -> Prompt:
     return Prompt(system=d["system"], user=d["user"], answer_prefix=d["answer_prefix"])
 
 
+def load_yaml(path: Path, schema_name: str) -> dict:
+    """Read a YAML file and validate it against ``schemas/<schema_name>``; errors name file and field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    validate_against(schema_name, raw, str(path))
+    return raw
+
+
 def load_spec(tier_or_path: str | Path = "mini") -> Spec:
     """Load ``specs/<tier>.yaml`` (or a YAML path), validate it and freeze it."""
     path = Path(tier_or_path)
@@ -148,11 +158,7 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
         path = SPEC_DIR / f"{tier_or_path}.yaml"
     if not path.exists():
         raise SpecError(f"no spec at {path} (tiers: {', '.join(TIERS)})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
-    validate_against("spec.schema.json", raw, str(path))
+    raw = load_yaml(path, "spec.schema.json")
     datasets = tuple(
         DatasetSpec(
             id=d["id"],

@@ -20,12 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .adapters import LoraSettings, Recipe, TrainSettings
 from .compression import build_compressor
 from .paths import stable_hash
-from .spec import SpecError, validate_against
+from .spec import SpecError, load_yaml
 
 
 @dataclass(frozen=True)
@@ -63,11 +61,7 @@ def load_submission(path: str | Path) -> Submission:
     yml = path / "submission.yaml" if path.is_dir() else path
     if not yml.exists():
         raise SpecError(f"{yml}: no submission.yaml (a submission is a folder submissions/<name>/ holding one)")
-    try:
-        raw = yaml.safe_load(yml.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{yml}: not valid YAML: {exc}") from exc
-    validate_against("submission.schema.json", raw, str(yml))
+    raw = load_yaml(yml, "submission.schema.json")
     folder = yml.parent
     if raw["name"] != folder.name and folder.parent.name == "submissions":
         raise SpecError(f"{yml}: field 'name': '{raw['name']}' must equal the folder name '{folder.name}'")
