@@ -51,8 +51,19 @@ def cmd_evaluate(args) -> int:
         print(f"\n{data['submission']['name']} | {data['model']['id']} | {data['dataset']['id']} "
               f"({len(data['documents'])} docs, {data['spec_version']}) -> {path}")
         print(format_cells(data, tabulate))
-    print(f"\nwall time: {time.perf_counter() - t0:.1f} s")
+    print(f"\nwall time: {time.perf_counter() - t0:.1f} s; {peak_memory()}")
     return 0
+
+
+def peak_memory() -> str:
+    import resource
+
+    import torch
+
+    text = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+        text += f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    return text
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
