@@ -36,6 +36,9 @@ from .paths import cache_dir, stable_hash
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("qa", "ctx_qa", "ntp")
+#: Training options added after adapters were first cached: part of the fingerprint only when set,
+#: so existing cache keys (and committed results' adapter keys) stay valid.
+_LATER_OPTIONS = {"qa_source": "train_qa"}
 #: LoRA inits that rewrite the base weights: the base conditions would no longer be the base model.
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq")
 
@@ -72,6 +75,7 @@ class TrainSettings:
     seed: int = 0
     chunk_tokens: int = 128  # ntp only
     hook: str | None = None  # "module:function" (TrainingView) -> list[{"question","answer"}] for qa/ctx_qa
+    qa_source: str = "train_qa"  # qa/ctx_qa: the document's train_qa, or "synthesize" (the paper's LLM recipe)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class Recipe:
         return self.name != "none"
 
     def fingerprint(self) -> dict:
-        fp = {"lora": self.lora.__dict__, "train": self.train.__dict__}
+        train = {k: v for k, v in self.train.__dict__.items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
+        fp = {"lora": self.lora.__dict__, "train": train}
         if self.train.hook and self.code_dir:  # the hook's source is part of the recipe
             mod = self.train.hook.split(":")[0].replace(".", "/") + ".py"
             src = Path(self.code_dir) / mod
@@ -113,7 +118,16 @@ def _answer_text(answer: str, answer_prefix: str) -> str:
     return text + ("}" if answer_prefix.endswith("{") else "")
 
 
-def qa_pairs(view: TrainingView, recipe: Recipe) -> list[tuple[str, str]]:
+def qa_pairs(view: TrainingView, recipe: Recipe, model=None, tokenizer=None, model_key: str = "") -> list[tuple[str, str]]:
+    """The recipe's training QA pairs: a hook's, pairs synthesized from the document by the base
+    model (the paper's recipe, cached per generator x document x settings), or train_qa."""
+    if recipe.train.qa_source == "synthesize":
+        from .synthesis import cached_synthesize
+
+        if model is None:
+            raise ValueError("qa_source 'synthesize' needs the generator model")
+        pairs = cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key)
+        return [(p["question"], p["answer"]) for p in pairs]
     if recipe.train.hook:
         module_name, fn_name = recipe.train.hook.split(":")
         import sys
@@ -127,7 +141,8 @@ def qa_pairs(view: TrainingView, recipe: Recipe) -> list[tuple[str, str]]:
     return list(view.train_qa)
 
 
-def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer) -> list[Example]:
+def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer, model=None,
+                   model_key: str = "") -> list[Example]:
     tok = renderer.tokenizer
     objective = recipe.train.objective
     if objective == "ntp":
@@ -136,7 +151,7 @@ def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer)
         return [Example(ids[i:i + n], ids[i:i + n]) for i in range(0, len(ids), n) if len(ids[i:i + n]) > 1]
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective '{objective}' (choose from {OBJECTIVES})")
-    pairs = qa_pairs(view, recipe)
+    pairs = qa_pairs(view, recipe, model, tok, model_key)
     if not pairs:
         raise ValueError(f"document {view.doc_id}: objective '{objective}' needs train_qa pairs (or a hook) and has none")
     doc_ids = renderer.doc_ids(view.text) if objective == "ctx_qa" else []

@@ -66,7 +66,7 @@ class DocumentRun:
             key = adapter_key(self.model_key, view, recipe, self.spec.spec_version)
             name = f"doc_{key[:12]}"  # unique per document: nothing cached for one adapter serves another
             adapter_info = self.store.attach(
-                self.model, name, key, recipe, lambda: build_examples(view, recipe, self.renderer),
+                self.model, name, key, recipe, lambda: build_examples(view, recipe, self.renderer, self.model, self.model_key),
                 self.tokenizer.pad_token_id, progress=self.progress,
             )
             adapter_info = {k: adapter_info.get(k) for k in ("bytes", "seconds", "steps", "tokens", "tokens_per_s",

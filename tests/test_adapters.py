@@ -66,3 +66,24 @@ def test_key_changes_with_recipe_and_document(document):
     assert adapter_key("m", view, RECIPE, "v") != adapter_key("m", view, other, "v")
     assert adapter_key("m", view, RECIPE, "v") != adapter_key("m2", view, RECIPE, "v")
     assert adapter_key("m", view, RECIPE, "v") == adapter_key("m", document.training_view(), RECIPE, "v")
+
+
+def test_synthesized_qa_source_is_wired_to_the_synthesis_recipe(qa_prompt, document, monkeypatch):
+    """qa_source=synthesize trains on pairs the synthesis stage makes from the document text with
+    the base model (the synthesis itself is tested end to end in test_synthesis.py)."""
+    import benchmark.synthesis as S
+
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, qa_prompt)
+    seen = {}
+
+    def fake_cached(m, t, text, *, cache_dir, generator_id, **kw):
+        seen.update(model=m, text=text, generator=generator_id)
+        return [{"question": "Which town?", "answer": "Tollervik"}]
+
+    monkeypatch.setattr(S, "cached_synthesize", fake_cached)
+    recipe = Recipe("qa", train=TrainSettings(qa_source="synthesize"))
+    ex = build_examples(document.training_view(), recipe, r, model, "tiny@1")
+    assert seen == {"model": model, "text": document.text, "generator": "tiny@1"}
+    assert len(ex) == 1
+    assert recipe.hash() != RECIPE.hash() and Recipe("qa").hash() == Recipe("qa", train=TrainSettings(qa_source="train_qa")).hash()
