@@ -16,7 +16,6 @@ Objectives:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import random
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .datasets import TrainingView
 from .models import PromptRenderer
-from .paths import cache_dir, stable_hash
+from .paths import cache_dir, import_from, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +128,7 @@ def qa_pairs(view: TrainingView, recipe: Recipe, model=None, tokenizer=None, mod
         pairs = cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key)
         return [(p["question"], p["answer"]) for p in pairs]
     if recipe.train.hook:
-        module_name, fn_name = recipe.train.hook.split(":")
-        import sys
-
-        sys.path.insert(0, str(recipe.code_dir))
-        try:
-            fn = getattr(importlib.import_module(module_name), fn_name)
-        finally:
-            sys.path.remove(str(recipe.code_dir))
+        fn = import_from(recipe.code_dir, recipe.train.hook)
         return [(p["question"], p["answer"]) for p in fn(view)]
     return list(view.train_qa)
 

@@ -18,14 +18,14 @@ Compactor) is scored once per rho in the same pass, with ``compression_ratio = r
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import inspect
 from dataclasses import dataclass, field
 
 import torch
 from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
+
+from .paths import import_from
 
 #: per layer: (keys, values), each (batch, kv_heads, seq, head_dim)
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -35,9 +35,7 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
     """A kvpress press by class name (``SnapKVPress``) or ``module:Class`` from a submission's code."""
     kwargs = dict(kwargs or {})
     if ":" in name:
-        module_name, cls_name = name.split(":", 1)
-        with _on_path(code_dir):
-            cls = getattr(importlib.import_module(module_name), cls_name)
+        cls = import_from(code_dir, name)
     else:
         import kvpress
 
@@ -48,20 +46,6 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
     if not callable(getattr(press, "score", None)):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
-
-
-@contextlib.contextmanager
-def _on_path(path):
-    import sys
-
-    if path is None:
-        yield
-        return
-    sys.path.insert(0, str(path))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(path))
 
 
 def score_depends_on_rho(press) -> bool:

@@ -141,22 +141,17 @@ def _check_hook(recipe, yml: Path) -> list[str]:
 
     field = "adapter/train/hook"
     view = TrainingView("conformance-doc", CONFORMANCE_DOCUMENT, CONFORMANCE_TRAIN_QA)
-    module_name, fn_name = recipe.train.hook.split(":")
+    module_name = recipe.train.hook.split(":")[0]
     module_file = Path(recipe.code_dir or ".") / (module_name.replace(".", "/") + ".py")
     if not module_file.exists():
         return [f"{yml}: field '{field}': '{recipe.train.hook}' names {module_file.name}, which is not in the "
                 f"submission folder {module_file.parent}"]
-    import importlib
-    import sys
+    from .paths import import_from
 
-    sys.path.insert(0, str(recipe.code_dir))
     try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-        out = fn(view)
+        out = import_from(recipe.code_dir, recipe.train.hook)(view)
     except Exception as exc:  # noqa: BLE001
         return [f"{yml}: field '{field}': '{recipe.train.hook}' failed on a sample TrainingView: {type(exc).__name__}: {exc}"]
-    finally:
-        sys.path.remove(str(recipe.code_dir))
     if not isinstance(out, list) or not out:
         return [f"{yml}: field '{field}': '{recipe.train.hook}' must return a non-empty list of "
                 f"{{'question': str, 'answer': str}} dicts, got {type(out).__name__}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import sys
 import json
 import os
 from pathlib import Path
@@ -34,3 +36,15 @@ def stable_hash(obj, length: int = 16) -> str:
     """Hash of a JSON-serialisable object, independent of dict order."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def import_from(code_dir, ref: str):
+    """``module:attr`` imported from a submission folder (put first on ``sys.path`` for the import only)."""
+    module_name, attr = ref.split(":", 1)
+    if code_dir is None:
+        return getattr(importlib.import_module(module_name), attr)
+    sys.path.insert(0, str(code_dir))
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    finally:
+        sys.path.remove(str(code_dir))
