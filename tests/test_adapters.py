@@ -1,5 +1,6 @@
 """Adapters: trained once then loaded; on/off switching is exact; the trainer never sees eval questions."""
 
+import pytest
 import torch
 
 from benchmark import adapters as A
@@ -87,3 +88,44 @@ def test_synthesized_qa_source_is_wired_to_the_synthesis_recipe(qa_prompt, docum
     assert seen == {"model": model, "text": document.text, "generator": "tiny@1"}
     assert len(ex) == 1
     assert recipe.hash() != RECIPE.hash() and Recipe("qa").hash() == Recipe("qa", train=TrainSettings(qa_source="train_qa")).hash()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("objective", ["qa", "ctx_qa"])
+def test_shared_prefix_batch_has_the_plain_batchs_loss_and_gradients(arch, objective, qa_prompt, document):
+    model, tok = tiny_model(arch)
+    r = PromptRenderer(tok, qa_prompt)
+    recipe = Recipe("qa", RECIPE.lora, TrainSettings(objective=objective))
+    batch = build_examples(document.training_view(), recipe, r)
+    k = A.shared_prefix_len(batch)
+    first_label = min(e.labels.index(next(lab for lab in e.labels if lab != -100)) for e in batch)
+    assert 2 <= k < first_label  # the chat prefix (and, for ctx_qa, the document) is shared; no loss reads it
+    torch.manual_seed(0)
+    model.add_adapter(recipe.lora.peft_config(), adapter_name="a")
+    for name, p in model.named_parameters():
+        p.requires_grad_(".a." in name)
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # a non-zero adapter, so every LoRA weight has a gradient
+    model.train()
+    results = []
+    for share in (False, True):
+        loss, ran = A.batch_loss(model, batch, tok.pad_token_id, share_prefix=share)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad(set_to_none=True)
+        results.append((loss.item(), ran, grads))
+    (plain_loss, plain_ran, plain), (shared_loss, shared_ran, shared) = results
+    assert plain_ran == sum(len(e.input_ids) for e in batch)
+    assert shared_ran == plain_ran - (len(batch) - 1) * k  # no padding, the prefix once
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain.keys() == shared.keys() and len(plain) > 0
+    for n in plain:
+        assert plain[n].abs().max() > 0, n
+        torch.testing.assert_close(shared[n], plain[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_ntp_chunks_share_nothing(qa_prompt, document):
+    _, tok = tiny_model("llama")
+    r = PromptRenderer(tok, qa_prompt)
+    ntp = build_examples(document.training_view(), Recipe("ntp", train=TrainSettings(objective="ntp", chunk_tokens=16)), r)
+    assert A.shared_prefix_len(ntp[:4]) == 0

@@ -1,0 +1,69 @@
+"""Adapter training speed: the default QA recipe on real mini documents, with and without
+prefix sharing (:func:`benchmark.adapters.batch_loss`).
+
+Every QA example starts with the same chat prefix; with sharing, each batch runs that prefix
+once and the rest of every example attends to its KV cache. Both ways compute the same loss
+and gradients (``tests/test_adapters.py``); this script measures what that saves and prints
+the final losses side by side.
+
+    python benchmarks/training.py [--submission submissions/snapkv] [--docs 1] [--model smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--submission", default="submissions/snapkv")
+    ap.add_argument("--docs", type=int, default=1, help="documents per mini dataset")
+    ap.add_argument("--model")
+    ap.add_argument("--epochs", type=int, help="override the recipe's epochs (for a quicker look)")
+    args = ap.parse_args()
+
+    import dataclasses
+
+    import torch
+    from tabulate import tabulate
+
+    from benchmark.adapters import build_examples, detach_adapter, train_adapter
+    from benchmark.datasets import load_split
+    from benchmark.models import PromptRenderer, load_model
+    from benchmark.spec import load_spec
+    from benchmark.submission import load_submission
+
+    spec = load_spec("mini")
+    recipe = load_submission(args.submission).recipe
+    if args.epochs:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=args.epochs))
+    model_spec = spec.model(args.model)
+    model, tok = load_model(model_spec, "cpu")
+    renderer = PromptRenderer(tok, spec.prompt_for(model_spec))
+    rows = []
+    for ds in spec.datasets:
+        for doc in load_split(ds.test)[: args.docs]:
+            examples = build_examples(doc.training_view(), recipe, renderer, model, model_spec.id)
+            for share in (False, True):
+                torch.manual_seed(0)
+                info = train_adapter(model, "bench", examples, recipe, tok.pad_token_id, progress=False, share_prefix=share)
+                detach_adapter(model, "bench")
+                rows.append([f"{ds.id}/{doc.doc_id}", "shared prefix" if share else "plain padded", len(examples),
+                             info["steps"], info["tokens"], info["forward_tokens"], f"{info['seconds']:.1f}",
+                             f"{info['tokens'] / info['seconds']:.0f}", f"{info['final_loss']:.4f}"])
+                print(*rows[-1], sep="  ", flush=True)
+    print(f"\nrecipe: {args.submission} ({recipe.train.objective}, r{recipe.lora.r}, dora={recipe.lora.use_dora}, "
+          f"{recipe.train.epochs} epochs, batch {recipe.train.batch_size}); model {model_spec.id}; "
+          f"torch threads {torch.get_num_threads()}")
+    print(tabulate(rows, headers=["document", "batching", "examples", "steps", "example tokens", "forward tokens",
+                                  "seconds", "example tokens/s", "final loss"], tablefmt="github"))
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
