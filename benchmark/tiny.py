@@ -7,7 +7,8 @@ import functools
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from . import attention
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 CORPUS = [
     "Maren Oskvik opened a bakery in Tollervik in 1987. Her brother Anders moved to Quillsby.",
@@ -49,6 +50,8 @@ def tiny_model(kind: str = "llama", seed: int = 0):
         model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation=attention.register()))
     elif kind == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16, attn_implementation=attention.register()))
+    elif kind == "qwen2":  # Qwen2.5 (the mini tier's second model): q/k/v biases
+        model = Qwen2ForCausalLM(Qwen2Config(**common, attn_implementation=attention.register()))
     else:
         raise ValueError(kind)
     model.generation_config.eos_token_id = tok.eos_token_id

@@ -64,7 +64,8 @@ def run_method(method: str, args) -> dict:
 
     model, tok, pipe, work, press = _setup(args)
     answers, prefills, t0 = {}, 0, time.perf_counter()
-    for doc_id, ctx, questions in work:
+    for n_doc, (doc_id, ctx, questions) in enumerate(work, 1):
+        print(f"{method}: document {n_doc}/{len(work)}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if method == "kvpress":
             for rho in args.rhos:
                 out = pipe._forward({"context_ids": torch.tensor([ctx]), "questions_ids": [torch.tensor([q]) for q in questions]},
@@ -122,9 +123,9 @@ def main() -> None:
                 "--max-new-tokens", str(args.max_new_tokens), "--rhos", *map(str, args.rhos)]
         if args.model:
             argv += ["--model", args.model]
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # the worker's progress goes to our stderr
         if proc.returncode:
-            sys.exit(f"{m} failed:\n{proc.stderr[-3000:]}")
+            sys.exit(f"{m} failed (exit {proc.returncode}); its error is above")
         results[m] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{m}: {results[m]['wall_s']:.1f} s", file=sys.stderr)
     rows = [[m, f"{r['wall_s']:.1f}", r["prefills"], r["decoded_tokens"], f"{r['decoded_tokens'] / r['wall_s']:.1f}",

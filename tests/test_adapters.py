@@ -90,7 +90,7 @@ def test_synthesized_qa_source_is_wired_to_the_synthesis_recipe(qa_prompt, docum
     assert recipe.hash() != RECIPE.hash() and Recipe("qa").hash() == Recipe("qa", train=TrainSettings(qa_source="train_qa")).hash()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen2"])
 @pytest.mark.parametrize("objective", ["qa", "ctx_qa"])
 def test_shared_prefix_batch_has_the_plain_batchs_loss_and_gradients(arch, objective, qa_prompt, document):
     model, tok = tiny_model(arch)
