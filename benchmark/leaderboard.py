@@ -103,6 +103,9 @@ def _recipe_label(adapter: dict) -> str:
     bits = [f"r={lora['r']}"] if "r" in lora else []
     if lora.get("use_dora"):
         bits.append("DoRA")
+    train = adapter.get("train") or {}
+    if "lr" in train and "epochs" in train:
+        bits.append(f"lr {train['lr']:g} x {train['epochs']} ep")
     return f"{recipe} ({', '.join(bits)})" if bits else recipe
 
 
