@@ -223,10 +223,10 @@ def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = Tr
                 targets.append(e.labels[j])
     n = len(ids)
     allowed = torch.zeros(n, n, dtype=torch.bool)
-    allowed[:, :k] = True
-    for start, end in [(0, k), *blocks]:
-        allowed[start:end, start:end] = True
-    allowed &= torch.ones(n, n, dtype=torch.bool).tril()  # causal within each block (blocks follow the prefix)
+    allowed[:, :k] = True  # everything sees the prefix
+    for start, end in blocks:
+        allowed[start:end, start:end] = True  # each example's rest sees itself, not the others
+    allowed &= torch.ones(n, n, dtype=torch.bool).tril()  # causal
     dev = model.device
     logits = model(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
                    attention_mask=allowed[None, None].to(dev), logits_to_keep=torch.tensor(read_at, device=dev)).logits

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import sys
 import json
 import os
+import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent

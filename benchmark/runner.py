@@ -69,8 +69,9 @@ class DocumentRun:
                 self.model, name, key, recipe, lambda: build_examples(view, recipe, self.renderer, self.model, self.model_key),
                 self.tokenizer.pad_token_id, progress=self.progress,
             )
-            adapter_info = {k: adapter_info.get(k) for k in ("bytes", "seconds", "steps", "tokens", "forward_tokens", "tokens_per_s",
-                                                             "first_loss", "final_loss", "cached")} | {"key": key}
+            keep = ("bytes", "seconds", "steps", "tokens", "forward_tokens", "tokens_per_s", "first_loss", "final_loss",
+                    "cached")
+            adapter_info = {k: adapter_info.get(k) for k in keep} | {"key": key}
             timings["adapter_s"] = time.perf_counter() - t0
 
         try:

@@ -1,8 +1,9 @@
 """Adapter training speed: the default QA recipe on real mini documents, with and without
 prefix sharing (:func:`benchmark.adapters.batch_loss`).
 
-Every QA example starts with the same chat prefix; with sharing, each batch runs that prefix
-once and the rest of every example attends to its KV cache. Both ways compute the same loss
+Every QA example starts with the same chat prefix; with sharing, each batch runs as one packed
+sequence in which that prefix appears once and the rest of every example attends to it under a
+tree-shaped mask, without padding. Both ways compute the same loss
 and gradients (``tests/test_adapters.py``); this script measures what that saves and prints
 the final losses side by side.
 

@@ -60,7 +60,8 @@ def main() -> None:
     best = max(rows, key=lambda r: (round(r[-2], 1), -r[1]))
     print(f"\n{args.submission} recipe on the dev split of {', '.join(d.id for d in spec.datasets)}; "
           f"model {m.id}; condition {CONDITION}; ROUGE-L averaged over datasets")
-    print(tabulate(rows, headers=["lr", "epochs", *(f"rho={r:g}" for r in RHOS), "mean", "s"], floatfmt=(".0e", "d", ".1f", ".1f", ".1f", ".1f", ".0f")))
+    print(tabulate(rows, headers=["lr", "epochs", *(f"rho={r:g}" for r in RHOS), "mean", "s"],
+                   floatfmt=(".0e", "d", ".1f", ".1f", ".1f", ".1f", ".0f")))
     print(f"chosen: lr {best[0]:g}, {best[1]} epochs")
 
 
