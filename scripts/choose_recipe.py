@@ -62,7 +62,10 @@ def main() -> None:
           f"model {m.id}; condition {CONDITION}; ROUGE-L averaged over datasets")
     print(tabulate(rows, headers=["lr", "epochs", *(f"rho={r:g}" for r in RHOS), "mean", "s"],
                    floatfmt=(".0e", "d", ".1f", ".1f", ".1f", ".1f", ".0f")))
-    print(f"chosen: lr {best[0]:g}, {best[1]} epochs")
+    if len(rows) == 1:
+        print("one candidate only: nothing was chosen (give several --lrs or --epochs to choose)")
+    else:
+        print(f"chosen: lr {best[0]:g}, {best[1]} epochs")
 
 
 if __name__ == "__main__":
