@@ -24,9 +24,9 @@ def kv_bytes(rho: float) -> int:
 
 def write_result(root: Path, name: str, headline: str, scores: dict[str, list[float]], *, dataset="mini-narrative",
                  model="smollm2-135m", updated="2026-03-01T12:00:00+00:00", spec_version="mini-1.0",
-                 rhos=RHOS) -> Path:
+                 rhos=RHOS, recipe="qa") -> Path:
     """A result file whose cell (rho, condition) has mean ROUGE-L ``scores[condition][i]`` (d0 +5, d1 -5)."""
-    adapter = {"recipe": "none"} if headline == "base" else {"recipe": "qa", "lora": {"r": 8}}
+    adapter = {"recipe": "none"} if headline == "base" else {"recipe": recipe, "lora": {"r": 8}}
     header = {
         "submission": {"name": name, "hash": f"hash-{name}", "compressor": {"press": "KnormPress"}, "adapter": adapter,
                        "headline_condition": headline},
@@ -159,6 +159,29 @@ def test_memory_table(rendered):
     assert rows["alpha"][3] == "3.1 KiB"
     assert rows["beta"][2] == "–" and rows["beta"][3] == "1.1 KiB" and rows["beta"][5] == "100 B"
     assert rows["alpha"][6:] == ["2", "4"]  # documents, questions
+
+
+def test_findings(tmp_path):
+    root = tmp_path / "results"
+    write_result(root, "qa-sub", "base_kv_adapter_decode", {
+        "base": [80, 50, 10], "base_kv_adapter_decode": [85, 70, 40], "adapter_all": [84, 72, 35]})
+    write_result(root, "ntp-sub", "base_kv_adapter_decode", {
+        "base": [80, 50, 10], "base_kv_adapter_decode": [81, 52, 12], "adapter_all": [80, 55, 12]}, recipe="ntp")
+    write_result(root, "kv-only", "base", {"base": [85, 60, 5]})
+    write_result(root, "kv-only", "base", {"base": [85, 60, 5]}, dataset="mini-health")
+    groups = leaderboard.group_entries(leaderboard.load_entries(root))
+    margin, decode, versus = leaderboard.findings(groups[("mini", "mini-narrative", "smollm2-135m")])
+    # 1: headline - base at rho = 0 and at rho = 1
+    assert "ntp-sub +1.0 (ρ=0) → +2.0" in margin and "qa-sub +5.0 (ρ=0) → +30.0" in margin
+    assert "Larger at ρ = 1 for 2 of 2" in margin
+    # 2: 85>=84, 70<72, 40>=35, 81>=80, 52<55, 12>=12; mean difference (1 - 2 + 5 + 1 - 3 + 0) / 6
+    assert "at 4 of 6 (submission, ρ) points, +0.3 ROUGE-L on average" in decode
+    # 3: the qa and ntp entries share compressor, headline and adapter settings: 65.0 vs 48.3
+    assert "qa-sub 65.0 vs ntp-sub 48.3" in versus and "QA higher in 1 of 1" in versus
+    # a group without adapters has nothing to say, and the section is then left out
+    assert leaderboard.findings(groups[("mini", "mini-health", "smollm2-135m")]) == []
+    md = leaderboard.render(root, tmp_path / "README.md", tmp_path / "plots")
+    assert md.count("### The paper's findings") == 1
 
 
 def test_frontier():
