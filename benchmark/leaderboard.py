@@ -260,7 +260,7 @@ def findings(group: list[Entry]) -> list[str]:
     pairs = [(dec, every) for dec, every in pairs if dec is not None and every is not None]
     if pairs:
         at_least = sum(dec >= every for dec, every in pairs)
-        diff = sum(dec - every for dec, every in pairs) / len(pairs)
+        diff = round(sum(dec - every for dec, every in pairs) / len(pairs), 1) + 0.0  # + 0.0: no '-0.0'
         out.append(f"**Decoding-time memory**: `base_kv_adapter_decode` ≥ `adapter_all` at {at_least} of {len(pairs)} "
                    f"(submission, ρ) points, {diff:+.1f} ROUGE-L on average (paper: the adapter works best "
                    "while decoding only).")
