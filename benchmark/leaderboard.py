@@ -59,6 +59,7 @@ class Entry:
     adapter_bytes: float
     source: str
     conditions: list[str] = field(default_factory=list)
+    adapter: dict = field(default_factory=dict)  # the submission's adapter section, as submitted
 
     def rouge(self, rho: float, cond: str | None = None) -> float | None:
         cell = self.cells.get((rho, cond or self.headline))
@@ -130,7 +131,7 @@ def _entry(data: dict, source: str) -> Entry:
         rhos=sorted(float(r) for r in data["rhos"]), cells=cells, n_documents=len(data["documents"]),
         n_questions=len({(p["doc_id"], p["question_id"]) for p in data["predictions"]}), ci=ci,
         adapter_bytes=(sum(ad) / len(ad) if ad and headline != "base" else 0.0), source=source,
-        conditions=[c for c in CONDITION_HELP if c in present],
+        conditions=[c for c in CONDITION_HELP if c in present], adapter=sub["adapter"],
     )
 
 
@@ -238,6 +239,10 @@ def _group_points(group: list[Entry]) -> list[tuple[float, float, str]]:
             for e in group for r in e.rhos if e.memory(r) is not None and e.rouge(r) is not None]
 
 
+#: train settings that only one recipe reads: they don't make a QA and an NTP adapter differ otherwise
+_RECIPE_SPECIFIC_TRAIN = ("chunk_tokens", "hook", "qa_source")
+
+
 def findings(group: list[Entry]) -> list[str]:
     """The paper's three findings, measured on one (tier, dataset, model) group of results.
 
@@ -266,8 +271,9 @@ def findings(group: list[Entry]) -> list[str]:
                    "while decoding only).")
     by_setup: dict[tuple, dict[str, Entry]] = defaultdict(dict)
     for e in adapted:
-        recipe, _, settings = e.recipe.partition(" ")
-        by_setup[(e.compressor, e.headline, settings)][recipe] = e
+        train = {k: v for k, v in (e.adapter.get("train") or {}).items() if k not in _RECIPE_SPECIFIC_TRAIN}
+        setup = (e.compressor, e.headline, repr(e.adapter.get("lora")), repr(sorted(train.items())))
+        by_setup[setup][e.adapter.get("recipe")] = e
     versus = sorted(((d["qa"], d["ntp"]) for d in by_setup.values() if "qa" in d and "ntp" in d
                      and d["qa"].mean() is not None and d["ntp"].mean() is not None), key=lambda p: p[0].name)
     if versus:

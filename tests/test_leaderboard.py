@@ -24,9 +24,9 @@ def kv_bytes(rho: float) -> int:
 
 def write_result(root: Path, name: str, headline: str, scores: dict[str, list[float]], *, dataset="mini-narrative",
                  model="smollm2-135m", updated="2026-03-01T12:00:00+00:00", spec_version="mini-1.0",
-                 rhos=RHOS, recipe="qa") -> Path:
+                 rhos=RHOS, recipe="qa", lora=None) -> Path:
     """A result file whose cell (rho, condition) has mean ROUGE-L ``scores[condition][i]`` (d0 +5, d1 -5)."""
-    adapter = {"recipe": "none"} if headline == "base" else {"recipe": recipe, "lora": {"r": 8}}
+    adapter = {"recipe": "none"} if headline == "base" else {"recipe": recipe, "lora": lora or {"r": 8}}
     header = {
         "submission": {"name": name, "hash": f"hash-{name}", "compressor": {"press": "KnormPress"}, "adapter": adapter,
                        "headline_condition": headline},
@@ -169,6 +169,12 @@ def test_findings(tmp_path):
         "base": [80, 50, 10], "base_kv_adapter_decode": [81, 52, 12], "adapter_all": [80, 55, 12]}, recipe="ntp")
     write_result(root, "kv-only", "base", {"base": [85, 60, 5]})
     write_result(root, "kv-only", "base", {"base": [85, 60, 5]}, dataset="mini-health")
+    # a qa and an ntp entry whose adapters differ in more than the recipe (alpha, which the label omits)
+    # are not compared
+    write_result(root, "qa-sub", "base_kv_adapter_decode", {"base": [80, 50, 10], "base_kv_adapter_decode": [85, 70, 40]},
+                 dataset="mini-other")
+    write_result(root, "ntp-alpha4", "base_kv_adapter_decode", {"base": [80, 50, 10], "base_kv_adapter_decode": [81, 52, 12]},
+                 dataset="mini-other", recipe="ntp", lora={"r": 8, "alpha": 4})
     groups = leaderboard.group_entries(leaderboard.load_entries(root))
     margin, decode, versus = leaderboard.findings(groups[("mini", "mini-narrative", "smollm2-135m")])
     # 1: headline - base at rho = 0 and at rho = 1
@@ -180,8 +186,10 @@ def test_findings(tmp_path):
     assert "qa-sub 65.0 vs ntp-sub 48.3" in versus and "QA higher in 1 of 1" in versus
     # a group without adapters has nothing to say, and the section is then left out
     assert leaderboard.findings(groups[("mini", "mini-health", "smollm2-135m")]) == []
+    assert [line.split("**")[1] for line in leaderboard.findings(groups[("mini", "mini-other", "smollm2-135m")])] == [
+        "LoRA margin"]
     md = leaderboard.render(root, tmp_path / "README.md", tmp_path / "plots")
-    assert md.count("### The paper's findings") == 1
+    assert md.count("### The paper's findings") == 2
 
 
 def test_frontier():
