@@ -3,7 +3,7 @@
 One document per line::
 
     {"doc_id": str, "text": str,
-     "questions": [{"id": str, "question": str, "answers": [str, ...]}],
+     "questions": [{"id": str, "question": str, "answers": [str, ...], "tags": ["covered"|"uncovered"]}],
      "train_qa": [{"question": str, "answer": str}]}          # optional
 
 Evaluation questions and answers go to generation and metrics only; an adapter recipe
@@ -26,6 +26,9 @@ class Question:
     question: str
     answers: tuple[str, ...]
     options: tuple[str, ...] = ()
+    #: ``covered`` (its fact is the subject of a train_qa pair) or ``uncovered`` (no train_qa
+    #: text mentions it): the leaderboard reports the adapter's effect per stratum.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ def parse_document(obj: dict, source: str) -> Document:
         doc_id=obj["doc_id"],
         text=obj["text"],
         questions=tuple(
-            Question(q["id"], q["question"], tuple(q["answers"]), tuple(q.get("options", ()))) for q in obj["questions"]
+            Question(q["id"], q["question"], tuple(q["answers"]), tuple(q.get("options", ())), tuple(q.get("tags", ())))
+            for q in obj["questions"]
         ),
         train_qa=tuple((p["question"], p["answer"]) for p in obj.get("train_qa", ())),
     )

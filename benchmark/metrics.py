@@ -109,3 +109,23 @@ def clustered_bootstrap_ci(
     means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return (float(lo), float(hi))
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float], b: Sequence[float], clusters: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over the same questions, with a percentile CI that resamples whole
+    documents. Returns ``(mean_diff, lo, hi)``; the two cannot be told apart when the CI holds 0.
+
+    Pairing removes what both share (the question's difficulty, the document), so it separates
+    entries whose unpaired CIs overlap; clustering keeps it honest about correlated questions.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired bootstrap needs the same questions on both sides ({a.size} vs {b.size})")
+    diff = a - b
+    if diff.size == 0:
+        return (float("nan"), float("nan"), float("nan"))
+    lo, hi = clustered_bootstrap_ci(diff, clusters, n_boot=n_boot, seed=seed, alpha=alpha)
+    return (float(diff.mean()), lo, hi)

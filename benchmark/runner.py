@@ -140,7 +140,7 @@ class DocumentRun:
                     "generation": text, "prediction": prediction, "answers": list(q.answers),
                     "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
                     "kv_entries": meta["kv_entries"], "kv_bytes": meta["kv_bytes"],
-                })
+                } | ({"tags": list(q.tags)} if q.tags else {}))
         timings["decode_s"] = time.perf_counter() - t0
         return preds
 

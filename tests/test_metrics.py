@@ -47,3 +47,20 @@ def test_clustered_bootstrap_is_wider_than_nothing_and_deterministic():
     assert (lo, hi) == clustered_bootstrap_ci(vals, docs, seed=0)
     # identical documents -> zero-width interval
     assert clustered_bootstrap_ci([0.5, 0.5], ["a", "b"]) == (0.5, 0.5)
+
+
+def test_paired_bootstrap_separates_a_constant_shift_and_not_noise():
+    import numpy as np
+
+    from benchmark.metrics import paired_bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 100, 60)
+    clusters = [f"d{i // 6}" for i in range(60)]
+    mean, lo, hi = paired_bootstrap_ci(base + 3.0, base, clusters)
+    assert mean == pytest.approx(3.0) and lo == pytest.approx(3.0) and hi == pytest.approx(3.0)
+    noise = base + rng.normal(0, 1, 60)
+    mean, lo, hi = paired_bootstrap_ci(noise, base, clusters)
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="same questions"):
+        paired_bootstrap_ci(base[:5], base, clusters)
