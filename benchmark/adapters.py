@@ -16,6 +16,7 @@ Objectives:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import random
@@ -37,7 +38,13 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("qa", "ctx_qa", "ntp")
 #: Training options added after adapters were first cached: part of the fingerprint only when set,
 #: so existing cache keys (and committed results' adapter keys) stay valid.
-_LATER_OPTIONS = {"qa_source": "train_qa"}
+_LATER_OPTIONS = {"qa_source": "train_qa", "schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": None,
+                  "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks"}
+#: LoRA init values: peft's own, plus ours (``shared_svd_a``, see :func:`init_shared_svd_a`).
+LORA_INITS = ("default", "gaussian", "shared_svd_a")
+SCHEDULES = ("constant", "cosine")
+QA_FORMATS = ("spec", "paper")  # spec: the eval prompt without the document; paper: see build_examples
+NTP_FORMATS = ("chunks", "chunk_next", "document")
 #: LoRA inits that rewrite the base weights: the base conditions would no longer be the base model.
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq")
 
@@ -49,18 +56,24 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
     use_dora: bool = False
-    init: str = "default"  # "default" (kaiming A, zero B) or "gaussian"
+    # "default" (kaiming A, zero B), "gaussian", or "shared_svd_a" (the paper's: A = the top-r right
+    # singular vectors of each target weight, frozen and hence shared by every document; B = 0)
+    init: str = "default"
     eval_scale: float = 1.0  # multiplies the LoRA update at evaluation time
 
     def peft_config(self) -> LoraConfig:
         if self.init.split("_")[0].lower() in _BASE_MODIFYING_INITS:
             raise ValueError(
                 f"lora.init '{self.init}' rewrites the base weights, which would change the base-model "
-                "conditions; use 'default' or 'gaussian'"
+                "conditions; use 'default', 'gaussian' or 'shared_svd_a'"
             )
+        if self.init not in LORA_INITS:
+            raise ValueError(f"lora.init '{self.init}': choose from {LORA_INITS}")
+        # shared_svd_a starts from peft's gaussian init (B = 0); init_shared_svd_a then overwrites A.
+        init = {"default": True, "gaussian": "gaussian", "shared_svd_a": "gaussian"}[self.init]
         return LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.target_modules),
-            use_dora=self.use_dora, init_lora_weights=True if self.init == "default" else self.init, bias="none",
+            use_dora=self.use_dora, init_lora_weights=init, bias="none",
         )
 
 
@@ -75,6 +88,22 @@ class TrainSettings:
     chunk_tokens: int = 128  # ntp only
     hook: str | None = None  # "module:function" (TrainingView) -> list[{"question","answer"}] for qa/ctx_qa
     qa_source: str = "train_qa"  # qa/ctx_qa: the document's train_qa, or "synthesize" (the paper's LLM recipe)
+    # Optimiser (the paper: cosine, warmup 0.05, clipping at 1.0, as transformers' Trainer runs them).
+    schedule: str = "constant"  # "constant" | "cosine" (both after a linear warmup)
+    warmup_ratio: float = 0.0  # warmup steps = ceil(warmup_ratio * total steps), as in transformers
+    max_grad_norm: float | None = None  # clip the LoRA gradients' global norm; None = no clipping
+    max_steps: int | None = None  # as in transformers: when set, train exactly this many steps, epochs ignored
+    early_stop_accuracy: float | None = None  # stop once the answer-token accuracy since the last check reaches it
+    # Example formats (see build_examples): the paper's QA format, ntp's variant.
+    qa_format: str = "spec"  # "spec" | "paper"
+    ntp_format: str = "chunks"  # "chunks" | "chunk_next" (chat: chunk -> next chunk) | "document" (raw, whole)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} '{getattr(self, name)}': choose from {allowed}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass(frozen=True)
@@ -133,24 +162,65 @@ def qa_pairs(view: TrainingView, recipe: Recipe, model=None, tokenizer=None, mod
     return list(view.train_qa)
 
 
+#: The paper's chunk -> next chunk instruction (ntp_format: chunk_next).
+CHUNK_NEXT_USER = "Here is a chunk from a document:\n\n{chunk}\n\nContinue the document with the next text."
+
+
+def _ntp_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer) -> list[Example]:
+    """ntp's three formats: ``chunks`` (raw chunks of ``chunk_tokens``, loss everywhere),
+    ``document`` (the whole document as one raw sequence, the paper's raw variant), and
+    ``chunk_next`` (the paper's chat variant: user = one chunk, assistant = the next chunk plus
+    end of turn, loss on the assistant part only)."""
+    ids = renderer.doc_ids(view.text)
+    n = recipe.train.chunk_tokens
+    fmt = recipe.train.ntp_format
+    if fmt == "document":
+        return [Example(ids, ids)] if len(ids) > 1 else []
+    if fmt == "chunks":
+        return [Example(ids[i:i + n], ids[i:i + n]) for i in range(0, len(ids), n) if len(ids[i:i + n]) > 1]
+    tok = renderer.tokenizer
+    chunks = [tok.decode(ids[i:i + n]).strip() for i in range(0, len(ids), n)]
+    examples = []
+    for cur, nxt in zip(chunks, chunks[1:]):
+        if not cur or not nxt:
+            continue
+        prompt = renderer.chat_ids(CHUNK_NEXT_USER.format(chunk=cur))
+        target = renderer.encode(nxt + renderer.end_of_turn)
+        examples.append(Example(prompt + target, [-100] * len(prompt) + target))
+    return examples
+
+
 def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer, model=None,
                    model_key: str = "") -> list[Example]:
+    """The recipe's training examples.
+
+    QA formats (``train.qa_format``): ``spec`` = the evaluation prompt (without the document for
+    ``qa``), target ``answer`` (+ ``}`` after a ``\\boxed{`` prefix) + EOS; ``paper`` = the
+    paper's: ``qa`` uses the spec's no-context prompt (``Question: ...``), ``ctx_qa`` the
+    evaluation prompt around its context, and the target is ``answer}.`` + the chat template's
+    end of turn. ``ctx_qa``'s context is the whole document (the paper's is the pair's source
+    section +/- one neighbouring section: not built yet)."""
     tok = renderer.tokenizer
     objective = recipe.train.objective
     if objective == "ntp":
-        ids = renderer.doc_ids(view.text)
-        n = recipe.train.chunk_tokens
-        return [Example(ids[i:i + n], ids[i:i + n]) for i in range(0, len(ids), n) if len(ids[i:i + n]) > 1]
+        return _ntp_examples(view, recipe, renderer)
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective '{objective}' (choose from {OBJECTIVES})")
     pairs = qa_pairs(view, recipe, model, tok, model_key)
     if not pairs:
         raise ValueError(f"document {view.doc_id}: objective '{objective}' needs train_qa pairs (or a hook) and has none")
+    paper = recipe.train.qa_format == "paper"
     doc_ids = renderer.doc_ids(view.text) if objective == "ctx_qa" else []
     examples = []
     for q, a in pairs:
-        prompt = renderer.prefix_ids + doc_ids + renderer.suffix_ids(q)
-        target = tok.encode(_answer_text(a, renderer.prompt.answer_prefix), add_special_tokens=False) + [tok.eos_token_id]
+        if objective == "ctx_qa":
+            prompt = renderer.prefix_ids + doc_ids + renderer.suffix_ids(q)
+        else:
+            prompt = renderer.no_doc_ids(q) if paper else renderer.prefix_ids + renderer.suffix_ids(q)
+        if paper:
+            target = renderer.encode(a + "}." + renderer.end_of_turn)
+        else:
+            target = tok.encode(_answer_text(a, renderer.prompt.answer_prefix), add_special_tokens=False) + [tok.eos_token_id]
         examples.append(Example(prompt + target, [-100] * len(prompt) + target))
     return examples
 
@@ -234,9 +304,63 @@ def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = Tr
     return loss, n
 
 
+def init_shared_svd_a(model, name: str) -> int:
+    """Set adapter ``name``'s A of every LoRA layer to the top-r right singular vectors of its base
+    weight (``V_r^T``, shape (r, d_in)) and freeze it; B stays 0, so the adapter starts as a no-op.
+
+    The paper's shared-A init: A depends only on the base weights, so it is the same matrix for
+    every document (only B is trained per document). Unlike peft's PiSSA, the base weight is read,
+    never rewritten, so the base conditions stay the base model. An exact SVD in float32 (the
+    paper's code uses ``torch.svd_lowrank(W, q=r, niter=4)``, a randomised estimate of the same
+    subspace). Returns the number of layers set."""
+    from peft.tuners.lora import LoraLayer
+
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLayer) or name not in module.lora_A:
+            continue
+        a = module.lora_A[name].weight
+        if not torch.equal(module.lora_B[name].weight, torch.zeros_like(module.lora_B[name].weight)):
+            raise RuntimeError("shared_svd_a needs B = 0 (peft's gaussian init)")
+        w = module.get_base_layer().weight.detach().float()
+        _, _, vh = torch.linalg.svd(w, full_matrices=False)  # rows of vh: right singular vectors, by singular value
+        with torch.no_grad():
+            a.copy_(vh[: a.shape[0]].to(a.dtype))
+        a.requires_grad_(False)
+        n += 1
+    if n == 0:
+        raise RuntimeError(f"shared_svd_a: adapter '{name}' has no LoRA layers")
+    return n
+
+
+def _schedule(opt, s: TrainSettings, total_steps: int):
+    """transformers' schedulers, as its Trainer builds them: linear warmup of
+    ceil(warmup_ratio * total) steps, then constant or cosine decay to 0."""
+    import math
+
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    warmup = math.ceil(s.warmup_ratio * total_steps)
+    if s.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(opt, warmup, total_steps)
+    return get_constant_schedule_with_warmup(opt, warmup)
+
+
+def _token_accuracy(model, batch: list[Example], pad_id: int) -> tuple[int, int]:
+    """(correct, total) greedy next-token predictions on the labelled tokens, as the paper's trainer
+    logs ``mean_token_accuracy`` (an extra no-grad forward; only run when early stopping is on)."""
+    ids, labels, mask = _collate([(e.input_ids, e.labels) for e in batch], pad_id, model.device)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    pred, gold = logits[:, :-1].argmax(-1), labels[:, 1:]
+    valid = gold != -100
+    return int((pred.eq(gold) & valid).sum()), int(valid.sum())
+
+
 def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool = True,
                   share_prefix: bool = True) -> dict:
-    """Attach a fresh LoRA adapter ``name`` and train it; only LoRA weights get gradients.
+    """Attach a fresh LoRA adapter ``name`` and train it; only LoRA weights get gradients
+    (not A under ``init: shared_svd_a``, which stays the frozen shared matrix).
 
     ``tokens`` counts the examples' tokens (what the recipe trains on); ``forward_tokens`` counts
     what the forward passes actually ran after prefix sharing (see :func:`batch_loss`)."""
@@ -244,38 +368,66 @@ def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad
     torch.manual_seed(s.seed)
     model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
     model.set_adapter(name)
+    frozen_a = recipe.lora.init == "shared_svd_a"
+    if frozen_a:
+        init_shared_svd_a(model, name)
     params = []
     for pname, p in model.named_parameters():
-        p.requires_grad_(f".{name}." in pname or pname.endswith(f".{name}"))
+        mine = f".{name}." in pname or pname.endswith(f".{name}")
+        p.requires_grad_(mine and not (frozen_a and ".lora_A." in pname))
         if p.requires_grad:
             params.append(p)
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     rng = random.Random(s.seed)
     model.train()
     n_tokens, n_forward, t0, losses = 0, 0, time.perf_counter(), []
-    steps = s.epochs * ((len(examples) + s.batch_size - 1) // s.batch_size)
+    steps = s.epochs * ((len(examples) + s.batch_size - 1) // s.batch_size) if s.max_steps is None else s.max_steps
+    sched = _schedule(opt, s, steps)
+    # The paper's early stop checks the token accuracy accumulated between its trainer's log
+    # events, about ten per run; a stop takes effect at a check.
+    check_every = max(1, steps // 10)
+    correct = total = 0
+    stopped_early = False
     bar = tqdm(total=steps, desc=f"train {name}", leave=False, disable=not progress)
     try:
-        for _ in range(s.epochs):
+        for _ in range(s.epochs) if s.max_steps is None else itertools.count():
             for batch in _batches(examples, s.batch_size, rng):
+                if len(losses) >= steps:
+                    break
+                if s.early_stop_accuracy is not None:  # on the weights this step's loss is computed with
+                    c, t = _token_accuracy(model, batch, pad_id)
+                    correct, total = correct + c, total + t
                 loss, ran = batch_loss(model, batch, pad_id, share_prefix)
                 loss.backward()
+                if s.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
                 opt.step()
+                sched.step()
                 opt.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 n_tokens += sum(len(e.input_ids) for e in batch)
                 n_forward += ran
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if s.early_stop_accuracy is not None and len(losses) % check_every == 0:
+                    if total and correct / total >= s.early_stop_accuracy:
+                        stopped_early = True
+                        break
+                    correct = total = 0
+            if stopped_early or len(losses) >= steps:
+                break
     finally:
         bar.close()
         model.eval()
         for p in params:
             p.requires_grad_(False)
     seconds = time.perf_counter() - t0
-    return {"steps": len(losses), "tokens": n_tokens, "forward_tokens": n_forward, "seconds": seconds,
+    info = {"steps": len(losses), "tokens": n_tokens, "forward_tokens": n_forward, "seconds": seconds,
             "tokens_per_s": n_tokens / max(seconds, 1e-9),
             "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+    if s.early_stop_accuracy is not None:
+        info["stopped_early"] = stopped_early
+    return info
 
 
 def set_eval_scale(model, name: str, scale: float) -> None:

@@ -113,8 +113,10 @@ def dry_run(args) -> int:
             sub = load_submission(sub_path)
             conds = [c for c in (args.conditions or spec.conditions) if sub.recipe.enabled or c == "base"]
             name, recipe = sub.name, sub.recipe.name
+            press = sub.compressor_cfg["press"]
         except ValueError:
             name, recipe, conds = Path(sub_path).name + " (missing)", "?", list(args.conditions or spec.conditions)
+            press = "?"
         for m in models:
             for ds in spec.datasets:
                 if args.dataset and ds.id not in args.dataset:
@@ -127,11 +129,11 @@ def dry_run(args) -> int:
                     n_docs = ds.expected.get("documents", "?")
                     n_q = ds.expected.get("questions", "?")
                 prefills = len({CONDITIONS[c][s] for c in conds for s in ("prefill", "score")})
-                rows.append([name, recipe, m.id, ds.id, n_docs, n_q, len(rhos), len(conds),
+                rows.append([name, press, recipe, m.id, ds.id, n_docs, n_q, len(rhos), len(conds),
                              n_docs if recipe not in ("none", "?") else 0,
                              n_docs * prefills if isinstance(n_docs, int) else "?",
                              n_q * len(rhos) * len(conds) if isinstance(n_q, int) else "?"])
-    print(tabulate(rows, headers=["submission", "recipe", "model", "dataset", "docs", "questions", "rhos", "conditions",
+    print(tabulate(rows, headers=["submission", "compressor", "recipe", "model", "dataset", "docs", "questions", "rhos", "conditions",
                                   "trainings", "prefills", "answers"], tablefmt="github"))
     print(f"rho grid: {rhos}")
     return 0

@@ -39,9 +39,14 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
     else:
         import kvpress
 
-        if not hasattr(kvpress, name):
-            raise ValueError(f"kvpress has no press named '{name}'")
-        cls = getattr(kvpress, name)
+        from . import presses  # ours (the paper's document-scoped Compactor), after kvpress's
+
+        if hasattr(kvpress, name):
+            cls = getattr(kvpress, name)
+        elif isinstance(getattr(presses, name, None), type):
+            cls = getattr(presses, name)
+        else:
+            raise ValueError(f"kvpress has no press named '{name}' (nor has benchmark.presses)")
     press = cls(**kwargs)
     if not callable(getattr(press, "score", None)):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
@@ -125,18 +130,34 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
     return kv, scores
 
 
-def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho: float) -> tuple[KV, int]:
+def n_kept(n_doc: int, rho: float, budget: str = "kvpress") -> int:
+    """Document entries kept at ``rho``: kvpress's ``max(1, int(n (1 - rho)))`` (0 at rho = 1), or
+    the paper's ``floor(n (1 - rho) + 1e-6)``, which keeps 0 when n (1 - rho) < 1 and does not lose
+    an entry to float round-off (10 * (1 - 0.9) = 0.9999999999999998, which int() makes 0)."""
+    import math
+
+    if not n_doc:
+        return 0
+    if budget == "paper_floor":
+        return min(n_doc, int(math.floor(n_doc * (1.0 - rho) + 1e-6)))
+    if budget != "kvpress":
+        raise ValueError(f"unknown budget '{budget}' (choose from kvpress, paper_floor)")
+    return compute_n_kept(n_doc, rho)
+
+
+def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho: float,
+          budget: str = "kvpress") -> tuple[KV, int]:
     """Evict the fraction ``rho`` of the document's entries, per layer and KV head, keeping
     the highest-scoring ones; every non-document entry is kept. Returns the pruned KV and the
     number of document entries kept per head.
 
-    The budget is kvpress's: ``compute_n_kept(n_doc, rho)`` = ``max(1, int(n_doc * (1 - rho)))``
-    for rho < 1 and 0 for rho = 1. Kept entries stay in their original order, so rho = 0
+    The budget is the spec's (:func:`n_kept`): kvpress's ``max(1, int(n_doc * (1 - rho)))`` for
+    rho < 1 and 0 for rho = 1, or the paper's floor. Kept entries stay in their original order, so rho = 0
     reproduces the uncompressed cache exactly.
     """
     doc_start, doc_end = doc_span
     n_doc = doc_end - doc_start
-    n_keep = compute_n_kept(n_doc, rho) if n_doc else 0
+    n_keep = n_kept(n_doc, rho, budget)
     if n_keep >= n_doc:
         return [(k[:, :, :doc_end], v[:, :, :doc_end]) for k, v in kv], n_doc
     if n_keep == 0:

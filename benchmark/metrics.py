@@ -88,6 +88,63 @@ def score_prediction(prediction: str, golds: Sequence[str]) -> dict[str, float]:
     return {"rouge_l": rouge_l(prediction, golds), "exact_match": exact_match(prediction, golds)}
 
 
+# ---------------------------------------------------------------- the paper's metric and extraction
+# (the paper tier's spec: metric.normalization "paper", metric.extraction "boxed_or_last_line")
+
+_PAPER_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PAPER_PUNCT = str.maketrans("", "", string.punctuation)
+_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+
+
+def normalize_answer_paper(text: str) -> str:
+    """The paper's normalisation, in its order: lowercase, remove articles, then remove ASCII
+    punctuation, collapse whitespace (so "the" in "the." survives: articles go before punctuation)."""
+    text = str(text).lower().strip()
+    text = _PAPER_ARTICLES.sub(" ", text)
+    return " ".join(text.translate(_PAPER_PUNCT).split())
+
+
+def rouge_l_paper(prediction: str, golds: Sequence[str]) -> float:
+    """The paper's ``rouge_l_score``: token LCS-F1 on paper-normalised text, max over golds; 0 for
+    a prediction that normalises to empty, and golds that normalise to empty are skipped (so a
+    question whose golds are all empty scores 0)."""
+    pred = normalize_answer_paper(prediction)
+    if not pred:
+        return 0.0
+    best = 0.0
+    for gold in golds:
+        g = normalize_answer_paper(gold)
+        if g:
+            best = max(best, _SCORER.score(g, pred)["rougeL"].fmeasure)
+    return best
+
+
+def exact_match_paper(prediction: str, golds: Sequence[str]) -> float:
+    pred = normalize_answer_paper(prediction)
+    return float(any(pred == normalize_answer_paper(g) for g in golds))
+
+
+def extract_answer_paper(generation: str, answer_prefix: str = "") -> str:
+    """The paper's extraction, from the generated text only (``answer_prefix`` is not read): the
+    content of the first ``\\boxed{...}`` (up to the first ``}``), else the last non-empty line."""
+    match = _BOXED.search(generation)
+    if match:
+        return match.group(1).strip()
+    lines = [line.strip() for line in generation.splitlines() if line.strip()]
+    return lines[-1] if lines else generation.strip()
+
+
+#: metric.normalization -> (rouge_l, exact_match); metric.extraction -> extractor.
+SCORERS = {"squad": (rouge_l, exact_match), "paper": (rouge_l_paper, exact_match_paper)}
+EXTRACTORS = {"boxed_or_first_line": extract_answer, "boxed_or_last_line": extract_answer_paper}
+
+
+def score_prediction_with(prediction: str, golds: Sequence[str], normalization: str = "squad") -> dict[str, float]:
+    """Both metrics for one extracted prediction under the spec's ``metric.normalization``."""
+    rouge, em = SCORERS[normalization]
+    return {"rouge_l": rouge(prediction, golds), "exact_match": em(prediction, golds)}
+
+
 def clustered_bootstrap_ci(
     values: Sequence[float], clusters: Sequence[str], *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float]:

@@ -173,16 +173,29 @@ class PromptTemplate:
     tail: str  # after the question, including the assistant header and the answer prefix
 
 
-def build_template(tokenizer, prompt: Prompt) -> PromptTemplate:
-    user = prompt.user.replace("{document}", _DOC).replace("{question}", _Q)
+def _chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    # enable_thinking=False: Qwen3's template then writes an empty think block and the model
+    # answers directly, as the paper runs it; templates that do not read the flag ignore it.
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         enable_thinking=False)
+
+
+def build_template(tokenizer, prompt: Prompt, user: str | None = None) -> PromptTemplate:
+    """Render ``user`` (default: the prompt's) through the chat template and split it at the
+    document and the question. A template without ``{document}`` (the no-context prompt) has
+    an empty middle and splits at the question only."""
+    user = (prompt.user if user is None else user).replace("{document}", _DOC).replace("{question}", _Q)
     if getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
             {"role": "user", "content": user}
         ]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = _chat(tokenizer, messages, add_generation_prompt=True)
     else:  # base models / tiny test tokenizers: plain text
         text = (prompt.system + "\n\n" if prompt.system else "") + user + "\n"
     text += prompt.answer_prefix
+    if _DOC not in text:
+        prefix, tail = text.split(_Q)
+        return PromptTemplate(prefix, "", tail)
     prefix, rest = text.split(_DOC)
     middle, tail = rest.split(_Q)
     return PromptTemplate(prefix, middle, tail)
@@ -196,9 +209,13 @@ class PromptRenderer:
         self.prompt = prompt
         self.template = build_template(tokenizer, prompt)
         self.prefix_ids = self._encode(self.template.prefix)
+        # The prompt at rho = 1: the spec's no-context prompt if it has one, else this one without the document.
+        self.no_context = build_template(tokenizer, prompt, prompt.no_context) if prompt.no_context else None
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    encode = _encode
 
     def doc_ids(self, document: str) -> list[int]:
         return self._encode(document)
@@ -210,6 +227,33 @@ class PromptRenderer:
         """The uncompressed prompt (reference for tests and the naive baseline)."""
         return self.prefix_ids + self.doc_ids(document) + self.suffix_ids(question)
 
+    @property
+    def no_doc_prefix_ids(self) -> list[int]:
+        return self._encode(self.no_context.prefix) if self.no_context else self.prefix_ids
+
+    def no_doc_suffix_ids(self, question: str) -> list[int]:
+        if self.no_context:
+            return self._encode(question + self.no_context.tail)
+        return self.suffix_ids(question)
+
     def no_doc_ids(self, question: str) -> list[int]:
         """The prompt without the document: what rho = 1 answers from."""
-        return self.prefix_ids + self.suffix_ids(question)
+        return self.no_doc_prefix_ids + self.no_doc_suffix_ids(question)
+
+    def chat_ids(self, user: str) -> list[int]:
+        """One user turn and the assistant header (no answer prefix): the paper's chunk -> next
+        chunk training prompt."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return self._encode(user + "\n")
+        return self._encode(_chat(self.tokenizer, [{"role": "user", "content": user}], add_generation_prompt=True))
+
+    @property
+    def end_of_turn(self) -> str:
+        """What the chat template writes after an assistant message's content (e.g. Qwen's
+        ``<|im_end|>\\n``, Llama 3's ``<|eot_id|>``); the EOS token without a template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.eos_token
+        mark = "\x00LORAKV_ANSWER\x00"
+        text = _chat(self.tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}],
+                     add_generation_prompt=False)
+        return text.split(mark, 1)[1]

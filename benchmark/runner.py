@@ -25,7 +25,7 @@ from .adapters import AdapterStore, Recipe, adapter_key, adapter_state, build_ex
 from .compression import evict, kv_bytes, prefill
 from .datasets import Document, load_split
 from .generation import Row, greedy_decode
-from .metrics import extract_answer, score_prediction
+from .metrics import EXTRACTORS, score_prediction_with
 from .models import PromptRenderer, load_model, pick_device
 from .results import ResultFile, environment, result_path
 from .spec import CONDITIONS, Spec, load_spec
@@ -99,6 +99,13 @@ class DocumentRun:
             with adapter_state(self.model, weights == "adapter"):
                 kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos)
             self.stats["prefills"] += 1
+        # rho = 1 with the spec's no-context prompt: its own (short) prefill, nothing to score.
+        no_context = {}
+        if r.no_context is not None and 1.0 in rhos:
+            n_nc = len(r.no_doc_prefix_ids)
+            for weights in sorted({CONDITIONS[c]["prefill"] for c in conditions}):
+                with adapter_state(self.model, weights == "adapter"):
+                    no_context[weights] = prefill(self.model, r.no_doc_prefix_ids, (n_nc, n_nc))[0]
         timings["prefill_s"] = time.perf_counter() - t0
 
         # Rows: every question for every (rho, condition); evicted caches shared where identical.
@@ -106,18 +113,22 @@ class DocumentRun:
         pruned: dict[tuple, tuple] = {}
         rows: dict[str, list[tuple[Row, dict]]] = {"base": [], "adapter": []}
         suffixes = [r.suffix_ids(q.question) for q in questions]
+        nc_suffixes = [r.no_doc_suffix_ids(q.question) for q in questions] if no_context else suffixes
         for rho in rhos:
             for cond in conditions:
                 c = CONDITIONS[cond]
                 key = (c["prefill"], c["score"], rho)
                 if key not in pruned:
-                    pkv, n_keep = evict(kv[c["prefill"]], scores[c["score"]], span, rho)
-                    pruned[key] = (pkv, n_keep)
+                    if rho >= 1 and no_context:
+                        pruned[key] = (no_context[c["prefill"]], 0)
+                    else:
+                        pruned[key] = evict(kv[c["prefill"]], scores[c["score"]], span, rho, self.spec.budget)
                 pkv, n_keep = pruned[key]
-                offset = full_len if rho < 1 else span[0]
+                offset = full_len if rho < 1 else (len(r.no_doc_prefix_ids) if no_context else span[0])
+                qsuffixes = nc_suffixes if rho >= 1 else suffixes
                 meta = {"rho": rho, "condition": cond, "kv_entries": int(sum(k.shape[1] * k.shape[2] for k, _ in pkv)),
                         "kv_bytes": kv_bytes(pkv)}
-                for q, suffix in zip(questions, suffixes):
+                for q, suffix in zip(questions, qsuffixes):
                     rows[c["decode"]].append((Row(pkv, offset, suffix), {**meta, "question": q}))
         timings["evict_s"] = time.perf_counter() - t0
 
@@ -132,8 +143,8 @@ class DocumentRun:
                                       max_new_tokens=gen.max_new_tokens, stop=gen.stop, batch_size=self.batch_size)
             for (_, meta), text in zip(items, texts):
                 q = meta["question"]
-                prediction = extract_answer(text, r.prompt.answer_prefix)
-                s = score_prediction(prediction, q.answers)
+                prediction = EXTRACTORS[self.spec.metric.extraction](text, r.prompt.answer_prefix)
+                s = score_prediction_with(prediction, q.answers, self.spec.metric.normalization)
                 self.stats["decoded_tokens"] += len(self.tokenizer.encode(text, add_special_tokens=False))
                 preds.append({
                     "doc_id": doc.doc_id, "question_id": q.id, "rho": meta["rho"], "condition": meta["condition"],

@@ -59,6 +59,7 @@ class Prompt:
     system: str | None
     user: str  # contains {document} and {question}
     answer_prefix: str
+    no_context: str | None = None  # the user turn at rho = 1 ({question} only); None: `user` without the document
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,20 @@ class GenerationSpec:
 
 
 @dataclass(frozen=True)
+class MetricSpec:
+    """How a generation becomes a score. Defaults are the mini tier's (and every spec's before
+    these fields existed); the paper tier sets the paper's (see ``metrics.py``)."""
+
+    normalization: str = "squad"  # "squad" | "paper": metrics.SCORERS
+    extraction: str = "boxed_or_first_line"  # | "boxed_or_last_line": metrics.EXTRACTORS
+
+
+#: budget: how many of n document entries rho keeps. "kvpress": max(1, int(n (1 - rho))) for rho < 1;
+#: "paper_floor": floor(n (1 - rho) + 1e-6), which may be 0 (the paper's context-only count).
+BUDGETS = ("kvpress", "paper_floor")
+
+
+@dataclass(frozen=True)
 class Spec:
     spec_version: str
     tier: str
@@ -111,6 +126,8 @@ class Spec:
     generation: GenerationSpec
     hash: str
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    metric: MetricSpec = field(default_factory=MetricSpec)
+    budget: str = "kvpress"
 
     def dataset(self, dataset_id: str) -> DatasetSpec:
         for d in self.datasets:
@@ -138,7 +155,7 @@ def _resolve_data_path(path: str) -> Path:
 
 
 def _prompt(d: dict) -> Prompt:
-    return Prompt(system=d["system"], user=d["user"], answer_prefix=d["answer_prefix"])
+    return Prompt(system=d["system"], user=d["user"], answer_prefix=d["answer_prefix"], no_context=d.get("no_context"))
 
 
 def load_yaml(path: Path, schema_name: str) -> dict:
@@ -189,6 +206,9 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
         generation=GenerationSpec(max_new_tokens=gen["max_new_tokens"], stop=tuple(gen.get("stop", ()))),
         hash=stable_hash(raw),
         raw=raw,
+        metric=MetricSpec(normalization=raw["metric"].get("normalization", "squad"),
+                          extraction=raw["metric"].get("extraction", "boxed_or_first_line")),
+        budget=raw.get("budget", "kvpress"),
     )
 
 

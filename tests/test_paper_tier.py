@@ -1,0 +1,327 @@
+"""The paper tier as the paper ran it: metric, extraction, kept count, Compactor on the document,
+prompt, shared-A init, optimiser options and training formats (tiny models, no downloads)."""
+
+import random
+import re
+import string
+
+import pytest
+import torch
+
+from benchmark import metrics
+from benchmark.adapters import (AdapterStore, LoraSettings, Recipe, TrainSettings, _LATER_OPTIONS, adapter_key,
+                                build_examples, train_adapter)
+from benchmark.compression import build_compressor, evict, n_kept, prefill, score_depends_on_rho
+from benchmark.models import PromptRenderer
+from benchmark.spec import load_spec
+from benchmark.tiny import tiny_model
+
+# ---------------------------------------------------------------- metric: an independent implementation
+
+
+def _paper_norm(text):
+    # From the paper's definition, written out: lowercase, articles, punctuation, whitespace.
+    text = text.lower().strip()
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    text = "".join(c for c in text if c not in string.punctuation)
+    return text.split()
+
+
+def _lcs(x, y):
+    table = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            table[i + 1][j + 1] = table[i][j] + 1 if a == b else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def _paper_rouge(pred, golds):
+    p = _paper_norm(pred)
+    if not p:
+        return 0.0
+    best = 0.0
+    for g in map(_paper_norm, golds):
+        if not g:
+            continue
+        lcs = _lcs(p, g)
+        if lcs:
+            prec, rec = lcs / len(p), lcs / len(g)
+            best = max(best, 2 * prec * rec / (prec + rec))
+    return best
+
+
+WORDS = ["the", "a", "an", "The", "cat", "Cat.", "sat", "on", "mat", "", "!", "an.", "the,", "dog's", "42", "x-ray",
+         "Paris}.", "{", "}", "  ", "\n", "café"]
+
+
+def _random_text(rng):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 6)))
+
+
+def test_paper_rouge_equals_an_independent_implementation_on_random_cases_with_empties():
+    rng = random.Random(0)
+    n_empty_pred = n_all_empty_golds = 0
+    for _ in range(3000):
+        pred = _random_text(rng)
+        golds = [_random_text(rng) for _ in range(rng.randint(1, 3))]
+        n_empty_pred += not _paper_norm(pred)
+        n_all_empty_golds += all(not _paper_norm(g) for g in golds)
+        assert metrics.rouge_l_paper(pred, golds) == pytest.approx(_paper_rouge(pred, golds), abs=1e-12), (pred, golds)
+    assert n_empty_pred > 50 and n_all_empty_golds > 50  # the empty cases were exercised
+
+
+def test_paper_rouge_empty_rules_and_normalisation_order():
+    assert metrics.rouge_l_paper("", [""]) == 0.0  # the SQuAD-style metric says 1 here
+    assert metrics.rouge_l("", [""]) == 1.0
+    assert metrics.rouge_l_paper("Tollervik", ["", "in Tollervik"]) == pytest.approx(2 / 3)
+    # articles go before punctuation: in "the-end" the paper drops "the"; punctuation first joins it to "theend"
+    assert metrics.normalize_answer_paper("The-End") == "end"
+    assert metrics.normalize_answer("The-End") == "theend"
+
+
+@pytest.mark.parametrize("generation,expected", [
+    ("Paris}.", "Paris}."),
+    ("I think \\boxed{Oslo} is right", "Oslo"),
+    ("first line\n\nlast line  \n", "last line"),
+    ("\\boxed{a {b} c}", "a {b"),  # the paper's regex stops at the first closing brace
+    ("   ", ""),
+])
+def test_paper_extraction_boxed_else_last_non_empty_line(generation, expected):
+    assert metrics.extract_answer_paper(generation, "The answer is \\boxed{") == expected
+
+
+def test_paper_spec_selects_the_paper_metric_extraction_generation_and_budget():
+    paper, mini = load_spec("paper"), load_spec("mini")
+    assert (paper.metric.normalization, paper.metric.extraction, paper.budget) == ("paper", "boxed_or_last_line", "paper_floor")
+    assert paper.generation.max_new_tokens == 128 and paper.generation.stop == ()
+    assert (mini.metric.normalization, mini.metric.extraction, mini.budget) == ("squad", "boxed_or_first_line", "kvpress")
+    for m in paper.models:
+        assert re.fullmatch(r"[0-9a-f]{40}", m.source["revision"]), m.id
+
+
+# ---------------------------------------------------------------- kept count
+
+
+@pytest.mark.parametrize("n,rho,kept", [(10, 0.9, 1), (50, 0.99, 0), (1000, 0.995, 5), (7, 0.0, 7), (7, 1.0, 0),
+                                        (200, 0.8, 40)])
+def test_paper_floor_budget(n, rho, kept):
+    assert n_kept(n, rho, "paper_floor") == kept
+
+
+def test_kvpress_budget_keeps_at_least_one():
+    assert n_kept(50, 0.99) == 1 and n_kept(50, 1.0) == 0
+
+
+# ---------------------------------------------------------------- Compactor on the document
+
+DOC = "Maren Oskvik opened a bakery in Tollervik in 1987. Her brother Anders moved to Quillsby. " * 6
+
+
+@pytest.mark.parametrize("budget", ["paper_floor", "kvpress"])
+def test_document_compactor_keeps_exactly_the_budget_and_leaves_the_rng_alone(budget):
+    model, tok = tiny_model("qwen3")
+    press = build_compressor("DocumentCompactorPress", {"chunk_size": 256})
+    assert score_depends_on_rho(press) and press.sink_size_start == press.sink_size_end == 0
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    ids = r.prefix_ids + r.doc_ids(DOC)
+    span = (len(r.prefix_ids), len(ids))
+    n_doc = span[1] - span[0]
+    rhos = [0.5, 0.9, 0.99, 0.995]
+    before = torch.random.get_rng_state()
+    kv, scores = prefill(model, ids, span, press, rhos)
+    assert torch.equal(before, torch.random.get_rng_state())
+    assert set(scores.by_rho) == set(rhos)
+    for rho in rhos:
+        pkv, kept = evict(kv, scores, span, rho, budget)
+        assert kept == n_kept(n_doc, rho, budget)
+        for (k, v), (k0, _) in zip(pkv, kv):
+            assert k.shape[2] == v.shape[2] == span[0] + kept
+            assert torch.equal(k[:, :, : span[0]], k0[:, :, : span[0]])  # the prefix is never evicted
+    # deterministic: the same scores again
+    _, again = prefill(model, ids, span, press, rhos)
+    assert all(torch.equal(a, b) for a, b in zip(scores.for_rho(0.9), again.for_rho(0.9)))
+
+
+def test_document_compactor_falls_back_to_attention_when_leverage_fails(monkeypatch):
+    model, tok = tiny_model("llama")
+    press = build_compressor("DocumentCompactorPress", {})
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    ids = r.prefix_ids + r.doc_ids(DOC)
+    span = (len(r.prefix_ids), len(ids))
+
+    def broken(**kwargs):
+        raise RuntimeError("Cholesky failed after 5 tries.")
+
+    attention_only = build_compressor("DocumentCompactorPress", {"blending": 0.0})  # 0 * leverage + attention
+    _, expected = prefill(model, ids, span, attention_only, [0.9])
+    monkeypatch.setattr(press._leverage_press, "score", broken)
+    n_before = type(press).leverage_fallbacks
+    _, scores = prefill(model, ids, span, press, [0.9])
+    assert all(torch.equal(a, b) for a, b in zip(scores.for_rho(0.9), expected.for_rho(0.9)))
+    assert type(press).leverage_fallbacks - n_before == len(model.model.layers)
+
+
+def test_document_compactor_reraises_other_errors(monkeypatch):
+    model, tok = tiny_model("llama")
+    press = build_compressor("DocumentCompactorPress", {})
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    ids = r.prefix_ids + r.doc_ids(DOC)
+
+    def broken(**kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(press._leverage_press, "score", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        prefill(model, ids, (len(r.prefix_ids), len(ids)), press, [0.9])
+
+
+# ---------------------------------------------------------------- prompt
+
+
+def test_paper_prompt_whitespace_and_no_context_prompt():
+    _, tok = tiny_model("llama")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    text = tok.decode(r.full_ids("DOC", "Q?"))
+    assert "Here is a context: \n\nDOC\nQuestion: Q? \nAnswer the question (one word or a few words) by putting " \
+           "the answer inside the brackets of the \"\\boxed{}\" notation." in text
+    assert text.endswith("The answer is \\boxed{")
+    nc = tok.decode(r.no_doc_ids("Q?"))
+    assert "Here is a context" not in nc and "<|user|>\nQuestion: Q? \nAnswer the question" in nc
+
+
+def test_chat_template_is_called_without_thinking():
+    _, tok = tiny_model("llama")
+    tok = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>", pad_token="<pad>")
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n"
+                         "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+                         "{% endif %}")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    assert r.template.tail.endswith("<|assistant|>\n<think>\n\n</think>\n\nThe answer is \\boxed{")
+
+
+# ---------------------------------------------------------------- shared-A init
+
+
+def test_shared_svd_a_leaves_base_weights_bit_identical_and_a_frozen(document, qa_prompt):
+    model, tok = tiny_model("llama")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1, use_dora=True, init="shared_svd_a")
+    recipe = Recipe("qa", lora, TrainSettings(lr=5e-2, epochs=2, batch_size=2))
+    r = PromptRenderer(tok, qa_prompt)
+    train_adapter(model, "doc", build_examples(document.training_view(), recipe, r), recipe, tok.pad_token_id,
+                  progress=False)
+    state = model.state_dict()
+    for k, v in base.items():  # every base weight, under its peft name
+        peft_name = next(n for n in (k, k.replace(".weight", ".base_layer.weight"),
+                                     k.replace(".bias", ".base_layer.bias")) if n in state)
+        assert torch.equal(state[peft_name], v), k
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert layers
+    for m in layers:
+        a = m.lora_A["doc"].weight
+        _, _, vh = torch.linalg.svd(m.get_base_layer().weight.float(), full_matrices=False)
+        assert torch.allclose(a, vh[:4], atol=1e-6)  # unchanged by training: frozen
+        assert not a.requires_grad
+        assert m.lora_B["doc"].weight.abs().sum() > 0  # B trained
+
+
+def test_peft_pissa_is_still_refused():
+    with pytest.raises(ValueError, match="rewrites the base weights"):
+        LoraSettings(init="pissa").peft_config()
+
+
+# ---------------------------------------------------------------- optimiser options
+
+
+def test_new_train_options_enter_the_adapter_key_only_when_set(document):
+    view = document.training_view()
+    plain = Recipe("qa", LoraSettings(), TrainSettings())
+    key = adapter_key("m", view, plain, "s")
+    assert not set(_LATER_OPTIONS) & set(plain.fingerprint()["train"])
+    cosine = Recipe("qa", LoraSettings(), TrainSettings(schedule="cosine", warmup_ratio=0.05, max_grad_norm=1.0))
+    assert adapter_key("m", view, cosine, "s") != key
+    assert cosine.fingerprint()["train"]["schedule"] == "cosine"
+
+
+def test_cosine_schedule_warmup_and_clipping_follow_transformers(document, qa_prompt, monkeypatch):
+    model, tok = tiny_model("llama")
+    s = TrainSettings(lr=1e-2, epochs=4, batch_size=1, schedule="cosine", warmup_ratio=0.25, max_grad_norm=1e-3)
+    recipe = Recipe("qa", LoraSettings(r=4, alpha=8), s)
+    lrs, norms = [], []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in self.param_groups[0]["params"]
+                                                    if p.grad is not None]).item())
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    r = PromptRenderer(tok, qa_prompt)
+    info = train_adapter(model, "doc", build_examples(document.training_view(), recipe, r), recipe, tok.pad_token_id,
+                         progress=False)
+    assert info["steps"] == 12 and len(lrs) == 12
+    assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1e-2 * 2 / 3) and lrs[3] == pytest.approx(1e-2)  # 3 warmup steps
+    assert lrs[-1] < lrs[4] and all(b <= a + 1e-12 for a, b in zip(lrs[3:], lrs[4:]))  # cosine decay
+    assert max(norms) <= 1e-3 * (1 + 1e-4)  # clipped
+
+
+def test_constant_default_keeps_the_rate(document, qa_prompt, monkeypatch):
+    model, tok = tiny_model("llama")
+    recipe = Recipe("qa", LoraSettings(r=4, alpha=8), TrainSettings(lr=3e-3, epochs=1, batch_size=1))
+    lrs = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step",
+                        lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]), real_step(self, *a, **k))[1])
+    r = PromptRenderer(tok, qa_prompt)
+    train_adapter(model, "doc", build_examples(document.training_view(), recipe, r), recipe, tok.pad_token_id,
+                  progress=False)
+    assert lrs == [3e-3] * 3
+
+
+def test_max_steps_and_early_stop_on_token_accuracy(document, qa_prompt):
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, qa_prompt)
+    s = TrainSettings(objective="ntp", lr=5e-2, epochs=1, batch_size=1, ntp_format="document", max_steps=30)
+    recipe = Recipe("ntp", LoraSettings(r=8, alpha=16), s)
+    ex = build_examples(document.training_view(), recipe, r)
+    assert len(ex) == 1 and ex[0].input_ids == r.doc_ids(document.text)
+    assert train_adapter(model, "a", ex, recipe, tok.pad_token_id, progress=False)["steps"] == 30  # epochs ignored
+    model.delete_adapter("a")
+    stop = Recipe("ntp", LoraSettings(r=8, alpha=16),
+                  TrainSettings(objective="ntp", lr=5e-2, epochs=1, batch_size=1, ntp_format="document", max_steps=1000,
+                                early_stop_accuracy=0.3))
+    info = train_adapter(model, "b", ex, stop, tok.pad_token_id, progress=False)
+    assert info["stopped_early"] and info["steps"] < 1000 and info["steps"] % 100 == 0
+
+
+# ---------------------------------------------------------------- training formats
+
+
+def test_paper_qa_format_uses_the_no_context_prompt_and_ends_the_turn(document):
+    _, tok = tiny_model("llama")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    recipe = Recipe("qa", LoraSettings(), TrainSettings(qa_format="paper"))
+    ex = build_examples(document.training_view(), recipe, r)
+    (q, a), e = document.train_qa[0], ex[0]
+    n = len(r.no_doc_ids(q))
+    assert e.input_ids[:n] == r.no_doc_ids(q) and set(e.labels[:n]) == {-100}
+    assert tok.decode(e.input_ids[n:]) == a + "}.<|end|>\n" and e.labels[n:] == e.input_ids[n:]
+    assert "Question: " + q in tok.decode(e.input_ids) and "Here is a context" not in tok.decode(e.input_ids)
+
+
+def test_ntp_chunk_next_is_a_chat_turn_per_chunk_with_loss_on_the_next_chunk(document):
+    _, tok = tiny_model("llama")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    recipe = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_tokens=16))
+    ex = build_examples(document.training_view(), recipe, r)
+    ids = r.doc_ids(document.text)
+    assert len(ex) == (len(ids) + 15) // 16 - 1
+    first = tok.decode(ex[0].input_ids)
+    assert first.startswith("<|user|>\nHere is a chunk from a document:\n\n")
+    assert "\n\nContinue the document with the next text.<|end|>\n<|assistant|>\n" in first
+    target = tok.decode([t for t, lab in zip(ex[0].input_ids, ex[0].labels) if lab != -100])
+    assert target == tok.decode(ids[16:32]).strip() + "<|end|>\n"
