@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 RHO_HELP = "rho = fraction of the document's KV entries evicted (0 = full cache, 1 = prompt without the document)"
 
@@ -233,6 +234,26 @@ def cmd_prepare_data(args) -> int:
     out = args.out or cache_dir() / "data" / f"{args.name}.jsonl"
     summary = prepare_data(args.name, args.source, out, selection=args.selection)
     print(summary)
+    return _record_prepared_sha256(args.name, Path(summary["out"]), summary["sha256"])
+
+
+def _record_prepared_sha256(name: str, out, actual: str) -> int:
+    """Write ``<out>.sha256`` (sha256sum format) and compare with the paper spec's pin, if it has one."""
+    from .spec import load_spec
+
+    Path(f"{out}.sha256").write_text(f"{actual}  {Path(out).name}\n")
+    spec = load_spec("paper")
+    pinned = next((d.test.sha256 for d in spec.datasets if d.id == name), None)
+    print(f"sha256 {actual} (recorded in {out}.sha256)")
+    if pinned is None:
+        print(f"spec {spec.spec_version} does not pin {name}'s sha256 yet: pin test.sha256 to this value "
+              "once the selection is confirmed to be the paper's")
+        return 0
+    if pinned != actual:
+        print(f"error: {out}: sha256 {actual} differs from the sha256 spec {spec.spec_version} pins for {name} "
+              f"({pinned}); the prepared data is not the paper's selection", file=sys.stderr)
+        return 1
+    print(f"matches the sha256 spec {spec.spec_version} pins for {name}")
     return 0
 
 
@@ -298,9 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _uses_hub(args) -> bool:
+    """prepare-data and the paper tier may download (weights, datasets): leave HF's offline mode to
+    the user's environment there. Everything else (the mini tier, validation, the leaderboard)
+    never needs a hub."""
+    return args.command == "prepare-data" or getattr(args, "tier", "mini") != "mini"
+
+
 def main(argv: list[str] | None = None) -> int:
-    _offline()
     args = build_parser().parse_args(argv)
+    if _uses_hub(args):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    else:
+        _offline()
     from .spec import SpecError
 
     try:

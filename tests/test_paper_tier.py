@@ -325,3 +325,74 @@ def test_ntp_chunk_next_is_a_chat_turn_per_chunk_with_loss_on_the_next_chunk(doc
     assert "\n\nContinue the document with the next text.<|end|>\n<|assistant|>\n" in first
     target = tok.decode([t for t, lab in zip(ex[0].input_ids, ex[0].labels) if lab != -100])
     assert target == tok.decode(ids[16:32]).strip() + "<|end|>\n"
+
+
+# ---------------------------------------------------------------- the runner under the paper spec
+
+
+def test_runner_answers_rho_1_from_the_no_context_prompt_and_scores_the_papers_way(tmp_path, document, monkeypatch):
+    from benchmark import runner as R
+    from benchmark.submission import load_submission
+
+    d = tmp_path / "submissions" / "pt"
+    d.mkdir(parents=True)
+    (d / "submission.yaml").write_text(
+        "name: pt\nauthors: [t]\ndescription: t\ncompressor: {press: DocumentCompactorPress}\n"
+        "adapter: {recipe: none}\n")
+    sub = load_submission(d)
+    model, tok = tiny_model("llama")
+    spec = load_spec("paper")
+    renderer = PromptRenderer(tok, spec.prompt)
+    run = R.DocumentRun(model=model, tokenizer=tok, renderer=renderer, spec=spec, submission=sub, model_key="tiny",
+                        press=sub.make_compressor(), progress=False)
+    seen = []
+    real = R.greedy_decode
+    monkeypatch.setattr(R, "greedy_decode", lambda m, t, rows, **k: seen.extend(rows) or real(m, t, rows, **k))
+    _, preds = run.evaluate(document, [0.0, 0.9, 1.0], ["base"])
+    q = document.questions[0].question
+    rho1 = [row for row in seen if row.suffix_ids == renderer.no_doc_suffix_ids(q)]
+    assert len(rho1) == 1 and rho1[0].position_offset == len(renderer.no_doc_prefix_ids)
+    assert tok.decode(renderer.no_doc_prefix_ids).endswith("<|user|>\nQuestion: ")
+    n = len(renderer.no_doc_prefix_ids)
+    expected, _ = prefill(model, renderer.no_doc_prefix_ids, (n, n))
+    assert all(torch.equal(k, ek) and torch.equal(v, ev) for (k, v), (ek, ev) in zip(rho1[0].kv, expected))
+    for p in preds:
+        assert p["prediction"] == metrics.extract_answer_paper(p["generation"])
+        assert p["rouge_l"] == 100 * metrics.rouge_l_paper(p["prediction"], p["answers"])
+
+
+# ---------------------------------------------------------------- hub access and prepared data
+
+
+def test_cli_forces_offline_only_for_the_mini_tier(monkeypatch):
+    from benchmark import cli
+
+    parser = cli.build_parser()
+    assert not cli._uses_hub(parser.parse_args(["evaluate", "submissions/snapkv"]))
+    assert cli._uses_hub(parser.parse_args(["evaluate", "submissions/paper-tier-default", "--tier", "paper"]))
+    assert cli._uses_hub(parser.parse_args(["prepare-data", "narrativeqa"]))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(cli, "dry_run", lambda args: 0)
+    cli.main(["evaluate", "submissions/paper-tier-default", "--tier", "paper", "--dry-run"])
+    assert "HF_HUB_OFFLINE" not in __import__("os").environ
+
+
+def test_prepare_data_records_and_checks_the_sha256(tmp_path, monkeypatch, capsys):
+    from benchmark import cli
+
+    out = tmp_path / "narrativeqa.jsonl"
+    out.write_text('{"doc_id": "x"}\n')
+    from benchmark.paths import sha256_file
+
+    digest = sha256_file(out)
+    assert cli._record_prepared_sha256("narrativeqa", out, digest) == 0  # the spec pins nothing yet
+    assert (tmp_path / "narrativeqa.jsonl.sha256").read_text().split()[0] == digest
+    assert digest in capsys.readouterr().out
+    import dataclasses
+
+    spec = load_spec("paper")
+    pinned = dataclasses.replace(spec, datasets=tuple(
+        dataclasses.replace(d, test=dataclasses.replace(d.test, sha256="0" * 64)) for d in spec.datasets))
+    monkeypatch.setattr("benchmark.spec.load_spec", lambda tier: pinned)
+    assert cli._record_prepared_sha256("narrativeqa", out, digest) == 1
+    assert "not the paper's selection" in capsys.readouterr().err
