@@ -39,7 +39,8 @@ OBJECTIVES = ("qa", "ctx_qa", "ntp")
 #: Training options added after adapters were first cached: part of the fingerprint only when set,
 #: so existing cache keys (and committed results' adapter keys) stay valid.
 _LATER_OPTIONS = {"qa_source": "train_qa", "schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": None,
-                  "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks"}
+                  "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks",
+                  "synthesis": "tokens", "ctx_window": "document"}
 #: LoRA init values: peft's own, plus ours (``shared_svd_a``, see :func:`init_shared_svd_a`).
 LORA_INITS = ("default", "gaussian", "shared_svd_a")
 SCHEDULES = ("constant", "cosine")
@@ -96,12 +97,19 @@ class TrainSettings:
     early_stop_accuracy: float | None = None  # stop once the answer-token accuracy since the last check reaches it
     # Example formats (see build_examples): the paper's QA format, ntp's variant.
     qa_format: str = "spec"  # "spec" | "paper"
+    synthesis: str = "tokens"  # qa_source synthesize: "tokens" (64-token chunks, our prompt) | "paper" (its sections, prompt)
+    ctx_window: str = "document"  # ctx_qa: "document" | "neighbours" (the pair's section +/- one; synthesis "paper")
     ntp_format: str = "chunks"  # "chunks" | "chunk_next" (chat: chunk -> next chunk) | "document" (raw, whole)
 
     def __post_init__(self) -> None:
-        for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS)):
+        for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS),
+                              ("synthesis", ("tokens", "paper")), ("ctx_window", ("document", "neighbours"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} '{getattr(self, name)}': choose from {allowed}")
+        if self.ctx_window == "neighbours" and (self.objective != "ctx_qa" or self.synthesis != "paper"
+                                                or self.qa_source != "synthesize"):
+            raise ValueError("train.ctx_window 'neighbours' needs recipe ctx_qa with qa_source 'synthesize' and "
+                             "synthesis 'paper' (pairs that know their section)")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -150,12 +158,7 @@ def qa_pairs(view: TrainingView, recipe: Recipe, model=None, tokenizer=None, mod
     """The recipe's training QA pairs: a hook's, pairs synthesized from the document by the base
     model (the paper's recipe, cached per generator x document x settings), or train_qa."""
     if recipe.train.qa_source == "synthesize":
-        from .synthesis import cached_synthesize
-
-        if model is None:
-            raise ValueError("qa_source 'synthesize' needs the generator model")
-        pairs = cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key)
-        return [(p["question"], p["answer"]) for p in pairs]
+        return [(p["question"], p["answer"]) for p in _synthesized(view, recipe, model, tokenizer, model_key)]
     if recipe.train.hook:
         fn = import_from(recipe.code_dir, recipe.train.hook)
         return [(p["question"], p["answer"]) for p in fn(view)]
@@ -164,6 +167,17 @@ def qa_pairs(view: TrainingView, recipe: Recipe, model=None, tokenizer=None, mod
 
 #: The paper's chunk -> next chunk instruction (ntp_format: chunk_next).
 CHUNK_NEXT_USER = "Here is a chunk from a document:\n\n{chunk}\n\nContinue the document with the next text."
+
+
+def _synthesized(view: TrainingView, recipe: Recipe, model, tokenizer, model_key: str) -> list[dict]:
+    """Synthesized pair records (``question``, ``answer``, and ``section`` with the paper's chunking)."""
+    from .synthesis import cached_synthesize
+
+    if model is None:
+        raise ValueError("qa_source 'synthesize' needs the generator model")
+    chunking = {"chunking": "paper"} if recipe.train.synthesis == "paper" else {}
+    return cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key,
+                             **chunking)
 
 
 def _ntp_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer) -> list[Example]:
@@ -198,8 +212,8 @@ def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer,
     ``qa``), target ``answer`` (+ ``}`` after a ``\\boxed{`` prefix) + EOS; ``paper`` = the
     paper's: ``qa`` uses the spec's no-context prompt (``Question: ...``), ``ctx_qa`` the
     evaluation prompt around its context, and the target is ``answer}.`` + the chat template's
-    end of turn. ``ctx_qa``'s context is the whole document (the paper's is the pair's source
-    section +/- one neighbouring section: not built yet)."""
+    end of turn. ``ctx_qa``'s context is the whole document, or with ``ctx_window: neighbours``
+    (the paper's) the pair's source section and one section either side."""
     tok = renderer.tokenizer
     objective = recipe.train.objective
     if objective == "ntp":
@@ -211,10 +225,12 @@ def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer,
         raise ValueError(f"document {view.doc_id}: objective '{objective}' needs train_qa pairs (or a hook) and has none")
     paper = recipe.train.qa_format == "paper"
     doc_ids = renderer.doc_ids(view.text) if objective == "ctx_qa" else []
+    contexts = _neighbour_contexts(view, recipe, model, tok, model_key) if recipe.train.ctx_window == "neighbours" else None
     examples = []
-    for q, a in pairs:
+    for i, (q, a) in enumerate(pairs):
         if objective == "ctx_qa":
-            prompt = renderer.prefix_ids + doc_ids + renderer.suffix_ids(q)
+            ctx = renderer.doc_ids(contexts[i]) if contexts else doc_ids
+            prompt = renderer.prefix_ids + ctx + renderer.suffix_ids(q)
         else:
             prompt = renderer.no_doc_ids(q) if paper else renderer.prefix_ids + renderer.suffix_ids(q)
         if paper:
@@ -223,6 +239,14 @@ def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer,
             target = tok.encode(_answer_text(a, renderer.prompt.answer_prefix), add_special_tokens=False) + [tok.eos_token_id]
         examples.append(Example(prompt + target, [-100] * len(prompt) + target))
     return examples
+
+
+def _neighbour_contexts(view: TrainingView, recipe: Recipe, model, tokenizer, model_key: str) -> list[str]:
+    """Per synthesized pair (same order as :func:`qa_pairs`): its section +/- one section."""
+    from .synthesis import SynthesisSettings, paper_sections, section_context
+
+    sections = paper_sections(view.text, SynthesisSettings().unit_words)
+    return [section_context(sections, r["section"], 1) for r in _synthesized(view, recipe, model, tokenizer, model_key)]
 
 
 # ---------------------------------------------------------------- train / cache / switch

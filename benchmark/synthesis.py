@@ -2,7 +2,10 @@
 
 Recipe (arXiv 2606.05698; ``synthesize:`` block of the paper's conf/*.yaml):
 
-1. split the document into ``chunk_tokens`` (64) token chunks;
+1. split the document into ``chunk_tokens`` (64) token chunks; or, with ``chunking="paper"``
+   (the paper's own code), into sections of two consecutive units of at most ``unit_words``
+   (64) words cut at sentence and paragraph ends (about 128 words, 50% overlap), prompted with
+   the paper's prompt (:func:`build_paper_prompt`); each pair then records its ``section``;
 2. for each chunk, prompt the generator with the chunk as the target passage
    and the ``neighbours`` (2) chunks on each side as background, asking for
    ``pairs_per_chunk`` (4) question/answer pairs as a JSON array of
@@ -50,9 +53,16 @@ class SynthesisSettings:
     seed: int = 0
     max_new_tokens: int = 2048
     prompt_version: int = PROMPT_VERSION
+    # "tokens": chunk_tokens-token chunks and our prompt; "paper": the paper's sections
+    # (unit_words-word units cut at sentence/paragraph ends, two units per section, 50% overlap)
+    # and the paper's prompt. Part of the cache key only when not "tokens" (older keys stay valid).
+    chunking: str = "tokens"
+    unit_words: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("chunk_tokens", "pairs_per_chunk", "retries", "max_new_tokens"):
+        if self.chunking not in ("tokens", "paper"):
+            raise ValueError(f"SynthesisSettings.chunking must be 'tokens' or 'paper', got {self.chunking!r}")
+        for name in ("chunk_tokens", "pairs_per_chunk", "retries", "max_new_tokens", "unit_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SynthesisSettings.{name} must be >= 1, got {getattr(self, name)}")
         if self.neighbours < 0:
@@ -100,6 +110,58 @@ def chunk_document(text: str, tokenizer: Any, chunk_tokens: int = 64) -> list[st
     return [c.strip() for c in chunks if c.strip()]
 
 
+_BOUNDARY = re.compile(r"(?P<para>\n\s*\n+)|(?P<punct>[.!?])(?P<sep>\s+|$)", re.S)
+
+
+def _pieces(text: str) -> list[str]:
+    """Sentences and paragraphs of ``text``, each with the separator that follows it, so that
+    joining them gives back the text (less any leading separator)."""
+    pieces: list[str] = []
+    start = 0
+    for m in _BOUNDARY.finditer(text):
+        if m.group("para") is not None:
+            body, sep = text[start:m.start()], m.group("para")
+        else:
+            body, sep = text[start:m.start()] + m.group("punct"), m.group("sep")
+        if body:
+            pieces.append(body + sep)
+        elif pieces:  # a separator right after a separator: it belongs to the previous piece
+            pieces[-1] += sep
+        start = m.end()
+    if text[start:]:
+        pieces.append(text[start:])
+    return pieces
+
+
+def paper_sections(text: str, unit_words: int = 64) -> list[str]:
+    """The paper's synthesis sections (its ``shatter_document``, chunk_size 64, overlap 0):
+    sentences are packed into units of at most ``unit_words`` words (a unit closes before the
+    sentence that would overflow it; one long sentence is a unit of its own), and each section
+    is two consecutive units, so sections are about 2 x 64 words and overlap by half. A document
+    of one unit is one section."""
+    units: list[str] = []
+    bucket, words = [], 0
+    for piece in _pieces(text):
+        n = len(piece.split())
+        if bucket and words + n > unit_words:
+            units.append("".join(bucket))
+            bucket, words = [], 0
+        bucket.append(piece)
+        words += n
+    if bucket:
+        units.append("".join(bucket))
+    if not units:
+        return [text]
+    if len(units) == 1:
+        return units
+    return [units[i] + units[i + 1] for i in range(len(units) - 1)]
+
+
+def section_context(sections: list[str], index: int, radius: int = 1) -> str:
+    """ctx_qa's context in the paper: the pair's section and ``radius`` sections either side."""
+    return "\n\n".join(s.strip() for s in sections[max(0, index - radius): index + radius + 1] if s.strip())
+
+
 # ---------------------------------------------------------------------- prompts
 
 
@@ -142,6 +204,32 @@ def build_prompt(
             enable_thinking=False,  # Qwen3; ignored by other templates
         )
         return prompt, True
+    return content + "\n\n", False
+
+
+def build_paper_prompt(tokenizer: Any, sections: list[str], index: int, *, pairs_per_chunk: int = 4,
+                       neighbours: int = 2) -> tuple[str, bool]:
+    """The paper's synthesis prompt for ``sections[index]`` (its ``build_prompt``): the
+    ``neighbours`` sections either side as ``[Background context]``, or the bare-passage form
+    when there is none. Returns ``(prompt, templated)`` like :func:`build_prompt`."""
+    lo, hi = max(0, index - neighbours), min(len(sections), index + neighbours + 1)
+    background = "\n\n".join(sections[lo:index] + sections[index + 1: hi])
+    items = "1 item" if pairs_per_chunk == 1 else f"{pairs_per_chunk} items"
+    guidance = ("Each answer must be a short factual phrase grounded in the passage. "
+                "Prefer the passage's exact wording when possible. ")
+    schema = 'Return a JSON array where each element is an object with keys "question" and "answer". '
+    closing = "Do NOT include any explanation or text outside the JSON array."
+    if background:
+        content = ("Below is a target passage, preceded by surrounding context for background understanding only.\n\n"
+                   f"[Background context]\n{background}\n\n[Target passage]\n{sections[index]}\n\n"
+                   f"Generate {items} whose questions and answers are drawn ONLY from facts stated in the "
+                   "[Target passage] above. " + guidance + schema + closing)
+    else:
+        content = (f"Below is a passage. Generate {items} based ONLY on the content of this passage. "
+                   + guidance + schema + closing + f"\n\nPassage:\n{sections[index]}")
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                             add_generation_prompt=True, enable_thinking=False), True
     return content + "\n\n", False
 
 
@@ -343,7 +431,8 @@ def _generate_text(model: Any, tokenizer: Any, prompt: str, templated: bool, set
 def _synthesize(model: Any, tokenizer: Any, text: str, settings: SynthesisSettings, progress: bool) -> tuple[list[dict], SynthesisStats]:
     import torch
 
-    chunks = chunk_document(text, tokenizer, settings.chunk_tokens)
+    paper = settings.chunking == "paper"
+    chunks = paper_sections(text, settings.unit_words) if paper else chunk_document(text, tokenizer, settings.chunk_tokens)
     stats = SynthesisStats(chunks=len(chunks))
     pairs: list[dict] = []
     iterator: Any = range(len(chunks))
@@ -352,7 +441,7 @@ def _synthesize(model: Any, tokenizer: Any, text: str, settings: SynthesisSettin
 
         iterator = tqdm(iterator, desc="synthesizing QA", unit="chunk")
     for index in iterator:
-        prompt, templated = build_prompt(
+        prompt, templated = (build_paper_prompt if paper else build_prompt)(
             tokenizer, chunks, index, pairs_per_chunk=settings.pairs_per_chunk, neighbours=settings.neighbours
         )
         chunk_seed = settings.seed + index
@@ -369,7 +458,8 @@ def _synthesize(model: Any, tokenizer: Any, text: str, settings: SynthesisSettin
             stats.failed_chunks += 1
             stats.failures.append(index)
         stats.extra_pairs_dropped += max(0, len(got) - settings.pairs_per_chunk)
-        pairs.extend(got[: settings.pairs_per_chunk])
+        # paper sections: each pair remembers its section (ctx_qa's context is built around it)
+        pairs.extend({**p, "section": index} if paper else p for p in got[: settings.pairs_per_chunk])
     stats.pairs = len(pairs)
     if stats.failed_chunks:
         log.warning(
@@ -422,7 +512,11 @@ def synthesize_qa(
 def synthesis_cache_path(cache_dir: str | Path, generator_id: str, text: str, settings: SynthesisSettings) -> Path:
     """``cache_dir/synth/<sha256 of (generator_id, document sha256, settings json)>.json``."""
     doc_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    key = json.dumps([generator_id, doc_sha, asdict(settings)], sort_keys=True, separators=(",", ":"))
+    fields = asdict(settings)
+    if settings.chunking == "tokens":  # options added later enter the key only when used
+        fields.pop("chunking")
+        fields.pop("unit_words")
+    key = json.dumps([generator_id, doc_sha, fields], sort_keys=True, separators=(",", ":"))
     return Path(cache_dir) / "synth" / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
 
 

@@ -396,3 +396,78 @@ def test_prepare_data_records_and_checks_the_sha256(tmp_path, monkeypatch, capsy
     monkeypatch.setattr("benchmark.spec.load_spec", lambda tier: pinned)
     assert cli._record_prepared_sha256("narrativeqa", out, digest) == 1
     assert "not the paper's selection" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the paper's synthesis chunking, prompt, ctx_qa context
+
+STORY = " ".join(f"Sentence number {i} tells that item {i} sits in room {i}." for i in range(40))
+
+
+def test_paper_sections_are_two_64_word_units_with_half_overlap_cut_at_sentences():
+    from benchmark.synthesis import paper_sections
+
+    sentences = [f"Sentence number {i} tells that item {i} sits in room {i}." for i in range(40)]
+    assert {len(x.split()) for x in sentences} == {11}  # 5 sentences (55 words) fill a 64-word unit
+    pieces = [x + " " for x in sentences[:-1]] + [sentences[-1]]
+    units = ["".join(pieces[k:k + 5]) for k in range(0, 40, 5)]
+    assert paper_sections(STORY) == [units[i] + units[i + 1] for i in range(7)]
+    assert paper_sections("Short text without a full stop") == ["Short text without a full stop"]
+    long_sentence = " ".join(["word"] * 100) + ". Next one."
+    assert paper_sections(long_sentence) == [" ".join(["word"] * 100) + ". " + "Next one."]  # a long sentence is one unit
+
+
+def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monkeypatch):
+    from benchmark import synthesis as S
+
+    _, tok = tiny_model("llama")
+    prompts = []
+
+    def fake_generate(model, tokenizer, prompt, templated, settings, seed):
+        prompts.append(prompt)
+        target = prompt.split("[Target passage]\n")[1].split("\n\n")[0]
+        return '[{"question": "What is first?", "answer": "%s"}]' % target.split()[2]
+
+    monkeypatch.setattr(S, "_generate_text", fake_generate)
+    pairs = S.cached_synthesize(None, tok, STORY, cache_dir=tmp_path, generator_id="tiny", chunking="paper",
+                                progress=False)
+    sections = S.paper_sections(STORY)
+    assert len(prompts) == len(sections) == len(pairs)
+    assert [p["section"] for p in pairs] == list(range(len(sections)))
+    first = prompts[0]
+    assert ("Below is a target passage, preceded by surrounding context for background understanding only.\n\n"
+            "[Background context]\n" + sections[1] + "\n\n" + sections[2] + "\n\n[Target passage]\n" + sections[0]) in first
+    assert ("Generate 4 items whose questions and answers are drawn ONLY from facts stated in the [Target passage] above. "
+            "Each answer must be a short factual phrase grounded in the passage. Prefer the passage's exact wording when "
+            "possible. Return a JSON array where each element is an object with keys \"question\" and \"answer\". "
+            "Do NOT include any explanation or text outside the JSON array.") in first
+    # the default chunking's cache key is the one it had before the chunking fields existed
+    import dataclasses
+    import hashlib
+    import json
+
+    old = {k: v for k, v in dataclasses.asdict(S.SynthesisSettings()).items() if k not in ("chunking", "unit_words")}
+    key = json.dumps(["g", hashlib.sha256(b"text").hexdigest(), old], sort_keys=True, separators=(",", ":"))
+    assert S.synthesis_cache_path(tmp_path, "g", "text", S.SynthesisSettings()).name == \
+        hashlib.sha256(key.encode()).hexdigest() + ".json"
+
+
+def test_ctx_qa_neighbours_context_is_the_pairs_section_and_one_either_side(tmp_path, monkeypatch):
+    from benchmark import synthesis as S
+    from benchmark.datasets import Document
+
+    monkeypatch.setattr(S, "_generate_text",
+                        lambda m, t, prompt, *a: '[{"question": "Q%d?", "answer": "A"}]' % len(prompt))
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    doc = Document("s", STORY, (), ())
+    train = TrainSettings(objective="ctx_qa", qa_source="synthesize", synthesis="paper", ctx_window="neighbours",
+                          qa_format="paper")
+    ex = build_examples(doc.training_view(), Recipe("ctx_qa", LoraSettings(), train), r, model, "tiny")
+    sections = S.paper_sections(STORY)
+    assert len(ex) == len(sections)
+    for i, e in enumerate(ex):
+        ctx = S.section_context(sections, i, 1)
+        assert e.input_ids[: len(r.prefix_ids) + len(r.doc_ids(ctx))] == r.prefix_ids + r.doc_ids(ctx)
+    assert "\n\n".join(s.strip() for s in sections[0:2]) == S.section_context(sections, 0, 1)
+    with pytest.raises(ValueError, match="neighbours"):
+        TrainSettings(objective="ctx_qa", ctx_window="neighbours")
