@@ -70,10 +70,13 @@ def load_submission(path: str | Path) -> Submission:
     if "target_modules" in lora:
         lora["target_modules"] = tuple(lora["target_modules"])
     train = dict(ad.get("train", {}))
-    recipe = Recipe(
-        name=ad["recipe"],
-        lora=LoraSettings(**lora),
-        train=TrainSettings(objective=ad["recipe"] if ad["recipe"] != "none" else "qa", **train),
-        code_dir=str(folder),
-    )
+    try:  # combinations the schema cannot express (e.g. ctx_window neighbours without paper synthesis)
+        recipe = Recipe(
+            name=ad["recipe"],
+            lora=LoraSettings(**lora),
+            train=TrainSettings(objective=ad["recipe"] if ad["recipe"] != "none" else "qa", **train),
+            code_dir=str(folder),
+        )
+    except ValueError as exc:
+        raise SpecError(f"{yml}: field 'adapter': {exc}") from exc
     return Submission(name=raw["name"], path=folder, raw=raw, recipe=recipe)

@@ -471,3 +471,16 @@ def test_ctx_qa_neighbours_context_is_the_pairs_section_and_one_either_side(tmp_
     assert "\n\n".join(s.strip() for s in sections[0:2]) == S.section_context(sections, 0, 1)
     with pytest.raises(ValueError, match="neighbours"):
         TrainSettings(objective="ctx_qa", ctx_window="neighbours")
+
+
+def test_an_impossible_recipe_combination_names_the_file_and_field(tmp_path):
+    from benchmark.spec import SpecError
+    from benchmark.submission import load_submission
+
+    d = tmp_path / "submissions" / "bad"
+    d.mkdir(parents=True)
+    (d / "submission.yaml").write_text(
+        "name: bad\nauthors: [t]\ndescription: t\ncompressor: {press: KnormPress}\n"
+        "adapter: {recipe: qa, train: {ctx_window: neighbours}}\n")
+    with pytest.raises(SpecError, match=r"submission.yaml: field 'adapter': train.ctx_window 'neighbours' needs"):
+        load_submission(d)
