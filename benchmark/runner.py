@@ -164,6 +164,7 @@ def model_key(model_spec) -> str:
 def open_run(spec: Spec, submission: Submission, model_id: str | None = None, device: str | None = None,
              **kwargs) -> DocumentRun:
     model_spec = spec.model(model_id)
+    submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
     model, tok = load_model(model_spec, device)
     renderer = PromptRenderer(tok, spec.prompt_for(model_spec))
     return DocumentRun(model=model, tokenizer=tok, renderer=renderer, spec=spec, submission=submission,

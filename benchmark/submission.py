@@ -17,6 +17,7 @@ submission folder (a dataclass with kvpress's ``score`` signature).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,17 @@ class Submission:
             return self.raw["headline_condition"]
         return "base_kv_adapter_decode" if self.recipe.enabled else "base"
 
+    def for_model(self, model_id: str) -> "Submission":
+        """This submission with ``adapter.per_model[model_id]`` laid over ``adapter.train``.
+
+        ``raw`` (and so :meth:`hash`) is unchanged: the overrides for every model are part of it.
+        """
+        override = self.raw["adapter"].get("per_model", {}).get(model_id)
+        if not override:
+            return self
+        train = dataclasses.replace(self.recipe.train, **override)
+        return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, train=train))
+
     def hash(self) -> str:
         """Identity of what was evaluated: the YAML and any code in the folder."""
         code = {p.name: p.read_text() for p in sorted(self.path.glob("*.py"))}
@@ -79,4 +91,10 @@ def load_submission(path: str | Path) -> Submission:
         )
     except ValueError as exc:
         raise SpecError(f"{yml}: field 'adapter': {exc}") from exc
-    return Submission(name=raw["name"], path=folder, raw=raw, recipe=recipe)
+    sub = Submission(name=raw["name"], path=folder, raw=raw, recipe=recipe)
+    for model_id in ad.get("per_model", {}):
+        try:
+            sub.for_model(model_id)
+        except ValueError as exc:
+            raise SpecError(f"{yml}: field 'adapter/per_model/{model_id}': {exc}") from exc
+    return sub

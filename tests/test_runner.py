@@ -173,3 +173,25 @@ def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt,
     assert [d["doc_id"] for d in merged["documents"]] == [d["doc_id"] for d in single["documents"]]
     with pytest.raises(SpecError, match="also in"):
         merge_shards([shards[0], shards[0]], tmp_path / "bad.json")
+
+
+def test_per_model_train_overrides(tmp_path):
+    """adapter.per_model lays one model's train fields over adapter.train; the hash covers them."""
+    from benchmark.spec import SpecError
+    from benchmark.submission import load_submission
+
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    base = ("name: sub\nauthors: [a]\ndescription: d\ncompressor: {press: KnormPress}\n"
+            "adapter:\n  recipe: qa\n  train: {lr: 3.0e-3, epochs: 6}\n")
+    (folder / "submission.yaml").write_text(base + "  per_model: {qwen2.5-0.5b: {lr: 1.0e-3, schedule: cosine}}\n")
+    sub = load_submission(folder)
+    qwen, smol = sub.for_model("qwen2.5-0.5b"), sub.for_model("smollm2-135m")
+    assert (qwen.recipe.train.lr, qwen.recipe.train.epochs, qwen.recipe.train.schedule) == (1e-3, 6, "cosine")
+    assert smol.recipe == sub.recipe and smol.recipe.train.lr == 3e-3
+    assert qwen.hash() == sub.hash()
+    (folder / "submission.yaml").write_text(base)
+    assert load_submission(folder).hash() != sub.hash()  # the overrides are part of the identity
+    (folder / "submission.yaml").write_text(base + "  per_model: {qwen2.5-0.5b: {schedule: zigzag}}\n")
+    with pytest.raises(SpecError, match="schedule"):
+        load_submission(folder)

@@ -1,52 +1,51 @@
-"""Deterministic generator of the two small fictional QA datasets bundled with lorakv-bench.
+"""Deterministic generator of the two fictional QA datasets of the mini tier (spec mini-2.0).
 
-``mini-narrative`` mirrors NarrativeQA (short life stories of invented craftspeople) and
-``mini-health`` mirrors LongHealth (discharge summaries of invented patients).  Every name,
-town, drug, disease, lab analyte and number is made up, so a language model cannot answer
-the questions without reading the document.
+``mini-narrative`` mirrors NarrativeQA: the chronicle of an invented village and seven of its
+residents. ``mini-health`` mirrors LongHealth: the case file of an invented patient, one letter
+per hospital episode. Every name, town, drug, disease and number is made up, so a model cannot
+answer without reading the document (or an adapter trained on it).
 
-Design
-------
-* A *slot* dict holds one document's invented values (``slots["shop_town"] == "Quellstad"``).
-  Values are drawn without replacement, so no two facts in a document share an answer.
-* A :class:`Fact` is one fact kind: several prose templates (one is picked per document)
-  and one or more :class:`Ask` records.  An ``Ask`` names the slot holding the answer and
-  carries two disjoint question-template sets: ``eval_qs`` for the held-out evaluation
-  questions and ``train_qs`` for the paraphrased ``train_qa`` pairs (which stand in for the
-  paper's model-synthesised QA).  Every prose template contains every asked slot, so each
-  answer appears verbatim in the text.
-* A document = required facts + a random subset of optional facts, laid out in paragraphs
-  (health: titled sections), then padded with filler sentences up to a random word target.
-  Several facts share a type (towns, years, dates, doses, clinicians), so each document
-  contains distractors: the sister's town next to the shop's town, a home medication next
-  to the new one, an admission lab value next to a repeat value.
-* 8 evaluation questions are sampled from the document's asks; ``train_qa`` covers every
-  ask (including the distractor facts) with 2-3 paraphrases each.
-* Each document has its own ``random.Random(seed)`` with an integer seed; only lists and
-  tuples are iterated, so output is byte-identical across runs and Python versions.
+The three steps, and what each one may see
+-------------------------------------------
+1. **Fact base.** A document is a list of :class:`Fact` records: an *entity* (a resident; the
+   patient or one of the patient's episodes), an *attribute* (birthplace, ward, dose, ...) and
+   the answer. Values of one type are drawn without replacement, so every answer occurs once in
+   the document and the other values of its type (six other birthplaces, six other wards) are
+   its distractors. Each fact is written as one sentence; a resident's facts fall in two
+   paragraphs far apart, and the patient's episodes run through the whole file, so facts are
+   spread over the text and different evictions lose different facts.
+2. **Training QA** (:func:`make_train_qa`) receives the fact base and a seed, nothing else: it
+   picks the facts it covers (about half) and words one or two questions for each with its
+   *own* templates (``Attribute.train_qs``). It plays the role of the paper's strong
+   synthesiser, without its errors. It never sees an evaluation question.
+3. **Evaluation questions** (:func:`eval_questions`) are drawn afterwards, worded with the
+   disjoint ``Attribute.eval_qs`` templates, and tagged ``covered`` (their fact is the subject
+   of a train_qa pair) or ``uncovered`` (no train_qa question or answer contains the fact's
+   answer), 6 and 4 per document.
 
-Run ``python -m benchmark.data.generate_mini [--out DIR]`` (default: ``benchmark/data/mini``).
+Each document has its own ``random.Random(seed)``; only lists and tuples are iterated, so the
+output is byte-identical across runs and Python versions. Run
+``python -m benchmark.data.generate_mini [--out DIR]`` (default: ``benchmark/data/mini``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "mini"
-SPLITS = (("test", 8, 0), ("dev", 3, 500))  # (split, number of documents, seed offset)
-N_EVAL_QUESTIONS = 8
-WORD_RANGE = (300, 650)  # hard bounds on words per document
-ASKS_PER_DOC = (14, 18)  # askable facts per document (train_qa covers all of them)
-TRAIN_RANGE = (20, 36)  # train_qa pairs per document
+SPLITS = (("test", 6, 0), ("dev", 4, 500))  # (split, number of documents, seed offset)
+N_COVERED, N_UNCOVERED = 6, 4  # evaluation questions per document, by stratum
+COVER_FRACTION = 0.5  # share of the fact base that make_train_qa covers
+MIN_FACTS = 40
+WORD_RANGE = (950, 1400)  # about 1,500-2,500 tokens with the Qwen2.5 tokenizer (README)
 
 # ---------------------------------------------------------------- name pools (all invented)
-# Pools whose items follow "a " in templates start with a consonant.
 FEMALE = ("Maren", "Ilse", "Thessaly", "Odile", "Brisca", "Yvaine", "Liesl", "Orla", "Senna",
           "Tamsin", "Wrenna", "Ysolde", "Perpetua", "Halla", "Ondine", "Marit", "Solveig",
           "Elowen", "Corisande", "Petronel", "Averil", "Jessamine", "Quenby", "Drusilla")
@@ -63,42 +62,33 @@ TOWNS = ("Varrowmere", "Quellstad", "Brindlecombe", "Harrowick", "Pellingrove", 
          "Gorsemouth", "Haverlin", "Kestrelby", "Lundry Ford", "Mossbank", "Nethercliff",
          "Pembrick", "Quarvey", "Rookhaven", "Saltmere", "Thornvale", "Ulverholm", "Vesk",
          "Yarrowby", "Zellmoor", "Brackwater", "Caddon Heath", "Dorrowgate", "Fallowick",
-         "Grimsetter", "Hollin Bay", "Ivelmouth", "Jessop's Landing", "Orrisby", "Tamsmoor")
+         "Grimsetter", "Hollin Bay", "Ivelmouth", "Orrisby", "Tamsmoor")
 STREETS = ("Tallow Lane", "Quince Street", "Gannet Row", "Marrow Street", "Coppice Lane",
            "Wicket Row", "Sorrel Street", "Ferrier's Walk", "Lantern Row", "Bellwether Lane",
            "Pumpkin Yard", "Hatchment Street", "Cobble Steps", "Mercer's Alley")
 # narrative
-TRADES = (("baker", "bakery"), ("clockmaker", "clock workshop"), ("bookbinder", "bindery"),
-          ("glassblower", "glass workshop"), ("candlemaker", "chandlery"), ("saddler", "saddlery"),
-          ("hatter", "hat shop"), ("printer", "print shop"), ("cooper", "cooperage"),
-          ("mapmaker", "map shop"), ("herbalist", "herb shop"), ("lute maker", "lute workshop"))
-SPOUSE_TRADES = ("ferry pilot", "schoolteacher", "surveyor", "weaver", "lock keeper",
-                 "stonemason", "beekeeper", "tanner", "fiddler", "net mender", "dyer", "bargee")
-ANIMALS = ("mule", "goose", "ferret", "raven", "goat", "greyhound", "tortoise", "jackdaw",
-           "pony", "lurcher")
-PET_COLOURS = ("grey", "piebald", "mud-coloured", "speckled", "black", "lame", "sandy", "brindled")
+TRADES = ("baker", "clockmaker", "bookbinder", "glassblower", "candlemaker", "saddler", "hatter",
+          "printer", "cooper", "mapmaker", "herbalist", "lute maker", "ferry pilot", "weaver",
+          "lock keeper", "stonemason", "beekeeper", "tanner", "net mender", "dyer")
+ANIMALS = ("mule", "goose", "ferret", "raven", "goat", "greyhound", "tortoise", "jackdaw", "pony", "lurcher")
 PET_NAMES = ("Bramblewick", "Tansy", "Quillet", "Mossfoot", "Pilchard", "Grettle", "Fennick",
-             "Sorrowful", "Nutmeg", "Wobble", "Captain Crumb", "Parsnip", "Thimble", "Dusk")
+             "Sorrowful", "Nutmeg", "Wobble", "Captain Crumb", "Parsnip", "Thistledown", "Duskwort")
 SHIPS = ("Marigold Wren", "Patient Heron", "Saltwhistle", "Margery Bell", "Dauntless Plover",
-         "Seventh Lantern", "Quiet Thimble", "Copper Gannet", "Brisk Ermine", "Widow Tansy")
+         "Seventh Lantern", "Quiet Fulmar", "Copper Gannet", "Brisk Ermine", "Widow Pennyroyal")
 ISLANDS = ("Skarra", "Venmoor", "Quiddon", "Tallowholm", "Orkessay", "Brannock", "Dunskerry",
            "Maelholm", "Grisby Holm", "Little Farrow")
 BOOKS = ("Salt on the Sill", "The Lantern Ledger", "Small Bells in Winter", "A Quiet Reckoning",
-         "Notes from the Kiln", "The Patient Thimble", "Crumbs and Compasses", "Rooks Over Water",
-         "Letters to a Cooper", "The Tallow Almanac", "Seven Crooked Chimneys")
-BOOK_TOPICS = ("the weather of the northern coast", "the habits of rooks", "old weights and measures",
-               "bread made without yeast", "the rivers of the lowlands", "village quarrels",
-               "the care of tools", "ghost stories told by carters")
+         "Notes from the Kiln", "The Patient Kettle", "Crumbs and Compasses", "Rooks Over Water",
+         "Letters to a Carter", "The Tallow Almanac", "Seven Crooked Chimneys")
 AWARDS = ("Copper Thistle Medal", "Grey Heron Ribbon", "Quillfeather Prize", "Silver Wheel",
           "Order of the Lark", "Brassmoor Cup", "Lantern Medal", "Bellwether Shield")
 SOCIETIES = ("Guild of Lowland Artisans", "Amberlane Civic Society", "Brotherhood of the Lantern",
              "Society of Patient Hands", "Fellowship of the Bell", "Company of Tinkers",
              "Kestrel Debating Club", "Order of Quiet Makers")
-COINS = ("silver rennets", "brass tallies", "copper dalders", "river marks", "tin quarrels")
+INSTRUMENTS = ("hurdy-gurdy", "bassoon", "concertina", "dulcimer", "cornet", "harmonium", "zither", "bagpipes")
+DISHES = ("eel pie", "nettle soup", "plum dumplings", "barley broth", "smoked herring", "caraway cake",
+          "mutton stew", "honey buns")
 # health
-HOSPITAL_KINDS = ("General Hospital", "Infirmary", "Cottage Hospital", "Memorial Hospital")
-WARDS = ("Larkspur Ward", "Hesketh Ward", "Ombrel Ward", "Ward 11B", "Ward 7C", "Tamarisk Ward",
-         "Fennimore Ward", "Ward 4D", "Corley Ward", "Ward 13A", "Juniper Ward", "Bassett Ward")
 DRUGS = ("Velatrixin", "Oxaprenol", "Dravocilin", "Menthazide", "Quorvatan", "Zelbrumide",
          "Tirasolone", "Fendaprax", "Corvimab", "Lunestrol", "Pexotrine", "Hallodrone", "Sarvanib",
          "Brixolate", "Tenevril", "Ombrazine", "Kaltemide", "Virexapam", "Nortaclin", "Ulvaprine")
@@ -106,650 +96,425 @@ DISEASES = ("Marrowell syndrome", "ochric nephritis", "Tessaly fever", "lamellar
             "Brenner-Quist myositis", "granular pleural fibrosis", "Vosker anaemia",
             "episodic tarsal neuritis", "Kallendar disease", "Pellow-Drake syndrome",
             "reticular bile stasis", "Oster arteritis", "Halvard cardiomyopathy", "Corran fever")
-SYMPTOMS = ("episodic tongue numbness", "drenching afternoon sweats", "painless ankle swelling",
-            "intermittent double vision", "a bitter metallic taste", "recurrent wrist tremor",
-            "persistent hiccups", "patchy scalp tingling", "night-time calf cramps",
-            "greyish skin mottling", "sudden loss of smell")
 REACTIONS = ("a blistering palm rash", "swelling of the eyelids", "violet wheals",
-             "severe hiccups", "transient deafness", "a burning scalp", "yellow-tinged vision")
+             "transient deafness", "a burning scalp", "yellow-tinged vision")
 ANALYTES = (("serum trevinase", "U/L", 12, 140, 0), ("plasma orvalin", "ng/mL", 1.5, 40.0, 1),
             ("urinary celestrin", "mg/L", 0.2, 9.0, 2), ("serum kalvate", "mmol/L", 2.0, 14.0, 1),
             ("Hessler factor", "IU/mL", 20, 400, 0), ("blood quellan", "g/L", 3.0, 28.0, 1),
             ("serum ambrine", "umol/L", 40, 300, 0), ("plasma dorsin", "pg/mL", 5, 95, 0))
-PROCEDURES = ("Harlan-Voss shunt insertion", "percutaneous marrow lavage",
-              "transhepatic coil placement", "left pleural rinse", "Pennock nerve block",
-              "retrograde bile sweep", "tarsal sheath release", "Kemble drain insertion")
-CLINIC_KINDS = ("Outpatient Clinic", "Day Unit", "Follow-up Clinic", "Metabolic Clinic")
 JOBS = ("ferry pilot", "lock keeper", "peat cutter", "piano tuner", "saddler", "net mender",
         "bell founder", "tram conductor", "kiln worker", "harbour clerk")
-FREQUENCIES = ("once daily", "twice daily", "every eight hours", "at night",
-               "three times a week", "every other morning")
-RELATIVES = {True: ("daughter", "sister", "niece", "wife"), False: ("son", "brother", "nephew", "husband")}
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
 
 
-# ---------------------------------------------------------------- fact kinds
+# ---------------------------------------------------------------- attributes and facts
 @dataclass(frozen=True)
-class Ask:
-    """One askable fact: the answer slot, disjoint eval and train question templates, and
-    optionally a slot holding a second gold answer (e.g. a first name without the surname)."""
+class Attribute:
+    """One kind of fact: prose templates (each holds ``{value}`` once), and two disjoint
+    question-template sets, one for evaluation and one for training."""
 
-    slot: str
+    name: str
+    prose: tuple[str, ...]
     eval_qs: tuple[str, ...]
     train_qs: tuple[str, ...]
-    alt: str | None = None
 
 
 @dataclass(frozen=True)
 class Fact:
-    """One fact kind: prose templates (each contains every asked slot) and the asks it supports."""
+    """One askable fact of a document: ``slots`` fill the templates (``E`` names the entity)."""
 
-    name: str
-    prose: tuple[str, ...]
-    asks: tuple[Ask, ...]
-    section: str = ""  # health documents group facts under section titles
+    fact_id: str
+    attribute: Attribute
+    answer: str
+    slots: tuple[tuple[str, str], ...]
+
+    def fill(self, template: str) -> str:
+        text = template.format(**dict(self.slots), value=self.answer)
+        return text[0].upper() + text[1:]
+
+    @property
+    def answers(self) -> list[str]:
+        return [self.answer]
 
 
-NARRATIVE_FACTS = (
-    Fact("birth", (
-        "{P} was born in {birth_town} in {birth_year}, the second of four children.",
-        "{P} was born in the town of {birth_town} in {birth_year}.",
-        "Born in {birth_town} in the spring of {birth_year}, {P} grew up above a carter's yard.",
-        "The parish book of {birth_town} records the birth of {P} in {birth_year}.",
-        "{P} came into the world in {birth_town} in {birth_year}, during a winter the old people still talked about.",
-    ), (
-        Ask("birth_town", ("In which town was {P} born?", "What town was {P} born in?"),
-            ("Where was {P} born?", "What is the birthplace of {P}?", "{P} was born in which town?")),
-        Ask("birth_year", ("In what year was {P} born?", "What year was {P} born in?"),
-            ("When was {P} born?", "{P} was born in which year?", "What is {P}'s year of birth?")),
-    )),
-    Fact("sibling", (
-        "{P_first}'s {sibrel}, {sib}, left home early and settled in {sib_town}.",
-        "{P_first} had a {sibrel} named {sib}, who moved away to {sib_town} and rarely came back.",
-        "Of the whole family, only {P_first}'s {sibrel} {sib} wrote regularly, always from {sib_town}, where {sib_sub} had settled.",
-        "{sib}, the {sibrel} of {P_first}, moved to {sib_town} as a young adult and stayed there for the rest of {sib_pos} life.",
-    ), (
-        Ask("sib", ("What was the name of {P}'s {sibrel}?", "Who was {P}'s {sibrel}?"),
-            ("Name the {sibrel} of {P}.", "{P} had a {sibrel} called what?", "What was {P}'s {sibrel} called?"), alt="sib_first"),
-        Ask("sib_town", ("In which town did {P}'s {sibrel} settle?", "Where did {P}'s {sibrel} settle?"),
-            ("To which town did {sib} move?", "{sib} made a home in which town?",
-             "Where did the {sibrel} of {P} end up living?")),
-    )),
-    Fact("apprentice", (
-        "At the age of {appr_age}, {P_first} was apprenticed to {mentor}, a {trade} in {appr_town}.",
-        "When {sub} was {appr_age}, {P_first} went to {appr_town} to learn the trade of a {trade} under {mentor}.",
-        "{mentor}, an exacting {trade} in {appr_town}, took {P_first} on as an apprentice at the age of {appr_age}.",
-        "{P_first} learned the craft in {appr_town}, where {mentor} accepted {obj} as an apprentice at {appr_age}.",
-    ), (
-        Ask("mentor", ("To whom was {P} apprenticed?", "Who trained {P} as an apprentice?"),
-            ("Under which master did {P} learn the trade?", "Who was {P}'s teacher during the apprenticeship?",
-             "Name the {trade} who took {P} on as an apprentice."), alt="mentor_last"),
-        Ask("appr_town", ("In which town did {P} serve {pos} apprenticeship?",
-             "Where did {P} serve {pos} apprenticeship?"),
-            ("Where did {P} train as an apprentice?", "{P} learned the trade in which town?",
-             "In what town was {P} an apprentice?")),
-    )),
-    Fact("pet", (
-        "{P_first} kept a {pet_colour} {animal} named {pet}, which followed {obj} everywhere.",
-        "A {pet_colour} {animal} called {pet} lived in {P_first}'s back room, and visitors learned to step around it.",
-        "Everyone in the street knew {P_first}'s {pet_colour} {animal}, {pet}, and its terrible temper.",
-    ), (
-        Ask("pet", ("What was the name of {P}'s {animal}?", "What was {P}'s {animal} called?"),
-            ("What did {P} call {pos} {animal}?", "The {animal} kept by {P} had what name?",
-             "Give the name of the {animal} that belonged to {P}.")),
-    )),
-    Fact("shop", (
-        "In {shop_year}, {P_first} opened a {shop} on {street} in {shop_town}.",
-        "{P_first} opened {pos} own {shop} in {shop_town} in {shop_year}; it stood on {street}, near the old well.",
-        "It was not until {shop_year} that {P_first} could afford a {shop} of {pos} own, a cramped room on {street} in {shop_town}.",
-        "The {shop} that {P_first} opened on {street} in {shop_town} in {shop_year} was small but never empty.",
-    ), (
-        Ask("shop_town", ("In which town did {P} open {pos} {shop}?", "Where did {P} open {pos} {shop}?"),
-            ("{P}'s {shop} was in which town?", "In what town did {P} run a {shop}?",
-             "Which town was home to the {shop} of {P}?")),
-        Ask("shop_year", ("In what year did {P} open {pos} {shop}?", "When did {P} open the {shop}?"),
-            ("What year did the {shop} of {P} open?", "{P} opened a {shop} in which year?",
-             "In which year did {P}'s {shop} first open?")),
-        Ask("street", ("On which street was {P}'s {shop}?", "What street was {P}'s {shop} on?"),
-            ("The {shop} run by {P} stood on which street?", "On what street did {P} keep {pos} {shop}?",
-             "Which street housed {P}'s {shop}?")),
-    )),
-    Fact("rival", (
-        "{P_first}'s great rival was {rival}, who ran a competing {shop} in {rival_town}.",
-        "Not everyone welcomed {P_first}'s success: {rival}, a {trade} from {rival_town}, spoke against {obj} at every guild meeting.",
-        "{rival} of {rival_town}, also a {trade}, became {P_first}'s fiercest competitor.",
-    ), (
-        Ask("rival", ("Who was {P}'s chief rival?", "Who was {P}'s main competitor?"),
-            ("Name the rival of {P}.", "Which competitor opposed {P}?", "{P}'s fiercest competitor was whom?"), alt="rival_last"),
-        Ask("rival_town", ("In which town did {P}'s rival work?", "Where was {P}'s rival based?"),
-            ("Which town was {rival} from?", "{P}'s competitor came from which town?",
-             "Where did {rival} practise the trade?")),
-    )),
-    Fact("marriage", (
-        "In {wed_year}, {P_first} married {spouse}, a {spouse_trade} from {spouse_town}.",
-        "{P_first} met {spouse}, a {spouse_trade} visiting from {spouse_town}, and the two were married in {wed_year}.",
-        "{spouse} of {spouse_town}, a {spouse_trade} by trade, became {P_first}'s {spouse_rel} in {wed_year}.",
-        "The wedding of {P_first} and {spouse}, a {spouse_trade} from {spouse_town}, took place in {wed_year}.",
-    ), (
-        Ask("spouse", ("Whom did {P} marry?", "Who did {P} marry?"),
-            ("What was the name of {P}'s {spouse_rel}?", "Who became {P}'s {spouse_rel}?",
-             "{P} was married to whom?"), alt="spouse_first"),
-        Ask("wed_year", ("In what year did {P} marry?", "When did {P} get married?"),
-            ("What year was {P}'s wedding?", "{P} married in which year?", "In which year did {P} wed {spouse}?")),
-        Ask("spouse_town", ("Which town did {P}'s {spouse_rel} come from?", "Where was {P}'s {spouse_rel} from?"),
-            ("From what town did {spouse} come?", "{spouse} was a native of which town?",
-             "What was the home town of {P}'s {spouse_rel}?")),
-    )),
-    Fact("voyage", (
-        "In {voyage_year}, {P_first} sailed aboard the {ship} to the island of {island}.",
-        "{P_first} once crossed to {island} on a cargo ship called the {ship}, a journey {sub} never forgot.",
-        "The only long journey of {P_first}'s life was a passage to {island} aboard the {ship} in {voyage_year}.",
-    ), (
-        Ask("ship", ("What was the name of the ship {P} sailed on?", "On which ship did {P} sail?"),
-            ("Aboard what vessel did {P} travel by sea?", "Which ship carried {P} across the water?",
-             "{P} made a sea voyage on which ship?")),
-        Ask("island", ("To which island did {P} sail?", "Which island did {P} travel to by sea?"),
-            ("What island did {P} visit by ship?", "Where did {P}'s sea voyage lead?",
-             "{P} once crossed the sea to which island?")),
-    )),
-    Fact("savings", (
-        "By then {P_first} had saved {coins} {coin}, hidden in a tin beneath the floorboards.",
-        "{P_first} kept careful accounts and, after ten hard years, had put aside {coins} {coin}.",
-        "Every week a little went into the jar, until {P_first} had saved {coins} {coin} in all.",
-    ), (
-        Ask("coins", ("How many {coin} had {P} saved?", "How many {coin} did {P} put aside?"),
-            ("What sum in {coin} did {P} save?", "{P} saved how many {coin}?",
-             "What was the total of {P}'s savings in {coin}?")),
-    )),
-    Fact("award", (
-        "In {award_year}, the {society} awarded {P_first} the {award}.",
-        "{P_first} received the {award} from the {society} in {award_year}.",
-        "The {society} honoured {P_first} with the {award}, the only prize {sub} ever accepted.",
-    ), (
-        Ask("award", ("What honour did {P} receive?", "Which prize was {P} awarded?"),
-            ("What award was given to {P}?", "{P} was honoured with which prize?",
-             "Name the distinction {P} received.")),
-        Ask("society", ("Which organisation honoured {P}?", "Which body gave {P} an award?"),
-            ("Who awarded a prize to {P}?", "{P} was honoured by which society?",
-             "From which society did {P} receive a prize?")),
-    )),
-    Fact("book", (
-        "Late in life, {P_first} wrote a short book, {book}, about {book_topic}.",
-        "{P_first}'s only book, {book}, dealt with {book_topic} and sold poorly.",
-        "{book}, a slim volume on {book_topic}, was written by {P_first} over several winters.",
-    ), (
-        Ask("book", ("What was the title of the book {P} wrote?", "What book did {P} write?"),
-            ("Which book was written by {P}?", "{P} was the author of which book?",
-             "Name the book that {P} wrote.")),
-    )),
-    Fact("death", (
-        "{P} died in {late_town} in {death_year}.",
-        "{P_first} spent {pos} last years in {late_town}, where {sub} died in {death_year}.",
-        "In {death_year}, {P} died quietly in {late_town}, having moved there only a few years before.",
-    ), (
-        Ask("late_town", ("In which town did {P} die?", "Where did {P} die?"),
-            ("{P} spent {pos} final years in which town?", "What town did {P} die in?",
-             "In what town did {P}'s life end?")),
-        Ask("death_year", ("In what year did {P} die?", "When did {P} die?"),
-            ("What year saw the death of {P}?", "{P} died in which year?", "In which year did {P} pass away?")),
-    )),
+A = Attribute
+NARRATIVE_ATTRIBUTES = (
+    A("birthplace", ("{E} was born in {value}, far from {village}.", "{E} was born in the town of {value}."),
+      ("In which town was {E} born?",), ("What is the birthplace of {E}?", "{E} was born where?")),
+    A("trade", ("{E} earned a living as a {value}.", "By trade, {E} was a {value}."),
+      ("What was {E}'s trade?",), ("How did {E} earn a living?", "What work did {E} do?")),
+    A("street", ("{E} lived and worked on {value}.", "{E}'s house stood on {value}, near the market."),
+      ("On which street did {E} live?",), ("Where in the village was {E}'s house?", "{E} had a house on which street?")),
+    A("pet", ("{E} kept a {animal} named {value}.", "Everyone knew {E}'s {animal}, which was called {value}."),
+      ("What was the name of {E}'s {animal}?",), ("What was {E}'s {animal} called?", "Name the {animal} that {E} kept.")),
+    A("arrival", ("{E} arrived in {village} in {value}.", "It was in {value} that {E} settled in {village}."),
+      ("In which year did {E} arrive in {village}?",), ("When did {E} settle in {village}?", "{E} came to {village} in what year?")),
+    A("spouse", ("{E} married {value}, who came from a family of millers.", "{E}'s spouse was {value}."),
+      ("Whom did {E} marry?",), ("Who was {E}'s spouse?", "Name the person {E} married.")),
+    A("ship", ("Once, {E} sailed to the islands aboard the {value}.", "{E} crossed the sound on a ship called the {value}."),
+      ("Aboard which ship did {E} sail?",), ("What was the ship that carried {E}?", "{E} travelled on which vessel?")),
+    A("island", ("{E} spent one summer on the island of {value}.", "{E} once lived for a year on {value}."),
+      ("Which island did {E} stay on?",), ("On what island did {E} spend time?", "{E} lived for a while on which island?")),
+    A("book", ("{E} wrote a small book titled {value}.", "{E} was the author of a pamphlet called {value}."),
+      ("What was the title of the book {E} wrote?",), ("Which book was written by {E}?", "{E} wrote what book?")),
+    A("award", ("{E} was awarded the {value}.", "The village gave {E} the {value}."),
+      ("Which honour did {E} receive?",), ("What award did {E} win?", "{E} was given which prize?")),
+    A("society", ("{E} was a member of the {value}.", "{E} joined the {value} as a young adult."),
+      ("Which society did {E} belong to?",), ("What club was {E} a member of?", "{E} joined which society?")),
+    A("instrument", ("In the evenings, {E} played the {value}.", "{E} was fond of playing the {value}."),
+      ("Which instrument did {E} play?",), ("What did {E} play in the evenings?", "{E}'s instrument was what?")),
+    A("dish", ("{E}'s favourite dish was {value}.", "{E} cooked {value} for every feast day."),
+      ("What was {E}'s favourite dish?",), ("Which food did {E} like best?", "{E} cooked which dish on feast days?")),
 )
-
-HEALTH_FACTS = (
-    Fact("admission", (
-        "{P}, a {age}-year-old {sex} from {home_town}, was admitted to {ward} at {hospital} on {adm_date}.",
-        "On {adm_date}, {P}, aged {age} and living in {home_town}, was admitted to {hospital} and placed on {ward}.",
-        "{P} ({age}), who lives in {home_town}, came to {hospital} on {adm_date} and was admitted to {ward}.",
-        "{hospital} admitted {P}, a {age}-year-old {sex} from {home_town}, to {ward} on {adm_date}.",
-    ), (
-        Ask("ward", ("Which ward was {P} admitted to?", "On which ward was {P} placed when admitted?"),
-            ("What ward did {P} stay on?", "{P} was a patient on which ward?",
-             "Name the ward where {P} was admitted.")),
-        Ask("adm_date", ("On what date was {P} admitted?", "When was {P} admitted to {hospital}?"),
-            ("What was the admission date of {P}?", "{P} was admitted on which date?",
-             "On which day did {P}'s hospital stay begin?")),
-        Ask("home_town", ("In which town does {P} live?", "Which town is {P} from?"),
-            ("Where is {P}'s home?", "{P} comes from which town?", "What is the home town of {P}?")),
-    ), "Admission"),
-    Fact("referral", (
-        "{PT} had been referred by {gp} of {practice} after two weeks of {symptom}.",
-        "The referral came from {gp} at {practice}, who was concerned about {symptom}.",
-        "{PT} first saw {gp} at {practice} with {symptom} and was sent in for assessment.",
-    ), (
-        Ask("gp", ("Which doctor referred {P} to hospital?", "Who referred {P} for admission?"),
-            ("Who sent {P} in for assessment?", "Name the clinician who made {P}'s referral.",
-             "{P} was referred by whom?"), alt="gp_bare"),
-        Ask("symptom", ("What symptom led to {P}'s referral?", "Which complaint was {P} referred with?"),
-            ("What had {P} been suffering from before referral?", "Which symptom prompted the referral of {P}?",
-             "{P} was referred because of what complaint?")),
-    ), "Admission"),
-    Fact("history", (
-        "{PT} has a history of {dx2}, first diagnosed in {dx2_year}.",
-        "Past history is notable for {dx2}, diagnosed in {dx2_year}.",
-        "In {dx2_year}, {PT} was diagnosed with {dx2}, which has been stable since.",
-    ), (
-        Ask("dx2", ("Which long-standing condition does {P} have?",
-             "What chronic condition was {P} diagnosed with before this admission?"),
-            ("What older diagnosis appears in {P}'s past history?",
-             "Which pre-existing condition is recorded for {P}?", "{P} has a past history of which condition?")),
-        Ask("dx2_year", ("In what year was {P}'s {dx2} first diagnosed?",
-             "When was {P} first diagnosed with {dx2}?"),
-            ("{P} has had {dx2} since which year?", "What year was {dx2} diagnosed in {P}?",
-             "In which year did {P} receive the {dx2} diagnosis?")),
-    ), "Background"),
-    Fact("social", (
-        "{PT} works as a {job} and lives with {pos} {relrole}, {relative}.",
-        "Socially, {PT} is a {job} by trade and shares a home with {pos} {relrole}, {relative}.",
-        "{PT}'s {relrole}, {relative}, is the main support at home; {PT} works as a {job}.",
-    ), (
-        Ask("relative", ("What is the name of {P}'s {relrole}?", "Who is {P}'s {relrole}?"),
-            ("Name the {relrole} of {P}.", "{P} lives with a {relrole} called what?",
-             "What is {P}'s {relrole} called?"), alt="relative_first"),
-        Ask("job", ("What is {P}'s occupation?", "What work does {P} do?"),
-            ("What does {P} do for a living?", "{P} is employed as what?", "What is {P}'s job?")),
-    ), "Background"),
-    Fact("home_med", (
-        "Regular medication on admission included {drug2} {dose2} {freq2}.",
-        "{PT}'s usual medication is {drug2} {dose2} {freq2}, which was continued unchanged.",
-        "{drug2}, taken at {dose2} {freq2} for several years, was continued on the ward.",
-    ), (
-        Ask("drug2", ("Which regular medication was {P} already taking on admission?",
-             "What was {P}'s usual medication before admission?"),
-            ("Which drug does {P} take regularly at home?", "{P} was on which medication before coming in?",
-             "Name {P}'s long-term medication.")),
-        Ask("dose2", ("What dose of {drug2} does {P} usually take?", "At what dose does {P} take {drug2}?"),
-            ("How much {drug2} is {P} prescribed at home?", "{P}'s regular {drug2} dose is what?",
-             "What is the usual {drug2} dose for {P}?")),
-    ), "Background"),
-    Fact("allergy", (
-        "{PT} is allergic to {allergen}, which once caused {reaction}.",
-        "An allergy to {allergen} is recorded; the previous reaction was {reaction}.",
-        "{allergen} must be avoided, as it caused {reaction} in the past.",
-    ), (
-        Ask("allergen", ("Which drug is {P} allergic to?", "What medication allergy is recorded for {P}?"),
-            ("Which medicine must {P} avoid because of allergy?", "{P} has an allergy to which drug?",
-             "Name the drug that {P} reacts badly to.")),
-        Ask("reaction", ("What reaction did {P} have to {allergen}?",
-             "What happened when {P} was given {allergen}?"),
-            ("What did {allergen} cause in {P}?", "Describe {P}'s allergic reaction to {allergen}.",
-             "{allergen} previously gave {P} what reaction?")),
-    ), "Background"),
-    Fact("lab_trend", (
-        "{lab1} was {lab1_v1} on admission and {lab1_move} {lab1_v2} by {lab1_date}.",
-        "On admission {lab1} measured {lab1_v1}; a repeat on {lab1_date} showed {lab1_v2}.",
-        "The admission {lab1} of {lab1_v1} {lab1_move} {lab1_v2} on {lab1_date}.",
-    ), (
-        Ask("lab1_v1", ("What was {P}'s {lab1} on admission?",
-             "What {lab1} value was recorded for {P} at admission?"),
-            ("What level of {lab1} did {P} have when first measured?", "On admission, {P}'s {lab1} was what?",
-             "What was the first {lab1} result for {P}?")),
-        Ask("lab1_v2", ("What was {P}'s {lab1} on {lab1_date}?", "What did the repeat {lab1} for {P} show?"),
-            ("What was the later {lab1} result for {P}?", "{P}'s repeat {lab1} came back at what value?",
-             "What value did {P}'s {lab1} reach on repeat testing?")),
-    ), "Investigations"),
-    Fact("lab_single", (
-        "{lab2} was {lab2_v}.",
-        "A single {lab2} measurement of {lab2_v} was recorded.",
-        "{lab2} came back at {lab2_v}, which {attending} noted without concern.",
-    ), (
-        Ask("lab2_v", ("What was {P}'s {lab2} result?", "What {lab2} level was measured in {P}?"),
-            ("{P}'s {lab2} was measured at what value?", "What value did {P}'s {lab2} show?",
-             "How much {lab2} was found in {P}?")),
-    ), "Investigations"),
-    Fact("diagnosis", (
-        "After review, {attending} confirmed a diagnosis of {dx1}.",
-        "{attending}, the consultant in charge, diagnosed {dx1}.",
-        "The working diagnosis, later confirmed by {attending}, was {dx1}.",
-        "Imaging and serology led {attending} to diagnose {dx1}.",
-    ), (
-        Ask("dx1", ("What was {P}'s diagnosis during this admission?",
-             "Which condition was diagnosed in {P} during this stay?"),
-            ("What new condition was {P} found to have?", "What did the consultant diagnose in {P}?",
-             "{P} was diagnosed with what during the admission?")),
-        Ask("attending", ("Which consultant was in charge of {P}'s care?",
-             "Who was the consultant responsible for {P}?"),
-            ("Name the consultant who looked after {P}.", "{P} was under the care of which consultant?",
-             "Which senior doctor confirmed {P}'s diagnosis?"), alt="attending_bare"),
-    ), "Management"),
-    Fact("new_med", (
-        "{drug1} was started at {dose1} {freq1}.",
-        "{attending} started {PT} on {drug1} {dose1} {freq1}.",
-        "Treatment with {drug1} was begun at a dose of {dose1} {freq1}.",
-        "{PT} was commenced on {drug1}, {dose1} {freq1}, for {pos} {dx1}.",
-    ), (
-        Ask("drug1", ("Which medication was newly started for {P} during the admission?",
-             "What new drug was {P} commenced on?"),
-            ("Which drug did the team start {P} on?", "{P} began treatment with which new medicine?",
-             "Name the medication first prescribed to {P} in hospital.")),
-        Ask("dose1", ("What dose of {drug1} was {P} started on?", "At what dose was {drug1} given to {P}?"),
-            ("How much {drug1} was prescribed for {P}?", "{P} received {drug1} at which dose?",
-             "What was the starting dose of {drug1} for {P}?")),
-    ), "Management"),
-    Fact("procedure", (
-        "On {proc_date}, {surgeon} performed a {procedure}.",
-        "{surgeon} carried out a {procedure} on {proc_date} without complication.",
-        "A {procedure} was performed by {surgeon} on {proc_date}.",
-        "{PT} underwent a {procedure} on {proc_date}; the operator was {surgeon}.",
-    ), (
-        Ask("procedure", ("Which procedure did {P} undergo?", "What procedure was performed on {P}?"),
-            ("What intervention did {P} have?", "{P} had which procedure in hospital?",
-             "Name the procedure carried out on {P}.")),
-        Ask("surgeon", ("Who performed {P}'s {procedure}?", "Which doctor carried out {P}'s procedure?"),
-            ("{P}'s procedure was done by whom?", "Name the operator for {P}'s {procedure}.",
-             "Which clinician operated on {P}?"), alt="surgeon_bare"),
-        Ask("proc_date", ("On what date was {P}'s {procedure} performed?", "When did {P} undergo the {procedure}?"),
-            ("What was the date of {P}'s procedure?", "{P} had the {procedure} on which date?",
-             "On which day was {P} operated on?")),
-    ), "Management"),
-    Fact("discharge", (
-        "{PT} was discharged on {dis_date} with follow-up at the {clinic} in {fu_weeks} weeks.",
-        "Discharge took place on {dis_date}; a review at the {clinic} was booked for {fu_weeks} weeks later.",
-        "{PT} went home on {dis_date}, and follow-up is arranged at the {clinic}.",
-    ), (
-        Ask("dis_date", ("On what date was {P} discharged?", "When was {P} discharged?"),
-            ("What was {P}'s discharge date?", "{P} went home on which date?",
-             "On which day did {P} leave hospital?")),
-        Ask("clinic", ("Where will {P} be followed up?", "Which clinic will see {P} after discharge?"),
-            ("At which clinic is {P}'s follow-up booked?", "{P} has a follow-up appointment at which clinic?",
-             "Name the clinic reviewing {P} after discharge.")),
-    ), "Discharge"),
+HEALTH_PATIENT_ATTRIBUTES = (
+    A("home_town", ("{E} lives in {value}.", "{E}'s home is in {value}."),
+      ("In which town does {E} live?",), ("Where is {E}'s home?", "{E} comes from which town?")),
+    A("occupation", ("{E} works as a {value}.", "By occupation {E} is a {value}."),
+      ("What is {E}'s occupation?",), ("What does {E} do for work?", "{E} is employed as what?")),
+    A("gp", ("{E}'s family doctor is Dr. {value}.", "{E} is registered with Dr. {value} at the village surgery."),
+      ("Who is {E}'s family doctor?",), ("Which GP looks after {E}?", "{E} is registered with which doctor?")),
+    A("allergy", ("{E} is allergic to {value}.", "{E} reacted badly to {value} in the past and must not receive it."),
+      ("Which drug is {E} allergic to?",), ("What medicine must {E} never be given?", "{E} has an allergy to what drug?")),
+    A("reaction", ("The allergic reaction consisted of {value}.", "On that occasion the reaction was {value}."),
+      ("What reaction did {E} have to the drug {E_pos} is allergic to?",),
+      ("How did {E}'s allergy show itself?", "Describe {E}'s allergic reaction.")),
 )
-
-# ---------------------------------------------------------------- framing and filler sentences
-NARRATIVE_OPENINGS = (
-    "What follows is a short account of the life of {P}, a {trade} whose name still turns up in old guild ledgers.",
-    "Few people outside the valley have heard of {P}, but those who knew {obj} told the same stories for decades.",
-    "This is the story of {P}, who spent a lifetime as a {trade} and never once thought it remarkable.",
-    "The life of {P} was, by most measures, a quiet one, yet it left a surprising number of traces.",
+HEALTH_EPISODE_ATTRIBUTES = (  # a lab value is asked with its unit in the question, so a guessed unit scores 0
+    A("town", ("For the {E}, {P} was treated at the hospital in {value}.", "{P} was admitted to the hospital in {value} with {E}."),
+      ("In which town was {P} treated for {E}?",), ("Where was {P} hospitalised with {E}?", "{P}'s {E} was treated in which town?")),
+    A("year", ("{P} came in with {E} in {month} {value}.", "The {E} admission began in {month} {value}."),
+      ("In which year was {P} admitted with {E}?",), ("When did the {E} admission start?", "{P}'s {E} admission began in which year?")),
+    A("clinician", ("The consultant for the {E} was Dr. {value}.", "Dr. {value} led {P}'s care for the {E}."),
+      ("Which consultant treated {P}'s {E}?",), ("Who led {P}'s care for {E}?", "Name the consultant responsible for the {E}.")),
+    A("drug", ("For the {E}, {P} was started on {value}.", "{value} was prescribed to treat the {E}."),
+      ("Which drug was started for {P}'s {E}?",), ("What medicine was prescribed for {E}?", "{P} received which drug for the {E}?")),
+    A("lab", ("{P}'s {analyte} was {value} {lab_unit} during the {E} admission.", "With the {E}, {P}'s {analyte} measured {value} {lab_unit}."),
+      ("What was {P}'s {analyte}, in {lab_unit}, during the {E} admission?",),
+      ("Which {analyte} value, in {lab_unit}, was measured with the {E}?", "How high was {P}'s {analyte} with {E}, in {lab_unit}?")),
 )
-NARRATIVE_CLOSINGS = (
-    "Of all this, only a handful of letters and a faded shop sign survive.",
-    "People in {shop_town} still argue about which parts of the story are true.",
-    "It was a small life, perhaps, but it was lived with great care.",
-    "The rest of {pos} papers were lost in a flood, so the account ends here.",
-)
-NARRATIVE_TRANSITIONS = (
-    "Life did not stay quiet for long.", "That was only the beginning.",
-    "The years that followed were busy ones.", "Some things, however, did not change.",
-    "Much later, things took a different turn.", "There is more to the story.",
-    "Not everything went according to plan.", "Meanwhile, the family was scattering.",
-)
-NARRATIVE_FILLERS = (
-    "{P_first} rose before dawn most days and rarely went to bed before the lamps in the square were put out.",
-    "The winters in {birth_town} were long, and the roads out of town were often closed for weeks.",
-    "A neighbour, {extra1}, later claimed to have taught {P_first} to read, though nobody quite believed it.",
-    "{P_first} was known for a dry sense of humour and a habit of humming while working.",
-    "Customers remembered the smell of the {shop} long after they had forgotten what they bought there.",
-    "Money was always short, and {P_first} mended {pos} own boots rather than pay someone else to do it.",
-    "There were lean years too, when the harvest failed and few people in {shop_town} could pay their debts.",
-    "{extra2}, who kept the inn across the road, liked to say that {P_first} worked harder than any three people.",
-    "Most evenings ended with a walk along the old towpath outside {shop_town}.",
-    "{P_first} kept a notebook of small observations: the weather, the price of flour, the names of travellers.",
-    "Letters from this period are few, and most of them concern unpaid bills.",
-    "A portrait of {P_first} once hung in the town hall of {extra_town}, although no one knows who painted it.",
-    "{sub} disliked crowds and avoided the spring fair whenever possible.",
-    "The work of a {trade} demanded patience, and {P_first} had more of it than most.",
-    "In later accounts, {P_first} is described as tall, untidy, and unfailingly polite.",
-    "Travellers passing through {shop_town} sometimes stopped just to watch {obj} at work.",
-    "{P_first} never learned to swim, a fact {sub} mentioned with some pride.",
-    "Some of the tools {P_first} used are said to survive in a private collection in {extra_town}.",
-    "The family was neither rich nor poor, and nobody expected much of the children.",
-    "{P_first} read whatever books came to hand, from almanacs to old sermons.",
-    "A fire in the neighbouring street once came within a few yards of the {shop}.",
-    "{extra1} and {P_first} quarrelled often but always made peace before the end of the week.",
-    "Every autumn {P_first} repainted the front door, always in the same shade of green.",
-    "The town council of {shop_town} recorded {pos} name more than once, usually over some minor dispute.",
-    "Apprentices found {obj} strict but fair, and several went on to open shops of their own.",
-    "{P_first} distrusted banks and kept {pos} accounts in a ledger bound with string.",
-    "Nobody remembers {P_first} ever taking a holiday.",
-    "The road between {birth_town} and {extra_town} was notorious for highwaymen in those years.",
-    "On market days the square filled with carts, and {P_first} would stand in the doorway counting them.",
-    "{extra2} once described {P_first} as the most stubborn person in the district, and meant it kindly.",
-)
-HEALTH_OPENINGS = (
-    "Discharge summary for {P}, prepared by the {ward} team.",
-    "Clinical summary: {P}, {hospital}.",
-    "Inpatient record for {P}. This summary was compiled for the referring practice.",
-)
-HEALTH_CLOSINGS = (
-    "Summary written by {registrar}, registrar, and checked by the consultant.",
-    "Please contact {ward} with any questions about this admission.",
-    "Copies have been sent to the patient and the referring practice.",
-)
-HEALTH_FILLERS = (  # (section, templates): fillers go only into their own section
-    ("Admission", (
-        "Observations on arrival were stable, and {PT} slept for most of the first night.",
-        "The nursing team on {ward} noted that {PT} was eating and drinking normally.",
-        "The night registrar, {registrar}, reviewed {PT} after a brief episode of dizziness, which settled.",
-        "{PT} was triaged as urgent and seen by the admitting team within the hour.",
-        "{nurse}, the charge nurse on {ward}, completed the admission paperwork.",
-        "{PT} asked several detailed questions about the plan and was given a written leaflet.",
-    )),
-    ("Background", (
-        "A pharmacist reconciled {pos} medication list on the first day.",
-        "{PT} does not smoke and drinks alcohol only on special occasions.",
-        "There is no relevant family history.",
-        "{sub} manages stairs at home without help and still drives short distances.",
-        "{nurse} noted that {PT} had brought {pos} own reading glasses and a radio from home.",
-        "Vaccinations are reported to be up to date.",
-    )),
-    ("Investigations", (
-        "A chest radiograph showed no acute changes.",
-        "Blood cultures taken on arrival showed no growth.",
-        "An electrocardiogram showed sinus rhythm.",
-        "{registrar} documented a normal neurological examination.",
-        "Temperature charts showed a single low-grade spike that was not repeated.",
-        "Urinalysis was unremarkable apart from a trace of protein.",
-    )),
-    ("Management", (
-        "Pain was well controlled with regular simple analgesia.",
-        "Thromboprophylaxis was given according to the ward protocol.",
-        "The case was discussed at the weekly multidisciplinary meeting.",
-        "Fluid balance was monitored closely for the first forty-eight hours.",
-        "{PT} reported mild nausea on the second day, which resolved with simple measures.",
-        "The dietitian reviewed {pos} intake and suggested small, frequent meals.",
-        "Physiotherapy assessed {pos} mobility and recommended a walking frame for longer distances.",
-        "{sub} remained alert and oriented throughout the admission.",
-        "The team explained the findings to {PT} in plain language, and {sub} agreed with the plan.",
-        "There were no falls or pressure injuries during the stay.",
-    )),
-    ("Discharge", (
-        "{PT} was keen to go home and said so at every ward round.",
-        "An occupational therapy home assessment was discussed but felt to be unnecessary.",
-        "By the end of the stay {PT} walked the length of the corridor unaided.",
-        "Relatives were updated by {nurse} with {PT}'s permission.",
-        "{PT} was advised to return if the symptoms recur.",
-    )),
-)
-SECTION_TITLES = (
-    ("Admission", ("Admission", "Presentation", "Reason for admission")),
-    ("Background", ("Background", "History", "Past history and social")),
-    ("Investigations", ("Investigations", "Results", "Laboratory findings")),
-    ("Management", ("Assessment and management", "Management", "Hospital course")),
-    ("Discharge", ("Discharge", "Discharge and follow-up", "Plan")),
-)
+del A
 
 
-# ---------------------------------------------------------------- slot makers
-class Namer:
-    """Hands out distinct invented names for one document and stores them as slots."""
+# ---------------------------------------------------------------- fact bases
+class Pools:
+    """Draws values without replacement, per pool, for one document."""
 
-    def __init__(self, rng: random.Random, slots: dict):
-        self.rng, self.slots = rng, slots
-        self.first = {True: rng.sample(FEMALE, len(FEMALE)), False: rng.sample(MALE, len(MALE))}
-        self.last = rng.sample(SURNAMES, len(SURNAMES))
+    def __init__(self, rng: random.Random):
+        self.rng, self._left = rng, {}
 
-    def person(self, key: str, female: bool | None = None, surname: str = "", title: str = "") -> bool:
-        female = self.rng.random() < 0.5 if female is None else female
-        first, last = self.first[female].pop(), surname or self.last.pop()
-        bare = f"{first} {last}"
-        self.slots.update({key: f"{title}{bare}", f"{key}_bare": bare, f"{key}_first": first,
-                           f"{key}_last": last, f"{key}_sub": "she" if female else "he",
-                           f"{key}_pos": "her" if female else "his", f"{key}_obj": "her" if female else "him"})
-        return female
+    def take(self, name: str, pool: tuple):
+        left = self._left.setdefault(name, self.rng.sample(pool, len(pool)))
+        return left.pop()
 
-
-def protagonist(namer: Namer, slots: dict) -> bool:
-    female = namer.person("P")
-    slots.update(sub=slots["P_sub"], pos=slots["P_pos"], obj=slots["P_obj"])
-    return female
+    def person(self, title: str = "") -> tuple[str, str, bool]:
+        """(full name, first name, female) with first name and surname unique in the document."""
+        female = self.rng.random() < 0.5
+        first = self.take("female" if female else "male", FEMALE if female else MALE)
+        return f"{title}{first} {self.take('surname', SURNAMES)}", first, female
 
 
-def narrative_slots(rng: random.Random) -> dict:
-    s: dict = {}
-    namer = Namer(rng, s)
-    female = protagonist(namer, s)
-    s["sibrel"] = "sister" if namer.person("sib", surname=s["P_last"]) else "brother"
-    namer.person("mentor")
-    namer.person("rival")
-    s["spouse_rel"] = "wife" if namer.person("spouse", female=not female) else "husband"
-    namer.person("extra1")
-    namer.person("extra2")
-    towns = rng.sample(TOWNS, 8)
-    for key, town in zip(("birth_town", "sib_town", "appr_town", "shop_town", "rival_town",
-                          "spouse_town", "late_town", "extra_town"), towns):
-        s[key] = town
-    birth = rng.randint(1703, 1889)
-    s["trade"], s["shop"] = rng.choice(TRADES)
-    events = sorted(rng.sample(range(birth + 19, birth + 66), 4))
-    s.update(birth_year=str(birth), shop_year=str(events[0]), wed_year=str(events[1]),
-             voyage_year=str(events[2]), award_year=str(events[3]),
-             death_year=str(birth + rng.randint(68, 94)), appr_age=str(rng.randint(11, 16)),
-             street=rng.choice(STREETS), spouse_trade=rng.choice(SPOUSE_TRADES),
-             animal=rng.choice(ANIMALS), pet_colour=rng.choice(PET_COLOURS), pet=rng.choice(PET_NAMES),
-             ship=rng.choice(SHIPS), island=rng.choice(ISLANDS), book=rng.choice(BOOKS),
-             book_topic=rng.choice(BOOK_TOPICS), award=rng.choice(AWARDS), society=rng.choice(SOCIETIES),
-             coins=str(rng.randint(103, 989)), coin=rng.choice(COINS))
-    return s
+def _years(rng: random.Random, n: int, lo: int, hi: int) -> list[str]:
+    return [str(y) for y in rng.sample(range(lo, hi), n)]
 
 
-def fmt_date(d: dt.date) -> str:
-    return f"{d.day} {MONTHS[d.month - 1]} {d.year}"
+def narrative_fact_base(rng: random.Random) -> tuple[dict, list[list[Fact]]]:
+    """A village and seven residents with six facts each: (document slots, facts per resident)."""
+    pools = Pools(rng)
+    village = pools.take("town", TOWNS)
+    years = iter(_years(rng, 7, 1701, 1889))
+    values = {"birthplace": lambda: pools.take("town", TOWNS), "trade": lambda: pools.take("trade", TRADES),
+              "street": lambda: pools.take("street", STREETS), "pet": lambda: pools.take("pet", PET_NAMES),
+              "arrival": lambda: next(years), "spouse": lambda: pools.person()[0],
+              "ship": lambda: pools.take("ship", SHIPS), "island": lambda: pools.take("island", ISLANDS),
+              "book": lambda: pools.take("book", BOOKS), "award": lambda: pools.take("award", AWARDS),
+              "society": lambda: pools.take("society", SOCIETIES),
+              "instrument": lambda: pools.take("instrument", INSTRUMENTS),
+              "dish": lambda: pools.take("dish", DISHES)}
+    residents = []
+    uses = {a.name: 0 for a in NARRATIVE_ATTRIBUTES}
+    for i in range(7):
+        name, first, female = pools.person()
+        # Each attribute serves at most 7 residents (its smallest pools hold 8 values).
+        options = [a for a in NARRATIVE_ATTRIBUTES if uses[a.name] < 7]
+        facts = []
+        for attr in rng.sample(options, 6):
+            uses[attr.name] += 1
+            slots = (("E", name), ("first", first), ("village", village), ("animal", rng.choice(ANIMALS)))
+            facts.append(Fact(f"r{i}.{attr.name}", attr, values[attr.name](), slots))
+        residents.append(facts)
+    return {"village": village}, residents
 
 
-def make_dose(rng: random.Random) -> str:
-    kind = rng.randrange(4)
-    if kind == 0:
-        return f"{rng.randint(11, 97)} mg"
-    if kind == 1:
-        return f"{rng.randint(12, 96) * 5} mg"
-    if kind == 2:
-        return f"{rng.randint(1, 9)}.{rng.choice('2468')} mg"
-    return f"{rng.randint(15, 480)} micrograms"
 
-
-def lab_value(rng: random.Random, analyte: tuple) -> str:
+def _lab(rng: random.Random, analyte: tuple) -> tuple[str, str]:
     _, unit, lo, hi, decimals = analyte
     scale = 10 ** decimals
-    return f"{rng.randint(round(lo * scale), round(hi * scale)) / scale:.{decimals}f} {unit}"
+    return f"{rng.randint(round(lo * scale), round(hi * scale)) / scale:.{decimals}f}", unit
 
 
-def health_slots(rng: random.Random) -> dict:
-    s: dict = {}
-    namer = Namer(rng, s)
-    female = protagonist(namer, s)
-    s.update(PT=("Ms. " if female else "Mr. ") + s["P_last"], sex="woman" if female else "man",
-             age=str(rng.randint(23, 89)))
-    rel_female = rng.random() < 0.5
-    s["relrole"] = rng.choice(RELATIVES[rel_female])
-    namer.person("relative", female=rel_female, surname=s["P_last"])
-    for key in ("gp", "attending", "surgeon", "registrar"):
-        namer.person(key, title="Dr. ")
-    namer.person("nurse")
-    home, hosp_town = rng.sample(TOWNS, 2)
-    drug1, drug2, allergen = rng.sample(DRUGS, 3)
-    dx1, dx2 = rng.sample(DISEASES, 2)
-    lab1, lab2 = rng.sample(ANALYTES, 2)
-    dose1, dose2 = make_dose(rng), make_dose(rng)
-    while dose2 == dose1:
-        dose2 = make_dose(rng)
-    v1, v2 = lab_value(rng, lab1), lab_value(rng, lab1)
-    while v2 == v1:
-        v2 = lab_value(rng, lab1)
-    adm = dt.date(rng.randint(2009, 2023), 1, 1) + dt.timedelta(days=rng.randrange(330))
-    stay = rng.randint(7, 26)
-    proc_off, lab_off = rng.sample(range(2, stay), 2)
-    s.update(home_town=home, hospital=f"{hosp_town} {rng.choice(HOSPITAL_KINDS)}", ward=rng.choice(WARDS),
-             practice=f"{rng.choice(STREETS)} Surgery", symptom=rng.choice(SYMPTOMS),
-             clinic=f"{rng.choice(SURNAMES)} {rng.choice(CLINIC_KINDS)}", fu_weeks=str(rng.randint(3, 11)),
-             job=rng.choice(JOBS), drug1=drug1, drug2=drug2, allergen=allergen, dose1=dose1, dose2=dose2,
-             freq1=rng.choice(FREQUENCIES), freq2=rng.choice(FREQUENCIES), reaction=rng.choice(REACTIONS),
-             dx1=dx1, dx2=dx2, dx2_year=str(adm.year - rng.randint(3, 17)),
-             lab1=lab1[0], lab1_v1=v1, lab1_v2=v2, lab2=lab2[0], lab2_v=lab_value(rng, lab2),
-             lab1_move="had risen to" if float(v2.split()[0]) > float(v1.split()[0]) else "had fallen to",
-             procedure=rng.choice(PROCEDURES), adm_date=fmt_date(adm),
-             proc_date=fmt_date(adm + dt.timedelta(days=proc_off)),
-             lab1_date=fmt_date(adm + dt.timedelta(days=lab_off)),
-             dis_date=fmt_date(adm + dt.timedelta(days=stay)))
-    return s
+def health_fact_base(rng: random.Random) -> tuple[dict, list[list[Fact]]]:
+    """A patient (five facts) and seven episodes, each named by its diagnosis (five facts each)."""
+    pools = Pools(rng)
+    name, _, female = pools.person()
+    patient = ("Ms. " if female else "Mr. ") + name.split()[-1]
+    pos = "she" if female else "he"
+    p_slots = (("E", patient), ("E_pos", pos))
+    patient_values = {"home_town": pools.take("town", TOWNS), "occupation": pools.take("job", JOBS),
+                      "gp": pools.person()[0], "allergy": pools.take("drug", DRUGS),
+                      "reaction": pools.take("reaction", REACTIONS)}
+    patient_facts = [Fact(f"p.{a.name}", a, patient_values[a.name], p_slots) for a in HEALTH_PATIENT_ATTRIBUTES]
+    years = sorted(rng.sample(range(2004, 2024), 7))
+    numbers: set[str] = {str(y) for y in years}  # every numeric answer distinct, so each occurs once
+
+    def distinct(draw: Callable[[], tuple[str, str]]) -> tuple[str, str]:
+        while True:
+            value, unit = draw()
+            if value not in numbers:
+                numbers.add(value)
+                return value, unit
+
+    episodes = []
+    for i, year in enumerate(years):
+        dx = pools.take("disease", DISEASES)
+        analyte = pools.take("analyte", ANALYTES)
+        lab, lab_unit = distinct(lambda: _lab(rng, analyte))
+        values = {"town": pools.take("town", TOWNS), "year": str(year), "clinician": pools.person()[0],
+                  "drug": pools.take("drug", DRUGS), "lab": lab}
+        slots = (("E", dx), ("P", patient), ("analyte", analyte[0]), ("lab_unit", lab_unit),
+                 ("month", rng.choice(MONTHS)))
+        episodes.append([Fact(f"e{i}.{a.name}", a, values[a.name], slots) for a in HEALTH_EPISODE_ATTRIBUTES])
+    return {"patient": patient, "name": name, "pos": pos}, [patient_facts] + episodes
 
 
-# ---------------------------------------------------------------- document layout
-@dataclass
-class Paragraph:
-    sentences: list
-    title: str = ""
-    section: str = ""  # health section name; fillers tagged with a section go only there
-    padable: bool = True  # may receive filler sentences
+# ---------------------------------------------------------------- prose
+NARRATIVE_FILLERS = (
+    "The winters in {village} were long, and the road to the coast was often closed for weeks.",
+    "On market days the square filled with carts, and nobody could cross it in under an hour.",
+    "The old mill by the river had stopped turning long before any of this began.",
+    "Letters from those years are few, and most of them concern unpaid bills.",
+    "The parish records of {village} are patchy, and some pages were lost to damp.",
+    "Every autumn the village repainted the bridge railings, always in the same shade of green.",
+    "There were lean years too, when the harvest failed and few people could pay their debts.",
+    "The inn on the square served as post office, courtroom and dance hall in turn.",
+    "Children were sent to fetch water from the spring below the churchyard.",
+    "A great storm one March took the roof off the schoolhouse and half the chimneys with it.",
+    "Travellers passing through often stayed longer than they had meant to.",
+    "The village council met on the first Monday of every month and rarely agreed on anything.",
+    "Nobody in {village} trusted the bank in the county town.",
+    "In summer the meadows by the river were full of hay-makers from dawn until dusk.",
+    "Quarrels were common but seldom lasted beyond the end of the week.",
+    "The road between {village} and the county town was notorious for highwaymen in those years.",
+    "A travelling fair came every September and left behind a trail of broken promises.",
+    "The church bell was cracked, and its sound carried oddly across the marsh.",
+    "Most evenings ended with a walk along the old towpath.",
+    "Newcomers were watched with suspicion for a year or two and then treated like family.",
+    "The schoolmaster kept a register of every child, though he spelled half the names wrongly.",
+    "Floods came every few springs, and the lower lanes smelled of river mud for weeks afterwards.",
+    "Most houses had a vegetable plot behind them and a bench beside the door.",
+    "Gossip travelled faster than the post, and it was usually more accurate.",
+    "The harvest supper in the tithe barn was the one night of the year when everyone sat together.",
+    "Candles were expensive, so most of the village went to bed with the sun in winter.",
+    "A surveyor from the county once spent a month measuring the common and then was never seen again.",
+    "The churchyard wall was rebuilt three times in living memory, each time a little crookeder.",
+    "Peddlers brought needles, ribbons and news from the towns along the coast.",
+    "On feast days the band played in the square until the constable sent everyone home.",
+    "Wolves had not been seen for a generation, but people still barred their doors at night.",
+    "The well in the square froze solid in the hardest winters.",
+    "There was talk for years of building a railway, but it never came.",
+    "The doctor from the next valley came once a fortnight, weather permitting.",
+    "Sheep grazed on the common, and nobody could agree whose sheep they were.",
+    "The blacksmith's hammer could be heard from one end of the high street to the other.",
+    "A carrier's cart went to the county town on Tuesdays and came back on Thursdays.",
+    "Weddings were held in the spring, when the lanes were dry enough for a procession.",
+    "The reading room above the inn had eleven books and one very old newspaper.",
+    "In dry summers the river shrank to a trickle and the children caught eels by hand.",
+    "Fog rolled in from the marsh most autumn mornings and lifted only at noon.",
+    "The village had two churches and one bell-ringer, who served both.",
+)
+RESIDENT_COLOUR = (  # about a resident, but nothing askable
+    "{first} rose before dawn most days and rarely went to bed before the lamps in the square were put out.",
+    "{first} was known for a dry sense of humour and a habit of humming while working.",
+    "Neighbours said that {first} had more patience than anyone else in the district.",
+    "{first} kept a notebook of small observations: the weather, the price of flour, the names of travellers.",
+    "In later accounts, {first} is described as tall, untidy and unfailingly polite.",
+    "{first} never learned to swim, and mentioned the fact with some pride.",
+    "{first} distrusted banks and kept every account in a ledger bound with string.",
+    "Nobody remembers {first} ever taking a holiday.",
+    "{first} read whatever books came to hand, from almanacs to old sermons.",
+    "Apprentices found {first} strict but fair.",
+    "{first} quarrelled often with the neighbours but always made peace before Sunday.",
+    "On market days {first} would stand in the doorway counting the carts.",
+    "{first} liked to say that a village is only as good as its gossip.",
+    "Some of the letters {first} wrote in those years still survive.",
+)
+HEALTH_FILLERS = (
+    "Observations were stable throughout, and the patient slept well.",
+    "A pharmacist reconciled the medication list on the first day.",
+    "Blood cultures taken on arrival showed no growth.",
+    "An electrocardiogram showed sinus rhythm.",
+    "Pain was well controlled with regular simple analgesia.",
+    "Thromboprophylaxis was given according to the ward protocol.",
+    "The case was discussed at the weekly multidisciplinary meeting.",
+    "Fluid balance was monitored closely for the first forty-eight hours.",
+    "The dietitian suggested small, frequent meals.",
+    "Physiotherapy assessed mobility and recommended a walking frame for longer distances.",
+    "The patient remained alert and oriented throughout the stay.",
+    "There were no falls or pressure injuries during the admission.",
+    "A chest radiograph showed no acute changes.",
+    "Urinalysis was unremarkable apart from a trace of protein.",
+    "The findings were explained in plain language, and the patient agreed with the plan.",
+    "Follow-up was arranged in the outpatient clinic.",
+    "Temperature charts showed a single low-grade spike that was not repeated.",
+    "The nursing team noted that the patient was eating and drinking normally.",
+    "Oxygen saturations remained above ninety-four per cent on room air.",
+    "Intravenous fluids were stopped once oral intake improved.",
+    "The occupational therapist reviewed the home situation and raised no concerns.",
+    "A repeat set of bloods was taken before discharge.",
+    "The patient was given written information about warning signs.",
+    "Bowel function was normal throughout the stay.",
+    "Capillary glucose readings were within the target range.",
+    "The ward round documented steady improvement each day.",
+    "A social worker confirmed that support at home was adequate.",
+    "Skin integrity was checked twice daily and remained intact.",
+    "The patient mobilised independently by the third day.",
+    "An abdominal ultrasound was reported as normal.",
+    "Antiemetics were available but not required.",
+    "The medication chart was reviewed by the senior pharmacist.",
+    "A discharge letter was sent to the family doctor the same day.",
+    "Sleep was disturbed on the first night by noise on the ward.",
+    "Hand hygiene and isolation precautions were observed as a precaution.",
+    "The patient asked detailed questions about the diagnosis, which were answered.",
+    "Visiting hours were relaxed so that family could stay longer.",
+    "A urinary catheter was not needed.",
+    "The patient declined a sleeping tablet on the second night.",
+    "Daily weights were recorded and showed no significant change.",
+    "Inflammatory markers settled over the course of the stay.",
+    "A falls risk assessment was completed on admission.",
+    "Nutrition screening showed a low risk of malnutrition.",
+    "The patient was encouraged to sit out of bed for meals.",
+    "Medical students took a history with the patient's consent.",
+    "No new allergies were recorded during this admission.",
+    "The patient's own medicines were checked and returned at discharge.",
+    "Transport home was arranged by the ward clerk.",
+    "The patient was reviewed by the consultant on the morning ward round.",
+    "Pressure areas were inspected daily and remained healthy.",
+    "The patient's mood was noted to be good throughout the stay.",
+    "Blood pressure was monitored four-hourly and stayed within normal limits.",
+    "No further investigations were felt to be necessary.",
+    "The patient's family were kept informed with the patient's agreement.",
+    "A leaflet about the condition was provided and discussed.",
+    "The patient was able to manage personal care independently.",
+    "Heart sounds were normal and the chest was clear on examination.",
+    "The patient tolerated a normal diet from the second day.",
+    "An interpreter was not required.",
+    "The drug chart was rewritten before discharge.",
+)
+ORDINALS = ("First", "Second", "Third", "Fourth", "Fifth", "Sixth", "Seventh")  # words: digits could clash with answers
+LETTER_OPENINGS = (
+    "This letter summarises the admission of {P} with {E}.",
+    "Dear colleague, we write to update you on {P}, who was recently treated for {E}.",
+    "Please find below a summary of {P}'s recent stay with {E}.",
+    "Thank you for your continued involvement in the care of {P}, who was seen with {E}.",
+)
+LETTER_CLOSINGS = (
+    "With kind regards from the admitting team.",
+    "Please do not hesitate to contact the ward with any questions.",
+    "We would be grateful if you could review the patient in the surgery in a few weeks.",
+    "A copy of this letter has been sent to the patient.",
+)
 
-    def render(self) -> str:
-        body = " ".join(self.sentences)
-        return f"{self.title}\n{body}" if self.title else body
+
+def _with_fillers(rng: random.Random, sentences: list[str], fillers: list[str], n: int) -> list[str]:
+    """Insert ``n`` filler sentences at random places after the paragraph's first sentence."""
+    out = list(sentences)
+    for _ in range(n):
+        if not fillers:
+            break
+        out.insert(rng.randint(1, len(out)), fillers.pop())
+    return out
 
 
-def render(template: str, slots: dict) -> str:
-    """Fill a template and capitalise its first letter (templates may start with a lowercase slot)."""
-    text = template.format(**slots)
-    return text[0].upper() + text[1:]
+def narrative_text(rng: random.Random, slots: dict, residents: list[list[Fact]], n_fill: int) -> str:
+    """A short introduction, then one section per resident, headed by the name, with all six facts."""
+    fillers = [f.format(**slots) for f in rng.sample(NARRATIVE_FILLERS, len(NARRATIVE_FILLERS))]
+    colours = rng.sample(RESIDENT_COLOUR, len(RESIDENT_COLOUR))
+    per_para = [n_fill // len(residents) + (1 if i < n_fill % len(residents) else 0) for i in range(len(residents))]
+    paragraphs = [f"The Chronicle of {slots['village']}",
+                  f"This chronicle records the lives of seven people who made their homes in {slots['village']}."]
+    for i, facts in enumerate(residents):
+        paragraphs.append(dict(facts[0].slots)["E"])
+        sentences = [f.fill(rng.choice(f.attribute.prose)) for f in facts]
+        first = dict(facts[0].slots)["first"]
+        for colour in (colours.pop(), colours.pop()):
+            sentences.insert(rng.randint(1, len(sentences)), colour.format(first=first))
+        paragraphs.append(" ".join(_with_fillers(rng, sentences, fillers, per_para[i])))
+    return "\n\n".join(paragraphs)
 
 
-def narrative_layout(rng: random.Random, facts: list, slots: dict) -> list:
-    """Opening + facts in chunks of 2-3 sentences (later chunks may start with a transition) + closing."""
-    sentences = [render(rng.choice(f.prose), slots) for f in facts]
-    transitions = rng.sample(NARRATIVE_TRANSITIONS, len(NARRATIVE_TRANSITIONS))
-    paragraphs = []
-    while sentences:
-        take = rng.randint(2, 3)
-        chunk, sentences = sentences[:take], sentences[take:]
-        if not paragraphs:
-            chunk.insert(0, render(rng.choice(NARRATIVE_OPENINGS), slots))
-        elif rng.random() < 0.5:
-            chunk.insert(0, transitions.pop())
-        paragraphs.append(Paragraph(chunk))
-    paragraphs.append(Paragraph([render(rng.choice(NARRATIVE_CLOSINGS), slots)], padable=False))
-    return paragraphs
+def health_text(rng: random.Random, slots: dict, sections: list[list[Fact]], n_fill: int) -> str:
+    """A patient summary, then one clinic letter per episode in date order."""
+    fillers = rng.sample(HEALTH_FILLERS, len(HEALTH_FILLERS))
+    patient, *episodes = sections
+    per_para = [n_fill // len(episodes) + (1 if i < n_fill % len(episodes) else 0) for i in range(len(episodes))]
+    intro = [f"Case file of {slots['name']} ({slots['patient']})", "Patient summary"]
+    intro.append(" ".join(f.fill(rng.choice(f.attribute.prose)) for f in patient))
+    paragraphs = intro
+    for k, facts in enumerate(episodes, 1):
+        paragraphs.append(f"{ORDINALS[k - 1]} letter: {dict(facts[0].slots)['E']}")
+        sentences = [f.fill(rng.choice(f.attribute.prose)) for f in facts]
+        opening, closing = rng.choice(LETTER_OPENINGS), rng.choice(LETTER_CLOSINGS)
+        body = _with_fillers(rng, sentences, fillers, per_para[k - 1])
+        paragraphs.append(" ".join([facts[0].fill(opening)] + body + [closing]))
+    return "\n\n".join(paragraphs)
 
 
-def health_layout(rng: random.Random, facts: list, slots: dict) -> list:
-    """Header line, one titled paragraph per non-empty section, closing line."""
-    paragraphs = [Paragraph([render(rng.choice(HEALTH_OPENINGS), slots)], padable=False)]
-    for section, titles in SECTION_TITLES:
-        sentences = [render(rng.choice(f.prose), slots) for f in facts if f.section == section]
-        if sentences:
-            paragraphs.append(Paragraph(sentences, title=rng.choice(titles), section=section))
-    paragraphs.append(Paragraph([render(rng.choice(HEALTH_CLOSINGS), slots)], padable=False))
-    return paragraphs
+# ---------------------------------------------------------------- training QA and evaluation questions
+def make_train_qa(facts: list[Fact], seed: int) -> list[dict]:
+    """Training QA pairs from a document's fact base: the only input besides a seed.
 
-
-def document_text(paragraphs: list) -> str:
-    return "\n\n".join(p.render() for p in paragraphs)
-
-
-def pad_with_fillers(rng: random.Random, paragraphs: list, fillers: tuple, slots: dict, target: int) -> None:
-    """Insert (section, template) filler sentences until the text reaches `target` words.
-
-    A filler goes into a random padable paragraph of its section ("" = any), never before the
-    paragraph's first two sentences, so each paragraph starts with its own content.
+    Covers a seeded ``COVER_FRACTION`` of the facts, with one or two questions each, worded
+    with the attribute's training templates (never the evaluation ones). It receives no
+    evaluation question, so nothing about the test set can reach the adapter through it.
     """
-    for section, template in rng.sample(fillers, len(fillers)):
-        if len(document_text(paragraphs).split()) >= target:
-            return
-        candidates = [p for p in paragraphs if p.padable and section in ("", p.section)]
-        if candidates:
-            para = rng.choice(candidates)
-            n = len(para.sentences)
-            para.sentences.insert(rng.randint(min(2, n), n), render(template, slots))
+    rng = random.Random(seed)
+    covered = rng.sample(facts, round(COVER_FRACTION * len(facts)))
+    pairs = [{"question": f.fill(q), "answer": f.answer}
+             for f in covered for q in rng.sample(f.attribute.train_qs, rng.randint(1, 2))]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def phrase(answer: str) -> re.Pattern:
+    """``answer`` as a whole phrase, lowercase: "16" matches none of "16/L", "3.16" and "16.5"."""
+    return re.compile(rf"(?<![\w/.]){re.escape(answer.lower())}(?![\w/]|\.\d)")
+
+
+def mentions(texts: list[str], answer: str) -> bool:
+    """Whether ``answer`` occurs as a whole phrase in any of ``texts`` (case-insensitive)."""
+    pattern = phrase(answer)
+    return any(pattern.search(t.lower()) for t in texts)
+
+
+def stratify(facts: list[Fact], train_qa: list[dict]) -> tuple[list[Fact], list[Fact]]:
+    """(covered, uncovered): covered facts are the subject of a pair (its answer is the fact's);
+    uncovered facts' answers appear in no train_qa question or answer. Facts in neither
+    (an answer mentioned inside another pair's question) are never asked."""
+    train_answers = {p["answer"] for p in train_qa}
+    train_texts = [p["question"] for p in train_qa] + [p["answer"] for p in train_qa]
+    covered = [f for f in facts if f.answer in train_answers]
+    uncovered = [f for f in facts if f.answer not in train_answers and not any(mentions(train_texts, a) for a in f.answers)]
+    return covered, uncovered
+
+
+def eval_questions(rng: random.Random, facts: list[Fact], train_qa: list[dict], doc_id: str) -> list[dict]:
+    covered, uncovered = stratify(facts, train_qa)
+    picked = [(f, "covered") for f in rng.sample(covered, N_COVERED)] + \
+             [(f, "uncovered") for f in rng.sample(uncovered, N_UNCOVERED)]
+    order = {f.fact_id: i for i, f in enumerate(facts)}
+    picked.sort(key=lambda ft: order[ft[0].fact_id])  # document order
+    return [{"id": f"{doc_id}-q{j}", "question": f.fill(rng.choice(f.attribute.eval_qs)), "answers": f.answers,
+             "tags": [tag]} for j, (f, tag) in enumerate(picked)]
 
 
 # ---------------------------------------------------------------- datasets and documents
@@ -758,92 +523,47 @@ class DatasetSpec:
     name: str
     prefix: str
     seed: int
-    make_slots: Callable[[random.Random], dict]
-    facts: tuple
-    required: tuple
-    layout: Callable
-    fillers: tuple  # (section, template) pairs; section "" means any paragraph
-    word_target: tuple
+    fact_base: Callable[[random.Random], tuple[dict, list[list[Fact]]]]
+    text: Callable[[random.Random, dict, list[list[Fact]], int], str]
+    fillers: tuple[int, int]  # filler sentences per document
 
 
 DATASETS = (
-    DatasetSpec("mini-narrative", "narr", 4171, narrative_slots, NARRATIVE_FACTS,
-                ("birth", "sibling", "shop"), narrative_layout,
-                tuple(("", t) for t in NARRATIVE_FILLERS), (330, 500)),
-    DatasetSpec("mini-health", "health", 8293, health_slots, HEALTH_FACTS,
-                ("admission", "home_med", "lab_trend", "diagnosis", "new_med"), health_layout,
-                tuple((sec, t) for sec, templates in HEALTH_FILLERS for t in templates), (330, 500)),
+    DatasetSpec("mini-narrative", "narr", 4171, narrative_fact_base, narrative_text, (38, 42)),
+    DatasetSpec("mini-health", "health", 8293, health_fact_base, health_text, (52, 58)),
 )
 
 
-def choose_facts(spec: DatasetSpec, rng: random.Random) -> list:
-    """Required facts plus random optional ones until the document has ASKS_PER_DOC asks."""
-    chosen = [f.name for f in spec.facts if f.name in spec.required]
-    n_asks = sum(len(f.asks) for f in spec.facts if f.name in chosen)
-    target = rng.randint(*ASKS_PER_DOC)
-    optional = [f for f in spec.facts if f.name not in chosen]
-    for fact in rng.sample(optional, len(optional)):
-        if n_asks >= target:
-            break
-        if n_asks + len(fact.asks) <= ASKS_PER_DOC[1]:
-            chosen.append(fact.name)
-            n_asks += len(fact.asks)
-    return [f for f in spec.facts if f.name in chosen]  # keep the spec's narrative order
-
-
-def eval_questions(rng: random.Random, asks: list, slots: dict, doc_id: str) -> list:
-    picked = sorted(rng.sample(range(len(asks)), N_EVAL_QUESTIONS))
-    questions = []
-    for j, idx in enumerate(picked):
-        ask = asks[idx]
-        answers = [slots[ask.slot]]
-        if ask.alt and slots[ask.alt] != answers[0]:
-            answers.append(slots[ask.alt])
-        questions.append({"id": f"{doc_id}-q{j}", "question": render(rng.choice(ask.eval_qs), slots),
-                          "answers": answers})
-    return questions
-
-
-def train_pairs(rng: random.Random, asks: list, slots: dict) -> list:
-    """2-3 paraphrased questions per ask, shuffled; the total lands inside TRAIN_RANGE."""
-    n = len(asks)
-    total = rng.randint(max(TRAIN_RANGE[0], 2 * n), min(TRAIN_RANGE[1], 3 * n))
-    extra = set(rng.sample(range(n), total - 2 * n))
-    pairs = [{"question": render(q, slots), "answer": slots[ask.slot]}
-             for i, ask in enumerate(asks) for q in rng.sample(ask.train_qs, 3 if i in extra else 2)]
-    rng.shuffle(pairs)
-    return pairs
-
-
-def validate(doc: dict) -> None:
+def validate(doc: dict, facts: list[Fact]) -> None:
     """Raise ValueError if a generated document breaks the dataset's invariants."""
-    text, words = doc["text"].lower(), len(doc["text"].split())
+    text, words = doc["text"], len(doc["text"].split())
     problems = [] if WORD_RANGE[0] <= words <= WORD_RANGE[1] else [f"{words} words"]
-    train_qs = [p["question"] for p in doc["train_qa"]]
-    if len(set(train_qs)) != len(train_qs) or not TRAIN_RANGE[0] <= len(train_qs) <= TRAIN_RANGE[1]:
-        problems.append("train_qa count or duplicates")
+    if len(facts) < MIN_FACTS:
+        problems.append(f"{len(facts)} facts")
+    for f in facts:
+        n = len(phrase(f.answer).findall(text.lower()))
+        if n != 1:
+            problems.append(f"answer {f.answer!r} occurs {n} times in the text")
+    train_qs = {p["question"] for p in doc["train_qa"]}
+    uncovered_answers = [a for q in doc["questions"] if q["tags"] == ["uncovered"] for a in q["answers"]]
     for q in doc["questions"]:
         if q["question"] in train_qs:
-            problems.append(f"eval question reused in train_qa: {q['question']}")
-    for question, answers in [(q["question"], q["answers"]) for q in doc["questions"]] + \
-                             [(p["question"], [p["answer"]]) for p in doc["train_qa"]]:
-        for ans in answers:
-            if ans.lower() not in text or ans.lower() in question.lower():
-                problems.append(f"answer {ans!r} missing from text or leaked into {question!r}")
+            problems.append(f"evaluation question reused in train_qa: {q['question']}")
+    train_texts = [t for p in doc["train_qa"] for t in (p["question"], p["answer"])]
+    problems += [f"uncovered answer {a!r} in train_qa" for a in uncovered_answers if mentions(train_texts, a)]
     if problems:
         raise ValueError(f"{doc['doc_id']}: " + "; ".join(problems))
 
 
 def build_document(spec: DatasetSpec, doc_id: str, seed: int) -> dict:
     rng = random.Random(seed)
-    slots = spec.make_slots(rng)
-    facts = choose_facts(spec, rng)
-    paragraphs = spec.layout(rng, facts, slots)
-    pad_with_fillers(rng, paragraphs, spec.fillers, slots, rng.randint(*spec.word_target))
-    asks = [ask for fact in facts for ask in fact.asks]
-    doc = {"doc_id": doc_id, "text": document_text(paragraphs),
-           "questions": eval_questions(rng, asks, slots, doc_id), "train_qa": train_pairs(rng, asks, slots)}
-    validate(doc)
+    slots, sections = spec.fact_base(rng)
+    facts = [f for section in sections for f in section]
+    text = spec.text(rng, slots, sections, rng.randint(*spec.fillers))
+    train_qa = make_train_qa(facts, seed=rng.randrange(2**31))
+    doc = {"doc_id": doc_id, "text": text, "questions": eval_questions(rng, facts, train_qa, doc_id),
+           "train_qa": train_qa}
+    validate(doc, facts)
     return doc
 
 
