@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -112,6 +113,14 @@ class TrainSettings:
                              "synthesis 'paper' (pairs that know their section)")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+def training_diverged(first_loss: float | None, final_loss: float | None) -> bool:
+    """A run whose final loss is not below its first (or is not finite) learned nothing usable:
+    the leaderboard flags it instead of ranking it."""
+    if first_loss is None or final_loss is None:
+        return False  # nothing was trained (e.g. a recipe hook returned a cached adapter's info)
+    return not (math.isfinite(first_loss) and math.isfinite(final_loss)) or final_loss >= first_loss
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import torch
 from peft.helpers import DoraCaching
 from tqdm.auto import tqdm
 
-from .adapters import AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter
+from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter,
+                       training_diverged)
 from .compression import evict, kv_bytes, prefill
 from .datasets import Document, load_split
 from .generation import Row, greedy_decode
@@ -72,6 +73,7 @@ class DocumentRun:
             keep = ("bytes", "seconds", "steps", "tokens", "forward_tokens", "tokens_per_s", "first_loss", "final_loss",
                     "cached")
             adapter_info = {k: adapter_info.get(k) for k in keep} | {"key": key}
+            adapter_info["diverged"] = training_diverged(adapter_info["first_loss"], adapter_info["final_loss"])
             timings["adapter_s"] = time.perf_counter() - t0
 
         try:

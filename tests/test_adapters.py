@@ -129,3 +129,12 @@ def test_ntp_chunks_share_nothing(qa_prompt, document):
     r = PromptRenderer(tok, qa_prompt)
     ntp = build_examples(document.training_view(), Recipe("ntp", train=TrainSettings(objective="ntp", chunk_tokens=16)), r)
     assert A.shared_prefix_len(ntp[:4]) == 0
+
+
+@pytest.mark.parametrize("first,final,diverged", [(4.0, 0.5, False), (4.0, 4.0, True), (4.0, 9.4, True),
+                                                   (4.0, float("nan"), True), (float("inf"), 1.0, True),
+                                                   (None, None, False)])
+def test_training_diverged(first, final, diverged):
+    from benchmark.adapters import training_diverged
+
+    assert training_diverged(first, final) is diverged
