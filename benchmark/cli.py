@@ -301,11 +301,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .spec import SpecError
 
+    from .extras import MissingExtra
+
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def lm_eval_main() -> int:
+    """``lorakv-lm-eval``: a one-line error naming the extra when lm-eval is not installed."""
+    from .extras import MissingExtra
+
+    try:
+        from .lm_eval_model import cli_main
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return cli_main()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import strata
+from .extras import require
 from .metrics import clustered_bootstrap_ci
 from .ranking import Ranked, divergence_reason, tiered_ranks
 from .results import load_result
@@ -732,6 +733,7 @@ def _link(target: Path, md_dir: Path) -> str:
 
 def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contributing: str,
             submissions: str = "../submissions") -> str:
+    require("matplotlib", "the leaderboard's plots")
     entries = load_entries(results_root)
     groups = group_entries(entries)
     plots_dir.mkdir(parents=True, exist_ok=True)
