@@ -106,10 +106,13 @@ def test_simple_evaluate_equals_document_run(tiny_run, task_manager, condition):
     assert [s["doc"]["question_id"] for s in samples] == list(expected)
     for s in samples:
         ref = expected[s["doc"]["question_id"]]
-        assert s["filtered_resps"][0] == ref["generation"]
-        assert s["rouge_l"] == pytest.approx(ref["rouge_l"]) and s["exact_match"] == pytest.approx(ref["exact_match"])
-    assert metrics["rouge_l,none"] == pytest.approx(sum(p["rouge_l"] for p in expected.values()) / limit)
-    assert metrics["exact_match,none"] == pytest.approx(sum(p["exact_match"] for p in expected.values()) / limit)
+        assert s["resps"][0][0] == ref["generation"]  # the raw generation ...
+        assert s["filtered_resps"][0] == ref["prediction"]  # ... and the extracted answer the metrics read
+        # lm-eval's 0-1 scale (the runner's result files are in points)
+        assert s["rougeL"] == pytest.approx(ref["rouge_l"] / 100) and s["exact_match"] == pytest.approx(ref["exact_match"] / 100)
+    assert metrics["rougeL,extract"] == pytest.approx(sum(p["rouge_l"] for p in expected.values()) / limit / 100)
+    assert metrics["exact_match,extract"] == pytest.approx(sum(p["exact_match"] for p in expected.values()) / limit / 100)
+    assert 0.0 <= metrics["rougeL,extract"] <= 1.0
     assert len(lm.records) == 2  # one DocumentRun.evaluate per document
 
     # Other lm-eval models get the spec's prompt as text: the runner's plain-text rendering.
@@ -128,7 +131,7 @@ def test_group_runs_both_mini_tasks(tiny_run, task_manager):
     lm = LorakvLM.from_run(tiny_run, rho=0.5, condition="base")
     out = lm_eval.simple_evaluate(model=lm, tasks=["lorakv"], task_manager=task_manager, limit=2, bootstrap_iters=0)
     assert {"lorakv_mini_narrative", "lorakv_mini_health"} <= set(out["results"])
-    assert "rouge_l,none" in out["groups"]["lorakv"] and "exact_match,none" in out["groups"]["lorakv"]
+    assert "rougeL,extract" in out["groups"]["lorakv"] and "exact_match,extract" in out["groups"]["lorakv"]
     assert sorted(p["doc_id"] for p in lm.predictions) == ["health-test-00"] * 2 + ["narr-test-00"] * 2
 
 
@@ -166,4 +169,4 @@ def test_console_script_on_smollm2(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"\|\s*rouge_l\s*\|", proc.stdout), proc.stdout[-3000:]
+    assert re.search(r"\|\s*rougeL\s*\|", proc.stdout), proc.stdout[-3000:]
