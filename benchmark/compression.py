@@ -31,9 +31,18 @@ from .paths import import_from
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
-    """A kvpress press by class name (``SnapKVPress``) or ``module:Class`` from a submission's code."""
-    kwargs = dict(kwargs or {})
+def _build_nested(value, code_dir):
+    """A kwarg that is itself a press section (``{press: ..., kwargs: ...}``, or a list of them) is
+    built first: ``{press: CriticalKVPress, kwargs: {press: {press: SnapKVPress}}}`` in YAML."""
+    if isinstance(value, dict) and "press" in value:
+        return _make_press(value["press"], value.get("kwargs"), code_dir)
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "press" in v for v in value):
+        return [_make_press(v["press"], v.get("kwargs"), code_dir) for v in value]
+    return value
+
+
+def _make_press(name: str, kwargs: dict | None, code_dir):
+    kwargs = {k: _build_nested(v, code_dir) for k, v in (kwargs or {}).items()}
     if ":" in name:
         cls = import_from(code_dir, name)
     else:
@@ -42,7 +51,17 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
         if not hasattr(kvpress, name):
             raise ValueError(f"kvpress has no press named '{name}'")
         cls = getattr(kvpress, name)
-    press = cls(**kwargs)
+    return cls(**kwargs)
+
+
+def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
+    """A kvpress press by class name (``SnapKVPress``) or ``module:Class`` from a submission's code;
+    kwargs may nest presses. Presses that cannot be scoped to the document are refused with the
+    reason (``press_catalog``), never run as something else."""
+    from .press_catalog import check_supported
+
+    press = _make_press(name, kwargs, code_dir)
+    check_supported(press, name)
     if not callable(getattr(press, "score", None)):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
