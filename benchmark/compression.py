@@ -62,13 +62,56 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
 
     press = _make_press(name, kwargs, code_dir)
     check_supported(press, name)
-    if not callable(getattr(press, "score", None)):
+    if not callable(getattr(press, "score", None)) and not is_headwise(press):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
 
 
+#: kvpress presses whose compress() allocates the budget across KV heads (the total stays rho's) and
+#: marks the evicted entries in ``module.masked_key_indices`` instead of shrinking the cache.
+HEADWISE_PRESSES = ("AdaKVPress", "CriticalAdaKVPress")
+
+
+def is_headwise(press) -> bool:
+    cls = type(press)
+    return cls.__name__ in HEADWISE_PRESSES and cls.__module__.startswith("kvpress")
+
+
+class RaggedKV(list):
+    """Per layer (keys, values) padded to the longest head, with ``keep[layer]`` (kv_heads, n_entries)
+    marking the real entries: head-wise budgets keep a different number of entries per head. The
+    padding is never attended to (``attention.sdpa_gqa_attention`` masks it) and never counted."""
+
+    keep: list[torch.Tensor]
+
+
+def kv_entries(kv: KV) -> int:
+    """Kept entries over layers and KV heads (padding of a :class:`RaggedKV` not counted)."""
+    if isinstance(kv, RaggedKV):
+        return int(sum(int(m.sum()) for m in kv.keep))
+    return int(sum(k.shape[1] * k.shape[2] for k, _ in kv))
+
+
+def _headwise_keep(press, module, hidden, keys, values, attn, kwargs, rho: float) -> torch.Tensor:
+    """Run the press's own compress() on the document slice at ``rho`` and read which entries it
+    masked: (kv_heads, n_doc), 1.0 = kept. compress() leaves keys and values untouched."""
+    press.compression_ratio = rho
+    module.masked_key_indices = None
+    press.compress(module, hidden, keys, values, attn, kwargs)
+    keep = torch.ones(keys.shape[1], keys.shape[2], device=keys.device)
+    masked = getattr(module, "masked_key_indices", None)
+    module.masked_key_indices = None  # never left for kvpress's attention patch to apply later
+    if masked is not None:
+        batch, head, seq = masked
+        sel = batch == 0
+        keep[head[sel].to(keep.device), seq[sel].to(keep.device)] = 0.0
+    return keep
+
+
 def score_depends_on_rho(press) -> bool:
     """Whether the press's ``score`` reads ``compression_ratio`` (so each rho needs its own scores)."""
+    if is_headwise(press):  # its budget allocation is per rho by construction
+        return True
     declared = getattr(press, "score_depends_on_rho", None)
     if declared is not None:
         return bool(declared)
@@ -85,6 +128,7 @@ class DocumentScores:
     doc_start: int
     doc_end: int
     by_rho: dict[float | None, list[torch.Tensor]] = field(default_factory=dict)
+    headwise: bool = False  # by_rho holds keep masks (1 = kept) of a head-wise press, one per rho
 
     def for_rho(self, rho: float) -> list[torch.Tensor]:
         return self.by_rho[rho] if rho in self.by_rho else self.by_rho[None]
@@ -100,9 +144,10 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
     """Run the prefix+document through the model once; return its full KV and, if a press is
     given, the press's scores of the document entries (for every rho it needs)."""
     doc_start, doc_end = doc_span
-    scores = DocumentScores(doc_start, doc_end) if press is not None else None
-    per_rho = press is not None and score_depends_on_rho(press)
-    score_keys = [r for r in rhos if r < 1] if per_rho else [None]
+    headwise = press is not None and is_headwise(press)
+    scores = DocumentScores(doc_start, doc_end, headwise=headwise) if press is not None else None
+    per_rho = press is not None and (headwise or score_depends_on_rho(press))
+    score_keys = [r for r in rhos if (0 < r < 1 if headwise else r < 1)] if per_rho else [None]
     cache = DynamicCache()
     hooks = []
     if press is not None and doc_end > doc_start:
@@ -125,6 +170,9 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
             if kwargs.get("cache_position") is not None:
                 doc_kwargs["cache_position"] = kwargs["cache_position"][sl]
             for key in score_keys:
+                if headwise:
+                    scores.by_rho[key].append(_headwise_keep(press, module, hidden, keys, values, attn, doc_kwargs, key))
+                    continue
                 if key is not None:
                     press.compression_ratio = key
                 s = press.score(module, hidden, keys, values, attn, doc_kwargs)
@@ -162,6 +210,8 @@ def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho:
         return [(k[:, :, :doc_start], v[:, :, :doc_start]) for k, v in kv], 0
     if scores is None:
         raise ValueError("rho strictly between 0 and 1 needs a compressor's scores")
+    if scores.headwise:
+        return _evict_headwise(kv, scores.for_rho(rho), doc_start, n_keep), n_keep
     out = []
     for (k, v), s in zip(kv, scores.for_rho(rho)):
         heads, _, dim = k.shape[1], k.shape[2], k.shape[3]
@@ -172,5 +222,29 @@ def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho:
     return out, n_keep
 
 
+def _evict_headwise(kv: KV, keeps: list[torch.Tensor], doc_start: int, n_keep: int) -> KV:
+    """Each head keeps the entries its mask marks (a total of kv_heads * n_keep per layer, split
+    unevenly); heads are padded to the longest and the padding is marked in ``RaggedKV.keep``."""
+    out = RaggedKV()
+    out.keep = []
+    for (k, v), keep in zip(kv, keeps):
+        heads, dim = k.shape[1], k.shape[3]
+        keep = keep.to(k.device) > 0.5
+        counts = keep.sum(dim=-1)  # per head
+        width = int(counts.max())
+        # kept positions first (in document order), then padding: a stable sort of "not kept"
+        order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :width]
+        real = torch.arange(width, device=k.device)[None, :] < counts[:, None]  # (heads, width)
+        prefix = torch.arange(doc_start, device=k.device).expand(heads, doc_start)
+        idx = torch.cat([prefix, order + doc_start], dim=-1)[None, :, :, None].expand(k.shape[0], heads, -1, dim)
+        out.append((k.gather(2, idx), v.gather(2, idx)))
+        out.keep.append(torch.cat([torch.ones(heads, doc_start, dtype=torch.bool, device=k.device), real], dim=-1))
+    return out
+
+
 def kv_bytes(kv: KV) -> int:
+    """Bytes of the kept entries (for a :class:`RaggedKV`, real entries only, not its padding)."""
+    if isinstance(kv, RaggedKV):
+        return int(sum(int(m.sum()) * (k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size())
+                       for (k, v), m in zip(kv, kv.keep)))
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)

@@ -247,6 +247,9 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
         if n_keep != budget:
             problems.append(f"{where}: rho={rho} keeps {n_keep} document entries per head, kvpress's budget is {budget}")
         for i, ((k, v), (rk, rv)) in enumerate(zip(pkv, ref_kv)):
+            if getattr(pkv, "keep", None) is not None:  # head-wise budgets: per-head counts differ
+                problems += _check_ragged_layer(pkv.keep[i], k, rk, span, budget, f"{where}: rho={rho} layer {i}")
+                continue
             if k.shape[2] != span[0] + budget:
                 problems.append(f"{where}: rho={rho} layer {i}: {k.shape[2]} entries per head after eviction, expected "
                                 f"{span[0]} prefix + {budget} document = {span[0] + budget}")
@@ -285,6 +288,24 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
             problems.append(f"{yml}: field 'compressor/score_depends_on_rho': the scores of {desc} change with "
                             "compression_ratio but it is scored once for every rho; set score_depends_on_rho: true")
     return problems
+
+
+def _check_ragged_layer(keep, k, rk, span, budget: int, where: str) -> list[str]:
+    """A head-wise (RaggedKV) layer: the prefix kept whole, kv_heads * budget document entries in
+    all, and each head's real entries are document entries of the unpruned cache in order."""
+    import torch
+
+    heads = keep.shape[0]
+    per_head = keep[:, span[0]:].sum(-1)
+    if int(per_head.sum()) != heads * budget or not bool(keep[:, : span[0]].all()):
+        return [f"{where}: {int(per_head.sum())} document entries kept over {heads} heads, expected {heads} x {budget}"]
+    if not torch.equal(k[:, :, : span[0]], rk[:, :, : span[0]]):
+        return [f"{where}: a non-document (prefix) entry was evicted or changed"]
+    for h in range(heads):
+        real = k[0, h:h + 1, span[0]:span[0] + int(per_head[h])]
+        if not _is_ordered_subset(real, rk[0, h:h + 1, span[0]:span[1]]):
+            return [f"{where}: head {h}: the kept entries are not document entries of the unpruned cache in order"]
+    return []
 
 
 def _is_ordered_subset(kept, ref) -> bool:

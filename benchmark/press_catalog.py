@@ -29,8 +29,11 @@ class Support:
 
 
 _LAYER = "its per-layer budgets live in compress(); the protocol keeps the same fraction of every layer and head"
-_HEADS = ("head-wise budgets (AdaKV allocation) need ragged per-head eviction, which evict() does not do yet; "
-          "running score() alone would silently make it a uniform press")
+_ADA = ("head-wise budgets: its own compress() runs on the document slice at each ρ and picks the evicted "
+        "entries across KV heads (per-head counts differ, the total is ρ's); heads are padded and masked, memory "
+        "counts kept entries only; nested: {press: AdaKVPress, kwargs: {press: {press: ExpectedAttentionPress}}}")
+_HEADS = ("its head-wise budgets are computed in compress() in a way evict() does not reproduce (AdaKV's "
+          "masked_key_indices); running score() alone would silently make it a uniform press")
 _REPLAY = ("scores by a context-replay pass run from its own __call__ over the whole prompt; scoping that replay "
            "to the document (and its global budget across layers and heads) is not implemented yet")
 _DECODE = "compresses during decoding; the protocol compresses the document once, before the question"
@@ -63,13 +66,14 @@ CATALOG: dict[str, Support] = {
     "BasePress": Support(REFUSED, "abstract base class"),
     "ScorerPress": Support(REFUSED, "abstract base class: score() is not implemented"),
     # behaviour in compress() / forward_hook / __call__
-    "AdaKVPress": Support(REFUSED, _HEADS),
-    "CriticalAdaKVPress": Support(REFUSED, _HEADS),
-    "LUKVPress": Support(REFUSED, _HEADS),
+    "AdaKVPress": Support(NOTE, _ADA),
+    "CriticalAdaKVPress": Support(NOTE, _ADA),
+    "LUKVPress": Support(REFUSED, "head-wise budgets from calibrated budget curves that only its own __call__ "
+                                  "context manager loads; scoping that to the document is not implemented yet"),
     "KVzipPress": Support(REFUSED, _REPLAY),
-    "FastKVzipPress": Support(REFUSED, "trained gates score every layer from its own forward_hook with a global "
-                                       "budget across heads; " + _HEADS.split("; ")[0] + " and the gates load from "
-                                       "the Hugging Face Hub"),
+    "FastKVzipPress": Support(REFUSED, "trained gates (from the Hugging Face Hub) score every layer from its own "
+                                       "forward_hook with one budget across layers and heads; not scoped to the "
+                                       "document yet"),
     "KVgradPress": Support(REFUSED, "input × gradient attribution from its own __call__ (a backward pass over the "
                                     "whole prompt); scoping it to the document is not implemented yet"),
     "RestoreKVPress": Support(REFUSED, "learned restoration on top of KVzip (see KVzipPress), weights from the Hub"),

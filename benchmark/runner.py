@@ -22,7 +22,7 @@ from peft.helpers import DoraCaching
 from tqdm.auto import tqdm
 
 from .adapters import AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter
-from .compression import evict, kv_bytes, prefill
+from .compression import evict, kv_bytes, kv_entries, prefill
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
 from .metrics import extract_answer, score_prediction
@@ -115,7 +115,7 @@ class DocumentRun:
                     pruned[key] = (pkv, n_keep)
                 pkv, n_keep = pruned[key]
                 offset = full_len if rho < 1 else span[0]
-                meta = {"rho": rho, "condition": cond, "kv_entries": int(sum(k.shape[1] * k.shape[2] for k, _ in pkv)),
+                meta = {"rho": rho, "condition": cond, "kv_entries": kv_entries(pkv),
                         "kv_bytes": kv_bytes(pkv)}
                 for q, suffix in zip(questions, suffixes):
                     rows[c["decode"]].append((Row(pkv, offset, suffix), {**meta, "question": q}))

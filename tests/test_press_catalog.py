@@ -78,8 +78,11 @@ def test_nested_press_from_yaml(tmp_path):
     # a refused press inside a wrapper is refused too, naming the path
     with pytest.raises(PressRefused, match="CriticalKVPress > PyramidKVPress: refused"):
         build_compressor("CriticalKVPress", {"press": {"press": "PyramidKVPress"}})
-    with pytest.raises(PressRefused, match="AdaKVPress: refused: head-wise budgets"):
-        build_compressor("AdaKVPress", {"press": {"press": "ExpectedAttentionPress"}})
+    # the example: a head-wise press around a scorer, both built from YAML
+    ada = build_compressor("AdaKVPress", {"press": {"press": "ExpectedAttentionPress"}})
+    assert type(ada.press).__name__ == "ExpectedAttentionPress"
+    with pytest.raises(PressRefused, match="AdaKVPress > ObservedAttentionPress: refused"):
+        build_compressor("AdaKVPress", {"press": {"press": "ObservedAttentionPress"}})
 
 
 def test_own_press_that_overrides_compress_is_refused(tmp_path):

@@ -1,0 +1,110 @@
+"""Head-wise budgets (AdaKVPress, CriticalAdaKVPress): kvpress's own compress() picks the evicted
+entries across KV heads on the document slice; heads keep different counts, the total is rho's;
+the padding of shorter heads is never attended to and never counted as memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.compression import RaggedKV, build_compressor, evict, kv_bytes, kv_entries, prefill
+from benchmark.generation import Row, greedy_decode
+from benchmark.models import PromptRenderer
+from benchmark.tiny import tiny_model
+
+ADA = {"press": {"press": "SnapKVPress", "kwargs": {"window_size": 8}}}
+
+
+def _setup(kind, qa_prompt, document, press):
+    model, tok = tiny_model(kind)
+    r = PromptRenderer(tok, qa_prompt)
+    doc_ids = r.doc_ids(document.text)
+    span = (len(r.prefix_ids), len(r.prefix_ids) + len(doc_ids))
+    kv, scores = prefill(model, r.prefix_ids + doc_ids, span, press, [0.0, 0.5, 0.8, 1.0])
+    return model, tok, r, span, kv, scores
+
+
+@pytest.mark.parametrize("name", ["AdaKVPress", "CriticalAdaKVPress"])
+def test_headwise_budget_total_is_rhos_and_heads_differ(name, qa_prompt, document):
+    model, _, _, span, kv, scores = _setup("llama", qa_prompt, document, build_compressor(name, ADA))
+    n_doc = span[1] - span[0]
+    heads = model.config.num_key_value_heads
+    uneven = False
+    for rho in (0.5, 0.8):
+        pruned, n_keep = evict(kv, scores, span, rho)
+        assert isinstance(pruned, RaggedKV)
+        for keep in pruned.keep:
+            per_head = keep[:, span[0]:].sum(dim=-1)
+            assert int(per_head.sum()) == heads * n_keep  # the total budget is rho's
+            assert bool(keep[:, : span[0]].all())  # the prefix is never evicted
+            uneven |= len(set(per_head.tolist())) > 1
+        # memory is what is kept, not the padded tensor's shape
+        per_entry = 2 * pruned[0][0].shape[-1] * pruned[0][0].element_size()
+        assert kv_entries(pruned) == len(pruned) * heads * (span[0] + n_keep)
+        assert kv_bytes(pruned) == kv_entries(pruned) * per_entry
+    assert uneven, "head-wise budgets should differ between heads somewhere"
+    full, n = evict(kv, scores, span, 0.0)
+    assert n == n_doc and not isinstance(full, RaggedKV)
+
+
+def test_kept_entries_match_kvpress_masked_indices(qa_prompt, document):
+    """The entries kept per head are exactly those kvpress's AdaKV compress() leaves unmasked."""
+    press = build_compressor("AdaKVPress", ADA)
+    model, _, _, span, kv, scores = _setup("llama", qa_prompt, document, press)
+    keep = scores.for_rho(0.5)[0] > 0.5  # layer 0: (heads, n_doc)
+    pruned, _ = evict(kv, scores, span, 0.5)
+    k_doc = kv[0][0][0, :, span[0]:span[1]]
+    for h in range(keep.shape[0]):
+        n_h = int(keep[h].sum())
+        assert torch.equal(pruned[0][0][0, h, span[0]:span[0] + n_h], k_doc[h][keep[h]])
+
+
+def test_padding_is_never_attended_and_rows_stay_independent(qa_prompt, document):
+    model, tok, r, span, kv, scores = _setup("qwen3", qa_prompt, document, build_compressor("AdaKVPress", ADA))
+    pruned, _ = evict(kv, scores, span, 0.8)
+    q = [r.suffix_ids(x.question) for x in document.questions]
+    rows = [Row(pruned, span[1], s) for s in q]
+    clean = greedy_decode(model, tok, rows, max_new_tokens=8)
+    # garbage in the padding of the shorter heads changes nothing
+    garbage = RaggedKV((k.clone(), v.clone()) for k, v in pruned)
+    garbage.keep = pruned.keep
+    for (k, v), keep in zip(garbage, garbage.keep):
+        k[0][~keep], v[0][~keep] = 1e3, -1e3
+    assert greedy_decode(model, tok, [Row(garbage, span[1], s) for s in q], max_new_tokens=8) == clean
+    # batched with uniform rows (no head mask) and one at a time: the same answers
+    uniform, _ = evict(*prefill(model, r.prefix_ids + r.doc_ids(document.text), span,
+                                build_compressor("SnapKVPress", {"window_size": 8}), [0.8]), span, 0.8)
+    mixed = rows + [Row(uniform, span[1], s) for s in q]
+    assert greedy_decode(model, tok, mixed, max_new_tokens=8, batch_size=len(mixed)) == [
+        greedy_decode(model, tok, [row], max_new_tokens=8)[0] for row in mixed]
+    # and the head masks really act: dropping them (attending to the padding) changes the answers
+    unmasked = list(garbage)
+    assert greedy_decode(model, tok, [Row(unmasked, span[1], s) for s in q], max_new_tokens=8) != clean
+
+
+def _submission(root, name, compressor):
+    d = root / "submissions" / name
+    d.mkdir(parents=True)
+    (d / "submission.yaml").write_text(f"name: {name}\nauthors: [t]\ndescription: head-wise test\n"
+                                       f"compressor: {compressor}\nadapter: {{recipe: none}}\n")
+    return d
+
+
+def test_headwise_submission_conforms_and_counts_memory_as_kept_entries(tmp_path, qa_prompt, document):
+    from benchmark.conformance import check_submission
+    from benchmark.runner import DocumentRun
+    from benchmark.spec import load_spec
+    from benchmark.submission import load_submission
+
+    ada = _submission(tmp_path, "ada", "{press: AdaKVPress, kwargs: {press: {press: ExpectedAttentionPress}}}")
+    snap = _submission(tmp_path, "snap", "{press: SnapKVPress, kwargs: {window_size: 8}}")
+    assert check_submission(ada) == []
+    model, tok = tiny_model("llama")
+    preds = {}
+    for d in (ada, snap):
+        sub = load_submission(d)
+        run = DocumentRun(model=model, tokenizer=tok, renderer=PromptRenderer(tok, qa_prompt), spec=load_spec("mini"),
+                          submission=sub, model_key="tiny", press=sub.make_compressor(), progress=False)
+        _, preds[d.name] = run.evaluate(document, [0.0, 0.5, 1.0], ["base"])
+    for a, s in zip(preds["ada"], preds["snap"]):  # same budget: same kept entries and bytes, whatever the heads
+        assert (a["rho"], a["kv_entries"], a["kv_bytes"]) == (s["rho"], s["kv_entries"], s["kv_bytes"])
