@@ -26,6 +26,7 @@ from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
 from .paths import import_from
+from .replay import is_replay, keep_masks, replay_scores
 
 #: per layer: (keys, values), each (batch, kv_heads, seq, head_dim)
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -62,7 +63,7 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
 
     press = _make_press(name, kwargs, code_dir)
     check_supported(press, name)
-    if not callable(getattr(press, "score", None)) and not is_headwise(press):
+    if not callable(getattr(press, "score", None)) and not (is_headwise(press) or is_replay(press)):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
 
@@ -110,7 +111,7 @@ def _headwise_keep(press, module, hidden, keys, values, attn, kwargs, rho: float
 
 def score_depends_on_rho(press) -> bool:
     """Whether the press's ``score`` reads ``compression_ratio`` (so each rho needs its own scores)."""
-    if is_headwise(press):  # its budget allocation is per rho by construction
+    if is_headwise(press) or is_replay(press):  # its budget allocation is per rho by construction
         return True
     declared = getattr(press, "score_depends_on_rho", None)
     if declared is not None:
@@ -140,10 +141,15 @@ def _language_model(model):
 
 
 @torch.no_grad()
-def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, rhos=()) -> tuple[KV, DocumentScores | None]:
+def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, rhos=(),
+            tokenizer=None) -> tuple[KV, DocumentScores | None]:
     """Run the prefix+document through the model once; return its full KV and, if a press is
-    given, the press's scores of the document entries (for every rho it needs)."""
+    given, the press's scores of the document entries (for every rho it needs). A context-replay
+    press (KVzip, see ``replay``) then replays the document on that cache and needs ``tokenizer``."""
     doc_start, doc_end = doc_span
+    if press is not None and is_replay(press):
+        kv, _ = prefill(model, input_ids, doc_span)
+        return kv, _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv)
     headwise = press is not None and is_headwise(press)
     scores = DocumentScores(doc_start, doc_end, headwise=headwise) if press is not None else None
     per_rho = press is not None and (headwise or score_depends_on_rho(press))
@@ -192,6 +198,25 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
     return kv, scores
 
 
+def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV) -> DocumentScores:
+    """Keep masks per rho from KVzip's replay of the document on the prefill's cache."""
+    doc_start, doc_end = doc_span
+    scores = DocumentScores(doc_start, doc_end, headwise=True)
+    if doc_end > doc_start and any(0 < r < 1 for r in rhos):
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(kv):
+            cache.update(k, v, i)
+        if tokenizer is None:  # as KVzipPress itself does: the model's own tokenizer files
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
+        s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
+        for r in rhos:
+            if 0 < r < 1:
+                scores.by_rho[r] = [m.to(kv[0][0].device) for m in keep_masks(s, r, press.layerwise)]
+    return scores
+
+
 def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho: float) -> tuple[KV, int]:
     """Evict the fraction ``rho`` of the document's entries, per layer and KV head, keeping
     the highest-scoring ones; every non-document entry is kept. Returns the pruned KV and the
@@ -223,15 +248,17 @@ def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho:
 
 
 def _evict_headwise(kv: KV, keeps: list[torch.Tensor], doc_start: int, n_keep: int) -> KV:
-    """Each head keeps the entries its mask marks (a total of kv_heads * n_keep per layer, split
-    unevenly); heads are padded to the longest and the padding is marked in ``RaggedKV.keep``."""
+    """Each head keeps the entries its mask marks (a total of kv_heads * n_keep per layer, or over
+    all layers for KVzip, split unevenly); heads are padded to the longest head of any layer and
+    the padding is marked in ``RaggedKV.keep``."""
     out = RaggedKV()
     out.keep = []
+    # one width for every layer (the decode cache and its mask share one length across layers)
+    width = max(int((m > 0.5).sum(dim=-1).max()) for m in keeps)
     for (k, v), keep in zip(kv, keeps):
         heads, dim = k.shape[1], k.shape[3]
         keep = keep.to(k.device) > 0.5
         counts = keep.sum(dim=-1)  # per head
-        width = int(counts.max())
         # kept positions first (in document order), then padding: a stable sort of "not kept"
         order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :width]
         real = torch.arange(width, device=k.device)[None, :] < counts[:, None]  # (heads, width)

@@ -34,8 +34,6 @@ _ADA = ("head-wise budgets: its own compress() runs on the document slice at eac
         "counts kept entries only; nested: {press: AdaKVPress, kwargs: {press: {press: ExpectedAttentionPress}}}")
 _HEADS = ("its head-wise budgets are computed in compress() in a way evict() does not reproduce (AdaKV's "
           "masked_key_indices); running score() alone would silently make it a uniform press")
-_REPLAY = ("scores by a context-replay pass run from its own __call__ over the whole prompt; scoping that replay "
-           "to the document (and its global budget across layers and heads) is not implemented yet")
 _DECODE = "compresses during decoding; the protocol compresses the document once, before the question"
 _HUB = "loads {what} from the Hugging Face Hub when built: needs it in the local HF cache offline (not run here)"
 
@@ -70,7 +68,10 @@ CATALOG: dict[str, Support] = {
     "CriticalAdaKVPress": Support(NOTE, _ADA),
     "LUKVPress": Support(REFUSED, "head-wise budgets from calibrated budget curves that only its own __call__ "
                                   "context manager loads; scoping that to the document is not implemented yet"),
-    "KVzipPress": Support(REFUSED, _REPLAY),
+    "KVzipPress": Support(NOTE, "context replay scoped to the document: after the prefill the document alone is "
+                                "replayed behind 'Repeat the previous context exactly.'; an entry's score is the most "
+                                "attention a replay query pays it; one budget across layers and heads (layerwise: "
+                                "per layer), evicted head-wise; the prefill costs about 2-3x"),
     "FastKVzipPress": Support(REFUSED, "trained gates (from the Hugging Face Hub) score every layer from its own "
                                        "forward_hook with one budget across layers and heads; not scoped to the "
                                        "document yet"),

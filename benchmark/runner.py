@@ -97,7 +97,8 @@ class DocumentRun:
         t0 = time.perf_counter()
         for weights in sorted(prefills):
             with adapter_state(self.model, weights == "adapter"):
-                kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos)
+                kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos,
+                                                       tokenizer=self.tokenizer)
             self.stats["prefills"] += 1
         timings["prefill_s"] = time.perf_counter() - t0
 

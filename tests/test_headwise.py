@@ -99,6 +99,7 @@ def test_headwise_submission_conforms_and_counts_memory_as_kept_entries(tmp_path
     ada = _submission(tmp_path, "ada", "{press: AdaKVPress, kwargs: {press: {press: ExpectedAttentionPress}}}")
     snap = _submission(tmp_path, "snap", "{press: SnapKVPress, kwargs: {window_size: 8}}")
     assert check_submission(ada) == []
+    assert check_submission(_submission(tmp_path, "kvzip", "{press: KVzipPress}")) == []
     model, tok = tiny_model("llama")
     preds = {}
     for d in (ada, snap):
@@ -108,3 +109,33 @@ def test_headwise_submission_conforms_and_counts_memory_as_kept_entries(tmp_path
         _, preds[d.name] = run.evaluate(document, [0.0, 0.5, 1.0], ["base"])
     for a, s in zip(preds["ada"], preds["snap"]):  # same budget: same kept entries and bytes, whatever the heads
         assert (a["rho"], a["kv_entries"], a["kv_bytes"]) == (s["rho"], s["kv_entries"], s["kv_bytes"])
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_kvzip_replays_the_document_only_and_keeps_rhos_budget(layerwise, qa_prompt, document, monkeypatch):
+    """KVzip scoped to the document: the replay reconstructs the document tokens (never the prefix),
+    the prefill's cache comes back unchanged, and rho's budget is kept over all layers and heads
+    (per layer with layerwise)."""
+    press = build_compressor("KVzipPress", {"layerwise": layerwise})
+    replayed = []
+    real_prepare = type(press).prepare
+    monkeypatch.setattr(type(press), "prepare", lambda self, *a, **k: replayed.extend(real_prepare(self, *a, **k))
+                        or replayed)
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, qa_prompt)
+    doc_ids = r.doc_ids(document.text)
+    ids = r.prefix_ids + doc_ids
+    span = (len(r.prefix_ids), len(ids))
+    plain, _ = prefill(model, ids, span)
+    kv, scores = prefill(model, ids, span, press, [0.0, 0.5, 1.0], tokenizer=tok)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(kv, plain))
+    assert [c[0].tolist() for c, _ in replayed] == [doc_ids]  # one chunk: exactly the document
+    assert replayed[0][1][0, -len(doc_ids):].tolist() == doc_ids
+    pruned, n_keep = evict(kv, scores, span, 0.5)
+    heads, layers = model.config.num_key_value_heads, model.config.num_hidden_layers
+    per_layer = [int(m[:, span[0]:].sum()) for m in pruned.keep]
+    assert sum(per_layer) == layers * heads * n_keep
+    if layerwise:
+        assert per_layer == [heads * n_keep] * layers
+    rows = [Row(pruned, span[1], r.suffix_ids(q.question)) for q in document.questions]
+    assert len(greedy_decode(model, tok, rows, max_new_tokens=4)) == len(rows)
