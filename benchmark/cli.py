@@ -92,7 +92,7 @@ def dry_run(args) -> int:
     import yaml
     from tabulate import tabulate
 
-    from .datasets import load_split
+    from .datasets import load_split, resolve_dataset
     from .spec import CONDITIONS, load_spec
     from .submission import load_submission
 
@@ -116,9 +116,7 @@ def dry_run(args) -> int:
         except ValueError:
             name, recipe, conds = Path(sub_path).name + " (missing)", "?", list(args.conditions or spec.conditions)
         for m in models:
-            for ds in spec.datasets:
-                if args.dataset and ds.id not in args.dataset:
-                    continue
+            for ds in [resolve_dataset(spec, d) for d in args.dataset] if args.dataset else spec.datasets:
                 try:
                     docs = load_split(ds.test)
                     n_docs = len(docs[: args.docs])

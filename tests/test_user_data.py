@@ -102,3 +102,9 @@ def test_file_named_like_a_spec_dataset_is_refused(tmp_path, user_file, submissi
         pytest.skip("the spec has no dataset of that name")
     assert _evaluate(submission, tmp_path / "out", "--dataset", str(clash)) == 2
     assert "rename it" in capsys.readouterr().err
+
+
+def test_dry_run_lists_a_jsonl_dataset(user_file, submission, capsys):
+    assert main(["evaluate", str(submission), "--dataset", str(user_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "my_docs" in out and "mini-narrative" not in out
