@@ -210,6 +210,9 @@ def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV) 
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
+        lm = _language_model(model)
+        for layer in lm.layers:
+            layer.self_attn.rotary_emb = lm.rotary_emb  # as KVzipPress.__call__ does
         s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
         for r in rhos:
             if 0 < r < 1:

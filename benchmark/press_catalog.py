@@ -75,8 +75,9 @@ CATALOG: dict[str, Support] = {
     "FastKVzipPress": Support(REFUSED, "trained gates (from the Hugging Face Hub) score every layer from its own "
                                        "forward_hook with one budget across layers and heads; not scoped to the "
                                        "document yet"),
-    "KVgradPress": Support(REFUSED, "input × gradient attribution from its own __call__ (a backward pass over the "
-                                    "whole prompt); scoping it to the document is not implemented yet"),
+    "KVgradPress": Support(NOTE, "KVzip's replay scoped to the document, scored by input × gradient attribution "
+                                 "(one forward and one backward pass per chunk, about 3-4x the prefill); budget as "
+                                 "KVzipPress"),
     "RestoreKVPress": Support(REFUSED, "learned restoration on top of KVzip (see KVzipPress), weights from the Hub"),
     "BlockPress": Support(REFUSED, "scores block by block, each block seeing only the keys before it; the protocol "
                                    "scores the whole document at once"),

@@ -1,15 +1,18 @@
-"""Context-replay scoring (kvpress ``KVzipPress``), scoped to the document.
+"""Context-replay scoring (kvpress ``KVzipPress``, ``KVgradPress``), scoped to the document.
 
 KVzip scores a cache entry by how much the model attends to it while *reconstructing* the
 context: after the prefill, the context is fed again behind "Repeat the previous context
-exactly." and each entry's score is the largest attention any replay query pays it. The scores do
+exactly." and each entry's score is the largest attention any replay query pays it (KVgrad
+weights that by ||v W_O|| and the gradient of the last hidden states, from a backward pass over
+the replay). The scores do
 not depend on the question, which is this benchmark's setting: the document is compressed before
 the question is seen.
 
 Scoped here the way every press is: the replayed context is the document only (kvpress's
 ``prefix_length`` is our document start, so the chat template and instruction are never replayed
-and never scored), the replay runs on the very cache of our prefill (kvpress's own
-``forward_hook`` cuts the replay tokens back off after every layer, leaving the cache as it was),
+and never scored), the replay runs on the very cache of our prefill (KVzip's ``forward_hook``
+cuts the replay tokens back off after every layer, KVgrad reads the cache read-only: either way
+the cache is left as it was),
 and the budget is applied to document entries only: ``kv_heads * n_layers * compute_n_kept(n_doc,
 rho)`` entries kept in all, split across layers and heads by score (``layerwise: true``: the same
 number per layer, split across its heads). The result is one keep mask per layer and rho, evicted
@@ -21,7 +24,7 @@ from __future__ import annotations
 import torch
 from kvpress.utils import compute_n_kept
 
-REPLAY_PRESSES = ("KVzipPress",)
+REPLAY_PRESSES = ("KVzipPress", "KVgradPress")
 
 
 def is_replay(press) -> bool:
@@ -44,8 +47,13 @@ def _suffix_ids(tokenizer) -> torch.Tensor:
 
 @torch.no_grad()
 def replay_scores(model, tokenizer, cache, input_ids: list[int], doc_span: tuple[int, int], press) -> torch.Tensor:
-    """KVzip's replay scores of the document entries: (n_layers, kv_heads, n_doc). ``cache`` holds
-    the prefill of ``input_ids`` (prefix + document) and is left as it was."""
+    """The press's replay scores of the document entries: (n_layers, kv_heads, n_doc). ``cache``
+    holds the prefill of ``input_ids`` (prefix + document) and is left as it was.
+
+    The press's own scoring pass runs (``_perform_kvzip_compression``: chunking, replay prompts,
+    hooks; KVgrad's backward pass), with kvpress's ``prefix_length`` set to the document start so
+    only the document is replayed; its final ``compress_post`` (a budget over the whole prompt,
+    prefix included) is switched off: the budget is ours (:func:`keep_masks`)."""
     doc_start, doc_end = doc_span
     if tokenizer is None:
         raise ValueError(f"{type(press).__name__} replays the document and needs the tokenizer (prefill(..., tokenizer=))")
@@ -55,24 +63,16 @@ def replay_scores(model, tokenizer, cache, input_ids: list[int], doc_span: tuple
     press._context_ids = torch.tensor([input_ids])
     press._cache = cache
     press.prefix_length = doc_start  # kvpress replays context_ids[prefix_length:]: the document only
-    press.context_length = doc_end
     press._suffix_ids = _suffix_ids(tokenizer)
-    inner = model.model
-    hooks = [layer.self_attn.register_forward_hook(press.forward_hook, with_kwargs=True) for layer in inner.layers]
+    press.compress_post = lambda model: None  # instance attribute: the class's budget step is not run
     try:
-        press.start_idx = doc_start
-        for doc_ids, replay_ids in press.prepare(model, tokenizer):
-            press.end_idx = press.start_idx + doc_ids.shape[1]
-            inner(input_ids=replay_ids.to(model.device), past_key_values=cache)
-            press.start_idx = press.end_idx
+        press._perform_kvzip_compression(model, tokenizer)
+        if [layer.keys.shape[2] for layer in cache.layers] != lengths:
+            raise RuntimeError("the replay left tokens in the cache")  # kvpress cuts them; never reached
+        return press.score_val[:, 0, :, doc_start:doc_end].float().clone()  # (layers, heads, n_doc)
     finally:
-        for h in hooks:
-            h.remove()
-    if [layer.keys.shape[2] for layer in cache.layers] != lengths:
-        raise RuntimeError("KVzip replay left tokens in the cache")  # kvpress's forward_hook cuts them; never reached
-    scores = press.score_val[:, 0, :, doc_start:doc_end].float()  # (layers, heads, n_doc)
-    press._reset_internal_parameters()
-    return scores
+        del press.compress_post
+        press._reset_internal_parameters()
 
 
 def keep_masks(scores: torch.Tensor, rho: float, layerwise: bool) -> list[torch.Tensor]:

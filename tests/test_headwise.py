@@ -100,6 +100,7 @@ def test_headwise_submission_conforms_and_counts_memory_as_kept_entries(tmp_path
     snap = _submission(tmp_path, "snap", "{press: SnapKVPress, kwargs: {window_size: 8}}")
     assert check_submission(ada) == []
     assert check_submission(_submission(tmp_path, "kvzip", "{press: KVzipPress}")) == []
+    assert check_submission(_submission(tmp_path, "kvgrad", "{press: KVgradPress}")) == []
     model, tok = tiny_model("llama")
     preds = {}
     for d in (ada, snap):
@@ -111,12 +112,13 @@ def test_headwise_submission_conforms_and_counts_memory_as_kept_entries(tmp_path
         assert (a["rho"], a["kv_entries"], a["kv_bytes"]) == (s["rho"], s["kv_entries"], s["kv_bytes"])
 
 
-@pytest.mark.parametrize("layerwise", [False, True])
-def test_kvzip_replays_the_document_only_and_keeps_rhos_budget(layerwise, qa_prompt, document, monkeypatch):
-    """KVzip scoped to the document: the replay reconstructs the document tokens (never the prefix),
-    the prefill's cache comes back unchanged, and rho's budget is kept over all layers and heads
-    (per layer with layerwise)."""
-    press = build_compressor("KVzipPress", {"layerwise": layerwise})
+@pytest.mark.parametrize("name,layerwise", [("KVzipPress", False), ("KVzipPress", True), ("KVgradPress", False)])
+def test_replay_presses_replay_the_document_only_and_keep_rhos_budget(name, layerwise, qa_prompt, document,
+                                                                       monkeypatch):
+    """KVzip / KVgrad scoped to the document: the replay reconstructs the document tokens (never
+    the prefix), the prefill's cache comes back unchanged, and rho's budget is kept over all
+    layers and heads (per layer with layerwise)."""
+    press = build_compressor(name, {"layerwise": layerwise})
     replayed = []
     real_prepare = type(press).prepare
     monkeypatch.setattr(type(press), "prepare", lambda self, *a, **k: replayed.extend(real_prepare(self, *a, **k))
@@ -129,7 +131,8 @@ def test_kvzip_replays_the_document_only_and_keeps_rhos_budget(layerwise, qa_pro
     plain, _ = prefill(model, ids, span)
     kv, scores = prefill(model, ids, span, press, [0.0, 0.5, 1.0], tokenizer=tok)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(kv, plain))
-    assert [c[0].tolist() for c, _ in replayed] == [doc_ids]  # one chunk: exactly the document
+    chunks = [c[0].tolist() for c, _ in replayed]
+    assert sum(chunks, []) == doc_ids  # chunks that together are exactly the document
     assert replayed[0][1][0, -len(doc_ids):].tolist() == doc_ids
     pruned, n_keep = evict(kv, scores, span, 0.5)
     heads, layers = model.config.num_key_value_heads, model.config.num_hidden_layers
@@ -139,3 +142,24 @@ def test_kvzip_replays_the_document_only_and_keeps_rhos_budget(layerwise, qa_pro
         assert per_layer == [heads * n_keep] * layers
     rows = [Row(pruned, span[1], r.suffix_ids(q.question)) for q in document.questions]
     assert len(greedy_decode(model, tok, rows, max_new_tokens=4)) == len(rows)
+
+
+@pytest.mark.parametrize("name", ["KVzipPress", "KVgradPress"])
+def test_every_document_entry_gets_a_replay_score(name):
+    from transformers import DynamicCache
+
+    from benchmark.compression import _language_model
+    from benchmark.replay import replay_scores
+
+    model, tok = tiny_model("llama")
+    ids, span = list(range(5, 120)), (10, 110)
+    kv, _ = prefill(model, ids, span)
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k, v, i)
+    lm = _language_model(model)
+    for layer in lm.layers:
+        layer.self_attn.rotary_emb = lm.rotary_emb
+    s = replay_scores(model, tok, cache, ids, span, build_compressor(name))
+    assert s.shape == (model.config.num_hidden_layers, model.config.num_key_value_heads, span[1] - span[0])
+    assert bool((s > 0).all()) and float(s.std()) > 0  # every entry scored, and not all alike
