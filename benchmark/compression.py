@@ -63,7 +63,7 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
 
     press = _make_press(name, kwargs, code_dir)
     check_supported(press, name)
-    if not callable(getattr(press, "score", None)) and not (is_headwise(press) or is_replay(press)):
+    if not callable(getattr(press, "score", None)) and not (is_headwise(press) or is_replay(press) or is_gated(press)):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
 
@@ -109,9 +109,15 @@ def _headwise_keep(press, module, hidden, keys, values, attn, kwargs, rho: float
     return keep
 
 
+def is_gated(press) -> bool:
+    """kvpress FastKVzipPress: learned gates score every layer in the prefill; the budget is global."""
+    cls = type(press)
+    return cls.__name__ == "FastKVzipPress" and cls.__module__.startswith("kvpress")
+
+
 def score_depends_on_rho(press) -> bool:
     """Whether the press's ``score`` reads ``compression_ratio`` (so each rho needs its own scores)."""
-    if is_headwise(press) or is_replay(press):  # its budget allocation is per rho by construction
+    if is_headwise(press) or is_replay(press) or is_gated(press):  # budget allocation is per rho by construction
         return True
     declared = getattr(press, "score_depends_on_rho", None)
     if declared is not None:
@@ -151,9 +157,12 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
         kv, _ = prefill(model, input_ids, doc_span)
         return kv, _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv)
     headwise = press is not None and is_headwise(press)
-    scores = DocumentScores(doc_start, doc_end, headwise=headwise) if press is not None else None
+    gated = press is not None and is_gated(press)  # FastKVzip: per-layer gate scores, one budget for all layers
+    scores = DocumentScores(doc_start, doc_end, headwise=headwise or gated) if press is not None else None
     per_rho = press is not None and (headwise or score_depends_on_rho(press))
-    score_keys = [r for r in rhos if (0 < r < 1 if headwise else r < 1)] if per_rho else [None]
+    score_keys = [] if gated else [r for r in rhos if (0 < r < 1 if headwise else r < 1)] if per_rho else [None]
+    if gated:
+        press.score_val = [None] * len(_language_model(model).layers)
     cache = DynamicCache()
     hooks = []
     if press is not None and doc_end > doc_start:
@@ -175,6 +184,8 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
             doc_kwargs["position_embeddings"] = (cos[:, sl], sin[:, sl])
             if kwargs.get("cache_position") is not None:
                 doc_kwargs["cache_position"] = kwargs["cache_position"][sl]
+            if gated:  # its gate reads the document's hidden states (sinks and window: the document's)
+                press._score_fast(module, hidden)
             for key in score_keys:
                 if headwise:
                     scores.by_rho[key].append(_headwise_keep(press, module, hidden, keys, values, attn, doc_kwargs, key))
@@ -195,6 +206,12 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
         for h in hooks:
             h.remove()
     kv = [(layer.keys, layer.values) for layer in cache.layers]
+    if gated and doc_end > doc_start:
+        s = torch.stack([g[0].float() for g in press.score_val])  # (layers, heads, n_doc)
+        press.score_val = None
+        for r in rhos:
+            if 0 < r < 1:
+                scores.by_rho[r] = keep_masks(s, r, press.layerwise)
     return kv, scores
 
 

@@ -72,9 +72,9 @@ CATALOG: dict[str, Support] = {
                                 "replayed behind 'Repeat the previous context exactly.'; an entry's score is the most "
                                 "attention a replay query pays it; one budget across layers and heads (layerwise: "
                                 "per layer), evicted head-wise; the prefill costs about 2-3x"),
-    "FastKVzipPress": Support(REFUSED, "trained gates (from the Hugging Face Hub) score every layer from its own "
-                                       "forward_hook with one budget across layers and heads; not scoped to the "
-                                       "document yet"),
+    "FastKVzipPress": Support(NOTE, "its learned gates score the document's hidden states in the prefill (sinks "
+                                    "and recent window: the document's); one budget across layers and heads as "
+                                    "KVzipPress. " + _HUB.format(what="the gates for the model")),
     "KVgradPress": Support(NOTE, "KVzip's replay scoped to the document, scored by input × gradient attribution "
                                  "(one forward and one backward pass per chunk, about 3-4x the prefill); budget as "
                                  "KVzipPress"),

@@ -163,3 +163,34 @@ def test_every_document_entry_gets_a_replay_score(name):
     s = replay_scores(model, tok, cache, ids, span, build_compressor(name))
     assert s.shape == (model.config.num_hidden_layers, model.config.num_key_value_heads, span[1] - span[0])
     assert bool((s > 0).all()) and float(s.std()) > 0  # every entry scored, and not all alike
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_fastkvzip_gates_score_the_document(layerwise, qa_prompt, document):
+    """FastKVzip with gates of the tiny model's shape (the released ones come from the Hub): the
+    gates read the document's hidden states only and rho's budget is kept over layers and heads."""
+    from kvpress.presses.fastkvzip_press import FastKVzipGate
+
+    model, tok = tiny_model("llama")
+    cfg = model.config
+    torch.manual_seed(0)
+    press = build_compressor("FastKVzipPress", {"layerwise": layerwise})
+    press.gates = [FastKVzipGate(i, cfg.hidden_size, cfg.num_key_value_heads,
+                                 cfg.num_attention_heads // cfg.num_key_value_heads, torch.float32)
+                   for i in range(cfg.num_hidden_layers)]
+    seen = []
+    for g in press.gates:
+        g.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    r = PromptRenderer(tok, qa_prompt)
+    doc_ids = r.doc_ids(document.text)
+    ids = r.prefix_ids + doc_ids
+    span = (len(r.prefix_ids), len(ids))
+    kv, scores = prefill(model, ids, span, press, [0.0, 0.5, 1.0], tokenizer=tok)
+    assert seen == [len(doc_ids)] * cfg.num_hidden_layers  # each gate saw the document's tokens only
+    pruned, n_keep = evict(kv, scores, span, 0.5)
+    per_layer = [int(m[:, span[0]:].sum()) for m in pruned.keep]
+    assert sum(per_layer) == cfg.num_hidden_layers * cfg.num_key_value_heads * n_keep
+    if layerwise:
+        assert per_layer == [cfg.num_key_value_heads * n_keep] * cfg.num_hidden_layers
+    rows = [Row(pruned, span[1], r.suffix_ids(q.question)) for q in document.questions]
+    assert len(greedy_decode(model, tok, rows, max_new_tokens=4)) == len(rows)
