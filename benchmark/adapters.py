@@ -474,7 +474,17 @@ def set_eval_scale(model, name: str, scale: float) -> None:
 
 
 class AdapterStore:
-    """Train-once, load-after adapters under ``$LORAKV_CACHE/adapters/<key>/``."""
+    """Train-once, load-after adapters under ``$LORAKV_CACHE/adapters/<key>/``.
+
+    Each entry is a folder in peft's ``save_pretrained`` format (``adapter_config.json`` +
+    ``adapter_model.safetensors``, keys under ``base_model.model.``), so any cached adapter opens
+    with ``PeftModel.from_pretrained(base_model, path)`` or ``model.load_adapter(path)``; beside
+    them, ``train_info.json`` keeps the training record. The saved config's ``lora_alpha`` folds in
+    ``eval_scale``, so peft applies exactly the update the benchmark evaluated. Entries written
+    before this format (weights without a config) are rewritten in place when first loaded.
+    """
+
+    WEIGHTS, CONFIG, PREFIX = "adapter_model.safetensors", "adapter_config.json", "base_model.model."
 
     def __init__(self, root: Path | None = None):
         self.root = root or cache_dir() / "adapters"
@@ -483,14 +493,26 @@ class AdapterStore:
         return self.root / key
 
     def has(self, key: str) -> bool:
-        return (self.path(key) / "adapter_model.safetensors").exists()
+        return (self.path(key) / self.WEIGHTS).exists()
+
+    @classmethod
+    def _write_peft_folder(cls, folder: Path, state: dict, recipe: Recipe, base_name: str | None) -> None:
+        config = recipe.lora.peft_config()
+        config.lora_alpha = recipe.lora.alpha * recipe.lora.eval_scale
+        config.base_model_name_or_path = base_name
+        config.save_pretrained(str(folder))
+        save_file({cls.PREFIX + k: v for k, v in state.items()}, str(folder / cls.WEIGHTS), metadata={"format": "pt"})
 
     def attach(self, model, name: str, key: str, recipe: Recipe, examples_fn, pad_id: int, progress=True) -> dict:
         """Attach adapter ``name`` to the model: loaded from cache if present, else trained and saved."""
         d = self.path(key)
+        base_name = getattr(getattr(model, "config", None), "name_or_path", None) or None
         if self.has(key):
             model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
-            set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")), adapter_name=name)
+            state = {k.removeprefix(self.PREFIX): v for k, v in load_file(str(d / self.WEIGHTS)).items()}
+            set_peft_model_state_dict(model, state, adapter_name=name)
+            if not (d / self.CONFIG).exists():  # an entry from before the peft format: rewrite it once
+                self._write_peft_folder(d, state, recipe, base_name)
             info = json.loads((d / "train_info.json").read_text())
             info["cached"] = True
         else:
@@ -498,7 +520,7 @@ class AdapterStore:
             state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
             tmp = d.with_name(d.name + ".tmp")
             tmp.mkdir(parents=True, exist_ok=True)
-            save_file(state, str(tmp / "adapter_model.safetensors"))
+            self._write_peft_folder(tmp, state, recipe, base_name)
             info["bytes"] = sum(v.numel() * v.element_size() for v in state.values())
             info["recipe"] = recipe.fingerprint()
             (tmp / "train_info.json").write_text(json.dumps(info, indent=1, default=str))

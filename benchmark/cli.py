@@ -36,7 +36,7 @@ def cmd_evaluate(args) -> int:
     t0 = time.perf_counter()
     common = dict(tier=args.tier, model_id=args.model, datasets=args.dataset, split=args.split, docs=args.docs,
                   questions=args.questions, rhos=args.rhos, conditions=args.conditions, device=args.device,
-                  out=args.out, batch_size=args.batch_size)
+                  out=args.out, batch_size=args.batch_size, dtype=args.dtype)
     if args.executor == "ray":
         from .executors import run_on_ray
 
@@ -93,7 +93,7 @@ def dry_run(args) -> int:
     import yaml
     from tabulate import tabulate
 
-    from .datasets import load_split
+    from .datasets import load_split, resolve_dataset
     from .spec import CONDITIONS, load_spec
     from .submission import load_submission
 
@@ -119,9 +119,7 @@ def dry_run(args) -> int:
             name, recipe, conds = Path(sub_path).name + " (missing)", "?", list(args.conditions or spec.conditions)
             press = "?"
         for m in models:
-            for ds in spec.datasets:
-                if args.dataset and ds.id not in args.dataset:
-                    continue
+            for ds in [resolve_dataset(spec, d) for d in args.dataset] if args.dataset else spec.datasets:
                 try:
                     docs = load_split(ds.test)
                     n_docs = len(docs[: args.docs])
@@ -266,13 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
     e.add_argument("--tier", default="mini", help="mini (default, CPU) or paper")
     e.add_argument("--model", help="model id from the spec (default: the spec's default model)")
-    e.add_argument("--dataset", action="append", help="dataset id (repeatable; default: all of the tier)")
+    e.add_argument("--dataset", action="append", help="dataset id, or a JSONL file in the document format (see "
+                   "validate-data; results are named after the file and carry its sha256); repeatable; default: all "
+                   "of the tier")
     e.add_argument("--split", default="test", choices=["test", "dev"])
     e.add_argument("--docs", type=int, help="only the first N documents")
     e.add_argument("--questions", type=int, help="only the first N questions per document")
     e.add_argument("--rhos", type=float, nargs="+", help=RHO_HELP)
     e.add_argument("--conditions", nargs="+", help="subset of: " + _cond_help())
     e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    e.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="model weights and compute (default: the spec's; float32 specs run as bfloat16 on cuda); "
+                   "recorded in the result's environment")
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
     e.add_argument("--out", default="leaderboard/results", help="root of the result files")
     e.add_argument("--shard", help="i/n: run documents i, i+n, ... (independent work units); join with `merge`")
@@ -334,11 +337,25 @@ def main(argv: list[str] | None = None) -> int:
         _offline()
     from .spec import SpecError
 
+    from .extras import MissingExtra
+
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, MissingExtra) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def lm_eval_main() -> int:
+    """``lorakv-lm-eval``: a one-line error naming the extra when lm-eval is not installed."""
+    from .extras import MissingExtra
+
+    try:
+        from .lm_eval_model import cli_main
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return cli_main()
 
 
 if __name__ == "__main__":

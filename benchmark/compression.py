@@ -26,14 +26,24 @@ from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
 from .paths import import_from
+from .replay import is_replay, keep_masks, replay_scores
 
 #: per layer: (keys, values), each (batch, kv_heads, seq, head_dim)
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
-    """A kvpress press by class name (``SnapKVPress``) or ``module:Class`` from a submission's code."""
-    kwargs = dict(kwargs or {})
+def _build_nested(value, code_dir):
+    """A kwarg that is itself a press section (``{press: ..., kwargs: ...}``, or a list of them) is
+    built first: ``{press: CriticalKVPress, kwargs: {press: {press: SnapKVPress}}}`` in YAML."""
+    if isinstance(value, dict) and "press" in value:
+        return _make_press(value["press"], value.get("kwargs"), code_dir)
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "press" in v for v in value):
+        return [_make_press(v["press"], v.get("kwargs"), code_dir) for v in value]
+    return value
+
+
+def _make_press(name: str, kwargs: dict | None, code_dir):
+    kwargs = {k: _build_nested(v, code_dir) for k, v in (kwargs or {}).items()}
     if ":" in name:
         cls = import_from(code_dir, name)
     else:
@@ -47,14 +57,74 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
             cls = getattr(presses, name)
         else:
             raise ValueError(f"kvpress has no press named '{name}' (nor has benchmark.presses)")
-    press = cls(**kwargs)
-    if not callable(getattr(press, "score", None)):
+    return cls(**kwargs)
+
+
+def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
+    """A kvpress press by class name (``SnapKVPress``), one of ``benchmark.presses``, or
+    ``module:Class`` from a submission's code; kwargs may nest presses. Presses that cannot be
+    scoped to the document are refused with the reason (``press_catalog``), never run as
+    something else."""
+    from .press_catalog import check_supported
+
+    press = _make_press(name, kwargs, code_dir)
+    check_supported(press, name)
+    if not callable(getattr(press, "score", None)) and not (is_headwise(press) or is_replay(press) or is_gated(press)):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
 
 
+#: kvpress presses whose compress() allocates the budget across KV heads (the total stays rho's) and
+#: marks the evicted entries in ``module.masked_key_indices`` instead of shrinking the cache.
+HEADWISE_PRESSES = ("AdaKVPress", "CriticalAdaKVPress")
+
+
+def is_headwise(press) -> bool:
+    cls = type(press)
+    return cls.__name__ in HEADWISE_PRESSES and cls.__module__.startswith("kvpress")
+
+
+class RaggedKV(list):
+    """Per layer (keys, values) padded to the longest head, with ``keep[layer]`` (kv_heads, n_entries)
+    marking the real entries: head-wise budgets keep a different number of entries per head. The
+    padding is never attended to (``attention.sdpa_gqa_attention`` masks it) and never counted."""
+
+    keep: list[torch.Tensor]
+
+
+def kv_entries(kv: KV) -> int:
+    """Kept entries over layers and KV heads (padding of a :class:`RaggedKV` not counted)."""
+    if isinstance(kv, RaggedKV):
+        return int(sum(int(m.sum()) for m in kv.keep))
+    return int(sum(k.shape[1] * k.shape[2] for k, _ in kv))
+
+
+def _headwise_keep(press, module, hidden, keys, values, attn, kwargs, rho: float) -> torch.Tensor:
+    """Run the press's own compress() on the document slice at ``rho`` and read which entries it
+    masked: (kv_heads, n_doc), 1.0 = kept. compress() leaves keys and values untouched."""
+    press.compression_ratio = rho
+    module.masked_key_indices = None
+    press.compress(module, hidden, keys, values, attn, kwargs)
+    keep = torch.ones(keys.shape[1], keys.shape[2], device=keys.device)
+    masked = getattr(module, "masked_key_indices", None)
+    module.masked_key_indices = None  # never left for kvpress's attention patch to apply later
+    if masked is not None:
+        batch, head, seq = masked
+        sel = batch == 0
+        keep[head[sel].to(keep.device), seq[sel].to(keep.device)] = 0.0
+    return keep
+
+
+def is_gated(press) -> bool:
+    """kvpress FastKVzipPress: learned gates score every layer in the prefill; the budget is global."""
+    cls = type(press)
+    return cls.__name__ == "FastKVzipPress" and cls.__module__.startswith("kvpress")
+
+
 def score_depends_on_rho(press) -> bool:
     """Whether the press's ``score`` reads ``compression_ratio`` (so each rho needs its own scores)."""
+    if is_headwise(press) or is_replay(press) or is_gated(press):  # budget allocation is per rho by construction
+        return True
     declared = getattr(press, "score_depends_on_rho", None)
     if declared is not None:
         return bool(declared)
@@ -71,6 +141,7 @@ class DocumentScores:
     doc_start: int
     doc_end: int
     by_rho: dict[float | None, list[torch.Tensor]] = field(default_factory=dict)
+    headwise: bool = False  # by_rho holds keep masks (1 = kept) of a head-wise press, one per rho
 
     def for_rho(self, rho: float) -> list[torch.Tensor]:
         return self.by_rho[rho] if rho in self.by_rho else self.by_rho[None]
@@ -82,13 +153,22 @@ def _language_model(model):
 
 
 @torch.no_grad()
-def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, rhos=()) -> tuple[KV, DocumentScores | None]:
+def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, rhos=(),
+            tokenizer=None) -> tuple[KV, DocumentScores | None]:
     """Run the prefix+document through the model once; return its full KV and, if a press is
-    given, the press's scores of the document entries (for every rho it needs)."""
+    given, the press's scores of the document entries (for every rho it needs). A context-replay
+    press (KVzip, see ``replay``) then replays the document on that cache and needs ``tokenizer``."""
     doc_start, doc_end = doc_span
-    scores = DocumentScores(doc_start, doc_end) if press is not None else None
-    per_rho = press is not None and score_depends_on_rho(press)
-    score_keys = [r for r in rhos if r < 1] if per_rho else [None]
+    if press is not None and is_replay(press):
+        kv, _ = prefill(model, input_ids, doc_span)
+        return kv, _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv)
+    headwise = press is not None and is_headwise(press)
+    gated = press is not None and is_gated(press)  # FastKVzip: per-layer gate scores, one budget for all layers
+    scores = DocumentScores(doc_start, doc_end, headwise=headwise or gated) if press is not None else None
+    per_rho = press is not None and (headwise or score_depends_on_rho(press))
+    score_keys = [] if gated else [r for r in rhos if (0 < r < 1 if headwise else r < 1)] if per_rho else [None]
+    if gated:
+        press.score_val = [None] * len(_language_model(model).layers)
     cache = DynamicCache()
     hooks = []
     if press is not None and doc_end > doc_start:
@@ -110,7 +190,12 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
             doc_kwargs["position_embeddings"] = (cos[:, sl], sin[:, sl])
             if kwargs.get("cache_position") is not None:
                 doc_kwargs["cache_position"] = kwargs["cache_position"][sl]
+            if gated:  # its gate reads the document's hidden states (sinks and window: the document's)
+                press._score_fast(module, hidden)
             for key in score_keys:
+                if headwise:
+                    scores.by_rho[key].append(_headwise_keep(press, module, hidden, keys, values, attn, doc_kwargs, key))
+                    continue
                 if key is not None:
                     press.compression_ratio = key
                 s = press.score(module, hidden, keys, values, attn, doc_kwargs)
@@ -127,7 +212,35 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
         for h in hooks:
             h.remove()
     kv = [(layer.keys, layer.values) for layer in cache.layers]
+    if gated and doc_end > doc_start:
+        s = torch.stack([g[0].float() for g in press.score_val])  # (layers, heads, n_doc)
+        press.score_val = None
+        for r in rhos:
+            if 0 < r < 1:
+                scores.by_rho[r] = keep_masks(s, r, press.layerwise)
     return kv, scores
+
+
+def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV) -> DocumentScores:
+    """Keep masks per rho from KVzip's replay of the document on the prefill's cache."""
+    doc_start, doc_end = doc_span
+    scores = DocumentScores(doc_start, doc_end, headwise=True)
+    if doc_end > doc_start and any(0 < r < 1 for r in rhos):
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(kv):
+            cache.update(k, v, i)
+        if tokenizer is None:  # as KVzipPress itself does: the model's own tokenizer files
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
+        lm = _language_model(model)
+        for layer in lm.layers:
+            layer.self_attn.rotary_emb = lm.rotary_emb  # as KVzipPress.__call__ does
+        s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
+        for r in rhos:
+            if 0 < r < 1:
+                scores.by_rho[r] = [m.to(kv[0][0].device) for m in keep_masks(s, r, press.layerwise)]
+    return scores
 
 
 def n_kept(n_doc: int, rho: float, budget: str = "kvpress") -> int:
@@ -164,6 +277,8 @@ def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho:
         return [(k[:, :, :doc_start], v[:, :, :doc_start]) for k, v in kv], 0
     if scores is None:
         raise ValueError("rho strictly between 0 and 1 needs a compressor's scores")
+    if scores.headwise:
+        return _evict_headwise(kv, scores.for_rho(rho), doc_start, n_keep), n_keep
     out = []
     for (k, v), s in zip(kv, scores.for_rho(rho)):
         heads, _, dim = k.shape[1], k.shape[2], k.shape[3]
@@ -174,5 +289,31 @@ def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho:
     return out, n_keep
 
 
+def _evict_headwise(kv: KV, keeps: list[torch.Tensor], doc_start: int, n_keep: int) -> KV:
+    """Each head keeps the entries its mask marks (a total of kv_heads * n_keep per layer, or over
+    all layers for KVzip, split unevenly); heads are padded to the longest head of any layer and
+    the padding is marked in ``RaggedKV.keep``."""
+    out = RaggedKV()
+    out.keep = []
+    # one width for every layer (the decode cache and its mask share one length across layers)
+    width = max(int((m > 0.5).sum(dim=-1).max()) for m in keeps)
+    for (k, v), keep in zip(kv, keeps):
+        heads, dim = k.shape[1], k.shape[3]
+        keep = keep.to(k.device) > 0.5
+        counts = keep.sum(dim=-1)  # per head
+        # kept positions first (in document order), then padding: a stable sort of "not kept"
+        order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices[:, :width]
+        real = torch.arange(width, device=k.device)[None, :] < counts[:, None]  # (heads, width)
+        prefix = torch.arange(doc_start, device=k.device).expand(heads, doc_start)
+        idx = torch.cat([prefix, order + doc_start], dim=-1)[None, :, :, None].expand(k.shape[0], heads, -1, dim)
+        out.append((k.gather(2, idx), v.gather(2, idx)))
+        out.keep.append(torch.cat([torch.ones(heads, doc_start, dtype=torch.bool, device=k.device), real], dim=-1))
+    return out
+
+
 def kv_bytes(kv: KV) -> int:
+    """Bytes of the kept entries (for a :class:`RaggedKV`, real entries only, not its padding)."""
+    if isinstance(kv, RaggedKV):
+        return int(sum(int(m.sum()) * (k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size())
+                       for (k, v), m in zip(kv, kv.keep)))
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)

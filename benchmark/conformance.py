@@ -214,7 +214,7 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
 
     ref_kv, _ = prefill(model, ids, span)  # the unpruned cache, no press involved
     press = sub.make_compressor()
-    kv, scores = prefill(model, ids, span, press, CONFORMANCE_RHOS)
+    kv, scores = prefill(model, ids, span, press, CONFORMANCE_RHOS, tokenizer=tok)
 
     # 1. scoring must not touch the cache: same entries as a prefill without the press
     for i, ((k, v), (rk, rv)) in enumerate(zip(kv, ref_kv)):
@@ -247,6 +247,9 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
         if n_keep != budget:
             problems.append(f"{where}: rho={rho} keeps {n_keep} document entries per head, kvpress's budget is {budget}")
         for i, ((k, v), (rk, rv)) in enumerate(zip(pkv, ref_kv)):
+            if getattr(pkv, "keep", None) is not None:  # head-wise budgets: per-head (and per-layer) counts differ
+                problems += _check_ragged_layer(pkv.keep[i], k, rk, span, f"{where}: rho={rho} layer {i}")
+                continue
             if k.shape[2] != span[0] + budget:
                 problems.append(f"{where}: rho={rho} layer {i}: {k.shape[2]} entries per head after eviction, expected "
                                 f"{span[0]} prefix + {budget} document = {span[0] + budget}")
@@ -258,11 +261,16 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
                 problems.append(f"{where}: rho={rho} layer {i}: the kept entries are not document entries of the "
                                 "unpruned cache in their original order")
                 break
+        if getattr(pkv, "keep", None) is not None:  # head-wise: kv_heads * n_layers * budget entries in all
+            total = sum(int(m[:, span[0]:].sum()) for m in pkv.keep)
+            if total != kv_heads * n_layers * budget:
+                problems.append(f"{where}: rho={rho} keeps {total} document entries over all layers and heads, "
+                                f"kvpress's budget is {kv_heads} x {n_layers} x {budget}")
         kept[rho] = pkv
 
     # 4. determinism: the same press again, and a fresh instance, keep the same entries
     for label, again in (("a second run of the same press", press), ("a fresh instance of the press", sub.make_compressor())):
-        kv2, scores2 = prefill(model, ids, span, again, CONFORMANCE_RHOS)
+        kv2, scores2 = prefill(model, ids, span, again, CONFORMANCE_RHOS, tokenizer=tok)
         for rho in CONFORMANCE_RHOS:
             pkv2, _ = evict(kv2, scores2, span, rho)
             if any(not torch.equal(a[0], b[0]) for a, b in zip(kept[rho], pkv2)):
@@ -276,7 +284,7 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
         for ratio in (0.25, 0.25, 0.75):
             p = sub.make_compressor()
             p.compression_ratio = ratio
-            runs.append(prefill(model, ids, span, p, CONFORMANCE_RHOS)[1].for_rho(0.5))
+            runs.append(prefill(model, ids, span, p, CONFORMANCE_RHOS, tokenizer=tok)[1].for_rho(0.5))
         same = [all(torch.equal(a, b) for a, b in zip(runs[0], other)) for other in runs[1:]]
         if not same[0]:
             problems.append(f"{where}: not deterministic: two fresh instances score the document differently "
@@ -285,6 +293,24 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
             problems.append(f"{yml}: field 'compressor/score_depends_on_rho': the scores of {desc} change with "
                             "compression_ratio but it is scored once for every rho; set score_depends_on_rho: true")
     return problems
+
+
+def _check_ragged_layer(keep, k, rk, span, where: str) -> list[str]:
+    """A head-wise (RaggedKV) layer: the prefix kept whole and each head's real entries are
+    document entries of the unpruned cache in order (the total budget is checked over layers)."""
+    import torch
+
+    heads = keep.shape[0]
+    per_head = keep[:, span[0]:].sum(-1)
+    if not bool(keep[:, : span[0]].all()):
+        return [f"{where}: a non-document (prefix) entry was evicted"]
+    if not torch.equal(k[:, :, : span[0]], rk[:, :, : span[0]]):
+        return [f"{where}: a non-document (prefix) entry was evicted or changed"]
+    for h in range(heads):
+        real = k[0, h:h + 1, span[0]:span[0] + int(per_head[h])]
+        if not _is_ordered_subset(real, rk[0, h:h + 1, span[0]:span[1]]):
+            return [f"{where}: head {h}: the kept entries are not document entries of the unpruned cache in order"]
+    return []
 
 
 def _is_ordered_subset(kept, ref) -> bool:

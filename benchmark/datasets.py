@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .paths import sha256_file
-from .spec import DataFile, SpecError, validate_against
+from .spec import DataFile, DatasetSpec, SpecError, validate_against
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,33 @@ def summarize(docs: list[Document]) -> dict:
         "words_min": min(len(d.text.split()) for d in docs),
         "words_max": max(len(d.text.split()) for d in docs),
     }
+
+
+def is_data_file(name: str) -> bool:
+    """Whether ``--dataset NAME`` names a JSONL file rather than a spec dataset id."""
+    return name.endswith(".jsonl") or "/" in name or Path(name).is_file()
+
+
+def file_dataset(path: str | Path) -> DatasetSpec:
+    """A user's JSONL file (anything ``validate-data`` accepts) as a dataset with one split.
+
+    Its id is the file's stem, so the result file is named after it; the sha256 is taken now and
+    pinned like a spec's, so the result records exactly which data it scored and a file that
+    changes mid-run is caught."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--dataset {path}: no such file")
+    load_documents(path)  # validated up front: the first bad line fails with file:line and field
+    stem = path.name.removesuffix(".jsonl")
+    return DatasetSpec(id=stem, test=DataFile(path.resolve(), sha256_file(path)), source={"file": str(path)})
+
+
+def resolve_dataset(spec, name: str) -> DatasetSpec:
+    """``--dataset``: a spec dataset id, or a path to a JSONL file in our document format."""
+    if not is_data_file(name):
+        return spec.dataset(name)
+    ds = file_dataset(name)
+    if any(d.id == ds.id for d in spec.datasets):
+        raise DataError(f"--dataset {name}: the file is named like the spec's dataset '{ds.id}'; rename it so "
+                        "its results cannot pass for that dataset's")
+    return ds

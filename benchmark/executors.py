@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import runner
-from .datasets import load_split
+from .datasets import is_data_file, load_split, resolve_dataset
 from .results import merge_shards, result_path
 from .submission import load_submission
 
@@ -33,7 +33,7 @@ def run_on_ray(
     docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
     conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
     address: str | None = None, num_gpus_per_task: float | None = None, runner_hook: str | None = None,
-    split: str = "test", batch_size: int = 64, progress: bool = True,
+    split: str = "test", batch_size: int = 64, progress: bool = True, dtype: str | None = None,
 ) -> list[Path]:
     """Run every (dataset, document) of one model as a Ray task; returns the merged result files.
 
@@ -58,8 +58,12 @@ def run_on_ray(
     sub_name = load_submission(submission_path).name
     submission_path = str(Path(submission_path).resolve())
     units = []  # (dataset id, i, n)
+    stems = {}  # unit dataset (an id, or a JSONL file's absolute path for the workers) -> result file stem
     for ds_id in datasets or [d.id for d in spec.datasets]:
-        n = len(load_split(spec.dataset(ds_id).split(split))[:docs])
+        ds_spec = resolve_dataset(spec, ds_id)
+        n = len(load_split(ds_spec.split(split))[:docs])
+        ds_id = str(Path(ds_id).resolve()) if is_data_file(ds_id) else ds_id
+        stems[ds_id] = ds_spec.id
         units += [(ds_id, i, n) for i in range(n)]
 
     started = not ray.is_initialized()
@@ -73,7 +77,8 @@ def run_on_ray(
             gpus = int((device or "").startswith("cuda") or (device is None and has_gpus))
         task = ray.remote(num_cpus=1, num_gpus=gpus)(_unit)
         common = dict(tier=tier, model_id=model_id, split=split, docs=docs, questions=questions, rhos=rhos,
-                      conditions=conditions, device=device, out=str(Path(out).resolve()), batch_size=batch_size)
+                      conditions=conditions, device=device, out=str(Path(out).resolve()), batch_size=batch_size,
+                      dtype=dtype)
         refs = {task.remote(submission_path, {**common, "datasets": [ds], "shard": (i, n)}, runner_hook): (ds, i, n)
                 for ds, i, n in units}
         shards: dict[str, list[Path]] = {}
@@ -98,7 +103,7 @@ def run_on_ray(
     for ds, paths in shards.items():
         if ds in failed_ds:
             continue  # keep its shards: a rerun resumes them
-        stem = ds + ("" if split == "test" else f".{split}")
+        stem = stems[ds] + ("" if split == "test" else f".{split}")
         merged.append(merge_shards(sorted(paths), result_path(out, sub_name, spec.tier, model_spec.id, stem)))
         for p in paths:
             p.unlink()

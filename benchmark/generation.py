@@ -20,7 +20,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .compression import KV
+from .compression import KV, _language_model
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -90,6 +90,31 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
             values[b, :, : v.shape[2]] = v[0]
         cache.layers.append(_PreallocatedLayer(keys, values, cache_len))
 
+    # Head-wise eviction (a RaggedKV row): which cached entries each KV head may read, per layer;
+    # the attention function applies it (attention.with_head_keep). None when no row needs it.
+    head_keep = None
+    if any(getattr(r.kv, "keep", None) is not None for r in rows):
+        head_keep = []
+        for layer in range(n_layers):
+            m = torch.ones(bsz, rows[0].kv[layer][0].shape[1], cache_len, dtype=torch.bool, device=device)
+            for b, r in enumerate(rows):
+                if getattr(r.kv, "keep", None) is not None:
+                    m[b, :, : r.kv.keep[layer].shape[-1]] = r.kv.keep[layer]
+            head_keep.append(m)
+    attn_modules = [layer.self_attn for layer in _language_model(model).layers]
+    for module, m in zip(attn_modules, head_keep or [None] * n_layers):
+        module._lorakv_keep = m
+    try:
+        return _decode_loop(model, tokenizer, rows, cache, cache_len, q_len, max_new_tokens, stop)
+    finally:
+        for module in attn_modules:
+            module._lorakv_keep = None
+
+
+def _decode_loop(model, tokenizer, rows, cache, cache_len: int, q_len: int, max_new_tokens: int,
+                 stop: tuple[str, ...]) -> list[str]:
+    device = model.device
+    bsz = len(rows)
     mask = torch.zeros(bsz, cache_len + q_len, dtype=torch.long, device=device)
     input_ids = torch.full((bsz, q_len), tokenizer.pad_token_id, dtype=torch.long, device=device)
     position_ids = torch.zeros(bsz, q_len, dtype=torch.long, device=device)

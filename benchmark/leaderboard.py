@@ -1,19 +1,19 @@
 """The leaderboard: ``leaderboard/README.md`` and ``leaderboard/plots/*.svg``, regenerated from
 the result files under ``leaderboard/results/`` and nothing else.
 
-Rendering is deterministic: no clock is read, every list is sorted, and the SVG plots are
-written with a fixed hash salt and no date, so rendering twice gives byte-identical files and
-``check_up_to_date()`` can tell whether the committed leaderboard matches the results.
+Rendering is deterministic: no clock is read, every list is sorted, the bootstrap is seeded and
+the SVG plots are written with a fixed hash salt and no date, so rendering twice gives
+byte-identical files and ``check_up_to_date()`` can tell whether the committed leaderboard
+matches the results.
 
-For every (tier, dataset, model) there are two tables, one row per submission:
-  * quality: ROUGE-L at each rho under the submission's headline condition, its mean over the
-    rho grid (the ranking key) with a 95% CI (bootstrap over documents of the headline
-    predictions pooled over rho), the base (KV-only) mean, the LoRA margin at rho = 1 and the
-    best condition;
-  * memory: what the headline condition holds per document at each rho (kept KV + adapter);
-the paper's three findings measured on the group's results (``findings``); and two plots: ROUGE-L
-against rho with and without the adapter, and ROUGE-L against memory with the quality/memory
-frontier.
+Entries are grouped by (tier, dataset, model, dtype): results in different precisions are never
+ranked together. Each group opens with a compact ranking on the rho values where the compressor
+acts (0 < rho < 1; at rho = 0 and rho = 1 every compressor is the same by construction, so those
+are shown apart), with shared ranks where the paired bootstrap cannot separate entries
+(``ranking``). Entries whose adapter training diverged are listed apart, unranked, with the
+reason. Details, memory (one row per distinct memory profile), the paper's findings, findings by
+question stratum (``strata``) and two plots follow. An overall table per (tier, model, dtype)
+pools the datasets.
 """
 
 from __future__ import annotations
@@ -26,12 +26,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import strata
+from .extras import require
 from .metrics import clustered_bootstrap_ci
+from .ranking import Ranked, divergence_reason, tiered_ranks
 from .results import load_result
 from .spec import CONDITION_HELP, TIERS
 
 DASH = "–"
 SVG_SALT = "lorakv-bench-leaderboard"
+UNRECORDED = "not recorded"
+MAX_CURVES = 4  # submissions drawn per plot (the top ranked): more legend entries are unreadable
 
 
 # ---------------------------------------------------------------- loading
@@ -60,13 +65,37 @@ class Entry:
     source: str
     conditions: list[str] = field(default_factory=list)
     adapter: dict = field(default_factory=dict)  # the submission's adapter section, as submitted
+    dtype: str = UNRECORDED
+    hardware: str = UNRECORDED
+    diverged: str | None = None  # why the entry is not ranked
+    predictions: list[dict] = field(default_factory=list)  # slim: doc_id, question_id, rho, condition, rouge_l, tags
+
+    @property
+    def ranked_rhos(self) -> list[float]:
+        """The rho values the ranking reads: where the compressor acts."""
+        return [r for r in self.rhos if 0.0 < r < 1.0]
+
+    def scores(self, cond: str | None = None, cluster: str = "") -> dict[tuple, float]:
+        """{(cluster + doc_id, question_id, rho): ROUGE-L} of ``cond`` (headline) at the ranked rhos."""
+        cond = cond or self.headline
+        return {(cluster + p["doc_id"], p["question_id"], p["rho"]): p["rouge_l"] for p in self.predictions
+                if p["condition"] == cond and 0.0 < p["rho"] < 1.0}
+
+    def ranked_mean(self) -> float | None:
+        """Mean headline ROUGE-L over the questions at 0 < rho < 1: the ranking key."""
+        vals = list(self.scores().values())
+        return sum(vals) / len(vals) if vals else None
 
     def rouge(self, rho: float, cond: str | None = None) -> float | None:
         cell = self.cells.get((rho, cond or self.headline))
         return None if cell is None else cell["rouge_l"]
 
-    def mean(self, cond: str | None = None) -> float | None:
-        vals = [self.rouge(r, cond) for r in self.rhos]
+    def rouge_ci(self, rho: float, cond: str | None = None) -> tuple[float, float] | None:
+        cell = self.cells.get((rho, cond or self.headline))
+        return None if cell is None else tuple(cell["rouge_l_ci95"])
+
+    def mean(self, cond: str | None = None, rhos: list[float] | None = None) -> float | None:
+        vals = [self.rouge(r, cond) for r in (self.rhos if rhos is None else rhos)]
         return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)
 
     def memory(self, rho: float) -> float | None:
@@ -91,13 +120,15 @@ class Entry:
         return cond, mean
 
     def sort_key(self):
-        m = self.mean()
-        return (m is None, -(m if m is not None else 0.0), self.name)
+        m = self.ranked_mean()
+        return (self.diverged is not None, m is None, -(m if m is not None else 0.0), self.name)
 
 
 def _compressor_label(cfg: dict) -> str:
+    """``Press(k=v, ...)``; a nested press (a ``press`` kwarg holding a press section) is written inline."""
     kwargs = cfg.get("kwargs") or {}
-    args = ", ".join(f"{k}={kwargs[k]}" for k in sorted(kwargs))
+    args = ", ".join(f"{k}={_compressor_label(v) if isinstance(v, dict) and 'press' in v else kwargs[k]}"
+                     for k, v in sorted(kwargs.items()))
     return f"{cfg['press']}({args})" if args else cfg["press"]
 
 
@@ -115,15 +146,24 @@ def _recipe_label(adapter: dict) -> str:
     return f"{recipe} ({', '.join(bits)})" if bits else recipe
 
 
+def _hardware(env: dict) -> str:
+    """The GPU's name when there was one, else the device (cpu)."""
+    return str(env.get("gpu_name") or env.get("gpu") or env.get("device") or UNRECORDED)
+
+
 def _entry(data: dict, source: str) -> Entry:
     sub = data["submission"]
     headline = sub["headline_condition"]
     cells = {(float(c["rho"]), c["condition"]): c for c in data["cells"]}
-    preds = [p for p in data["predictions"] if p["condition"] == headline]
-    ci = clustered_bootstrap_ci([p["rouge_l"] for p in preds], [p["doc_id"] for p in preds]) if preds else (
+    preds = [{"doc_id": p["doc_id"], "question_id": p["question_id"], "rho": float(p["rho"]),
+              "condition": p["condition"], "rouge_l": p["rouge_l"], "tags": p.get("tags") or []}
+             for p in data["predictions"]]
+    ranked = [p for p in preds if p["condition"] == headline and 0.0 < p["rho"] < 1.0]
+    ci = clustered_bootstrap_ci([p["rouge_l"] for p in ranked], [p["doc_id"] for p in ranked]) if ranked else (
         float("nan"), float("nan"))
     ad = [(d.get("adapter") or {}).get("bytes", 0) or 0 for d in data["documents"]]
     present = {c for _, c in cells}
+    env = data.get("environment") or {}
     return Entry(
         name=sub["name"], tier=data["tier"], dataset=data["dataset"]["id"], model=data["model"]["id"],
         model_name=data["model"]["name"], headline=headline, compressor=_compressor_label(sub["compressor"]),
@@ -132,6 +172,8 @@ def _entry(data: dict, source: str) -> Entry:
         n_questions=len({(p["doc_id"], p["question_id"]) for p in data["predictions"]}), ci=ci,
         adapter_bytes=(sum(ad) / len(ad) if ad and headline != "base" else 0.0), source=source,
         conditions=[c for c in CONDITION_HELP if c in present], adapter=sub["adapter"],
+        dtype=str(env.get("dtype") or UNRECORDED), hardware=_hardware(env),
+        diverged=divergence_reason(data["documents"]) if headline != "base" else None, predictions=preds,
     )
 
 
@@ -147,14 +189,82 @@ def load_entries(results_root: str | Path) -> list[Entry]:
     return entries
 
 
-def group_entries(entries: list[Entry]) -> dict[tuple[str, str, str], list[Entry]]:
-    """(tier, dataset, model) -> entries ranked by the headline mean over rho (best first)."""
-    groups: dict[tuple[str, str, str], list[Entry]] = defaultdict(list)
+GroupKey = tuple[str, str, str, str]  # (tier, dataset, model, dtype)
+
+
+def _tier_order(tier: str):
+    order = {t: i for i, t in enumerate(TIERS)}
+    return order.get(tier, len(TIERS)), tier
+
+
+def group_entries(entries: list[Entry]) -> dict[GroupKey, list[Entry]]:
+    """(tier, dataset, model, dtype) -> entries, ranked ones best first, then the unranked."""
+    groups: dict[GroupKey, list[Entry]] = defaultdict(list)
     for e in entries:
-        groups[(e.tier, e.dataset, e.model)].append(e)
-    tier_order = {t: i for i, t in enumerate(TIERS)}
-    ordered = sorted(groups, key=lambda k: (tier_order.get(k[0], len(TIERS)), k[0], k[1], k[2]))
+        groups[(e.tier, e.dataset, e.model, e.dtype)].append(e)
+    ordered = sorted(groups, key=lambda k: (_tier_order(k[0]), k[1], k[2], k[3]))
     return {k: sorted(groups[k], key=Entry.sort_key) for k in ordered}
+
+
+def rankable(e: Entry) -> bool:
+    return e.diverged is None and e.ranked_mean() is not None
+
+
+def unranked_reason(e: Entry) -> str:
+    if e.diverged:
+        return e.diverged
+    return "no ρ strictly between 0 and 1 in this result (ρ = 0 and ρ = 1 do not tell compressors apart)"
+
+
+def rank_group(group: list[Entry]) -> list[tuple[Entry, Ranked]]:
+    """The rankable entries of a group with their shared ranks (best first)."""
+    ranked = sorted((e for e in group if rankable(e)), key=Entry.sort_key)
+    return list(zip(ranked, tiered_ranks([e.scores() for e in ranked])))
+
+
+@dataclass
+class Overall:
+    """One submission on every dataset of a (tier, model, dtype): questions pooled across datasets."""
+
+    name: str
+    entries: list[Entry]  # one per dataset, in dataset order
+
+    def scores(self) -> dict[tuple, float]:
+        out: dict[tuple, float] = {}
+        for e in self.entries:
+            out.update(e.scores(cluster=f"{e.dataset}/"))  # documents of different datasets are different clusters
+        return out
+
+    def mean(self) -> float:
+        vals = list(self.scores().values())
+        return sum(vals) / len(vals)
+
+
+def overall_groups(entries: list[Entry]) -> dict[tuple[str, str, str], tuple[list[str], list[Overall], list[tuple[str, str]]]]:
+    """(tier, model, dtype) -> (datasets, submissions on all of them best first, [(name, why unranked)])."""
+    by_key: dict[tuple[str, str, str], dict[str, dict[str, Entry]]] = defaultdict(lambda: defaultdict(dict))
+    for e in entries:
+        by_key[(e.tier, e.model, e.dtype)][e.name][e.dataset] = e
+    out = {}
+    for key in sorted(by_key, key=lambda k: (_tier_order(k[0]), k[1], k[2])):
+        subs = by_key[key]
+        datasets = sorted({ds for per in subs.values() for ds in per})
+        if len(datasets) < 2:  # one dataset: the group's own table already says it all
+            continue
+        full, apart = [], []
+        for name in sorted(subs):
+            per = subs[name]
+            missing = [ds for ds in datasets if ds not in per]
+            bad = [per[ds] for ds in datasets if ds in per and not rankable(per[ds])]
+            if missing:
+                apart.append((name, f"no result on {', '.join(missing)}"))
+            elif bad:
+                apart.append((name, f"{bad[0].dataset}: {unranked_reason(bad[0])}"))
+            else:
+                full.append(Overall(name, [per[ds] for ds in datasets]))
+        full.sort(key=lambda o: (-o.mean(), o.name))
+        out[key] = (datasets, full, apart)
+    return out
 
 
 # ---------------------------------------------------------------- formatting
@@ -175,6 +285,10 @@ def fmt_score(x: float | None, signed: bool = False) -> str:
     return f"{x:+.1f}" if signed else f"{x:.1f}"
 
 
+def fmt_ci(lo: float, hi: float, signed: bool = False) -> str:
+    return DASH if lo != lo or hi != hi else f"[{fmt_score(lo, signed)}, {fmt_score(hi, signed)}]"
+
+
 def fmt_bytes(n: float | None) -> str:
     """Binary units: 512 B, 12.0 KiB, 3.25 MiB, 1.50 GiB."""
     if n is None:
@@ -191,6 +305,15 @@ def _slug(*parts: str) -> str:
     return "__".join(re.sub(r"[^A-Za-z0-9._-]+", "_", p) for p in parts)
 
 
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
+
+
+def group_title(key: GroupKey) -> str:
+    return " · ".join(key)
+
+
 def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     """Points (memory, rouge, label) not dominated by one with less or equal memory and more ROUGE-L."""
     out, best = [], float("-inf")
@@ -201,42 +324,122 @@ def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float,
     return out
 
 
-def quality_table(group: list[Entry]) -> str:
+def _table(rows: list[list], headers: list[str]) -> str:
     from tabulate import tabulate
 
-    rhos = sorted({r for e in group for r in e.rhos})
-    headers = ["#", "submission", "compressor", "adapter", "headline condition"]
-    headers += [f"ρ={fmt_rho(r)}" for r in rhos]
-    headers += ["mean", "95% CI", "base mean", "LoRA margin @ρ=1", "best condition", "spec", "date"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _sub_link(name: str, submissions_link: str) -> str:
+    return f"[{_cell(name)}]({submissions_link}/{name}/)"
+
+
+def _versus(r: Ranked) -> str:
+    c = r.versus_top
+    if c is None:
+        return DASH
+    if c.n_questions == 0:
+        return "no shared questions"
+    return f"{-c.diff:+.1f} {fmt_ci(-c.hi, -c.lo, signed=True)}"
+
+
+def main_table(group: list[Entry], submissions_link: str) -> str:
+    """The compact ranking: shared ranks, the ranked mean (0 < ρ < 1) and ρ = 0 / ρ = 1 apart."""
     rows = []
-    for i, e in enumerate(group, 1):
+    for e, r in rank_group(group):
+        rows.append([r.rank, f"**{_sub_link(e.name, submissions_link)}**",
+                     f"**{fmt_score(e.ranked_mean())}**", fmt_ci(*e.ci), _versus(r),
+                     fmt_score(e.rouge(0.0)) if 0.0 in e.rhos else DASH,
+                     fmt_score(e.rouge(1.0)) if 1.0 in e.rhos else DASH,
+                     f"{e.dtype} · {_cell(e.hardware)}"])
+    headers = ["#", "submission", "mean 0<ρ<1", "95% CI", "vs #1 (95% CI)", "ρ=0", "ρ=1", "dtype · hardware"]
+    return _table(rows, headers)
+
+
+def unranked_lines(group: list[Entry], submissions_link: str) -> list[str]:
+    return [f"* **{_sub_link(e.name, submissions_link)}** (mean 0<ρ<1: {fmt_score(e.ranked_mean())}): "
+            f"{_cell(unranked_reason(e))}" for e in group if not rankable(e)]
+
+
+def details_table(group: list[Entry]) -> str:
+    rhos = sorted({r for e in group for r in e.rhos})
+    headers = ["submission", "compressor", "adapter", "headline condition"]
+    headers += [f"ρ={fmt_rho(r)}" for r in rhos]
+    headers += ["base mean 0<ρ<1", "LoRA margin @ρ=1", "best condition", "spec", "date"]
+    rows = []
+    for e in group:
         best = e.best_condition()
         rows.append(
-            [i, f"**{_cell(e.name)}**", f"`{_cell(e.compressor)}`", _cell(e.recipe), e.headline]
+            [_cell(e.name), f"`{_cell(e.compressor)}`", _cell(e.recipe), e.headline]
             + [fmt_score(e.rouge(r)) if r in e.rhos else DASH for r in rhos]
-            + [f"**{fmt_score(e.mean())}**", f"[{fmt_score(e.ci[0])}, {fmt_score(e.ci[1])}]", fmt_score(e.mean("base")),
+            + [fmt_score(e.mean("base", e.ranked_rhos) if e.ranked_rhos else None),
                fmt_score(e.margin_at_1(), signed=True), DASH if best is None else f"{best[0]} ({best[1]:.1f})",
                e.spec_version, e.date]
         )
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    return _table(rows, headers)
 
 
 def memory_table(group: list[Entry]) -> str:
-    from tabulate import tabulate
-
+    """One row per distinct memory profile. The budget is exact, so every compressor keeps the same
+    KV entries at a given ρ; rows differ only by the adapter, and equal rows are merged."""
     rhos = sorted({r for e in group for r in e.rhos})
-    headers = ["#", "submission", "adapter"] + [f"ρ={fmt_rho(r)}" for r in rhos] + ["documents", "questions"]
+    profiles: dict[tuple, list[str]] = defaultdict(list)
+    for e in group:
+        row = (fmt_bytes(e.adapter_bytes) if e.headline != "base" else DASH,
+               *[fmt_bytes(e.memory(r)) if r in e.rhos else DASH for r in rhos], e.n_documents, e.n_questions)
+        profiles[row].append(e.name)
+    rows = [[", ".join(sorted(names)), *row] for row, names in sorted(profiles.items(), key=lambda kv: sorted(kv[1]))]
+    headers = ["submissions", "adapter"] + [f"ρ={fmt_rho(r)}" for r in rhos] + ["documents", "questions"]
+    return _table(rows, headers)
+
+
+def overall_table(datasets: list[str], full: list[Overall], submissions_link: str) -> str:
+    ranks = tiered_ranks([o.scores() for o in full])
     rows = []
-    for i, e in enumerate(group, 1):
-        rows.append([i, _cell(e.name), fmt_bytes(e.adapter_bytes) if e.headline != "base" else DASH]
-                    + [fmt_bytes(e.memory(r)) if r in e.rhos else DASH for r in rhos]
-                    + [e.n_documents, e.n_questions])
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    for o, r in zip(full, ranks):
+        rows.append([r.rank, f"**{_sub_link(o.name, submissions_link)}**", f"**{fmt_score(o.mean())}**", _versus(r)]
+                    + [fmt_score(e.ranked_mean()) for e in o.entries])
+    return _table(rows, ["#", "submission", "mean 0<ρ<1, all questions", "vs #1 (95% CI)"] + datasets)
 
 
-def _group_points(group: list[Entry]) -> list[tuple[float, float, str]]:
-    return [(e.memory(r), e.rouge(r), f"{e.name} ρ={fmt_rho(r)}")
-            for e in group for r in e.rhos if e.memory(r) is not None and e.rouge(r) is not None]
+def _pair_text(p: strata.Paired | None) -> str:
+    return DASH if p is None else f"{p.headline:.1f} / {p.base:.1f}"
+
+
+def strata_section(group: list[Entry]) -> list[str]:
+    """Covered / uncovered breakdown of the adapted entries whose predictions carry tags."""
+    tagged = [e for e in group if e.headline != "base" and strata.has_strata(e.predictions)]
+    if not tagged:
+        return []
+    rhos = sorted({r for e in tagged for r in e.rhos})
+    rows = []
+    for e in tagged:
+        for s in strata.STRATA:
+            at = {r: strata.paired(e.predictions, e.headline, s, r) for r in rhos}
+            if not any(at.values()):
+                continue
+            effect = at.get(0.0)
+            n = max(p.n for p in at.values() if p)
+            rows.append([_cell(e.name), s, n] + [_pair_text(at[r]) for r in rhos]
+                        + [DASH if effect is None else f"{effect.diff:+.1f} {fmt_ci(effect.lo, effect.hi, signed=True)}"])
+    out = ["### By question stratum (headline / base ROUGE-L)\n",
+           "`covered`: the question's fact is in the adapter's training data; `uncovered`: it is not. "
+           "**Adapter effect @ρ=0** is headline − base with the full document in the cache (paired, "
+           "document-clustered 95% CI).\n",
+           _table(rows, ["submission", "stratum", "questions"] + [f"ρ={fmt_rho(r)}" for r in rhos]
+                  + ["adapter effect @ρ=0"]) + "\n"]
+    leaks = []
+    for e in tagged:
+        p = strata.leakage(e.predictions, e.headline)
+        if p is None:
+            continue
+        verdict = "pass" if strata.leak_passes(p) else "**FAIL**"
+        leaks.append(f"{e.name} {p.diff:+.1f} {fmt_ci(p.lo, p.hi, signed=True)} ({p.n} questions): {verdict}")
+    if leaks:
+        out.append(f"**Leakage check** (uncovered questions at ρ = 1, headline − base; an adapter cannot know "
+                   f"these facts unless they leaked, so it must stay within ±{strata.LEAK_LIMIT:g} points): "
+                   + "; ".join(leaks) + ".\n")
+    return out
 
 
 #: train settings that only one recipe reads: they don't make a QA and an NTP adapter differ otherwise
@@ -284,6 +487,7 @@ def findings(group: list[Entry]) -> list[str]:
     return out
 
 
+
 HEADER = """# lorakv-bench leaderboard
 
 <!-- Generated by `lorakv-bench leaderboard` from leaderboard/results/ only; do not edit by hand. -->
@@ -292,19 +496,26 @@ How much of a long document's answer quality does a **document-specific LoRA ada
 the document's **KV cache is compressed**? (Benchmark after arXiv 2606.05698.) Each submission is a
 KV-cache compressor (a [kvpress](https://github.com/NVIDIA/kvpress) press) plus an adapter recipe.
 
+**How to read the ranking.**
 * **ρ (rho)** is the fraction of the *document's* KV entries the compressor evicts, per layer and KV
   head: ρ = 0 keeps the full cache, ρ = 1 keeps none of the document (the model answers from the
   prompt without the document, i.e. from the adapter alone). The instruction, question and answer are
   never evicted.
+* **mean 0<ρ<1**: ROUGE-L (0-100, max over gold answers) of the submission's headline condition over
+  the questions at the ρ values where the compressor acts; the ranking key. At ρ = 0 and ρ = 1 every
+  compressor is the same by construction, so those columns are shown apart and not ranked.
+  **95% CI**: document-clustered bootstrap.
+* **#**: entries are compared with the top of their tier by a paired bootstrap over the same
+  questions (document, question, ρ); those whose difference has a 95% CI holding 0 **share a rank**.
+  **vs #1**: this entry minus the first, with its paired 95% CI.
+* Results in different **dtypes** are never ranked together. Entries whose **adapter training
+  diverged** (final loss ≥ first loss, or not finite) are listed apart, unranked, with the reason.
 * **Conditions** (which weights prefill the document, score its entries, and decode):
 {conditions}
 * **headline condition**: the condition a submission is ranked on (declared in its
   `submission.yaml`; by default `base_kv_adapter_decode` with an adapter, `base` without).
-* **ρ columns**: ROUGE-L (0-100, max over gold answers) of the headline condition at that ρ.
-  **mean**: over the ρ grid; the ranking key. **95% CI**: document-clustered bootstrap of the
-  headline predictions pooled over ρ. **base mean**: the same submission's compressor without any
-  adapter (KV-only). **LoRA margin @ρ=1**: headline − base at ρ = 1 (what the adapter knows without
-  any of the document in the cache). **best condition**: the condition with the highest mean.
+  **base mean**: the same compressor without any adapter (KV-only). **LoRA margin @ρ=1**: headline −
+  base at ρ = 1. **best condition**: the condition with the highest mean over the ρ grid.
 * **Memory** per document under the headline condition: kept KV bytes plus the adapter's bytes.
 
 Regenerate after adding results with `lorakv-bench leaderboard` (CI fails when this file or the plots
@@ -312,26 +523,47 @@ are stale). How to submit: [CONTRIBUTING.md]({contributing}).
 """
 
 
-def render_markdown(entries: list[Entry], plot_links: dict[tuple[str, str, str], dict[str, str]], contributing: str) -> str:
+def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, str]], contributing: str,
+                    submissions_link: str = "../submissions") -> str:
     conditions = "\n".join(f"  * `{c}`: {h}" for c, h in CONDITION_HELP.items())
     out = [HEADER.format(conditions=conditions, contributing=contributing)]
     groups = group_entries(entries)
     if not groups:
         out.append("\n_No results yet._ Run `lorakv-bench evaluate submissions/<name>`, then `lorakv-bench leaderboard`.\n")
         return "\n".join(out)
+    overall = overall_groups(entries)
     out.append("## Contents\n")
-    for (tier, ds, model), group in groups.items():
-        anchor = re.sub(r"[^a-z0-9 _-]", "", f"{tier} {ds} {model}".lower()).replace(" ", "-")
-        out.append(f"* [{tier} · {ds} · {model}](#{anchor}) ({len(group)} submissions)")
-    out.append("")
+    for key, (datasets, full, apart) in overall.items():
+        title = "overall · " + " · ".join(key)
+        out.append(f"* [{title}](#{_anchor(title)}) ({len(full) + len(apart)} submissions, {len(datasets)} datasets)")
     for key, group in groups.items():
-        tier, ds, model = key
-        out.append(f"## {tier} {ds} {model}\n")
+        out.append(f"* [{group_title(key)}](#{_anchor(group_title(key))}) ({len(group)} submissions)")
+    out.append("")
+    for key, (datasets, full, apart) in overall.items():
+        tier, model, dtype = key
+        out.append(f"## overall · {' · '.join(key)}\n")
+        out.append(f"Tier **{tier}**, model **{model}**, dtype **{dtype}**: each submission's headline predictions "
+                   f"at 0 < ρ < 1 pooled over {', '.join(datasets)} (test splits), ranked as above.\n")
+        if full:
+            out.append(overall_table(datasets, full, submissions_link) + "\n")
+        if apart:
+            out.append("Not ranked here:\n")
+            out.append("\n".join(f"* **{_sub_link(n, submissions_link)}**: {_cell(why)}" for n, why in apart) + "\n")
+    for key, group in groups.items():
+        tier, ds, model, dtype = key
+        out.append(f"## {group_title(key)}\n")
         specs = sorted({e.spec_version for e in group})
-        out.append(f"Tier **{tier}**, dataset **{ds}** (test split), model **{model}** ({group[0].model_name}); "
-                   f"spec {', '.join(specs)}.\n")
-        out.append("### Quality (ROUGE-L, headline condition)\n")
-        out.append(quality_table(group) + "\n")
+        out.append(f"Tier **{tier}**, dataset **{ds}** (test split), model **{model}** ({group[0].model_name}), "
+                   f"dtype **{dtype}**; spec {', '.join(specs)}.\n")
+        out.append("### Ranking (ROUGE-L, headline condition)\n")
+        if rank_group(group):
+            out.append(main_table(group, submissions_link) + "\n")
+        apart = unranked_lines(group, submissions_link)
+        if apart:
+            out.append("**Not ranked:**\n")
+            out.append("\n".join(apart) + "\n")
+        out.append("### Details (ROUGE-L at each ρ, headline condition)\n")
+        out.append(details_table(group) + "\n")
         out.append("### Memory per document (kept KV + adapter, headline condition)\n")
         out.append(memory_table(group) + "\n")
         front = frontier(_group_points(group))
@@ -342,11 +574,17 @@ def render_markdown(entries: list[Entry], plot_links: dict[tuple[str, str, str],
         if found:
             out.append("### The paper's findings, measured on these results\n")
             out.append("\n".join(f"* {line}" for line in found) + "\n")
+        out.extend(strata_section(group))
         links = plot_links.get(key, {})
         if links:
-            out.append(f"![ROUGE-L vs rho, {tier} {ds} {model}]({links['rho']}) "
-                       f"![ROUGE-L vs memory, {tier} {ds} {model}]({links['memory']})\n")
+            out.append(f"![ROUGE-L vs rho, {group_title(key)}]({links['rho']}) "
+                       f"![ROUGE-L vs memory, {group_title(key)}]({links['memory']})\n")
     return "\n".join(out)
+
+
+def _group_points(group: list[Entry]) -> list[tuple[float, float, str]]:
+    return [(e.memory(r), e.rouge(r), f"{e.name} ρ={fmt_rho(r)}")
+            for e in group for r in e.rhos if e.memory(r) is not None and e.rouge(r) is not None]
 
 
 # ---------------------------------------------------------------- plots
@@ -383,55 +621,105 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+def _plotted(group: list[Entry]) -> list[Entry]:
+    """The entries a plot draws: the top ranked ones (the group is sorted best first)."""
+    return [e for e in group if rankable(e)][:MAX_CURVES] or group[:MAX_CURVES]
+
+
+def _plot_title(title: str, shown: int, total: int) -> str:
+    return title if shown == total else f"{title}: top {shown} of {total}"
+
+
+def _band(ax, e: Entry, cond: str, color, alpha: float) -> None:
+    """The cells' 95% CI (document-clustered) as a shaded band."""
+    pts = [(r, ci) for r in e.rhos if (ci := e.rouge_ci(r, cond)) is not None]
+    if len(pts) > 1:
+        ax.fill_between([r for r, _ in pts], [ci[0] for _, ci in pts], [ci[1] for _, ci in pts], color=color,
+                        alpha=alpha, linewidth=0)
+
+
 def plot_rho(group: list[Entry], title: str, path: Path) -> None:
-    """ROUGE-L vs rho per submission: headline (solid) and base, no adapter (dashed)."""
+    """ROUGE-L vs rho for the top entries: headline (solid, CI band) and the same compressor without
+    the adapter (dashed); one legend entry per submission plus one for the dashed style."""
+    from matplotlib.lines import Line2D
+
     fig = _new_figure()
     ax = fig.add_subplot()
-    for e, color in zip(group, _colors(len(group))):
+    shown = _plotted(group)
+    any_base = False
+    for e, color in zip(shown, _colors(len(shown))):
         head = [(r, e.rouge(r)) for r in e.rhos if e.rouge(r) is not None]
         if head:
-            ax.plot(*zip(*head), marker="o", color=color, label=f"{e.name}: {e.headline}")
+            _band(ax, e, e.headline, color, 0.18)
+            ax.plot(*zip(*head), marker="o", markersize=4, color=color, label=f"{e.name}: {e.headline}")
         if e.headline != "base":
             base = [(r, e.rouge(r, "base")) for r in e.rhos if e.rouge(r, "base") is not None]
             if base:
-                ax.plot(*zip(*base), marker="x", linestyle="--", color=color, label=f"{e.name}: base (no adapter)")
+                ax.plot(*zip(*base), marker="x", markersize=4, linestyle="--", color=color, linewidth=1,
+                        label="_nolegend_")
+                any_base = True
+    handles, labels = ax.get_legend_handles_labels()
+    if any_base:
+        handles.append(Line2D([], [], color="grey", linestyle="--", marker="x"))
+        labels.append("dashed: same compressor, no adapter")
     ax.set_xlabel("ρ (fraction of document KV entries evicted)")
-    ax.set_ylabel("ROUGE-L")
+    ax.set_ylabel("ROUGE-L (band: 95% CI)")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_plot_title(title, len(shown), len(group)), fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="best")
     fig.tight_layout()
     _svg(fig, path)
 
 
+def _byte_ticks(ax, lo: float, hi: float) -> None:
+    """Log-axis ticks at powers of two between ``lo`` and ``hi`` bytes, at most 8, labelled in
+    binary units; no minor labels (they are what overlapped)."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    k0, k1 = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
+    step = max(1, math.ceil((k1 - k0 + 1) / 8))
+    ticks = [2.0**k for k in range(k0, k1 + step, step)]  # the last tick is at or above hi
+    ax.set_xlim(ticks[0] / 1.15, ticks[-1] * 1.15)  # from the power of two below the data to the one above
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: fmt_bytes(x).replace(".00 ", " ").replace(".0 ", " ")))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_memory(group: list[Entry], title: str, path: Path) -> None:
-    """ROUGE-L vs memory (kept KV + adapter) per submission and rho, with the frontier."""
+    """ROUGE-L vs memory (kept KV + adapter, log axis) for the top entries, with each cell's 95% CI
+    as an error bar and the frontier over all entries."""
     fig = _new_figure()
     ax = fig.add_subplot()
     points = _group_points(group)
-    unit, scale = ("MiB", 1024**2) if points and max(p[0] for p in points) >= 1024**2 else ("KiB", 1024)
-    for e, color in zip(group, _colors(len(group))):
-        pts = [(e.memory(r) / scale, e.rouge(r), r) for r in e.rhos if e.memory(r) is not None and e.rouge(r) is not None]
+    shown = _plotted(group)
+    for e, color in zip(shown, _colors(len(shown))):
+        pts = sorted((e.memory(r), e.rouge(r), e.rouge_ci(r)) for r in e.rhos
+                     if e.memory(r) is not None and e.rouge(r) is not None)
         if not pts:
             continue
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color, label=f"{e.name}: {e.headline}")
-        for x, y, r in pts:
-            ax.annotate(f"ρ={fmt_rho(r)}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+        err = [[max(0.0, y - ci[0]) for _, y, ci in pts], [max(0.0, ci[1] - y) for _, y, ci in pts]]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, marker="o", markersize=4, color=color,
+                    capsize=2, linewidth=1, label=f"{e.name}: {e.headline}")
     front = frontier(points)
     if front:
-        ax.step([p[0] / scale for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
-                linewidth=1, label="frontier")
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
+                linewidth=1, label="frontier (all entries)")
     if points and min(p[0] for p in points) > 0:
         ax.set_xscale("log")
+        _byte_ticks(ax, min(p[0] for p in points), max(p[0] for p in points))
     ax.set_ylim(bottom=0)
-    ax.set_xlabel(f"memory per document ({unit}): kept KV + adapter")
-    ax.set_ylabel("ROUGE-L")
-    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("memory per document: kept KV + adapter (log scale)")
+    ax.set_ylabel("ROUGE-L (bars: 95% CI)")
+    ax.set_title(_plot_title(title, len(shown), len(group)), fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     _svg(fig, path)
 
@@ -443,16 +731,18 @@ def _link(target: Path, md_dir: Path) -> str:
     return Path(os.path.relpath(Path(target).resolve(), Path(md_dir).resolve())).as_posix()
 
 
-def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contributing: str) -> str:
+def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contributing: str,
+            submissions: str = "../submissions") -> str:
+    require("matplotlib", "the leaderboard's plots")
     entries = load_entries(results_root)
     groups = group_entries(entries)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    links: dict[tuple[str, str, str], dict[str, str]] = {}
+    links: dict[GroupKey, dict[str, str]] = {}
     written = set()
     for key, group in groups.items():
-        tier, ds, model = key
-        title = f"{ds} · {model} ({tier})"
-        names = {"rho": _slug(tier, ds, model) + "__rho.svg", "memory": _slug(tier, ds, model) + "__memory.svg"}
+        tier, ds, model, dtype = key
+        title = f"{ds} · {model} · {dtype} ({tier})"
+        names = {"rho": _slug(*key) + "__rho.svg", "memory": _slug(*key) + "__memory.svg"}
         with _plot_style():
             plot_rho(group, title, plots_dir / names["rho"])
             plot_memory(group, title, plots_dir / names["memory"])
@@ -461,7 +751,7 @@ def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contri
     for stale in sorted(plots_dir.glob("*.svg")):  # plots of groups that no longer have results
         if stale.name not in written:
             stale.unlink()
-    text = render_markdown(entries, links, contributing)
+    text = render_markdown(entries, links, contributing, submissions)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text, encoding="utf-8")
     return text
@@ -472,12 +762,18 @@ def _contributing_link(out_md: Path) -> str:
     return _link(Path(out_md).resolve().parent.parent / "CONTRIBUTING.md", Path(out_md).resolve().parent)
 
 
+def _submissions_link(out_md: Path) -> str:
+    """submissions/ at the repository root (the folder above leaderboard/ by default)."""
+    return _link(Path(out_md).resolve().parent.parent / "submissions", Path(out_md).resolve().parent)
+
+
 def render(results_root: str | Path = "leaderboard/results", out_md: str | Path = "leaderboard/README.md",
            plots_dir: str | Path = "leaderboard/plots") -> str:
     """Regenerate the Markdown leaderboard and its plots from the result files; returns the Markdown."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    return _render(results_root, out_md, plots_dir, _link(plots_dir, out_md.parent), _contributing_link(out_md))
+    return _render(results_root, out_md, plots_dir, _link(plots_dir, out_md.parent), _contributing_link(out_md),
+                   _submissions_link(out_md))
 
 
 def stale_files(results_root: str | Path = "leaderboard/results", out_md: str | Path = "leaderboard/README.md",
@@ -487,7 +783,7 @@ def stale_files(results_root: str | Path = "leaderboard/results", out_md: str | 
     link = _link(plots_dir, out_md.parent)
     with tempfile.TemporaryDirectory(prefix="lorakv-leaderboard-") as tmp:
         tmp_md, tmp_plots = Path(tmp) / "README.md", Path(tmp) / "plots"
-        _render(results_root, tmp_md, tmp_plots, link, _contributing_link(out_md))
+        _render(results_root, tmp_md, tmp_plots, link, _contributing_link(out_md), _submissions_link(out_md))
         stale = []
         if not out_md.exists() or out_md.read_bytes() != tmp_md.read_bytes():
             stale.append(str(out_md))

@@ -28,9 +28,12 @@ import logging
 import os
 import sys
 
-import lm_eval.models  # noqa: F401  (fills lm-eval's model registry first: lm-eval only does it when empty)
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
+from .extras import require
+
+require("lm_eval", "the lm-eval integration")  # a one-line error naming the extra when it is missing
+import lm_eval.models  # noqa: E402,F401  (fills lm-eval's model registry first: lm-eval only does it when empty)
+from lm_eval.api.model import LM  # noqa: E402
+from lm_eval.api.registry import register_model  # noqa: E402
 
 log = logging.getLogger(__name__)
 

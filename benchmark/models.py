@@ -31,11 +31,13 @@ import torch
 
 from . import attention
 from .paths import cache_dir, sha256_file, stable_hash
-from .spec import ModelSpec, Prompt
+from .spec import ModelSpec, Prompt, SpecError
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: what ``--dtype`` accepts
+RUN_DTYPES = ("float32", "bfloat16")
 
 
 class ModelUnavailable(RuntimeError):
@@ -127,16 +129,25 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(model: ModelSpec, device: str | None = None):
-    """(model, tokenizer) in eval mode. On CUDA the spec dtype is used, bf16 for fp32 specs."""
+def load_model(model: ModelSpec, device: str | None = None, dtype: str | None = None):
+    """(model, tokenizer) in eval mode, in ``dtype`` (float32 | bfloat16) when given. Without it the
+    spec's dtype is used, except that an fp32 spec runs in bf16 on CUDA; that is logged, and the
+    result's ``environment.dtype`` records the dtype that ran."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
     device = pick_device(device)
     where = provision(model)
-    dtype = _DTYPES[model.dtype]
-    if device.startswith("cuda") and dtype == torch.float32:
-        dtype = torch.bfloat16
+    if dtype is not None:
+        if dtype not in RUN_DTYPES:
+            raise SpecError(f"--dtype {dtype}: expected one of {', '.join(RUN_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    else:
+        dtype = _DTYPES[model.dtype]
+        if device.startswith("cuda") and dtype == torch.float32:
+            log.warning("model %s: the spec's float32 runs as bfloat16 on %s (pass --dtype float32 to keep it)",
+                        model.id, device)
+            dtype = torch.bfloat16
     kwargs = {}
     if model.source["kind"] == "hf":
         kwargs = {"revision": model.source["revision"]}

@@ -22,7 +22,9 @@ def result_path(root: str | Path, submission: str, tier: str, model: str, datase
     return Path(root) / submission / tier / model / f"{dataset}.json"
 
 
-def environment(device: str) -> dict:
+def environment(device: str, dtype: str | None = None) -> dict:
+    """Library versions and the hardware; ``dtype`` is the dtype the model ran in (float32, bfloat16)
+    and ``gpu_name`` the GPU's name on CUDA: the leaderboard shows both and never ranks dtypes together."""
     import kvpress  # noqa: F401
     import peft
     import torch
@@ -30,11 +32,16 @@ def environment(device: str) -> dict:
 
     from . import __version__
 
-    return {
+    env = {
         "lorakv_bench": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "peft": peft.__version__,
         "kvpress": _dist_version("kvpress"), "device": device, "torch_threads": torch.get_num_threads(),
     }
+    if dtype is not None:
+        env["dtype"] = dtype
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu_name"] = torch.cuda.get_device_name(torch.device(device))
+    return env
 
 
 def _dist_version(name: str) -> str:

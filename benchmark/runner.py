@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter,
                        training_diverged)
-from .compression import evict, kv_bytes, prefill
-from .datasets import Document, load_split
+from .compression import evict, kv_bytes, kv_entries, prefill
+from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
 from .metrics import EXTRACTORS, score_prediction_with
 from .models import PromptRenderer, load_model, pick_device
@@ -99,7 +99,8 @@ class DocumentRun:
         t0 = time.perf_counter()
         for weights in sorted(prefills):
             with adapter_state(self.model, weights == "adapter"):
-                kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos)
+                kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos,
+                                                       tokenizer=self.tokenizer)
             self.stats["prefills"] += 1
         # rho = 1 with the spec's no-context prompt: its own (short) prefill, nothing to score.
         no_context = {}
@@ -128,7 +129,7 @@ class DocumentRun:
                 pkv, n_keep = pruned[key]
                 offset = full_len if rho < 1 else (len(r.no_doc_prefix_ids) if no_context else span[0])
                 qsuffixes = nc_suffixes if rho >= 1 else suffixes
-                meta = {"rho": rho, "condition": cond, "kv_entries": int(sum(k.shape[1] * k.shape[2] for k, _ in pkv)),
+                meta = {"rho": rho, "condition": cond, "kv_entries": kv_entries(pkv),
                         "kv_bytes": kv_bytes(pkv)}
                 for q, suffix in zip(questions, qsuffixes):
                     rows[c["decode"]].append((Row(pkv, offset, suffix), {**meta, "question": q}))
@@ -164,10 +165,10 @@ def model_key(model_spec) -> str:
 
 
 def open_run(spec: Spec, submission: Submission, model_id: str | None = None, device: str | None = None,
-             **kwargs) -> DocumentRun:
+             dtype: str | None = None, **kwargs) -> DocumentRun:
     model_spec = spec.model(model_id)
     submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
-    model, tok = load_model(model_spec, device)
+    model, tok = load_model(model_spec, device, dtype)
     renderer = PromptRenderer(tok, spec.prompt_for(model_spec))
     return DocumentRun(model=model, tokenizer=tok, renderer=renderer, spec=spec, submission=submission,
                        model_key=model_key(model_spec), press=submission.make_compressor(), **kwargs)
@@ -177,7 +178,7 @@ def evaluate(
     submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
     split: str = "test", docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
     conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
-    batch_size: int = 64, progress: bool = True, shard: tuple[int, int] | None = None,
+    batch_size: int = 64, progress: bool = True, shard: tuple[int, int] | None = None, dtype: str | None = None,
 ) -> list[Path]:
     """Run the protocol; returns the result files written (one per dataset).
 
@@ -189,11 +190,12 @@ def evaluate(
     device = pick_device(device)
     rhos = sorted(rhos if rhos is not None else spec.rhos)
     conditions = list(conditions or spec.conditions)
-    run = open_run(spec, submission, model_id, device, batch_size=batch_size, progress=progress)
+    datasets = [resolve_dataset(spec, d) for d in datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
+    run = open_run(spec, submission, model_id, device, dtype, batch_size=batch_size, progress=progress)
+    ran_dtype = str(getattr(run.model, "dtype", dtype)).removeprefix("torch.")  # what actually ran
     model_spec = spec.model(model_id)
     written = []
-    for ds_id in datasets or [d.id for d in spec.datasets]:
-        ds = spec.dataset(ds_id)
+    for ds in datasets:
         data_file = ds.split(split)
         documents = load_split(data_file)[:docs]
         if shard:
@@ -204,7 +206,7 @@ def evaluate(
             "tier": spec.tier, "spec_version": spec.spec_version, "spec_hash": spec.hash,
             "model": {"id": model_spec.id, "name": model_spec.name},
             "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
-            "rhos": rhos, "conditions": conditions, "environment": environment(device),
+            "rhos": rhos, "conditions": conditions, "environment": environment(device, ran_dtype),
         }
         stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
         path = result_path(out, submission.name, spec.tier, model_spec.id, stem)

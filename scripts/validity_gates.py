@@ -12,7 +12,7 @@ A valid embedded tier needs (issue 12, ``../shared/DESIGN.md``):
 The base condition needs no adapter, so this trains nothing. Runs land in ``--out`` (default
 ``runs/gates``) and resume; a rerun only re-reads them.
 
-    python scripts/validity_gates.py [--model qwen2.5-0.5b] [--rhos 0 0.5 0.8 0.9 0.95 0.99 1]
+    python scripts/validity_gates.py [--model qwen2.5-0.5b] [--rhos 0 0.5 0.8 0.9 0.95 1]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def base_scores(path: Path) -> dict[tuple[str, float], dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model id (default: the spec's default model)")
-    ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0])
+    ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 1.0])
     ap.add_argument("--out", default="runs/gates")
     args = ap.parse_args()
     spec = load_spec("mini")

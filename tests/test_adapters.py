@@ -138,3 +138,61 @@ def test_training_diverged(first, final, diverged):
     from benchmark.adapters import training_diverged
 
     assert training_diverged(first, final) is diverged
+
+
+@pytest.mark.parametrize("eval_scale", [1.0, 0.5])
+def test_cached_adapter_opens_with_peft_from_pretrained(tmp_path, qa_prompt, document, eval_scale):
+    """A cached entry is a peft save_pretrained folder: PeftModel.from_pretrained on the same base
+    gives the logits the benchmark evaluated (eval_scale included)."""
+    import copy
+    import json
+
+    from peft import PeftModel
+
+    recipe = Recipe("qa", LoraSettings(r=4, alpha=8, use_dora=True, eval_scale=eval_scale),
+                    TrainSettings(lr=5e-2, epochs=1, batch_size=2))
+    model, tok = tiny_model("llama")
+    base = copy.deepcopy(model)
+    r = PromptRenderer(tok, qa_prompt)
+    view = document.training_view()
+    store = AdapterStore(tmp_path / "adapters")
+    key = adapter_key("tiny", view, recipe, "test-1.0")
+    store.attach(model, "doc", key, recipe, lambda: build_examples(view, recipe, r), tok.pad_token_id, progress=False)
+    ids = r.full_ids(document.text, "Where?")
+    evaluated = _logits(model, ids)
+
+    folder = store.path(key)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert not torch.allclose(_logits(base, ids), evaluated, atol=1e-3)  # the adapter changes the output
+    peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
+    assert torch.allclose(_logits(peft_model, ids), evaluated, atol=1e-5)
+
+
+def test_entry_from_before_the_peft_format_is_loaded_and_rewritten(tmp_path, qa_prompt, document):
+    """An old entry (weights without a config, keys without the peft prefix) still loads, and is
+    rewritten in peft's format."""
+    import copy
+
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    model, tok = tiny_model("llama")
+    base = copy.deepcopy(model)
+    r = PromptRenderer(tok, qa_prompt)
+    view = document.training_view()
+    store = AdapterStore(tmp_path / "adapters")
+    key = adapter_key("tiny", view, RECIPE, "test-1.0")
+    store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id, progress=False)
+    ids = r.full_ids(document.text, "Where?")
+    trained = _logits(model, ids)
+    model.delete_adapter("doc")
+    folder = store.path(key)
+    old = {k.removeprefix(AdapterStore.PREFIX): v for k, v in load_file(str(folder / AdapterStore.WEIGHTS)).items()}
+    save_file(old, str(folder / AdapterStore.WEIGHTS))
+    (folder / AdapterStore.CONFIG).unlink()
+
+    info = store.attach(model, "doc", key, RECIPE, None, tok.pad_token_id, progress=False)  # None: must not train
+    assert info["cached"] and torch.allclose(_logits(model, ids), trained, atol=1e-6)
+    assert (folder / AdapterStore.CONFIG).exists()
+    assert torch.allclose(_logits(PeftModel.from_pretrained(base, str(folder)).eval(), ids), trained, atol=1e-5)

@@ -24,28 +24,36 @@ def kv_bytes(rho: float) -> int:
 
 def write_result(root: Path, name: str, headline: str, scores: dict[str, list[float]], *, dataset="mini-narrative",
                  model="smollm2-135m", updated="2026-03-01T12:00:00+00:00", spec_version="mini-1.0",
-                 rhos=RHOS, recipe="qa", lora=None) -> Path:
-    """A result file whose cell (rho, condition) has mean ROUGE-L ``scores[condition][i]`` (d0 +5, d1 -5)."""
+                 rhos=RHOS, recipe="qa", lora=None, docs=DOCS, doc_offsets=(5, -5), env=None, losses=None,
+                 tags=None) -> Path:
+    """A result file whose cell (rho, condition) has mean ROUGE-L ``scores[condition][i]`` plus
+    ``doc_offsets[i]`` on document i (by default d0 +5, d1 -5). ``losses``: doc -> (first, final)
+    recorded with its adapter; ``tags``: question -> stratum; ``env``: the result's environment."""
     adapter = {"recipe": "none"} if headline == "base" else {"recipe": recipe, "lora": lora or {"r": 8}}
     header = {
         "submission": {"name": name, "hash": f"hash-{name}", "compressor": {"press": "KnormPress"}, "adapter": adapter,
                        "headline_condition": headline},
         "tier": "mini", "spec_version": spec_version, "spec_hash": "synthetic",
         "model": {"id": model, "name": f"{model} (synthetic)"}, "dataset": {"id": dataset, "split": "test"},
-        "rhos": rhos, "conditions": CONDS, "environment": {"device": "cpu"},
+        "rhos": rhos, "conditions": CONDS, "environment": env or {"device": "cpu"},
     }
     path = result_path(root, name, "mini", model, dataset)
     rf = ResultFile(path, header)
-    for d_i, doc in enumerate(DOCS):
+    for d_i, doc in enumerate(docs):
         preds = []
         for q in QUESTIONS:
             for cond, vals in scores.items():
                 for rho, v in zip(rhos, vals):
-                    preds.append({"doc_id": doc, "question_id": f"{doc}-{q}", "rho": rho, "condition": cond,
-                                  "generation": "x", "prediction": "x", "answers": ["y"],
-                                  "rouge_l": v + (5 if d_i == 0 else -5), "exact_match": 0.0,
-                                  "kv_entries": 10, "kv_bytes": kv_bytes(rho)})
+                    pred = {"doc_id": doc, "question_id": f"{doc}-{q}", "rho": rho, "condition": cond,
+                            "generation": "x", "prediction": "x", "answers": ["y"],
+                            "rouge_l": min(100, max(0, v + doc_offsets[d_i])), "exact_match": 0.0,
+                            "kv_entries": 10, "kv_bytes": kv_bytes(rho)}
+                    if tags:
+                        pred["tags"] = [tags[q]]
+                    preds.append(pred)
         adapter_rec = None if headline == "base" else {"bytes": ADAPTER_BYTES}
+        if adapter_rec is not None and losses and doc in losses:
+            adapter_rec["first_loss"], adapter_rec["final_loss"] = losses[doc]
         rf.add_document({"doc_id": doc, "n_prefix_tokens": 5, "n_doc_tokens": 50, "adapter": adapter_rec,
                          "timings": {}}, preds)
     rf.data["created"] = rf.data["updated"] = updated  # fixed dates: the leaderboard shows updated[:10]
@@ -87,45 +95,146 @@ def _render(results: Path, where: Path) -> str:
     return leaderboard.render(results, where / "README.md", where / "plots")
 
 
+NARR = "mini · mini-narrative · smollm2-135m · not recorded"
+
+
 def _table_rows(md: str, section: str, table: str) -> list[list[str]]:
-    """Cells of the data rows of the ``### {table}`` table under ``## {section}``."""
-    part = md.split(f"## {section}\n", 1)[1]
-    part = part.split(f"### {table}", 1)[1].split("\n\n", 2)[1]
-    rows = [line for line in part.splitlines() if line.startswith("|")]
+    """Cells of the data rows of the first table under ``### {table}`` (or the first table) of ``## {section}``."""
+    part = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    if table:
+        part = part.split(f"### {table}", 1)[1]
+    lines = part.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
     return [[c.strip() for c in row.strip("|").split("|")] for row in rows[2:]]
+
+
+def _table(md: str, section: str, table: str) -> dict[str, dict[str, str]]:
+    """{submission name: {column: cell}} of a table whose rows name a submission (link or plain)."""
+    part = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    if table:
+        part = part.split(f"### {table}", 1)[1]
+    header = next(line for line in part.splitlines() if line.startswith("|"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    out = {}
+    for row in _table_rows(md, section, table):
+        cells = dict(zip(cols, row))
+        name = re.sub(r"[*\[]|\]\(.*\)", "", cells.get("submission", cells.get("submissions", "")))
+        out[name] = cells
+    return out
 
 
 def test_groups_sorted_and_dev_excluded(rendered):
     md = rendered[1]
     sections = re.findall(r"^## (mini .*)$", md, flags=re.M)
-    assert sections == ["mini mini-health smollm2-135m", "mini mini-narrative smollm2-135m"]
+    assert sections == ["mini · mini-health · smollm2-135m · not recorded", NARR]
     assert "devcopy" not in md
 
 
-def test_ranking_by_headline_mean(rendered):
+def test_ranking_on_compressed_rhos(rendered):
+    """The ranking key is the headline mean over 0 < rho < 1; rho = 0 and rho = 1 are shown apart."""
     md = rendered[1]
-    rows = _table_rows(md, "mini mini-narrative smollm2-135m", "Quality")
-    assert [r[1] for r in rows] == ["**gamma**", "**alpha**", "**beta**"]
+    rows = _table_rows(md, NARR, "Ranking")
+    assert [re.sub(r"[*\[]|\]\(.*\)", "", r[1]) for r in rows] == ["gamma", "alpha", "beta"]
+    # the document offsets cancel in paired differences, so every gap is separable: distinct ranks
     assert [r[0] for r in rows] == ["1", "2", "3"]
-    header = md.split("## mini mini-narrative smollm2-135m\n")[1].split("### Quality")[1].splitlines()[2]
-    cols = [c.strip() for c in header.strip("|").split("|")]
-    by = {r[1].strip("*"): dict(zip(cols, r)) for r in rows}
-    # headline ROUGE-L at each rho and the mean over the grid
-    assert [by["alpha"][f"ρ={r:g}"] for r in RHOS] == ["90.0", "70.0", "40.0"]
-    assert by["alpha"]["mean"] == "**66.7**"        # (90 + 70 + 40) / 3
-    assert by["gamma"]["mean"] == "**88.3**"        # (95 + 90 + 80) / 3
-    assert by["beta"]["mean"] == "**50.0**"         # (85 + 60 + 5) / 3
-    assert by["alpha"]["base mean"] == "46.7"       # (80 + 50 + 10) / 3
-    assert by["alpha"]["headline condition"] == "base_kv_adapter_decode"
-    assert by["beta"]["spec"] == "mini-1.0" and by["beta"]["date"] == "2026-02-15"
-    assert by["alpha"]["date"] == "2026-03-01"
+    by = _table(md, NARR, "Ranking")
+    assert by["gamma"]["mean 0<ρ<1"] == "**90.0**" and by["alpha"]["mean 0<ρ<1"] == "**70.0**"
+    assert by["beta"]["mean 0<ρ<1"] == "**60.0**"
+    assert (by["alpha"]["ρ=0"], by["alpha"]["ρ=1"]) == ("90.0", "40.0")
+    assert by["gamma"]["vs #1 (95% CI)"] == "–"
+    assert by["alpha"]["vs #1 (95% CI)"] == "-20.0 [-20.0, -20.0]"
+    assert by["alpha"]["dtype · hardware"] == "not recorded · cpu"
+    details = _table(md, NARR, "Details")
+    assert [details["alpha"][f"ρ={r:g}"] for r in RHOS] == ["90.0", "70.0", "40.0"]
+    assert details["alpha"]["base mean 0<ρ<1"] == "50.0"
+    assert details["alpha"]["headline condition"] == "base_kv_adapter_decode"
+    assert details["beta"]["spec"] == "mini-1.0" and details["beta"]["date"] == "2026-02-15"
+    assert details["alpha"]["date"] == "2026-03-01"
+
+
+def test_rho_0_and_1_do_not_rank(tmp_path):
+    """An entry that is best at rho = 0 and rho = 1 but worse where the compressor acts ranks lower."""
+    root = tmp_path / "results"
+    write_result(root, "ends", "base", {"base": [100, 40, 100]})
+    write_result(root, "middle", "base", {"base": [0, 60, 0]})
+    e = {x.name: x for x in leaderboard.load_entries(root)}
+    assert e["ends"].mean() > e["middle"].mean()  # the old key, over the whole grid, would rank "ends" first
+    md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
+    assert list(_table(md, NARR, "Ranking")) == ["middle", "ends"]
+
+
+def test_inseparable_entries_share_a_rank(tmp_path):
+    """Entries the paired bootstrap cannot tell from the top share its rank; a clear gap does not."""
+    root = tmp_path / "results"
+    docs = ["d0", "d1", "d2", "d3"]
+    write_result(root, "top", "base", {"base": [50, 60, 50]}, docs=docs, doc_offsets=(0, 0, 0, 0))
+    # 0.5 lower on average, but above the top on two of four documents: not separable
+    write_result(root, "close", "base", {"base": [50, 59.5, 50]}, docs=docs, doc_offsets=(3, -2, 2, -3))
+    write_result(root, "far", "base", {"base": [50, 30, 50]}, docs=docs, doc_offsets=(1, -1, 2, -2))
+    md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
+    by = _table(md, NARR, "Ranking")
+    assert [by[n]["#"] for n in ("top", "close", "far")] == ["1", "1", "3"]
+    diff, lo, hi = (float(x) for x in re.findall(r"[-+][0-9.]+", by["close"]["vs #1 (95% CI)"]))
+    assert diff == pytest.approx(-0.5) and lo < 0 < hi
+    assert by["far"]["vs #1 (95% CI)"].startswith("-30.0")
+
+
+def test_diverged_adapter_listed_apart(tmp_path):
+    root = tmp_path / "results"
+    write_result(root, "good", "base_kv_adapter_decode", {"base": [80, 20, 0], "base_kv_adapter_decode": [80, 30, 10]},
+                 losses={"d0": (3.0, 0.1), "d1": (2.5, 0.2)})
+    write_result(root, "blown", "base_kv_adapter_decode", {"base": [80, 20, 0], "base_kv_adapter_decode": [90, 90, 90]},
+                 losses={"d0": (3.0, 0.1), "d1": (2.0, 9.4)})
+    write_result(root, "nan", "base_kv_adapter_decode", {"base": [80, 20, 0], "base_kv_adapter_decode": [90, 90, 90]},
+                 losses={"d0": (3.0, float("nan")), "d1": (2.0, 0.1)})
+    md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
+    assert list(_table(md, NARR, "Ranking")) == ["good"]  # the higher-scoring diverged ones are not ranked
+    apart = md.split("**Not ranked:**", 1)[1].split("###", 1)[0]
+    assert "[blown](../submissions/blown/)" in apart and "d1: final loss 9.40 ≥ first 2.00" in apart
+    assert "diverged on 1 of 2 documents" in apart
+    assert "[nan](../submissions/nan/)" in apart and "d0: loss not finite" in apart
+
+
+def test_dtypes_ranked_apart_and_hardware_shown(tmp_path):
+    root = tmp_path / "results"
+    write_result(root, "fp32", "base", {"base": [80, 50, 10]}, env={"device": "cpu", "dtype": "float32"})
+    write_result(root, "bf16", "base", {"base": [80, 60, 10]},
+                 env={"device": "cuda", "dtype": "bfloat16", "gpu_name": "NVIDIA H200"})
+    md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
+    bf = _table(md, "mini · mini-narrative · smollm2-135m · bfloat16", "Ranking")
+    fp = _table(md, "mini · mini-narrative · smollm2-135m · float32", "Ranking")
+    assert list(bf) == ["bf16"] and list(fp) == ["fp32"]
+    assert bf["bf16"]["#"] == fp["fp32"]["#"] == "1"
+    assert bf["bf16"]["dtype · hardware"] == "bfloat16 · NVIDIA H200"
+    assert fp["fp32"]["dtype · hardware"] == "float32 · cpu"
+
+
+def test_overall_table_across_datasets(rendered):
+    md = rendered[1]
+    section = "overall · mini · smollm2-135m · not recorded"
+    by = _table(md, section, "")
+    # only alpha has both datasets: its questions at 0 < rho < 1 pooled, (70 + 70 + 20 + 20) / 4
+    assert list(by) == ["alpha"]
+    assert by["alpha"]["mean 0<ρ<1, all questions"] == "**45.0**"
+    assert by["alpha"]["mini-health"] == "20.0" and by["alpha"]["mini-narrative"] == "70.0"
+    apart = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    assert "[beta](../submissions/beta/)**: no result on mini-health" in apart
+
+
+def test_entries_link_to_their_submission(rendered):
+    md = rendered[1]
+    for name in ("alpha", "beta", "gamma"):
+        assert f"[{name}](../submissions/{name}/)" in md
 
 
 def test_margin_best_condition_and_ci(rendered):
     md = rendered[1]
-    header = md.split("## mini mini-narrative smollm2-135m\n")[1].split("### Quality")[1].splitlines()[2]
-    cols = [c.strip() for c in header.strip("|").split("|")]
-    by = {r[1].strip("*"): dict(zip(cols, r)) for r in _table_rows(md, "mini mini-narrative smollm2-135m", "Quality")}
+    by = _table(md, NARR, "Details")
     # LoRA margin at rho = 1: headline - base at rho = 1
     assert by["alpha"]["LoRA margin @ρ=1"] == "+30.0"   # 40 - 10
     assert by["gamma"]["LoRA margin @ρ=1"] == "+70.0"   # 80 - 10
@@ -134,9 +243,10 @@ def test_margin_best_condition_and_ci(rendered):
     assert by["alpha"]["best condition"] == "adapter_all (71.7)"   # (95 + 75 + 45) / 3
     assert by["gamma"]["best condition"] == "adapter_all (88.3)"
     assert by["beta"]["best condition"] == "base (50.0)"
-    # CI: document-clustered bootstrap of the headline predictions pooled over rho; d0 is +5, d1 -5
-    lo, hi = (float(x) for x in by["alpha"]["95% CI"].strip("[]").split(","))
-    assert 61.7 - 1e-9 <= lo < 66.7 < hi <= 71.7 + 1e-9
+    # CI: document-clustered bootstrap of the headline predictions at 0 < rho < 1; d0 is +5, d1 -5
+    ranking = _table(md, NARR, "Ranking")
+    lo, hi = (float(x) for x in ranking["alpha"]["95% CI"].strip("[]").split(","))
+    assert 65.0 - 1e-9 <= lo < 70.0 < hi <= 75.0 + 1e-9
 
 
 def test_margin_matches_entries(results):
@@ -144,21 +254,47 @@ def test_margin_matches_entries(results):
     alpha = entries[("alpha", "mini-narrative")]
     assert alpha.margin_at_1() == pytest.approx(30.0)
     assert alpha.mean() == pytest.approx(200 / 3)
+    assert alpha.ranked_mean() == pytest.approx(70.0)
     assert alpha.mean("base") == pytest.approx(140 / 3)
     assert entries[("beta", "mini-narrative")].margin_at_1() is None
     assert entries[("alpha", "mini-health")].margin_at_1() == pytest.approx(10.0)
 
 
-def test_memory_table(rendered):
+def test_memory_table_merges_equal_rows(rendered):
     md = rendered[1]
-    rows = {r[1]: r for r in _table_rows(md, "mini mini-narrative smollm2-135m", "Memory")}
-    # alpha at rho=0: 1100 B of KV + 2048 B adapter = 3148 B; rho=1: 100 + 2048
-    assert rows["alpha"][2] == "2.0 KiB"
-    assert rows["alpha"][3:6] == [leaderboard.fmt_bytes(1100 + 2048), leaderboard.fmt_bytes(600 + 2048),
-                                  leaderboard.fmt_bytes(100 + 2048)]
-    assert rows["alpha"][3] == "3.1 KiB"
-    assert rows["beta"][2] == "–" and rows["beta"][3] == "1.1 KiB" and rows["beta"][5] == "100 B"
-    assert rows["alpha"][6:] == ["2", "4"]  # documents, questions
+    rows = _table(md, NARR, "Memory")
+    # alpha and gamma hold the same (same KV budget, same adapter size): one row
+    assert list(rows) == ["alpha, gamma", "beta"]
+    # at rho=0: 1100 B of KV + 2048 B adapter = 3148 B; rho=1: 100 + 2048
+    alpha = rows["alpha, gamma"]
+    assert alpha["adapter"] == "2.0 KiB"
+    assert [alpha[f"ρ={r:g}"] for r in RHOS] == [leaderboard.fmt_bytes(1100 + 2048), leaderboard.fmt_bytes(600 + 2048),
+                                                  leaderboard.fmt_bytes(100 + 2048)]
+    assert alpha["ρ=0"] == "3.1 KiB"
+    assert rows["beta"]["adapter"] == "–" and rows["beta"]["ρ=0"] == "1.1 KiB" and rows["beta"]["ρ=1"] == "100 B"
+    assert (alpha["documents"], alpha["questions"]) == ("2", "4")
+
+
+def test_findings_by_stratum(tmp_path):
+    root = tmp_path / "results"
+    tags = {"q0": "covered", "q1": "uncovered"}
+    # covered and uncovered questions score alike here; the leak is read from the uncovered ones at rho = 1
+    write_result(root, "clean", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [70, 50, 5]},
+                 tags=tags, doc_offsets=(0, 0))
+    write_result(root, "leaky", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
+                 tags=tags, doc_offsets=(0, 0))
+    write_result(root, "untagged", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
+                 dataset="mini-health")
+    md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
+    rows = _table_rows(md, NARR, "By question stratum")
+    by = {(r[0], r[1]): r for r in rows}
+    assert set(by) == {("clean", "covered"), ("clean", "uncovered"), ("leaky", "covered"), ("leaky", "uncovered")}
+    assert by[("clean", "covered")][2:] == ["2", "70.0 / 80.0", "50.0 / 40.0", "5.0 / 2.0", "-10.0 [-10.0, -10.0]"]
+    leak = md.split("**Leakage check**", 1)[1].split("\n", 1)[0]
+    assert "clean +3.0 [+3.0, +3.0] (2 questions): pass" in leak
+    assert "leaky +28.0 [+28.0, +28.0] (2 questions): **FAIL**" in leak
+    health = md.split("## mini · mini-health", 1)[1].split("\n## ", 1)[0]
+    assert "By question stratum" not in health and "Leakage" not in health  # no tags, no strata
 
 
 def test_findings(tmp_path):
@@ -176,7 +312,7 @@ def test_findings(tmp_path):
     write_result(root, "ntp-alpha4", "base_kv_adapter_decode", {"base": [80, 50, 10], "base_kv_adapter_decode": [81, 52, 12]},
                  dataset="mini-other", recipe="ntp", lora={"r": 8, "alpha": 4})
     groups = leaderboard.group_entries(leaderboard.load_entries(root))
-    margin, decode, versus = leaderboard.findings(groups[("mini", "mini-narrative", "smollm2-135m")])
+    margin, decode, versus = leaderboard.findings(groups[("mini", "mini-narrative", "smollm2-135m", "not recorded")])
     # 1: headline - base at rho = 0 and at rho = 1
     assert "ntp-sub +1.0 (ρ=0) → +2.0" in margin and "qa-sub +5.0 (ρ=0) → +30.0" in margin
     assert "Larger at ρ = 1 for 2 of 2" in margin
@@ -185,8 +321,9 @@ def test_findings(tmp_path):
     # 3: the qa and ntp entries share compressor, headline and adapter settings: 65.0 vs 48.3
     assert "qa-sub 65.0 vs ntp-sub 48.3" in versus and "QA higher in 1 of 1" in versus
     # a group without adapters has nothing to say, and the section is then left out
-    assert leaderboard.findings(groups[("mini", "mini-health", "smollm2-135m")]) == []
-    assert [line.split("**")[1] for line in leaderboard.findings(groups[("mini", "mini-other", "smollm2-135m")])] == [
+    assert leaderboard.findings(groups[("mini", "mini-health", "smollm2-135m", "not recorded")]) == []
+    assert [line.split("**")[1] for line in leaderboard.findings(groups[("mini", "mini-other", "smollm2-135m",
+                                                                              "not recorded")])] == [
         "LoRA margin"]
     md = leaderboard.render(root, tmp_path / "README.md", tmp_path / "plots")
     assert md.count("### The paper's findings") == 2
@@ -207,19 +344,46 @@ def test_fmt_bytes():
 def test_plots_linked_and_written(rendered):
     where, md = rendered
     plots = sorted(p.name for p in (where / "plots").iterdir())
-    assert plots == ["mini__mini-health__smollm2-135m__memory.svg", "mini__mini-health__smollm2-135m__rho.svg",
-                     "mini__mini-narrative__smollm2-135m__memory.svg", "mini__mini-narrative__smollm2-135m__rho.svg"]
+    stem = "mini__{}__smollm2-135m__not_recorded__{}.svg"
+    assert plots == [stem.format(ds, kind) for ds in ("mini-health", "mini-narrative") for kind in ("memory", "rho")]
     for name in plots:
         assert f"(plots/{name})" in md
         svg = (where / "plots" / name).read_text()
         assert svg.startswith("<?xml") and "<dc:date>" not in svg
-    rho_svg = (where / "plots" / "mini__mini-narrative__smollm2-135m__rho.svg").read_text()
-    for label in ("gamma: adapter_all", "gamma: base (no adapter)", "alpha: base_kv_adapter_decode",
-                  "alpha: base (no adapter)", "beta: base"):
-        assert f"<!-- {label} -->" in rho_svg  # headline and base curve per submission (Figure 2 style)
-    assert "<!-- beta: base (no adapter) -->" not in rho_svg  # no adapter: one curve
-    mem_svg = (where / "plots" / "mini__mini-narrative__smollm2-135m__memory.svg").read_text()
-    assert "<!-- frontier -->" in mem_svg
+    rho_svg = (where / "plots" / stem.format("mini-narrative", "rho")).read_text()
+    for label in ("gamma: adapter_all", "alpha: base_kv_adapter_decode", "beta: base",
+                  "dashed: same compressor, no adapter"):
+        assert f"<!-- {label} -->" in rho_svg  # one legend entry per submission, one for the dashed base curves
+    assert "base (no adapter)" not in rho_svg
+    assert rho_svg.count("PolyCollection") >= 3  # a CI band per headline curve
+    mem_svg = (where / "plots" / stem.format("mini-narrative", "memory")).read_text()
+    assert "<!-- frontier (all entries) -->" in mem_svg
+
+
+def _legend_labels(svg: str) -> list[str]:
+    """Texts drawn inside the legend group of a matplotlib SVG."""
+    legend = svg.split('<g id="legend_1">', 1)[1]
+    return re.findall(r"<!-- (.+?) -->", legend)
+
+
+def test_plots_stay_readable_with_many_entries(tmp_path):
+    """Eight submissions: the plots draw the top MAX_CURVES, so the legend stays short, and the
+    memory axis (log scale) has few labelled ticks in binary units."""
+    root = tmp_path / "results"
+    for i in range(8):
+        write_result(root, f"sub{i}", "base_kv_adapter_decode",
+                     {"base": [80, 20, 0], "base_kv_adapter_decode": [80, 60 - i, 10]})
+    leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
+    plots = tmp_path / "lb" / "plots"
+    rho_svg = (plots / "mini__mini-narrative__smollm2-135m__not_recorded__rho.svg").read_text()
+    labels = _legend_labels(rho_svg)
+    assert labels == [f"sub{i}: base_kv_adapter_decode" for i in range(leaderboard.MAX_CURVES)] + [
+        "dashed: same compressor, no adapter"]
+    assert f"top {leaderboard.MAX_CURVES} of 8" in rho_svg
+    mem_svg = (plots / "mini__mini-narrative__smollm2-135m__not_recorded__memory.svg").read_text()
+    assert len(_legend_labels(mem_svg)) == leaderboard.MAX_CURVES + 1  # + the frontier
+    ticks = re.findall(r'<g id="xtick_\d+">.*?<!-- (.+?) -->', mem_svg, flags=re.S)
+    assert 2 <= len(ticks) <= 8 and all(re.fullmatch(r"\d+ (B|KiB|MiB|GiB)", t) for t in ticks), ticks
 
 
 def test_deterministic(results, rendered, tmp_path):

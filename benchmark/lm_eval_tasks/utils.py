@@ -93,8 +93,14 @@ def doc_to_target(doc: dict) -> str:
     return doc["answers"][0]
 
 
+def extract_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
+    """The ``extract`` filter: each generation cut to its answer exactly as the runner does
+    (:func:`benchmark.metrics.extract_answer` with the row's answer prefix)."""
+    return [[extract_answer(r, doc["answer_prefix"]) for r in rs] for rs, doc in zip(resps, docs)]
+
+
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """Extract the answer from the generation and score it exactly as the runner does, in points."""
-    prediction = extract_answer(results[0], doc["answer_prefix"])
-    s = score_prediction(prediction, doc["answers"])
-    return {"rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"]}
+    """Score the (already extracted, see :func:`extract_answers`) answer as the runner does, on
+    lm-eval's 0-1 scale: ``rougeL`` (max ROUGE-L F1 over gold answers) and ``exact_match``."""
+    s = score_prediction(results[0], doc["answers"])
+    return {"rougeL": s["rouge_l"], "exact_match": s["exact_match"]}

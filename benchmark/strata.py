@@ -1,0 +1,65 @@
+"""Findings by stratum: questions whose fact the adapter trained on (``covered``) and those whose
+fact it did not (``uncovered``), read from the ``tags`` each prediction carries.
+
+Two figures matter most:
+  * the adapter's effect while the cache is intact: headline − base at rho = 0, per stratum (the
+    paper finds it small; a large negative value means the adapter overrides the context);
+  * the leakage check: uncovered questions at rho = 1 (no document in the cache), headline −
+    base. An adapter can only answer those if the evaluation facts leaked into its training
+    data, so the difference must stay within :data:`LEAK_LIMIT` points.
+Results whose predictions carry no tags have no strata; nothing is shown for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .metrics import paired_bootstrap_ci
+
+STRATA = ("covered", "uncovered")
+LEAK_LIMIT = 5.0  # points of ROUGE-L; issue 13's threshold
+
+
+def stratum_of(pred: dict) -> str | None:
+    tags = pred.get("tags") or []
+    return next((s for s in STRATA if s in tags), None)
+
+
+def _scores(preds: list[dict], condition: str, stratum: str, rho: float) -> dict[tuple, float]:
+    return {(p["doc_id"], p["question_id"]): p["rouge_l"] for p in preds
+            if p["condition"] == condition and p["rho"] == rho and stratum_of(p) == stratum}
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Headline vs base on the same questions of one stratum at one rho."""
+
+    headline: float
+    base: float
+    diff: float
+    lo: float
+    hi: float
+    n: int
+
+
+def paired(preds: list[dict], headline: str, stratum: str, rho: float) -> Paired | None:
+    head, base = _scores(preds, headline, stratum, rho), _scores(preds, "base", stratum, rho)
+    keys = sorted(set(head) & set(base))
+    if not keys:
+        return None
+    h, b = [head[k] for k in keys], [base[k] for k in keys]
+    diff, lo, hi = paired_bootstrap_ci(h, b, [k[0] for k in keys])
+    return Paired(sum(h) / len(h), sum(b) / len(b), diff, lo, hi, len(keys))
+
+
+def has_strata(preds: list[dict]) -> bool:
+    return any(stratum_of(p) for p in preds)
+
+
+def leakage(preds: list[dict], headline: str) -> Paired | None:
+    """Uncovered questions at rho = 1: headline − base (None when the result cannot say)."""
+    return paired(preds, headline, "uncovered", 1.0)
+
+
+def leak_passes(p: Paired) -> bool:
+    return abs(p.diff) <= LEAK_LIMIT
