@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_evaluate_smollm2_one_document(tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "benchmark.cli", "evaluate", str(ROOT / "submissions/snapkv"),
-           "--dataset", "mini-narrative", "--docs", "1", "--questions", "2", "--out", str(out)]
+           "--model", "smollm2-135m", "--dataset", "mini-narrative", "--docs", "1", "--questions", "2",
+           "--out", str(out)]
     env = {**os.environ, "LORAKV_CACHE": os.environ.get("LORAKV_CACHE", str(tmp_path / "cache"))}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -164,7 +164,7 @@ def test_console_script_on_smollm2(tmp_path):
         sub = write_submission(tmp_path / "submissions", "snapkv")
     script = Path(sys.executable).with_name("lorakv-lm-eval")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "benchmark.lm_eval_model"]
-    cmd += ["--model", "lorakv", "--model_args", f"submission={sub},rho=0.9,condition=base_kv_adapter_decode,device=cpu",
+    cmd += ["--model", "lorakv", "--model_args", f"submission={sub},rho=0.9,condition=base_kv_adapter_decode,device=cpu,model=smollm2-135m",
             "--tasks", TASK, "--limit", "2"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
