@@ -140,6 +140,21 @@ def test_training_diverged(first, final, diverged):
     assert training_diverged(first, final) is diverged
 
 
+def _trained_in_store(tmp_path, qa_prompt, document, recipe):
+    """A tiny model with ``recipe`` trained and attached through a fresh AdapterStore; also an
+    untouched copy of the base model, the store, the adapter's key and a prompt's ids."""
+    import copy
+
+    model, tok = tiny_model("llama")
+    base = copy.deepcopy(model)
+    r = PromptRenderer(tok, qa_prompt)
+    view = document.training_view()
+    store = AdapterStore(tmp_path / "adapters")
+    key = adapter_key("tiny", view, recipe, "test-1.0")
+    store.attach(model, "doc", key, recipe, lambda: build_examples(view, recipe, r), tok.pad_token_id, progress=False)
+    return model, base, store, key, r.full_ids(document.text, "Where?")
+
+
 @pytest.mark.parametrize("eval_scale", [1.0, 0.5])
 def test_cached_adapter_opens_with_peft_from_pretrained(tmp_path, qa_prompt, document, eval_scale):
     """A cached entry is a peft save_pretrained folder: PeftModel.from_pretrained on the same base
@@ -151,14 +166,7 @@ def test_cached_adapter_opens_with_peft_from_pretrained(tmp_path, qa_prompt, doc
 
     recipe = Recipe("qa", LoraSettings(r=4, alpha=8, use_dora=True, eval_scale=eval_scale),
                     TrainSettings(lr=5e-2, epochs=1, batch_size=2))
-    model, tok = tiny_model("llama")
-    base = copy.deepcopy(model)
-    r = PromptRenderer(tok, qa_prompt)
-    view = document.training_view()
-    store = AdapterStore(tmp_path / "adapters")
-    key = adapter_key("tiny", view, recipe, "test-1.0")
-    store.attach(model, "doc", key, recipe, lambda: build_examples(view, recipe, r), tok.pad_token_id, progress=False)
-    ids = r.full_ids(document.text, "Where?")
+    model, base, store, key, ids = _trained_in_store(tmp_path, qa_prompt, document, recipe)
     evaluated = _logits(model, ids)
 
     folder = store.path(key)
@@ -172,19 +180,11 @@ def test_cached_adapter_opens_with_peft_from_pretrained(tmp_path, qa_prompt, doc
 def test_entry_from_before_the_peft_format_is_loaded_and_rewritten(tmp_path, qa_prompt, document):
     """An old entry (weights without a config, keys without the peft prefix) still loads, and is
     rewritten in peft's format."""
-    import copy
-
     from peft import PeftModel
     from safetensors.torch import load_file, save_file
 
-    model, tok = tiny_model("llama")
-    base = copy.deepcopy(model)
-    r = PromptRenderer(tok, qa_prompt)
-    view = document.training_view()
-    store = AdapterStore(tmp_path / "adapters")
-    key = adapter_key("tiny", view, RECIPE, "test-1.0")
-    store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id, progress=False)
-    ids = r.full_ids(document.text, "Where?")
+    model, base, store, key, ids = _trained_in_store(tmp_path, qa_prompt, document, RECIPE)
+    tok_pad = model.config.pad_token_id
     trained = _logits(model, ids)
     model.delete_adapter("doc")
     folder = store.path(key)
@@ -192,7 +192,7 @@ def test_entry_from_before_the_peft_format_is_loaded_and_rewritten(tmp_path, qa_
     save_file(old, str(folder / AdapterStore.WEIGHTS))
     (folder / AdapterStore.CONFIG).unlink()
 
-    info = store.attach(model, "doc", key, RECIPE, None, tok.pad_token_id, progress=False)  # None: must not train
+    info = store.attach(model, "doc", key, RECIPE, None, tok_pad, progress=False)  # None: must not train
     assert info["cached"] and torch.allclose(_logits(model, ids), trained, atol=1e-6)
     assert (folder / AdapterStore.CONFIG).exists()
     assert torch.allclose(_logits(PeftModel.from_pretrained(base, str(folder)).eval(), ids), trained, atol=1e-5)
