@@ -159,7 +159,6 @@ def _trained_in_store(tmp_path, qa_prompt, document, recipe):
 def test_cached_adapter_opens_with_peft_from_pretrained(tmp_path, qa_prompt, document, eval_scale):
     """A cached entry is a peft save_pretrained folder: PeftModel.from_pretrained on the same base
     gives the logits the benchmark evaluated (eval_scale included)."""
-    import copy
     import json
 
     from peft import PeftModel
