@@ -136,8 +136,8 @@ class DocumentRun:
                 s = score_prediction(prediction, q.answers)
                 self.stats["decoded_tokens"] += len(self.tokenizer.encode(text, add_special_tokens=False))
                 preds.append({
-                    "doc_id": doc.doc_id, "question_id": q.id, "rho": meta["rho"], "condition": meta["condition"],
-                    "generation": text, "prediction": prediction, "answers": list(q.answers),
+                    "doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": meta["rho"],
+                    "condition": meta["condition"], "generation": text, "prediction": prediction, "answers": list(q.answers),
                     "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
                     "kv_entries": meta["kv_entries"], "kv_bytes": meta["kv_bytes"],
                 } | ({"tags": list(q.tags)} if q.tags else {}))

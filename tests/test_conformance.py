@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import leaderboard
-from benchmark.conformance import check_result_file, check_submission
+from benchmark.conformance import check_result_file, check_submission, kept_per_head
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
@@ -223,6 +223,9 @@ def test_not_yaml(tmp_path):
 # ------------------------------------------------------------------ result files: valid, then tampered
 
 
+LAYER_HEADS = 4  # the made-up result's model: 2 layers x 2 KV heads
+
+
 def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple[Path, Path]:
     """A result file that passes every check: real mini-tier questions, made-up generations,
     metrics and cells computed the way the runner does. Returns (path, submissions dir)."""
@@ -256,8 +259,9 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
                 generation = f" {q.answers[0]}\nQuestion: more" if right else " I am not sure\n"
                 prediction = extract_answer(generation, prefix)
                 s = score_prediction(prediction, q.answers)
-                kept = 300 - int(300 * rho)
-                preds.append({"doc_id": doc.doc_id, "question_id": q.id, "rho": rho, "condition": "base",
+                kept = LAYER_HEADS * kept_per_head(12, 300, rho)  # what evict keeps: prefix + kvpress's budget
+                preds.append({"doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": rho,
+                              "condition": "base",
                               "generation": generation, "prediction": prediction, "answers": list(q.answers),
                               "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
                               "kv_entries": kept, "kv_bytes": 64 * kept})
@@ -335,3 +339,93 @@ def test_changed_submission_is_reported(valid_result):
     yml.write_text(yml.read_text().replace("conformance test", "changed after evaluating"))
     problems = check_result_file(path, submissions_dir=subs)
     assert any("field 'submission/hash'" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ attacks on a result file (issue 14)
+
+
+def _gold(p):
+    return p["answers"][0]
+
+
+def test_predictions_set_to_gold_without_their_generations_are_reported(valid_result):
+    """Setting every prediction (and its scores and cells) to the gold answer, generations left alone:
+    the extraction check catches it. Gold generations too are caught by re-running (verify)."""
+    from benchmark.metrics import score_prediction
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def to_gold(data):
+        for p in data["predictions"]:
+            p["prediction"] = _gold(p)
+            s = score_prediction(p["prediction"], p["answers"])
+            p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, to_gold), submissions_dir=subs)
+    assert any("field 'predictions/" in p and "/prediction'" in p and "extracts to" in p for p in problems), problems
+
+
+def test_changed_gold_answers_are_reported(valid_result):
+    """An answer changed inside the file to match a wrong prediction, scores and cells recomputed from
+    the file's own answers: the pinned dataset still has the real answer."""
+    from benchmark.metrics import score_prediction
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def rewrite_answers(data):
+        for p in data["predictions"]:
+            p["answers"] = [p["prediction"] or "x"]
+            s = score_prediction(p["prediction"], p["answers"])
+            p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, rewrite_answers), submissions_dir=subs)
+    assert any("field 'predictions/0/answers'" in p and "pinned dataset" in p for p in problems), problems
+    # and the scores are re-scored against the pinned answers, not the file's
+    assert any("/rouge_l'" in p and "gold answers" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (_set(["predictions", 0, "question_id"], "no-such-question"), "predictions/0/question_id", "pinned dataset"),
+    (_set(["predictions", 0, "question"], "An easier question?"), "predictions/0/question", "pinned dataset asks"),
+    (_set(["predictions", 0, "tags"], ["covered"]), "predictions/0/tags", "pinned dataset"),
+    (_set(["dataset", "sha256"], "0" * 64), "dataset/sha256", "spec pins"),
+], ids=["unknown-question-id", "changed-question-text", "changed-tags", "other-dataset-hash"])
+def test_predictions_checked_against_pinned_dataset(valid_result, mutate, field, words):
+    path, subs = valid_result
+    problems = check_result_file(_tamper(path, mutate), submissions_dir=subs)
+    assert any(f"field '{field}'" in p and words in p for p in problems), problems
+
+
+def test_budget_exceeded_is_reported(valid_result):
+    """A compressor that kept more document entries at rho = 0.9 than evict's budget allows (and a
+    file whose kv_bytes and cells were made consistent with that) is reported."""
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def keep_more(data):
+        for p in data["predictions"]:
+            if p["rho"] == 0.9:
+                p["kv_entries"] += LAYER_HEADS * 10
+                p["kv_bytes"] = 64 * p["kv_entries"]
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, keep_more), submissions_dir=subs)
+    assert any("/kv_entries'" in p and "rho=0.9" in p and "budget" in p for p in problems), problems
+
+
+def test_kv_bytes_inconsistent_with_entries_is_reported(valid_result):
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def shrink(data):
+        data["predictions"][0]["kv_bytes"] //= 2
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, shrink), submissions_dir=subs)
+    assert any("field 'predictions/0/kv_bytes'" in p for p in problems), problems
