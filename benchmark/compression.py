@@ -34,18 +34,23 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
     """A kvpress press by class name (``SnapKVPress``) or ``module:Class`` from a submission's code."""
     kwargs = dict(kwargs or {})
-    if ":" in name:
-        cls = import_from(code_dir, name)
-    else:
-        import kvpress
-
-        if not hasattr(kvpress, name):
-            raise ValueError(f"kvpress has no press named '{name}'")
-        cls = getattr(kvpress, name)
+    if "compression_ratio" in kwargs:
+        raise ValueError("compression_ratio is set by the framework at every rho of the grid; remove it from kwargs")
+    cls = import_from(code_dir, name) if ":" in name else kvpress_press(name)
     press = cls(**kwargs)
     if not callable(getattr(press, "score", None)):
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
+
+
+def kvpress_press(name: str):
+    """The kvpress press class ``name``; anything else kvpress exports (a module, a function) is refused."""
+    import kvpress
+
+    cls = getattr(kvpress, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, kvpress.BasePress)):
+        raise ValueError(f"kvpress has no press named '{name}'")
+    return cls
 
 
 def score_depends_on_rho(press) -> bool:

@@ -58,37 +58,40 @@ def check_submission(path: str | Path) -> list[str]:
         return [str(exc)]
     except (TypeError, ValueError) as exc:  # e.g. settings the schema lets through but the dataclasses refuse
         return [f"{yml}: field 'adapter': {type(exc).__name__}: {exc}"]
-    own = _code_modules(sub)
-    _forget_modules(own)  # a module of the same name from another submission must not be reused
-    try:
-        problems = _check_recipe(sub, yml)
-        problems += _check_compressor(sub, yml)
-    finally:
-        _forget_modules(own)
+    problems = _check_recipe(sub, yml)
+    problems += _check_compressor(sub, yml)
     return problems
 
 
-def _code_modules(sub) -> list[str]:
-    """Top-level module names the submission's code defines (its press and hook modules)."""
-    names = [p.stem for p in sorted(Path(sub.path).glob("*.py"))]
-    press = sub.compressor_cfg["press"]
-    if ":" in press:
-        names.append(press.split(":")[0])
-    if sub.recipe.train.hook:
-        names.append(sub.recipe.train.hook.split(":")[0])
-    return sorted(set(names))
-
-
-def _forget_modules(names: list[str]) -> None:
-    """Drop imported modules of these names that are some submission's code (a folder with a
-    submission.yaml above them); library modules of the same name are left alone."""
+def check_submission_isolated(path: str | Path, timeout: float = 900) -> list[str]:
+    """:func:`check_submission` in a fresh Python process, so the submission's import-time code
+    cannot reach the result and leaderboard checks (or another submission's check). A child that
+    ends without reporting (``os._exit``, a crash, a timeout) is a failure."""
+    import json
+    import os
+    import subprocess
     import sys
+    import tempfile
 
-    for name in names:
-        for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-            file = getattr(sys.modules[mod], "__file__", None)
-            if file and any((parent / "submission.yaml").exists() for parent in Path(file).resolve().parents[:3]):
-                del sys.modules[mod]
+    from .paths import PACKAGE_DIR
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    with tempfile.TemporaryDirectory(prefix="lorakv-validate-") as tmp:
+        out = Path(tmp) / "problems.json"
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmark.conformance", str(path), str(out)],
+                                  capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return [f"{path}: the conformance check did not finish within {timeout:.0f} s"]
+        try:
+            problems = json.loads(out.read_text())
+            if not (isinstance(problems, list) and all(isinstance(p, str) for p in problems)):
+                raise ValueError("not a list of strings")
+        except (OSError, ValueError):
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [f"{path}: the conformance check ended without a result (exit code {proc.returncode}; {tail[0]:.300})"]
+    return problems
 
 
 def _check_recipe(sub, yml: Path) -> list[str]:
@@ -667,3 +670,11 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
             problems.append(f"{path}: field 'predictions': documents {short[:5]} do not answer all their questions "
                             "(evaluate without --questions)")
     return problems
+
+
+if __name__ == "__main__":  # the child of check_submission_isolated: python -m benchmark.conformance SUBMISSION OUT.json
+    import json
+    import sys
+
+    _problems = check_submission(sys.argv[1])
+    Path(sys.argv[2]).write_text(json.dumps(_problems))

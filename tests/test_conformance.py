@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import leaderboard
-from benchmark.conformance import check_result_file, check_submission, kept_per_head
+from benchmark.conformance import check_result_file, check_submission, check_submission_isolated, kept_per_head
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
@@ -24,7 +24,8 @@ RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
 
 @pytest.mark.parametrize("submission", SUBMISSIONS, ids=[p.name for p in SUBMISSIONS])
 def test_committed_submission_conforms(submission):
-    assert check_submission(submission) == []
+    # in its own process: a submission's import-time code cannot patch the checks of this one
+    assert check_submission_isolated(submission) == []
 
 
 @pytest.mark.parametrize("result", RESULTS, ids=[p.relative_to(RESULTS_ROOT).as_posix() for p in RESULTS])
@@ -429,3 +430,125 @@ def test_kv_bytes_inconsistent_with_entries_is_reported(valid_result):
 
     problems = check_result_file(_tamper(path, shrink), submissions_dir=subs)
     assert any("field 'predictions/0/kv_bytes'" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ submission code comes from its folder only
+
+
+def test_submission_hash_covers_files_in_subfolders(tmp_path):
+    from benchmark.submission import load_submission
+
+    folder = write_submission(tmp_path, "nested", yaml_for("nested", "{press: 'press:NormPress'}"),
+                              {"press.py": GOOD_PRESS})
+    (folder / "helpers").mkdir()
+    (folder / "helpers" / "weights.txt").write_text("0.5\n")
+    before = load_submission(folder).hash()
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "press.cpython-311.pyc").write_bytes(b"\x00compiled")
+    assert load_submission(folder).hash() == before, "__pycache__ must not change the hash"
+    (folder / "helpers" / "weights.txt").write_text("0.7\n")
+    assert load_submission(folder).hash() != before
+    (folder / "helpers" / "blob.bin").write_bytes(b"\xff\xfe not utf-8")
+    assert load_submission(folder).hash() != before
+
+
+def test_hash_of_a_yaml_only_submission_is_unchanged():
+    """Committed results keep their hash: a folder with only submission.yaml hashes as before."""
+    from benchmark.paths import stable_hash
+    from benchmark.submission import load_submission
+
+    sub = load_submission(ROOT / "submissions" / "knorm")
+    assert sub.hash() == stable_hash({"submission": sub.raw, "code": {}})
+
+
+@pytest.mark.parametrize("press", ["'os:system'", "'subprocess:run'", "'outside_module:Press'", "'press:X'",
+                                   "'benchmark.conformance:check_result_file'", "utils", "pipeline"])
+def test_press_outside_the_folder_is_refused_before_import(tmp_path, monkeypatch, press):
+    marker = tmp_path / "imported"
+    (tmp_path / "outside_module.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Press: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = write_submission(tmp_path, "evil", yaml_for("evil", "{press: " + press + "}"))
+    problems = check_submission(folder)
+    assert len(problems) == 1 and "field 'compressor/press'" in problems[0], problems
+    assert "\n" not in problems[0]
+    assert not marker.exists(), "a module outside the submission folder was imported"
+
+
+def test_hook_outside_the_folder_is_refused(tmp_path):
+    folder = write_submission(tmp_path, "evil-hook", yaml_for("evil-hook", adapter="{recipe: qa, train: {hook: 'os:system'}}"))
+    (problem,) = check_submission(folder)
+    assert "field 'adapter/train/hook'" in problem and "submission folder" in problem
+
+
+def test_submission_modules_do_not_stay_in_sys_modules(tmp_path):
+    import sys
+
+    folder = write_submission(tmp_path, "custom", yaml_for(
+        "custom", "{press: 'press:NormPress'}", "{recipe: qa, lora: {r: 4, alpha: 8}, train: {hook: 'hooks:make_pairs'}}"),
+        {"press.py": GOOD_PRESS, "hooks.py": GOOD_HOOK})
+    assert check_submission(folder) == []
+    left = [name for name, mod in sys.modules.items()
+            if str(folder.resolve()) in str(getattr(mod, "__file__", "") or "")]
+    assert left == []
+    assert "press" not in sys.modules and "hooks" not in sys.modules
+
+
+PATCHING_PRESS = """
+    import sys
+    from dataclasses import dataclass
+
+    from kvpress import ScorerPress
+
+    # import-time code of a malicious submission: make every check pass
+    for name in ("benchmark.conformance",):
+        mod = sys.modules.get(name) or __import__(name, fromlist=["x"])
+        mod.check_result_file = lambda *a, **k: []
+        mod.check_submission = lambda *a, **k: []
+
+
+    @dataclass
+    class NormPress(ScorerPress):
+        def score(self, module, hidden_states, keys, values, attentions, kwargs):
+            return values.norm(dim=-1)
+    """
+
+
+def test_import_time_code_of_a_submission_cannot_patch_the_result_checks(valid_result, tmp_path):
+    from benchmark.cli import main
+
+    path, subs = valid_result
+    evil = write_submission(tmp_path / "elsewhere", "patcher", yaml_for("patcher", "{press: 'press:NormPress'}"),
+                            {"press.py": PATCHING_PRESS})
+    _tamper(path, _set(["predictions", 0, "rouge_l"], 100.0))
+    assert check_submission_isolated(evil) == []  # it passes its own check (it is a valid press)...
+    problems = check_result_file(path, submissions_dir=subs)  # ...but the result check, here, is intact
+    assert any("field 'predictions/0/rouge_l'" in p for p in problems), problems
+    assert main(["validate", str(evil), str(path)]) == 1
+
+
+EXITING_PRESS = """
+    import sys
+
+    sys.exit(0)
+    """
+
+
+def test_submission_that_exits_while_importing_fails(tmp_path):
+    folder = write_submission(tmp_path, "exits", yaml_for("exits", "{press: 'press:NormPress'}"), {"press.py": EXITING_PRESS})
+    (problem,) = check_submission(folder)
+    assert "field 'compressor/press'" in problem and "sys.exit" in problem
+    (problem,) = check_submission_isolated(folder)
+    assert "sys.exit" in problem
+
+
+def test_submission_that_kills_its_process_fails(tmp_path):
+    folder = write_submission(tmp_path, "killer", yaml_for("killer", "{press: 'press:NormPress'}"),
+                              {"press.py": "import os\nos._exit(0)\n"})
+    (problem,) = check_submission_isolated(folder)
+    assert "ended without a result" in problem
+
+
+def test_compression_ratio_in_press_kwargs_is_refused(tmp_path):
+    folder = write_submission(tmp_path, "ratio", yaml_for("ratio", "{press: KnormPress, kwargs: {compression_ratio: 0.5}}"))
+    (problem,) = check_submission(folder)
+    assert "field 'compressor/kwargs'" in problem and "compression_ratio" in problem
