@@ -301,28 +301,38 @@ class AdapterStore:
         return (self.path(key) / "adapter_model.safetensors").exists()
 
     def attach(self, model, name: str, key: str, recipe: Recipe, examples_fn, pad_id: int, progress=True) -> dict:
-        """Attach adapter ``name`` to the model: loaded from cache if present, else trained and saved."""
-        d = self.path(key)
-        if self.has(key):
-            model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
-            set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")), adapter_name=name)
-            info = json.loads((d / "train_info.json").read_text())
-            info["cached"] = True
-        else:
-            info = train_adapter(model, name, examples_fn(), recipe, pad_id, progress=progress)
-            state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
-            tmp = d.with_name(d.name + ".tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
-            save_file(state, str(tmp / "adapter_model.safetensors"))
-            info["bytes"] = sum(v.numel() * v.element_size() for v in state.values())
-            info["recipe"] = recipe.fingerprint()
-            (tmp / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
-            if d.exists():
-                import shutil
+        """Attach adapter ``name`` to the model: loaded from cache if present, else trained and saved.
 
-                shutil.rmtree(d)
-            tmp.rename(d)
-            info["cached"] = False
+        Processes that need the same key (two submissions sharing a recipe, run at once) take turns
+        on an exclusive lock per key: the first trains and saves, the others then load its adapter.
+        The adapter is written into a folder unique to this process and renamed into place."""
+        from .results import file_lock
+
+        d = self.path(key)
+        with file_lock(d):
+            if self.has(key):
+                model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
+                set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")), adapter_name=name)
+                info = json.loads((d / "train_info.json").read_text())
+                info["cached"] = True
+            else:
+                import shutil
+                import tempfile
+
+                info = train_adapter(model, name, examples_fn(), recipe, pad_id, progress=progress)
+                state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+                tmp = Path(tempfile.mkdtemp(prefix=f"{d.name}.tmp-", dir=self.root))
+                try:
+                    save_file(state, str(tmp / "adapter_model.safetensors"))
+                    info["bytes"] = sum(v.numel() * v.element_size() for v in state.values())
+                    info["recipe"] = recipe.fingerprint()
+                    (tmp / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
+                    if d.exists():  # a folder without weights: an interrupted save of an older version
+                        shutil.rmtree(d)
+                    tmp.rename(d)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                info["cached"] = False
         set_eval_scale(model, name, recipe.lora.eval_scale)
         model.set_adapter(name)
         return info

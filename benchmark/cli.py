@@ -210,6 +210,34 @@ def cmd_validate(args) -> int:
     return status
 
 
+def cmd_publish(args) -> int:
+    """Copy complete, conformant run files into the leaderboard's results (validated first)."""
+    from pathlib import Path
+
+    from .conformance import check_result_file
+    from .results import load_result, result_path, write_atomic
+
+    status = 0
+    for run_file in args.run_files:
+        problems = check_result_file(run_file, submissions_dir=args.submissions)
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        if problems:
+            print(f"not published: {run_file} ({len(problems)} problems)", file=sys.stderr)
+            status = 1
+            continue
+        data = load_result(run_file)
+        split = data["dataset"]["split"]
+        stem = data["dataset"]["id"] + ("" if split == "test" else f".{split}")
+        dest = result_path(args.results, data["submission"]["name"], data["tier"], data["model"]["id"], stem)
+        if Path(run_file).resolve() != dest.resolve():
+            write_atomic(dest, Path(run_file).read_text(encoding="utf-8"))
+        print(f"published {run_file} -> {dest}")
+    if status == 0:
+        print("now run `lorakv-bench leaderboard` and commit leaderboard/")
+    return status
+
+
 def cmd_leaderboard(args) -> int:
     from .leaderboard import render, stale_files
 
@@ -252,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--conditions", nargs="+", help="subset of: " + _cond_help())
     e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
-    e.add_argument("--out", default="leaderboard/results", help="root of the result files")
+    e.add_argument("--out", default="runs", help="root of the result files (default runs/; `publish` copies a "
+                   "complete, validated result into leaderboard/results)")
     e.add_argument("--shard", help="i/n: run documents i, i+n, ... (independent work units); join with `merge`")
     e.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="ray: one Ray task per (dataset, document) work unit, GPUs declared on cuda, shards merged")
@@ -274,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="conformance of submissions/<name> folders and result .json files")
     val.add_argument("paths", nargs="+")
     val.set_defaults(func=cmd_validate)
+
+    pub = sub.add_parser("publish", help="validate run files (runs/...) and copy them into leaderboard/results")
+    pub.add_argument("run_files", nargs="+", metavar="RUN_FILE")
+    pub.add_argument("--results", default="leaderboard/results", help="root of the leaderboard's result files")
+    pub.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
+    pub.set_defaults(func=cmd_publish)
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots from the result files")
     lb.add_argument("--results", default="leaderboard/results")

@@ -642,6 +642,9 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
         problems.append(f"{path}: field 'rhos': {data['rhos']}, the spec's grid is {sorted(spec.rhos)}")
     if list(data["conditions"]) != list(spec.conditions):
         problems.append(f"{path}: field 'conditions': {data['conditions']}, the spec's are {list(spec.conditions)}")
+    partial = {k: v for k, v in (data.get("slice") or {}).items() if v is not None}
+    if partial:
+        problems.append(f"{path}: field 'slice': {partial}; the leaderboard needs a run without --docs / --questions")
     conds = {p["condition"] for p in data["predictions"]}
     if "base" not in conds:
         problems.append(f"{path}: field 'predictions': no 'base' condition (the KV-only reference every submission reports)")

@@ -31,7 +31,7 @@ def _unit(submission_path, kwargs: dict, runner_hook: str | None) -> list[str]:
 def run_on_ray(
     submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
     docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
-    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
+    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "runs",
     address: str | None = None, num_gpus_per_task: float | None = None, runner_hook: str | None = None,
     split: str = "test", batch_size: int = 64, progress: bool = True,
 ) -> list[Path]:

@@ -162,7 +162,7 @@ def open_run(spec: Spec, submission: Submission, model_id: str | None = None, de
 def evaluate(
     submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
     split: str = "test", docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
-    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
+    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "runs",
     batch_size: int = 64, progress: bool = True, shard: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Run the protocol; returns the result files written (one per dataset).
@@ -191,6 +191,7 @@ def evaluate(
             "model": {"id": model_spec.id, "name": model_spec.name},
             "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
             "rhos": rhos, "conditions": conditions, "environment": environment(device),
+            "slice": {"docs": docs, "questions": questions},  # part of the file's identity: resume only the same slice
         }
         stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
         path = result_path(out, submission.name, spec.tier, model_spec.id, stem)

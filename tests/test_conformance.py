@@ -552,3 +552,52 @@ def test_compression_ratio_in_press_kwargs_is_refused(tmp_path):
     folder = write_submission(tmp_path, "ratio", yaml_for("ratio", "{press: KnormPress, kwargs: {compression_ratio: 0.5}}"))
     (problem,) = check_submission(folder)
     assert "field 'compressor/kwargs'" in problem and "compression_ratio" in problem
+
+
+# ------------------------------------------------------------------ runs/ by default, publish into the leaderboard
+
+
+def test_runs_go_to_runs_by_default():
+    import inspect
+
+    from benchmark import executors, runner
+    from benchmark.cli import build_parser
+
+    assert build_parser().parse_args(["evaluate", "submissions/snapkv"]).out == "runs"
+    assert inspect.signature(runner.evaluate).parameters["out"].default == "runs"
+    assert inspect.signature(executors.run_on_ray).parameters["out"].default == "runs"
+    assert "/runs/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def _as_run(path: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / path.relative_to(tmp_path / "leaderboard" / "results")
+    run.parent.mkdir(parents=True)
+    shutil.move(path, run)
+    return run
+
+
+def test_publish_copies_a_valid_run(valid_result, tmp_path, capsys):
+    from benchmark.cli import main
+
+    path, subs = valid_result
+    run = _as_run(path, tmp_path)
+    results = tmp_path / "published"
+    assert main(["publish", str(run), "--results", str(results), "--submissions", str(subs)]) == 0
+    dest = results / run.relative_to(tmp_path / "runs")
+    assert dest.read_text() == run.read_text()
+    assert check_result_file(dest, submissions_dir=subs) == []
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (_set(["predictions", 0, "rouge_l"], 100.0), "predictions/0/rouge_l"),
+    (_set(["slice"], {"docs": None, "questions": 2}), "slice"),
+], ids=["tampered", "partial-slice"])
+def test_publish_refuses_a_bad_run(valid_result, tmp_path, capsys, mutate, field):
+    from benchmark.cli import main
+
+    path, subs = valid_result
+    run = _as_run(_tamper(path, mutate), tmp_path)
+    results = tmp_path / "published"
+    assert main(["publish", str(run), "--results", str(results), "--submissions", str(subs)]) == 1
+    assert f"field '{field}" in capsys.readouterr().err
+    assert not results.exists() or not any(results.rglob("*.json"))
