@@ -23,9 +23,40 @@ def _offline() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def check_evaluate_flags(args) -> None:
+    """Every flag value of ``evaluate`` checked before any work starts (no model loaded, nothing
+    written); raises SpecError with a one-line message naming the flag."""
+    from .spec import CONDITIONS, SpecError, load_spec
+
+    for flag, value, what in (("--docs", args.docs, "documents"), ("--questions", args.questions, "questions per document"),
+                              ("--batch-size", args.batch_size, "rows decoded together")):
+        if value is not None and value < 1:
+            raise SpecError(f"{flag} {value}: must be a positive number of {what}")
+    if args.rhos is not None:
+        bad = [r for r in args.rhos if not 0.0 <= r <= 1.0]  # also refuses nan
+        if bad:
+            raise SpecError(f"--rhos {' '.join(map(str, bad))}: rho is the evicted fraction, in [0, 1]")
+        repeated = sorted({r for r in args.rhos if args.rhos.count(r) > 1})
+        if repeated:
+            raise SpecError(f"--rhos: {' '.join(map(str, repeated))} given more than once")
+    if args.conditions is not None:
+        bad = [c for c in args.conditions if c not in CONDITIONS]
+        if bad:
+            raise SpecError(f"--conditions {' '.join(bad)}: unknown condition (have: {', '.join(CONDITIONS)})")
+        if len(set(args.conditions)) != len(args.conditions):
+            raise SpecError("--conditions: a condition is given more than once")
+    _shard(args.shard)
+    spec = load_spec(args.tier)
+    if args.model:
+        spec.model(args.model)
+    for ds in args.dataset or []:
+        spec.dataset(ds).split(args.split)
+
+
 def cmd_evaluate(args) -> int:
     from tabulate import tabulate
 
+    check_evaluate_flags(args)
     if args.dry_run or args.preset:
         return dry_run(args)
 
@@ -151,14 +182,15 @@ def format_cells(data: dict, tabulate) -> str:
 
 
 def cmd_validate_data(args) -> int:
-    from .datasets import load_documents, summarize
+    from .datasets import check_documents, summarize
 
     status = 0
     for f in args.files:
-        try:
-            docs = load_documents(f)
-        except ValueError as exc:
-            print(f"INVALID {exc}", file=sys.stderr)
+        docs, problems = check_documents(f)  # every bad line, not only the first
+        for problem in problems:
+            print(f"INVALID {problem}", file=sys.stderr)
+        if problems:
+            print(f"INVALID {f}: {len(problems)} problem(s)", file=sys.stderr)
             status = 1
             continue
         print(f"ok {f}: {summarize(docs)}")
