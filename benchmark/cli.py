@@ -76,7 +76,7 @@ def cmd_evaluate(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
-        paths = evaluate(args.submission, shard=_shard(args.shard), **common)
+        paths = evaluate(args.submission, shard=_shard(args.shard), isolation=args.isolation, **common)
     for path in paths:
         data = load_result(path)
         print(f"\n{data['submission']['name']} | {data['model']['id']} | {data['dataset']['id']} "
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="ray: one Ray task per (dataset, document) work unit, GPUs declared on cuda, shards merged")
     e.add_argument("--ray-address", help="an existing Ray cluster (default: start a local instance)")
+    e.add_argument("--isolation", choices=["worker", "inline"], default="worker",
+                   help="worker (default): the model and the submission's code run in a worker process that never "
+                   "holds an answer, in a bubblewrap sandbox where available; inline: all in this process (debugging)")
     e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
     e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
                    "target-modules); submissions are looked up beside SUBMISSION")

@@ -25,7 +25,7 @@ def _unit(submission_path, kwargs: dict, runner_hook: str | None) -> list[str]:
     if runner_hook:
         module, _, func = runner_hook.partition(":")
         getattr(importlib.import_module(module), func)()
-    return [str(p) for p in runner.evaluate(submission_path, progress=False, **kwargs)]
+    return [str(p) for p in runner.evaluate(submission_path, progress=False, worker_setup=runner_hook, **kwargs)]
 
 
 def run_on_ray(

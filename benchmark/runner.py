@@ -133,16 +133,24 @@ class DocumentRun:
             for (_, meta), text in zip(items, texts):
                 q = meta["question"]
                 prediction = extract_answer(text, r.prompt.answer_prefix)
-                s = score_prediction(prediction, q.answers)
                 self.stats["decoded_tokens"] += len(self.tokenizer.encode(text, add_special_tokens=False))
-                preds.append({
+                preds.append(scored({
                     "doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": meta["rho"],
-                    "condition": meta["condition"], "generation": text, "prediction": prediction, "answers": list(q.answers),
-                    "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
+                    "condition": meta["condition"], "generation": text, "prediction": prediction,
                     "kv_entries": meta["kv_entries"], "kv_bytes": meta["kv_bytes"],
-                } | ({"tags": list(q.tags)} if q.tags else {}))
+                }, q))
         timings["decode_s"] = time.perf_counter() - t0
         return preds
+
+
+def scored(pred: dict, q) -> dict:
+    """The prediction with its gold answers, tags and scores; unchanged where the question carries
+    no answers (in the worker, which never holds them: the parent scores)."""
+    if not q.answers:
+        return pred
+    s = score_prediction(pred["prediction"], q.answers)
+    return pred | {"answers": list(q.answers), "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"]} | (
+        {"tags": list(q.tags)} if q.tags else {})
 
 
 def model_key(model_spec) -> str:
@@ -164,8 +172,14 @@ def evaluate(
     split: str = "test", docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
     conditions: list[str] | None = None, device: str | None = None, out: str | Path = "runs",
     batch_size: int = 64, progress: bool = True, shard: tuple[int, int] | None = None,
+    isolation: str = "worker", worker_setup: str | None = None,
 ) -> list[Path]:
     """Run the protocol; returns the result files written (one per dataset).
+
+    ``isolation="worker"`` runs the model and the submission's code in a worker process that never
+    sees an answer (sandboxed with bubblewrap where it works; :mod:`benchmark.worker`); this process
+    scores. ``"inline"`` runs everything here (tests that patch the model in this process).
+    ``worker_setup`` ("module:function") is called in the worker first (a test seam).
 
     ``shard=(i, n)`` runs only documents i, i+n, i+2n, ... into ``<dataset>.shard-i-of-n.json``;
     ``lorakv-bench merge`` joins the n shard files into exactly the unsharded result.
@@ -175,8 +189,25 @@ def evaluate(
     device = pick_device(device)
     rhos = sorted(rhos if rhos is not None else spec.rhos)
     conditions = list(conditions or spec.conditions)
-    run = open_run(spec, submission, model_id, device, batch_size=batch_size, progress=progress)
     model_spec = spec.model(model_id)
+    if isolation == "worker":
+        from .worker import WorkerRun
+
+        hidden = [f.path for d in spec.datasets for f in (d.test, d.dev) if f is not None]
+        run = WorkerRun.start(tier=tier, submission=str(submission_path), model_id=model_id, device=device,
+                              batch_size=batch_size, progress=progress, hidden_files=hidden, setup=worker_setup)
+    else:
+        run = open_run(spec, submission, model_id, device, batch_size=batch_size, progress=progress)
+    try:
+        return _evaluate_datasets(run, spec, submission, model_spec, datasets, split, docs, questions, rhos, conditions,
+                                  device, out, shard, "inline" if isolation != "worker" else run.sandbox, progress)
+    finally:
+        if isolation == "worker":
+            run.close()
+
+
+def _evaluate_datasets(run, spec, submission, model_spec, datasets, split, docs, questions, rhos, conditions, device,
+                       out, shard, sandbox, progress) -> list[Path]:
     written = []
     for ds_id in datasets or [d.id for d in spec.datasets]:
         ds = spec.dataset(ds_id)
@@ -190,7 +221,7 @@ def evaluate(
             "tier": spec.tier, "spec_version": spec.spec_version, "spec_hash": spec.hash,
             "model": {"id": model_spec.id, "name": model_spec.name},
             "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
-            "rhos": rhos, "conditions": conditions, "environment": environment(device),
+            "rhos": rhos, "conditions": conditions, "environment": environment(device) | {"sandbox": sandbox},
             "slice": {"docs": docs, "questions": questions},  # part of the file's identity: resume only the same slice
         }
         stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
@@ -207,6 +238,7 @@ def evaluate(
             # Resume at document granularity: drop this document's partial predictions, redo it whole.
             result.data["predictions"] = [p for p in result.data["predictions"] if p["doc_id"] != doc.doc_id]
             record, preds = run.evaluate(doc, rhos, active, qs)
-            result.add_document(record, preds)
+            by_id = {q.id: q for q in qs}  # scored here, where the answers are: the worker never has them
+            result.add_document(record, [scored(p, by_id[p["question_id"]]) for p in preds])
         written.append(path)
     return written
