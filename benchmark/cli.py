@@ -270,6 +270,26 @@ def cmd_publish(args) -> int:
     return status
 
 
+def cmd_verify(args) -> int:
+    """Re-run a seeded sample of (document, rho) pairs of each result file; generations must be identical."""
+    from .verify import verify_result
+
+    if args.sample < 1:
+        print(f"error: --sample {args.sample}: must be a positive number of (document, rho) pairs", file=sys.stderr)
+        return 2
+    status = 0
+    for path in args.results:
+        v = verify_result(path, args.sample, submissions_dir=args.submissions, device=args.device,
+                          isolation=args.isolation)
+        for m in v.mismatches:
+            print(f"MISMATCH {m}", file=sys.stderr)
+        pairs = ", ".join(f"{d}@{r}" for d, r in v.pairs)
+        print(f"{'ok  ' if v.ok else 'FAIL'} {path}: {v.compared} predictions re-run at {len(v.pairs)} (document, rho) "
+              f"pairs ({pairs}), {len(v.mismatches)} differ")
+        status |= not v.ok
+    return status
+
+
 def cmd_leaderboard(args) -> int:
     from .leaderboard import render, stale_files
 
@@ -344,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--results", default="leaderboard/results", help="root of the leaderboard's result files")
     pub.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
     pub.set_defaults(func=cmd_publish)
+
+    ver = sub.add_parser("verify", help="re-run a seeded sample of a result file and require identical generations")
+    ver.add_argument("results", nargs="+", metavar="RESULT")
+    ver.add_argument("--sample", type=int, default=4, help="(document, rho) pairs to re-run (seeded by the file's hash)")
+    ver.add_argument("--device", default="cpu", help="cpu (default: generations are reproducible there) or cuda")
+    ver.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
+    ver.add_argument("--isolation", choices=["worker", "inline"], default="worker")
+    ver.set_defaults(func=cmd_verify)
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots from the result files")
     lb.add_argument("--results", default="leaderboard/results")
