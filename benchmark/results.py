@@ -112,6 +112,8 @@ class ResultFile:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SpecError(f"{self.path}: cannot resume, the file is not a valid result file ({first}); "
                             "move it away to start fresh") from None
+        # files written before the slice was recorded: taken as full-split runs (publish still checks coverage)
+        old.setdefault("slice", {"docs": None, "questions": None})
         for key in IDENTITY:
             if old.get(key) != self._header.get(key):
                 what = {"submission": "submission (hash)", "slice": "slice (--docs / --questions)",

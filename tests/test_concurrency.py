@@ -124,3 +124,15 @@ def test_corrupt_result_file_on_resume_is_a_one_line_error(tmp_path, content):
     msg = str(exc.value)
     assert "\n" not in msg and "r.json" in msg and "cannot resume" in msg
     assert path.read_bytes() == content  # nothing overwritten
+
+
+def test_a_file_without_a_slice_resumes_only_as_a_full_split_run(tmp_path):
+    """Files written before the slice was recorded are taken as full-split runs."""
+    path = tmp_path / "r.json"
+    ResultFile(path, header()).add_document(*document("d0"))
+    data = json.loads(path.read_text())
+    del data["slice"]
+    path.write_text(json.dumps(data))
+    assert len(ResultFile(path, header()).data["predictions"]) == 2
+    with pytest.raises(SpecError, match="field 'slice'"):
+        ResultFile(path, header(slice={"docs": None, "questions": 1}))
