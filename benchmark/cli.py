@@ -402,10 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     _offline()
     args = build_parser().parse_args(argv)
     from .spec import SpecError
+    from .worker import WorkerError
 
     try:
         return args.func(args)
-    except SpecError as exc:
+    except (SpecError, WorkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -28,6 +28,10 @@ from pathlib import Path
 from .datasets import Document, Question
 from .paths import PACKAGE_DIR, cache_dir
 
+class WorkerError(RuntimeError):
+    """The worker failed (its setup, a document, or it died); the message says which, on one line."""
+
+
 #: what ``environment.sandbox`` says: the worker in bubblewrap, a plain child process, or no worker
 SANDBOXES = ("bubblewrap", "none", "inline")
 
@@ -110,11 +114,11 @@ class WorkerRun:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait()
-            raise RuntimeError(f"the worker process ended unexpectedly (exit code {self.proc.returncode}); see its "
-                               "output above")
+            raise WorkerError(f"the worker process ended unexpectedly (exit code {self.proc.returncode}); see its "
+                              "output above")
         msg = json.loads(line)
         if "error" in msg:
-            raise RuntimeError(f"worker: {msg['error']}")
+            raise WorkerError(f"worker: {msg['error']}")
         return msg
 
     def evaluate(self, doc: Document, rhos, conditions, questions=None) -> tuple[dict, list[dict]]:
@@ -152,7 +156,9 @@ def _serve() -> None:
             module, _, func = setup["setup"].partition(":")
             getattr(import_module(module), func)()
         spec = runner.load_spec(setup["tier"])
-        run = runner.open_run(spec, runner.load_submission(setup["submission"]), setup["model_id"], setup["device"],
+        submission = runner.load_submission(setup["submission"])
+        submission.make_compressor()  # a press that does not import fails now, before a model is loaded
+        run = runner.open_run(spec, submission, setup["model_id"], setup["device"],
                               batch_size=setup["batch_size"], progress=setup["progress"])
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails with it
         send({"error": f"setup failed: {type(exc).__name__}: {exc}"})

@@ -181,3 +181,14 @@ def test_through_the_worker_the_spy_finds_nothing(setup, capsys):
     # the parent scored: answers and scores are in the result, from the data the worker never saw
     secret = [p for p in result["predictions"] if p["question_id"] == "q-secret"]
     assert secret and all(p["answers"] == [SECRET] and "rouge_l" in p for p in secret)
+
+
+def test_a_submission_that_exits_in_the_worker_is_a_one_line_failure(setup, capsys):
+    """Import-time sys.exit in the worker: evaluate fails with one line naming it, exit code 2."""
+    from benchmark.cli import main
+
+    folder, tmp_path = setup
+    (folder / "press.py").write_text("import sys\nsys.exit(0)\n")
+    rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "--conditions", "base"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(err) == 1 and "sys.exit" in err[0], err
