@@ -112,15 +112,13 @@ class ResultFile:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SpecError(f"{self.path}: cannot resume, the file is not a valid result file ({first}); "
                             "move it away to start fresh") from None
-        # files written before the slice was recorded: taken as full-split runs (publish still checks coverage)
-        old.setdefault("slice", {"docs": None, "questions": None})
         for key in IDENTITY:
-            if old.get(key) != self._header.get(key):
+            if _identity(old, key) != _identity(self._header, key):
                 what = {"submission": "submission (hash)", "slice": "slice (--docs / --questions)",
                         "rhos": "rhos (--rhos)", "conditions": "conditions (--conditions)"}.get(key, key)
                 raise SpecError(
-                    f"{self.path}: field '{key}': this file holds {what} {old.get(key)!r}, this run asks for "
-                    f"{self._header.get(key)!r}; resume with the same settings, or pass another --out to start fresh"
+                    f"{self.path}: field '{key}': this file holds {what} {_identity(old, key)!r}, this run asks for "
+                    f"{_identity(self._header, key)!r}; resume with the same settings, or pass another --out to start fresh"
                 )
         return old
 
@@ -151,6 +149,14 @@ class ResultFile:
             self.data["updated"] = now()
         validate_against("result.schema.json", self.data, str(self.path))
         write_atomic(self.path, json.dumps(self.data, indent=1, ensure_ascii=False) + "\n")
+
+
+def _identity(data: dict, key: str):
+    """``data[key]``; a missing slice (files written before it was recorded) is a full-split run
+    (publish still checks the coverage)."""
+    if key == "slice":
+        return data.get("slice") or {"docs": None, "questions": None}
+    return data.get(key)
 
 
 @contextlib.contextmanager
