@@ -504,32 +504,44 @@ class AdapterStore:
         save_file({cls.PREFIX + k: v for k, v in state.items()}, str(folder / cls.WEIGHTS), metadata={"format": "pt"})
 
     def attach(self, model, name: str, key: str, recipe: Recipe, examples_fn, pad_id: int, progress=True) -> dict:
-        """Attach adapter ``name`` to the model: loaded from cache if present, else trained and saved."""
+        """Attach adapter ``name`` to the model: loaded from cache if present, else trained and saved.
+
+        Processes that need the same key (two submissions sharing a recipe, run at once) take turns
+        on an exclusive lock per key: the first trains and saves, the others then load its adapter.
+        The adapter is written into a folder unique to this process and renamed into place."""
+        import shutil
+        import tempfile
+
+        from .results import file_lock
+
         d = self.path(key)
         base_name = getattr(getattr(model, "config", None), "name_or_path", None) or None
-        if self.has(key):
-            model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
-            state = {k.removeprefix(self.PREFIX): v for k, v in load_file(str(d / self.WEIGHTS)).items()}
-            set_peft_model_state_dict(model, state, adapter_name=name)
-            if not (d / self.CONFIG).exists():  # an entry from before the peft format: rewrite it once
-                self._write_peft_folder(d, state, recipe, base_name)
-            info = json.loads((d / "train_info.json").read_text())
-            info["cached"] = True
-        else:
-            info = train_adapter(model, name, examples_fn(), recipe, pad_id, progress=progress)
-            state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
-            tmp = d.with_name(d.name + ".tmp")
-            tmp.mkdir(parents=True, exist_ok=True)
-            self._write_peft_folder(tmp, state, recipe, base_name)
-            info["bytes"] = sum(v.numel() * v.element_size() for v in state.values())
-            info["recipe"] = recipe.fingerprint()
-            (tmp / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
-            if d.exists():
-                import shutil
-
-                shutil.rmtree(d)
-            tmp.rename(d)
-            info["cached"] = False
+        with file_lock(d):
+            if self.has(key):
+                model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
+                state = {k.removeprefix(self.PREFIX): v for k, v in load_file(str(d / self.WEIGHTS)).items()}
+                set_peft_model_state_dict(model, state, adapter_name=name)
+                if not (d / self.CONFIG).exists():  # an entry from before the peft format: rewrite it once
+                    self._write_peft_folder(d, state, recipe, base_name)
+                info = json.loads((d / "train_info.json").read_text())
+                info["cached"] = True
+            else:
+                info = train_adapter(model, name, examples_fn(), recipe, pad_id, progress=progress)
+                state = {k: v.detach().cpu().contiguous()
+                         for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+                self.root.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f"{d.name}.tmp-", dir=self.root))
+                try:
+                    self._write_peft_folder(tmp, state, recipe, base_name)
+                    info["bytes"] = sum(v.numel() * v.element_size() for v in state.values())
+                    info["recipe"] = recipe.fingerprint()
+                    (tmp / "train_info.json").write_text(json.dumps(info, indent=1, default=str))
+                    if d.exists():  # a folder without weights: an interrupted save of an older version
+                        shutil.rmtree(d)
+                    tmp.rename(d)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                info["cached"] = False
         set_eval_scale(model, name, recipe.lora.eval_scale)
         model.set_adapter(name)
         return info

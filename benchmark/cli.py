@@ -24,9 +24,40 @@ def _offline() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def check_evaluate_flags(args) -> None:
+    """Every flag value of ``evaluate`` checked before any work starts (no model loaded, nothing
+    written); raises SpecError with a one-line message naming the flag."""
+    from .spec import CONDITIONS, SpecError, load_spec
+
+    for flag, value, what in (("--docs", args.docs, "documents"), ("--questions", args.questions, "questions per document"),
+                              ("--batch-size", args.batch_size, "rows decoded together")):
+        if value is not None and value < 1:
+            raise SpecError(f"{flag} {value}: must be a positive number of {what}")
+    if args.rhos is not None:
+        bad = [r for r in args.rhos if not 0.0 <= r <= 1.0]  # also refuses nan
+        if bad:
+            raise SpecError(f"--rhos {' '.join(map(str, bad))}: rho is the evicted fraction, in [0, 1]")
+        repeated = sorted({r for r in args.rhos if args.rhos.count(r) > 1})
+        if repeated:
+            raise SpecError(f"--rhos: {' '.join(map(str, repeated))} given more than once")
+    if args.conditions is not None:
+        bad = [c for c in args.conditions if c not in CONDITIONS]
+        if bad:
+            raise SpecError(f"--conditions {' '.join(bad)}: unknown condition (have: {', '.join(CONDITIONS)})")
+        if len(set(args.conditions)) != len(args.conditions):
+            raise SpecError("--conditions: a condition is given more than once")
+    _shard(args.shard)
+    spec = load_spec(args.tier)
+    if args.model:
+        spec.model(args.model)
+    for ds in args.dataset or []:
+        spec.dataset(ds).split(args.split)
+
+
 def cmd_evaluate(args) -> int:
     from tabulate import tabulate
 
+    check_evaluate_flags(args)
     if args.dry_run or args.preset:
         return dry_run(args)
 
@@ -46,7 +77,7 @@ def cmd_evaluate(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
-        paths = evaluate(args.submission, shard=_shard(args.shard), **common)
+        paths = evaluate(args.submission, shard=_shard(args.shard), isolation=args.isolation, **common)
     for path in paths:
         data = load_result(path)
         print(f"\n{data['submission']['name']} | {data['model']['id']} | {data['dataset']['id']} "
@@ -62,6 +93,9 @@ def peak_memory() -> str:
     import torch
 
     text = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the worker holds the model
+    if worker:
+        text += f" (worker process: {worker / 1024:.0f} MiB)"
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
         text += f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     return text
@@ -152,14 +186,15 @@ def format_cells(data: dict, tabulate) -> str:
 
 
 def cmd_validate_data(args) -> int:
-    from .datasets import load_documents, summarize
+    from .datasets import check_documents, summarize
 
     status = 0
     for f in args.files:
-        try:
-            docs = load_documents(f)
-        except ValueError as exc:
-            print(f"INVALID {exc}", file=sys.stderr)
+        docs, problems = check_documents(f)  # every bad line, not only the first
+        for problem in problems:
+            print(f"INVALID {problem}", file=sys.stderr)
+        if problems:
+            print(f"INVALID {f}: {len(problems)} problem(s)", file=sys.stderr)
             status = 1
             continue
         print(f"ok {f}: {summarize(docs)}")
@@ -198,15 +233,64 @@ def cmd_smoke(args) -> int:
 
 def cmd_validate(args) -> int:
     """Conformance of submission folders and result files; every problem names file and field."""
-    from .conformance import check_result_file, check_submission
+    from .conformance import check_result_file, check_submission_isolated
 
     status = 0
     for target in args.paths:
-        problems = check_result_file(target) if str(target).endswith(".json") else check_submission(target)
+        # each submission in its own process: its import-time code cannot reach the other checks
+        problems = check_result_file(target) if str(target).endswith(".json") else check_submission_isolated(target)
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
         print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({len(problems)} problems)" if problems else ""))
         status |= bool(problems)
+    return status
+
+
+def cmd_publish(args) -> int:
+    """Copy complete, conformant run files into the leaderboard's results (validated first)."""
+    from pathlib import Path
+
+    from .conformance import check_result_file
+    from .results import load_result, result_path, write_atomic
+
+    status = 0
+    for run_file in args.run_files:
+        problems = check_result_file(run_file, submissions_dir=args.submissions)
+        for p in problems:
+            print(f"FAIL {p}", file=sys.stderr)
+        if problems:
+            print(f"not published: {run_file} ({len(problems)} problems)", file=sys.stderr)
+            status = 1
+            continue
+        data = load_result(run_file)
+        split = data["dataset"]["split"]
+        stem = data["dataset"]["id"] + ("" if split == "test" else f".{split}")
+        dest = result_path(args.results, data["submission"]["name"], data["tier"], data["model"]["id"], stem)
+        if Path(run_file).resolve() != dest.resolve():
+            write_atomic(dest, Path(run_file).read_text(encoding="utf-8"))
+        print(f"published {run_file} -> {dest}")
+    if status == 0:
+        print("now run `lorakv-bench leaderboard` and commit leaderboard/")
+    return status
+
+
+def cmd_verify(args) -> int:
+    """Re-run a seeded sample of (document, rho) pairs of each result file; generations must be identical."""
+    from .verify import verify_result
+
+    if args.sample < 1:
+        print(f"error: --sample {args.sample}: must be a positive number of (document, rho) pairs", file=sys.stderr)
+        return 2
+    status = 0
+    for path in args.results:
+        v = verify_result(path, args.sample, submissions_dir=args.submissions, device=args.device,
+                          isolation=args.isolation)
+        for m in v.mismatches:
+            print(f"MISMATCH {m}", file=sys.stderr)
+        pairs = ", ".join(f"{d}@{r}" for d, r in v.pairs)
+        print(f"{'ok  ' if v.ok else 'FAIL'} {path}: {v.compared} predictions re-run at {len(v.pairs)} (document, rho) "
+              f"pairs ({pairs}), {len(v.mismatches)} differ")
+        status |= not v.ok
     return status
 
 
@@ -277,11 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model weights and compute (default: the spec's; float32 specs run as bfloat16 on cuda); "
                    "recorded in the result's environment")
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
-    e.add_argument("--out", default="leaderboard/results", help="root of the result files")
+    e.add_argument("--out", default="runs", help="root of the result files (default runs/; `publish` copies a "
+                   "complete, validated result into leaderboard/results)")
     e.add_argument("--shard", help="i/n: run documents i, i+n, ... (independent work units); join with `merge`")
     e.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="ray: one Ray task per (dataset, document) work unit, GPUs declared on cuda, shards merged")
     e.add_argument("--ray-address", help="an existing Ray cluster (default: start a local instance)")
+    e.add_argument("--isolation", choices=["worker", "inline"], default="worker",
+                   help="worker (default): the model and the submission's code run in a worker process that never "
+                   "holds an answer, in a bubblewrap sandbox where available; inline: all in this process (debugging)")
     e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
     e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
                    "target-modules); submissions are looked up beside SUBMISSION")
@@ -299,6 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="conformance of submissions/<name> folders and result .json files")
     val.add_argument("paths", nargs="+")
     val.set_defaults(func=cmd_validate)
+
+    pub = sub.add_parser("publish", help="validate run files (runs/...) and copy them into leaderboard/results")
+    pub.add_argument("run_files", nargs="+", metavar="RUN_FILE")
+    pub.add_argument("--results", default="leaderboard/results", help="root of the leaderboard's result files")
+    pub.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
+    pub.set_defaults(func=cmd_publish)
+
+    ver = sub.add_parser("verify", help="re-run a seeded sample of a result file and require identical generations")
+    ver.add_argument("results", nargs="+", metavar="RESULT")
+    ver.add_argument("--sample", type=int, default=4, help="(document, rho) pairs to re-run (seeded by the file's hash)")
+    ver.add_argument("--device", default="cpu", help="cpu (default: generations are reproducible there) or cuda")
+    ver.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
+    ver.add_argument("--isolation", choices=["worker", "inline"], default="worker")
+    ver.set_defaults(func=cmd_verify)
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots from the result files")
     lb.add_argument("--results", default="leaderboard/results")
@@ -336,12 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _offline()
     from .spec import SpecError
+    from .worker import WorkerError
 
     from .extras import MissingExtra
 
     try:
         return args.func(args)
-    except (SpecError, MissingExtra) as exc:
+    except (SpecError, MissingExtra, WorkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -44,19 +44,7 @@ def _build_nested(value, code_dir):
 
 def _make_press(name: str, kwargs: dict | None, code_dir):
     kwargs = {k: _build_nested(v, code_dir) for k, v in (kwargs or {}).items()}
-    if ":" in name:
-        cls = import_from(code_dir, name)
-    else:
-        import kvpress
-
-        from . import presses  # ours (the paper's document-scoped Compactor), after kvpress's
-
-        if hasattr(kvpress, name):
-            cls = getattr(kvpress, name)
-        elif isinstance(getattr(presses, name, None), type):
-            cls = getattr(presses, name)
-        else:
-            raise ValueError(f"kvpress has no press named '{name}' (nor has benchmark.presses)")
+    cls = import_from(code_dir, name) if ":" in name else kvpress_press(name)
     return cls(**kwargs)
 
 
@@ -67,6 +55,8 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
     something else."""
     from .press_catalog import check_supported
 
+    if "compression_ratio" in (kwargs or {}):
+        raise ValueError("compression_ratio is set by the framework at every rho of the grid; remove it from kwargs")
     press = _make_press(name, kwargs, code_dir)
     check_supported(press, name)
     if not callable(getattr(press, "score", None)) and not (is_headwise(press) or is_replay(press) or is_gated(press)):
@@ -119,6 +109,20 @@ def is_gated(press) -> bool:
     """kvpress FastKVzipPress: learned gates score every layer in the prefill; the budget is global."""
     cls = type(press)
     return cls.__name__ == "FastKVzipPress" and cls.__module__.startswith("kvpress")
+
+
+def kvpress_press(name: str):
+    """The press class ``name``: one kvpress exports, or one of ours (``benchmark.presses``, e.g. the
+    paper's document-scoped Compactor). Anything else (a module, a function) is refused."""
+    import kvpress
+
+    from . import presses
+
+    for source in (kvpress, presses):
+        cls = getattr(source, name, None)
+        if inspect.isclass(cls) and issubclass(cls, kvpress.BasePress):
+            return cls
+    raise ValueError(f"kvpress has no press named '{name}' (nor has benchmark.presses)")
 
 
 def score_depends_on_rho(press) -> bool:

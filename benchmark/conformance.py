@@ -8,9 +8,11 @@ leave the KV cache alone, so the framework's eviction keeps kvpress's budget of 
 entries per head and every non-document entry.
 
 ``check_result_file(path)`` re-derives everything a result file claims that can be re-derived
-without a model: schema, known spec hash, extracted answers, per-question ROUGE-L/EM, the
-(rho, condition) cells, its place in ``leaderboard/results/``, and the hash of the submission
-folder it names.
+without a model: schema, known spec hash, extracted answers, question ids / text / gold answers
+against the dataset file the spec pins (sha256), per-question ROUGE-L/EM scored against those
+pinned answers, the (rho, condition) cells, every ``kv_entries`` against the budget ``evict``
+keeps at its rho, its place in ``leaderboard/results/``, and the hash of the submission folder
+it names. The generations themselves are re-run by ``lorakv-bench verify``.
 
 Both return a list of problems, each naming the file and field; an empty list means conformant.
 """
@@ -56,37 +58,40 @@ def check_submission(path: str | Path) -> list[str]:
         return [str(exc)]
     except (TypeError, ValueError) as exc:  # e.g. settings the schema lets through but the dataclasses refuse
         return [f"{yml}: field 'adapter': {type(exc).__name__}: {exc}"]
-    own = _code_modules(sub)
-    _forget_modules(own)  # a module of the same name from another submission must not be reused
-    try:
-        problems = _check_recipe(sub, yml)
-        problems += _check_compressor(sub, yml)
-    finally:
-        _forget_modules(own)
+    problems = _check_recipe(sub, yml)
+    problems += _check_compressor(sub, yml)
     return problems
 
 
-def _code_modules(sub) -> list[str]:
-    """Top-level module names the submission's code defines (its press and hook modules)."""
-    names = [p.stem for p in sorted(Path(sub.path).glob("*.py"))]
-    press = sub.compressor_cfg["press"]
-    if ":" in press:
-        names.append(press.split(":")[0])
-    if sub.recipe.train.hook:
-        names.append(sub.recipe.train.hook.split(":")[0])
-    return sorted(set(names))
-
-
-def _forget_modules(names: list[str]) -> None:
-    """Drop imported modules of these names that are some submission's code (a folder with a
-    submission.yaml above them); library modules of the same name are left alone."""
+def check_submission_isolated(path: str | Path, timeout: float = 900) -> list[str]:
+    """:func:`check_submission` in a fresh Python process, so the submission's import-time code
+    cannot reach the result and leaderboard checks (or another submission's check). A child that
+    ends without reporting (``os._exit``, a crash, a timeout) is a failure."""
+    import json
+    import os
+    import subprocess
     import sys
+    import tempfile
 
-    for name in names:
-        for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-            file = getattr(sys.modules[mod], "__file__", None)
-            if file and any((parent / "submission.yaml").exists() for parent in Path(file).resolve().parents[:3]):
-                del sys.modules[mod]
+    from .paths import PACKAGE_DIR
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    with tempfile.TemporaryDirectory(prefix="lorakv-validate-") as tmp:
+        out = Path(tmp) / "problems.json"
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmark.conformance", str(path), str(out)],
+                                  capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return [f"{path}: the conformance check did not finish within {timeout:.0f} s"]
+        try:
+            problems = json.loads(out.read_text())
+            if not (isinstance(problems, list) and all(isinstance(p, str) for p in problems)):
+                raise ValueError("not a list of strings")
+        except (OSError, ValueError):
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return [f"{path}: the conformance check ended without a result (exit code {proc.returncode}; {tail[0]:.300})"]
+    return problems
 
 
 def _check_recipe(sub, yml: Path) -> list[str]:
@@ -357,11 +362,12 @@ def check_result_file(path: str | Path, *, submissions_dir: str | Path | None = 
     ``submissions_dir`` defaults to the nearest ``submissions/`` above the file (else ``./submissions``).
     ``full_protocol`` also requires what the leaderboard compares on: the test split, the spec's
     rho grid and conditions, and every document and question of the split (when its data is present).
+
+    Each named check below re-derives one thing the file claims; what cannot be re-derived without
+    the model (the generations themselves) is what ``lorakv-bench verify`` re-runs.
     """
-    from .metrics import extract_answer, score_prediction
-    from .results import aggregate, load_result
-    from .spec import SpecError, known_spec_hashes, load_spec
-    from .submission import load_submission
+    from .results import load_result
+    from .spec import SpecError
 
     path = Path(path)
     try:
@@ -370,86 +376,251 @@ def check_result_file(path: str | Path, *, submissions_dir: str | Path | None = 
         return [str(exc)]
     except OSError as exc:
         return [f"{path}: cannot read: {exc}"]
-    problems: list[str] = []
-    counts: dict[str, int] = {}
+    spec, answer_prefix, problems = _result_spec(path, data)
+    pinned, pinned_problems = _pinned_questions(path, data, spec)
+    problems += check_spec_hash(path, data)
+    problems += problems_of_place(path, data)
+    problems += pinned_problems
+    problems += check_predictions_extracted(path, data, answer_prefix)
+    problems += check_predictions_against_dataset(path, data, pinned)
+    problems += check_prediction_scores(path, data, pinned)
+    problems += check_cells(path, data)
+    problems += check_kv_budget(path, data)
+    problems += _check_grid(path, data)
+    if full_protocol and spec is not None:
+        problems += _check_protocol(path, data, spec)
+    problems += check_submission_hash(path, data, submissions_dir)
+    return problems
 
-    # spec
-    known = known_spec_hashes()
-    if data["spec_hash"] not in known:
-        problems.append(f"{path}: field 'spec_hash': {data['spec_hash']} is not the hash of any spec shipped in this "
-                        f"version ({', '.join(f'{v}={h}' for h, v in sorted(known.items()))}); re-run the evaluation")
-    elif known[data["spec_hash"]] != data["spec_version"]:
-        problems.append(f"{path}: field 'spec_version': '{data['spec_version']}' but spec_hash {data['spec_hash']} is "
-                        f"spec '{known[data['spec_hash']]}'")
+
+def _result_spec(path: Path, data: dict):
+    """(spec, answer prefix, problems) of the tier and model the file names."""
+    from .spec import SpecError, load_spec
+
     try:
         spec = load_spec(data["tier"])
-        model_spec = spec.model(data["model"]["id"])
-        answer_prefix = spec.prompt_for(model_spec).answer_prefix
+        return spec, spec.prompt_for(spec.model(data["model"]["id"])).answer_prefix, []
     except SpecError as exc:
-        problems.append(f"{path}: field 'model/id': {exc}")
-        spec, answer_prefix = None, None
+        return None, None, [f"{path}: field 'model/id': {exc}"]
 
-    # place in the tree
+
+def check_spec_hash(path: Path, data: dict) -> list[str]:
+    """The file was produced under a spec shipped in this version."""
+    from .spec import known_spec_hashes
+
+    known = known_spec_hashes()
+    if data["spec_hash"] not in known:
+        return [f"{path}: field 'spec_hash': {data['spec_hash']} is not the hash of any spec shipped in this "
+                f"version ({', '.join(f'{v}={h}' for h, v in sorted(known.items()))}); re-run the evaluation"]
+    if known[data["spec_hash"]] != data["spec_version"]:
+        return [f"{path}: field 'spec_version': '{data['spec_version']}' but spec_hash {data['spec_hash']} is "
+                f"spec '{known[data['spec_hash']]}'"]
+    return []
+
+
+def problems_of_place(path: Path, data: dict) -> list[str]:
+    """The file sits at ``<results>/<submission>/<tier>/<model>/<dataset>.json``, matching its contents."""
     split = data["dataset"]["split"]
     stem = data["dataset"]["id"] + ("" if split == "test" else f".{split}")
     expected = (data["submission"]["name"], data["tier"], data["model"]["id"], stem + ".json")
     if tuple(path.parts[-4:]) != expected:
-        problems.append(f"{path}: field 'submission/name', 'tier', 'model/id', 'dataset': the file must live at "
-                        f"<results>/{'/'.join(expected)}, it is at .../{'/'.join(path.parts[-4:])}")
+        return [f"{path}: field 'submission/name', 'tier', 'model/id', 'dataset': the file must live at "
+                f"<results>/{'/'.join(expected)}, it is at .../{'/'.join(path.parts[-4:])}"]
+    return []
 
-    # predictions: extraction and metrics re-derived
+
+def _pinned_questions(path: Path, data: dict, spec) -> tuple[dict | None, list[str]]:
+    """``{(doc_id, question_id): Question}`` of the dataset split the file names, read from the file
+    the spec pins (its sha256 verified); None when that data is not on this machine (paper tier)."""
+    from .datasets import load_split
+    from .spec import SpecError
+
+    if spec is None:
+        return None, []
+    ds = data["dataset"]
+    try:
+        data_file = spec.dataset(ds["id"]).split(ds["split"])
+    except SpecError as exc:
+        return None, [f"{path}: field 'dataset/id': {exc}"]
+    problems = []
+    if ds.get("sha256") != data_file.sha256:
+        problems.append(f"{path}: field 'dataset/sha256': {ds.get('sha256')}, the spec pins {data_file.sha256}")
+    if not data_file.path.exists():  # paper-tier data lives in the cache; checked where it is prepared
+        return None, problems
+    try:
+        docs = load_split(data_file)
+    except SpecError as exc:
+        return None, problems + [f"{path}: field 'dataset': the pinned data does not load: {exc}"]
+    return {(d.doc_id, q.id): q for d in docs for q in d.questions}, problems
+
+
+def check_predictions_extracted(path: Path, data: dict, answer_prefix: str | None) -> list[str]:
+    """Each stored ``prediction`` is the answer extracted from its ``generation``."""
+    from .metrics import extract_answer
+
+    if answer_prefix is None:
+        return []
+    problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
-        if answer_prefix is not None:
-            extracted = extract_answer(p["generation"], answer_prefix)
-            if extracted != p["prediction"]:
-                _limited(problems, counts, "prediction",
-                         f"{path}: field 'predictions/{i}/prediction': {p['prediction']!r} but the generation extracts "
-                         f"to {extracted!r} (answer_prefix {answer_prefix!r})")
-        s = score_prediction(p["prediction"], p["answers"])
+        extracted = extract_answer(p["generation"], answer_prefix)
+        if extracted != p["prediction"]:
+            _limited(problems, counts, "prediction",
+                     f"{path}: field 'predictions/{i}/prediction': {p['prediction']!r} but the generation extracts "
+                     f"to {extracted!r} (answer_prefix {answer_prefix!r})")
+    return problems + _more(path, counts)
+
+
+def check_predictions_against_dataset(path: Path, data: dict, pinned: dict | None) -> list[str]:
+    """Question ids, question text, gold answers and tags of every prediction are the pinned dataset's."""
+    if pinned is None:
+        return []
+    problems, counts = [], {}
+    for i, p in enumerate(data["predictions"]):
+        q = pinned.get((p["doc_id"], p["question_id"]))
+        if q is None:
+            _limited(problems, counts, "question_id",
+                     f"{path}: field 'predictions/{i}/question_id': '{p['question_id']}' is not a question of document "
+                     f"'{p['doc_id']}' in the pinned dataset {data['dataset']['id']} ({data['dataset']['split']})")
+            continue
+        if list(p["answers"]) != list(q.answers):
+            _limited(problems, counts, "answers",
+                     f"{path}: field 'predictions/{i}/answers': {p['answers']!r:.120} but the pinned dataset's gold "
+                     f"answers of {p['question_id']} are {list(q.answers)!r:.120}")
+        if "question" in p and p["question"] != q.question:
+            _limited(problems, counts, "question",
+                     f"{path}: field 'predictions/{i}/question': {p['question']!r:.120} but the pinned dataset asks "
+                     f"{q.question!r:.120}")
+        if list(p.get("tags", [])) != list(q.tags):
+            _limited(problems, counts, "tags",
+                     f"{path}: field 'predictions/{i}/tags': {p.get('tags', [])} but the pinned dataset tags "
+                     f"{p['question_id']} {list(q.tags)}")
+    return problems + _more(path, counts)
+
+
+def check_prediction_scores(path: Path, data: dict, pinned: dict | None) -> list[str]:
+    """``rouge_l`` / ``exact_match`` equal the scores of ``prediction`` against the pinned gold answers
+    (the answers stored in the file only when the pinned data is not on this machine)."""
+    from .metrics import score_prediction
+
+    problems, counts = [], {}
+    for i, p in enumerate(data["predictions"]):
+        q = pinned.get((p["doc_id"], p["question_id"])) if pinned is not None else None
+        if pinned is not None and q is None:
+            continue  # reported by check_predictions_against_dataset
+        s = score_prediction(p["prediction"], q.answers if q is not None else p["answers"])
         for metric in ("rouge_l", "exact_match"):
             if not _close(100 * s[metric], p[metric]):
                 _limited(problems, counts, metric,
                          f"{path}: field 'predictions/{i}/{metric}': stored {p[metric]!r}, recomputed "
-                         f"{100 * s[metric]!r} from its prediction and answers")
-    for kind, n in sorted(counts.items()):
-        if n > MAX_PER_KIND:
-            problems.append(f"{path}: ... and {n - MAX_PER_KIND} more wrong '{kind}' values")
+                         f"{100 * s[metric]!r} from its prediction and the gold answers")
+    return problems + _more(path, counts)
 
-    # cells re-aggregated
+
+def check_cells(path: Path, data: dict) -> list[str]:
+    """The ``cells`` equal the aggregation of the predictions."""
+    from .results import aggregate
+
     cells = aggregate(data["predictions"], data["documents"])
     if len(cells) != len(data["cells"]):
-        problems.append(f"{path}: field 'cells': {len(data['cells'])} cells stored, the predictions aggregate to {len(cells)}")
-    else:
-        for i, (want, got) in enumerate(zip(cells, data["cells"])):
-            bad = [k for k in want if k not in got or not _close(want[k], got[k])]
-            if bad:
-                k = bad[0]
-                problems.append(f"{path}: field 'cells/{i}/{k}': stored {got.get(k)!r}, the predictions aggregate to "
-                                f"{want[k]!r} (rho={want['rho']}, condition={want['condition']})")
+        return [f"{path}: field 'cells': {len(data['cells'])} cells stored, the predictions aggregate to {len(cells)}"]
+    for i, (want, got) in enumerate(zip(cells, data["cells"])):
+        bad = [k for k in want if k not in got or not _close(want[k], got[k])]
+        if bad:
+            k = bad[0]
+            return [f"{path}: field 'cells/{i}/{k}': stored {got.get(k)!r}, the predictions aggregate to "
+                    f"{want[k]!r} (rho={want['rho']}, condition={want['condition']})"]
+    return []
 
-    problems += _check_grid(path, data)
-    if full_protocol and spec is not None:
-        problems += _check_protocol(path, data, spec)
 
-    # the submission it names
+def kept_per_head(n_prefix: int, n_doc: int, rho: float) -> int:
+    """KV entries per layer and KV head after ``compression.evict`` at ``rho``: every prefix entry
+    plus kvpress's budget of document entries (the rule ``evict`` applies)."""
+    from kvpress.utils import compute_n_kept
+
+    return n_prefix + (min(compute_n_kept(n_doc, rho), n_doc) if n_doc else 0)
+
+
+def check_kv_budget(path: Path, data: dict) -> list[str]:
+    """Every prediction's ``kv_entries`` is (layers x KV heads) x the entries ``evict`` keeps per head
+    at its rho, and ``kv_bytes`` is the same bytes per entry throughout the file.
+
+    The number of layer-heads is one per model, so it is read off the file as the most common ratio
+    (or the model's config when it is cached here); a prediction that kept more (or fewer) entries
+    than the budget of its rho gives another ratio."""
+    from collections import Counter
+
+    docs = {d["doc_id"]: d for d in data["documents"]}
+    ratios, rows = Counter(), []
+    for i, p in enumerate(data["predictions"]):
+        d = docs.get(p["doc_id"])
+        if d is None:
+            continue  # reported by _check_grid
+        kept = kept_per_head(d["n_prefix_tokens"], d["n_doc_tokens"], p["rho"])
+        rows.append((i, p, kept))
+        if kept and p["kv_entries"] % kept == 0:
+            ratios[p["kv_entries"] // kept] += 1
+    if not rows:
+        return []
+    heads = _model_layer_heads(data) or (ratios.most_common(1)[0][0] if ratios else None)
+    per_entry = Counter(p["kv_bytes"] / p["kv_entries"] for _, p, _ in rows if p["kv_entries"])
+    bytes_per_entry = per_entry.most_common(1)[0][0] if per_entry else None
+    problems, counts = [], {}
+    for i, p, kept in rows:
+        if heads is None or p["kv_entries"] != heads * kept:
+            _limited(problems, counts, "kv_entries",
+                     f"{path}: field 'predictions/{i}/kv_entries': {p['kv_entries']} at rho={p['rho']} "
+                     f"(document {p['doc_id']}); evict's budget is {kept} entries per layer and head "
+                     f"(prefix + kvpress's compute_n_kept) x {heads} layer-heads = {heads * kept if heads else '?'}")
+        elif p["kv_entries"] and p["kv_bytes"] / p["kv_entries"] != bytes_per_entry:
+            _limited(problems, counts, "kv_bytes",
+                     f"{path}: field 'predictions/{i}/kv_bytes': {p['kv_bytes']} for {p['kv_entries']} entries; the "
+                     f"file's other predictions use {bytes_per_entry} bytes per entry")
+    return problems + _more(path, counts)
+
+
+def _model_layer_heads(data: dict) -> int | None:
+    """layers x KV heads of the file's model, from its converted config when cached here (else None)."""
+    import json
+
+    from .paths import cache_dir
+
+    for cfg in sorted((cache_dir() / "models").glob(f"{data['model']['id']}-*/config.json")):
+        try:
+            c = json.loads(cfg.read_text())
+            return int(c["num_hidden_layers"]) * int(c.get("num_key_value_heads") or c["num_attention_heads"])
+        except (OSError, ValueError, KeyError):
+            return None
+    return None
+
+
+def check_submission_hash(path: Path, data: dict, submissions_dir=None) -> list[str]:
+    """The submission folder the file names exists and hashes to the stored hash (results belong to
+    the code in the repository)."""
+    from .spec import SpecError
+    from .submission import load_submission
+
     subs = Path(submissions_dir) if submissions_dir is not None else _find_submissions_dir(path)
     name = data["submission"]["name"]
     folder = subs / name
     if not (folder / "submission.yaml").exists():
-        problems.append(f"{path}: field 'submission/name': no submission folder {folder} with a submission.yaml")
-    else:
-        try:
-            sub = load_submission(folder)
-        except SpecError as exc:
-            problems.append(f"{path}: field 'submission/name': its submission does not load: {exc}")
-        else:
-            if sub.hash() != data["submission"]["hash"]:
-                problems.append(f"{path}: field 'submission/hash': {data['submission']['hash']} but {folder} hashes to "
-                                f"{sub.hash()}; the submission changed since this result was produced, re-run the evaluation")
-            if sub.headline_condition != data["submission"]["headline_condition"]:
-                problems.append(f"{path}: field 'submission/headline_condition': '{data['submission']['headline_condition']}'"
-                                f" but {folder} declares '{sub.headline_condition}'")
+        return [f"{path}: field 'submission/name': no submission folder {folder} with a submission.yaml"]
+    try:
+        sub = load_submission(folder)
+    except SpecError as exc:
+        return [f"{path}: field 'submission/name': its submission does not load: {exc}"]
+    problems = []
+    if sub.hash() != data["submission"]["hash"]:
+        problems.append(f"{path}: field 'submission/hash': {data['submission']['hash']} but {folder} hashes to "
+                        f"{sub.hash()}; the submission changed since this result was produced, re-run the evaluation")
+    if sub.headline_condition != data["submission"]["headline_condition"]:
+        problems.append(f"{path}: field 'submission/headline_condition': '{data['submission']['headline_condition']}'"
+                        f" but {folder} declares '{sub.headline_condition}'")
     return problems
+
+
+def _more(path: Path, counts: dict) -> list[str]:
+    return [f"{path}: ... and {n - MAX_PER_KIND} more wrong '{kind}' values"
+            for kind, n in sorted(counts.items()) if n > MAX_PER_KIND]
 
 
 def _check_grid(path: Path, data: dict) -> list[str]:
@@ -497,6 +668,9 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
         problems.append(f"{path}: field 'rhos': {data['rhos']}, the spec's grid is {sorted(spec.rhos)}")
     if list(data["conditions"]) != list(spec.conditions):
         problems.append(f"{path}: field 'conditions': {data['conditions']}, the spec's are {list(spec.conditions)}")
+    partial = {k: v for k, v in (data.get("slice") or {}).items() if v is not None}
+    if partial:
+        problems.append(f"{path}: field 'slice': {partial}; the leaderboard needs a run without --docs / --questions")
     conds = {p["condition"] for p in data["predictions"]}
     if "base" not in conds:
         problems.append(f"{path}: field 'predictions': no 'base' condition (the KV-only reference every submission reports)")
@@ -506,10 +680,8 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
     try:
         ds = spec.dataset(data["dataset"]["id"])
         data_file = ds.split("test")
-    except Exception as exc:  # noqa: BLE001
-        return problems + [f"{path}: field 'dataset/id': {exc}"]
-    if data["dataset"].get("sha256") not in (None, data_file.sha256):
-        problems.append(f"{path}: field 'dataset/sha256': {data['dataset'].get('sha256')}, the spec pins {data_file.sha256}")
+    except Exception:  # noqa: BLE001 - reported by _pinned_questions
+        return problems
     if not data_file.path.exists():  # paper-tier data lives in the cache; checked where it is prepared
         return problems
     want = {d.doc_id: sorted(q.id for q in d.questions) for d in load_split(data_file)}
@@ -527,3 +699,11 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
             problems.append(f"{path}: field 'predictions': documents {short[:5]} do not answer all their questions "
                             "(evaluate without --questions)")
     return problems
+
+
+if __name__ == "__main__":  # the child of check_submission_isolated: python -m benchmark.conformance SUBMISSION OUT.json
+    import json
+    import sys
+
+    _problems = check_submission(sys.argv[1])
+    Path(sys.argv[2]).write_text(json.dumps(_problems))

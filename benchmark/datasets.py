@@ -57,6 +57,7 @@ class DataError(SpecError):
 
 def parse_document(obj: dict, source: str) -> Document:
     validate_against("document.schema.json", obj, source, DataError)
+    _check_content(obj, source)
     return Document(
         doc_id=obj["doc_id"],
         text=obj["text"],
@@ -68,42 +69,88 @@ def parse_document(obj: dict, source: str) -> Document:
     )
 
 
+def _check_content(obj: dict, source: str) -> None:
+    """What the schema cannot say: no blank text, question or answer, and no gold answer that
+    SQuAD normalisation empties (``"The."``): it could never be matched, and would score 0 for all."""
+    from .metrics import normalize_answer
+
+    def blank(field: str, value: str) -> None:
+        if not value.strip():
+            raise DataError(f"{source}: field '{field}': blank (only whitespace)")
+
+    blank("text", obj["text"])
+    for i, q in enumerate(obj["questions"]):
+        blank(f"questions/{i}/question", q["question"])
+        for j, a in enumerate(q["answers"]):
+            blank(f"questions/{i}/answers/{j}", a)
+            if not normalize_answer(a):
+                raise DataError(f"{source}: field 'questions/{i}/answers/{j}': {a!r} normalises to an empty string "
+                                "(SQuAD normalisation drops articles and punctuation), so no prediction can match it")
+    for i, pair in enumerate(obj.get("train_qa", ())):
+        blank(f"train_qa/{i}/question", pair["question"])
+        blank(f"train_qa/{i}/answer", pair["answer"])
+
+
 def load_documents(path: str | Path, expected_sha256: str | None = None) -> list[Document]:
-    """Read a JSONL file, validating each line. Raises DataError naming file:line and field."""
-    path = Path(path)
+    """Read a JSONL file, validating each line. Raises DataError naming file:line and field
+    (the first problem; :func:`check_documents` lists them all)."""
+    docs, problems = _read_documents(Path(path), expected_sha256, stop_at_first=True)
+    if problems:
+        raise DataError(problems[0])
+    return docs
+
+
+def check_documents(path: str | Path, expected_sha256: str | None = None) -> tuple[list[Document], list[str]]:
+    """Every problem of a JSONL file (one message per bad line, each naming file:line and field)
+    and the documents of its good lines."""
+    return _read_documents(Path(path), expected_sha256, stop_at_first=False)
+
+
+def _read_documents(path: Path, expected_sha256: str | None, stop_at_first: bool) -> tuple[list[Document], list[str]]:
     if not path.exists():
-        raise DataError(f"{path}: no such data file")
+        return [], [f"{path}: no such data file"]
+    if not path.is_file():
+        return [], [f"{path}: is a folder, not a JSONL data file"]
     if expected_sha256:
         actual = sha256_file(path)
         if actual != expected_sha256:
-            raise DataError(
-                f"{path}: sha256 {actual} does not match the spec's {expected_sha256}; "
-                "the data changed since the spec was pinned (regenerate it or bump the spec)"
-            )
+            return [], [f"{path}: sha256 {actual} does not match the spec's {expected_sha256}; "
+                        "the data changed since the spec was pinned (regenerate it or bump the spec)"]
     docs: list[Document] = []
+    problems: list[str] = []
     seen_docs: set[str] = set()
     seen_q: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
-            doc = parse_document(obj, where)
-            if doc.doc_id in seen_docs:
-                raise DataError(f"{where}: field 'doc_id': duplicate doc_id '{doc.doc_id}'")
-            seen_docs.add(doc.doc_id)
-            for i, q in enumerate(doc.questions):
-                if q.id in seen_q:
-                    raise DataError(f"{where}: field 'questions/{i}/id': duplicate question id '{q.id}'")
-                seen_q.add(q.id)
-            docs.append(doc)
-    if not docs:
-        raise DataError(f"{path}: no documents")
-    return docs
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                doc = parse_document(obj, where)
+                if doc.doc_id in seen_docs:
+                    raise DataError(f"{where}: field 'doc_id': duplicate doc_id '{doc.doc_id}'")
+                for i, q in enumerate(doc.questions):
+                    if q.id in seen_q:
+                        raise DataError(f"{where}: field 'questions/{i}/id': duplicate question id '{q.id}'")
+            except UnicodeDecodeError as exc:
+                problems.append(f"{where}: not UTF-8 (byte {exc.start} of the line is {raw[exc.start]:#04x})")
+            except DataError as exc:
+                problems.append(str(exc))
+            else:
+                seen_docs.add(doc.doc_id)
+                seen_q.update(q.id for q in doc.questions)
+                docs.append(doc)
+                continue
+            if stop_at_first:
+                return docs, problems
+    if not docs and not problems:
+        problems.append(f"{path}: no documents")
+    return docs, problems
 
 
 def load_split(data_file: DataFile) -> list[Document]:

@@ -25,13 +25,13 @@ def _unit(submission_path, kwargs: dict, runner_hook: str | None) -> list[str]:
     if runner_hook:
         module, _, func = runner_hook.partition(":")
         getattr(importlib.import_module(module), func)()
-    return [str(p) for p in runner.evaluate(submission_path, progress=False, **kwargs)]
+    return [str(p) for p in runner.evaluate(submission_path, progress=False, worker_setup=runner_hook, **kwargs)]
 
 
 def run_on_ray(
     submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
     docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
-    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
+    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "runs",
     address: str | None = None, num_gpus_per_task: float | None = None, runner_hook: str | None = None,
     split: str = "test", batch_size: int = 64, progress: bool = True, dtype: str | None = None,
 ) -> list[Path]:

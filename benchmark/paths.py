@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
+import itertools
 import json
 import os
 import sys
@@ -38,13 +38,56 @@ def stable_hash(obj, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def import_from(code_dir, ref: str):
-    """``module:attr`` imported from a submission folder (put first on ``sys.path`` for the import only)."""
-    module_name, attr = ref.split(":", 1)
+def submission_module_file(code_dir, module_name: str) -> Path:
+    """The ``.py`` file of ``module_name`` inside the submission folder ``code_dir``.
+
+    Submission code comes from its folder only: ``os``, ``subprocess`` or any other importable
+    module is refused here, before anything is imported. Raises ValueError naming the folder."""
     if code_dir is None:
-        return getattr(importlib.import_module(module_name), attr)
-    sys.path.insert(0, str(code_dir))
+        raise ValueError(f"'{module_name}' is not in a submission folder (module:attr refers to a .py file in "
+                         "the submission folder)")
+    root = Path(code_dir).resolve()
+    parts = module_name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise ValueError(f"'{module_name}' is not a module name")
+    base = root.joinpath(*parts)
+    for file in (base.with_suffix(".py"), base / "__init__.py"):
+        if file.is_file() and file.resolve().is_relative_to(root):
+            return file.resolve()
+    raise ValueError(f"module '{module_name}' is not a .py file in the submission folder {root} "
+                     f"(looked for {'/'.join(parts)}.py); only the submission's own code may be imported")
+
+
+_IMPORTS = itertools.count()
+
+
+def import_from(code_dir, ref: str):
+    """``module:attr`` from the submission folder ``code_dir``, imported under a unique name and
+    removed from ``sys.modules`` afterwards (with any sibling module it imported), so two
+    submissions with a ``press.py`` never share a module and nothing stays behind.
+
+    A module that calls ``sys.exit`` while importing raises RuntimeError (a failure, not an exit)."""
+    import importlib.util
+
+    module_name, attr = ref.split(":", 1)
+    file = submission_module_file(code_dir, module_name)
+    root = str(Path(code_dir).resolve())
+    unique = f"_lorakv_submission_{next(_IMPORTS)}_{module_name.replace('.', '_')}"
+    spec = importlib.util.spec_from_file_location(unique, file)
+    module = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
+    sys.modules[unique] = module  # dataclasses look their module up while the class is created
+    sys.path.insert(0, root)  # sibling modules of the submission may import each other
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        spec.loader.exec_module(module)
+    except SystemExit as exc:
+        raise RuntimeError(f"{file}: importing it called sys.exit({exc.code!r})") from None
     finally:
-        sys.path.remove(str(code_dir))
+        sys.path.remove(root)
+        for name in set(sys.modules) - before:
+            mod_file = getattr(sys.modules[name], "__file__", None) or ""
+            if name == unique or (mod_file and Path(mod_file).resolve().is_relative_to(root)):
+                del sys.modules[name]
+    if not hasattr(module, attr):
+        raise AttributeError(f"{file} has no attribute '{attr}'")
+    return getattr(module, attr)

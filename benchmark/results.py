@@ -5,6 +5,7 @@ so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -84,35 +85,68 @@ def aggregate(predictions: list[dict], documents: list[dict]) -> list[dict]:
     return cells
 
 
+#: Header fields that make a result file's identity: a run resumes a file only if all are equal.
+IDENTITY = ("spec_hash", "submission", "model", "dataset", "tier", "rhos", "conditions", "slice")
+
+
 class ResultFile:
-    """The on-disk result of one (submission, tier, model, dataset); resumable."""
+    """The on-disk result of one (submission, tier, model, dataset, slice); resumable.
+
+    Several processes may write one file at once (two runs, or shards of the ``ray`` executor on
+    one disk): every write holds an exclusive ``fcntl.flock`` on ``<file>.lock``, merges this
+    document into what is on disk then, and replaces the file atomically (a unique temporary
+    name, fsync, rename), so nothing another process wrote is lost and a crash never leaves a
+    half-written file."""
 
     def __init__(self, path: Path, header: dict):
         self.path = Path(path)
         self.data = {"format": FORMAT, **header, "created": now(), "updated": now(),
                      "documents": [], "predictions": [], "cells": []}
-        if self.path.exists():
-            old = json.loads(self.path.read_text())
-            for key in ("spec_hash", "submission", "model", "dataset", "tier"):
-                if old.get(key) != header.get(key):
-                    field = key if key != "submission" else "submission (hash)"
-                    raise SpecError(
-                        f"{self.path}: field '{field}' differs from this run's; it was produced by another spec, "
-                        "submission or model. Move it away (or pass --out elsewhere) to start fresh."
-                    )
+        self._header = header
+        with file_lock(self.path):
+            old = self._read_existing()
+        if old is not None:
             self.data.update({k: old[k] for k in ("created", "documents", "predictions")})
+
+    def _read_existing(self) -> dict | None:
+        """The file on disk, checked to be a result of this very run (identity and slice), or None."""
+        if not self.path.exists():
+            return None
+        try:
+            old = json.loads(self.path.read_text(encoding="utf-8"))
+            validate_against("result.schema.json", old, str(self.path))
+        except (json.JSONDecodeError, UnicodeDecodeError, SpecError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SpecError(f"{self.path}: cannot resume, the file is not a valid result file ({first}); "
+                            "move it away to start fresh") from None
+        for key in IDENTITY:
+            if _identity(old, key) != _identity(self._header, key):
+                what = {"submission": "submission (hash)", "slice": "slice (--docs / --questions)",
+                        "rhos": "rhos (--rhos)", "conditions": "conditions (--conditions)"}.get(key, key)
+                raise SpecError(
+                    f"{self.path}: field '{key}': this file holds {what} {_identity(old, key)!r}, this run asks for "
+                    f"{_identity(self._header, key)!r}; resume with the same settings, or pass another --out to start fresh"
+                )
+        return old
 
     def done(self) -> set[tuple[str, float, str]]:
         return {(p["doc_id"], p["rho"], p["condition"]) for p in self.data["predictions"]}
 
     def add_document(self, doc_record: dict, predictions: list[dict]) -> None:
-        docs = [d for d in self.data["documents"] if d["doc_id"] != doc_record["doc_id"]]
-        old = next((d for d in self.data["documents"] if d["doc_id"] == doc_record["doc_id"]), None)
-        if old and not doc_record.get("adapter") and old.get("adapter"):
-            doc_record["adapter"] = old["adapter"]
-        self.data["documents"] = docs + [doc_record]
-        self.data["predictions"].extend(predictions)
-        self.save()
+        """Replace this document's record and predictions, merged under the lock with what other
+        processes wrote meanwhile."""
+        with file_lock(self.path):
+            disk = self._read_existing()
+            if disk is not None:
+                self.data["created"] = disk["created"]
+                self.data["documents"], self.data["predictions"] = disk["documents"], disk["predictions"]
+            doc_id = doc_record["doc_id"]
+            old = next((d for d in self.data["documents"] if d["doc_id"] == doc_id), None)
+            if old and not doc_record.get("adapter") and old.get("adapter"):
+                doc_record["adapter"] = old["adapter"]
+            self.data["documents"] = [d for d in self.data["documents"] if d["doc_id"] != doc_id] + [doc_record]
+            self.data["predictions"] = [p for p in self.data["predictions"] if p["doc_id"] != doc_id] + list(predictions)
+            self.save()
 
     def save(self, keep_updated: bool = False) -> None:
         self.data["documents"].sort(key=lambda d: d["doc_id"])
@@ -121,18 +155,66 @@ class ResultFile:
         if not keep_updated:
             self.data["updated"] = now()
         validate_against("result.schema.json", self.data, str(self.path))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=1, ensure_ascii=False) + "\n")
+
+
+def _identity(data: dict, key: str):
+    """``data[key]``; a missing slice (files written before it was recorded) is a full-split run
+    (publish still checks the coverage)."""
+    if key == "slice":
+        return data.get("slice") or {"docs": None, "questions": None}
+    return data.get(key)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on ``<path>.lock`` (held until the block ends; released if the
+    process dies)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old or the new file, never a partial one:
+    a unique temporary file in the same folder, fsync, rename, fsync of the folder."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def load_result(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     validate_against("result.schema.json", data, str(path))
     return data
 
@@ -143,8 +225,8 @@ def merge_shards(paths: list[str | Path], out: str | Path) -> Path:
     datas = [load_result(p) for p in paths]
     first = datas[0]
     for p, d in zip(paths, datas):
-        for key in ("spec_hash", "submission", "model", "dataset", "tier", "rhos", "conditions"):
-            if d[key] != first[key]:
+        for key in IDENTITY:
+            if d.get(key) != first.get(key):
                 raise SpecError(f"{p}: field '{key}' differs from {paths[0]}; these are not shards of one run")
     seen: dict[str, str] = {}
     for p, d in zip(paths, datas):
@@ -154,6 +236,8 @@ def merge_shards(paths: list[str | Path], out: str | Path) -> Path:
             seen[doc["doc_id"]] = str(p)
     header = {k: first[k] for k in ("submission", "tier", "spec_version", "spec_hash", "model", "dataset", "rhos",
                                     "conditions", "environment")}
+    if "slice" in first:
+        header["slice"] = first["slice"]
     merged = ResultFile.__new__(ResultFile)
     merged.path = Path(out)
     merged.data = {"format": FORMAT, **header, "created": min(d["created"] for d in datas),

@@ -51,6 +51,11 @@ class DocumentRun:
     progress: bool = True
     stats: dict = field(default_factory=lambda: {"prefills": 0, "decoded_tokens": 0})
 
+    @property
+    def dtype(self) -> str:
+        """The dtype the model actually runs in (recorded in the result's environment)."""
+        return str(getattr(self.model, "dtype", "unknown")).removeprefix("torch.")
+
     def evaluate(self, doc: Document, rhos, conditions, questions=None) -> tuple[dict, list[dict]]:
         """Answer ``questions`` (default: all of the document's) for every (rho, condition)."""
         questions = list(questions or doc.questions)
@@ -147,16 +152,25 @@ class DocumentRun:
             for (_, meta), text in zip(items, texts):
                 q = meta["question"]
                 prediction = EXTRACTORS[self.spec.metric.extraction](text, r.prompt.answer_prefix)
-                s = score_prediction_with(prediction, q.answers, self.spec.metric.normalization)
                 self.stats["decoded_tokens"] += len(self.tokenizer.encode(text, add_special_tokens=False))
-                preds.append({
-                    "doc_id": doc.doc_id, "question_id": q.id, "rho": meta["rho"], "condition": meta["condition"],
-                    "generation": text, "prediction": prediction, "answers": list(q.answers),
-                    "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
+                preds.append(scored({
+                    "doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": meta["rho"],
+                    "condition": meta["condition"], "generation": text, "prediction": prediction,
                     "kv_entries": meta["kv_entries"], "kv_bytes": meta["kv_bytes"],
-                } | ({"tags": list(q.tags)} if q.tags else {}))
+                }, q, self.spec.metric.normalization))
         timings["decode_s"] = time.perf_counter() - t0
         return preds
+
+
+def scored(pred: dict, q, normalization: str) -> dict:
+    """The prediction with its gold answers, tags and scores (the spec's metric normalization);
+    unchanged where the question carries no answers (in the worker, which never holds them: the
+    parent scores)."""
+    if not q.answers:
+        return pred
+    s = score_prediction_with(pred["prediction"], q.answers, normalization)
+    return pred | {"answers": list(q.answers), "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"]} | (
+        {"tags": list(q.tags)} if q.tags else {})
 
 
 def model_key(model_spec) -> str:
@@ -177,10 +191,16 @@ def open_run(spec: Spec, submission: Submission, model_id: str | None = None, de
 def evaluate(
     submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
     split: str = "test", docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
-    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "leaderboard/results",
+    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "runs",
     batch_size: int = 64, progress: bool = True, shard: tuple[int, int] | None = None, dtype: str | None = None,
+    isolation: str = "worker", worker_setup: str | None = None,
 ) -> list[Path]:
     """Run the protocol; returns the result files written (one per dataset).
+
+    ``isolation="worker"`` runs the model and the submission's code in a worker process that never
+    sees an answer (sandboxed with bubblewrap where it works; :mod:`benchmark.worker`); this process
+    scores. ``"inline"`` runs everything here (tests that patch the model in this process).
+    ``worker_setup`` ("module:function") is called in the worker first (a test seam).
 
     ``shard=(i, n)`` runs only documents i, i+n, i+2n, ... into ``<dataset>.shard-i-of-n.json``;
     ``lorakv-bench merge`` joins the n shard files into exactly the unsharded result.
@@ -191,9 +211,26 @@ def evaluate(
     rhos = sorted(rhos if rhos is not None else spec.rhos)
     conditions = list(conditions or spec.conditions)
     datasets = [resolve_dataset(spec, d) for d in datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
-    run = open_run(spec, submission, model_id, device, dtype, batch_size=batch_size, progress=progress)
-    ran_dtype = str(getattr(run.model, "dtype", dtype)).removeprefix("torch.")  # what actually ran
     model_spec = spec.model(model_id)
+    if isolation == "worker":
+        from .worker import WorkerRun
+
+        hidden = [f.path for d in (*spec.datasets, *datasets) for f in (d.test, d.dev) if f is not None]
+        run = WorkerRun.start(tier=tier, submission=str(submission_path), model_id=model_id, device=device,
+                              dtype=dtype, batch_size=batch_size, progress=progress, hidden_files=hidden,
+                              setup=worker_setup)
+    else:
+        run = open_run(spec, submission, model_id, device, dtype, batch_size=batch_size, progress=progress)
+    try:
+        return _evaluate_datasets(run, spec, submission, model_spec, datasets, split, docs, questions, rhos, conditions,
+                                  device, out, shard, "inline" if isolation != "worker" else run.sandbox, progress)
+    finally:
+        if isolation == "worker":
+            run.close()
+
+
+def _evaluate_datasets(run, spec, submission, model_spec, datasets, split, docs, questions, rhos, conditions, device,
+                       out, shard, sandbox, progress) -> list[Path]:
     written = []
     for ds in datasets:
         data_file = ds.split(split)
@@ -206,7 +243,9 @@ def evaluate(
             "tier": spec.tier, "spec_version": spec.spec_version, "spec_hash": spec.hash,
             "model": {"id": model_spec.id, "name": model_spec.name},
             "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
-            "rhos": rhos, "conditions": conditions, "environment": environment(device, ran_dtype),
+            "rhos": rhos, "conditions": conditions,
+            "environment": environment(device, run.dtype) | {"sandbox": sandbox},
+            "slice": {"docs": docs, "questions": questions},  # part of the file's identity: resume only the same slice
         }
         stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
         path = result_path(out, submission.name, spec.tier, model_spec.id, stem)
@@ -222,6 +261,7 @@ def evaluate(
             # Resume at document granularity: drop this document's partial predictions, redo it whole.
             result.data["predictions"] = [p for p in result.data["predictions"] if p["doc_id"] != doc.doc_id]
             record, preds = run.evaluate(doc, rhos, active, qs)
-            result.add_document(record, preds)
+            by_id = {q.id: q for q in qs}  # scored here, where the answers are: the worker never has them
+            result.add_document(record, [scored(p, by_id[p["question_id"]], spec.metric.normalization) for p in preds])
         written.append(path)
     return written

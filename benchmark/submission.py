@@ -18,6 +18,7 @@ submission folder (a dataclass with kvpress's ``score`` signature).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +64,20 @@ class Submission:
         return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, train=train))
 
     def hash(self) -> str:
-        """Identity of what was evaluated: the YAML and any code in the folder."""
-        code = {p.name: p.read_text() for p in sorted(self.path.glob("*.py"))}
+        """Identity of what was evaluated: the parsed YAML and every other file in the folder, at
+        any depth (``__pycache__`` skipped), so a changed helper in a subfolder invalidates results.
+        Files are keyed by their path relative to the folder; text as text (the hashes of
+        submissions with only top-level ``.py`` files are unchanged), other bytes by their sha256."""
+        code = {}
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path)
+            if not p.is_file() or "__pycache__" in rel.parts or rel.as_posix() == "submission.yaml":
+                continue
+            blob = p.read_bytes()
+            try:
+                code[rel.as_posix()] = blob.decode("utf-8")
+            except UnicodeDecodeError:
+                code[rel.as_posix()] = {"sha256": hashlib.sha256(blob).hexdigest()}
         return stable_hash({"submission": self.raw, "code": code})
 
 
@@ -91,6 +104,7 @@ def load_submission(path: str | Path) -> Submission:
         )
     except ValueError as exc:
         raise SpecError(f"{yml}: field 'adapter': {exc}") from exc
+    _check_code_refs(yml, raw)
     sub = Submission(name=raw["name"], path=folder, raw=raw, recipe=recipe)
     for model_id in ad.get("per_model", {}):
         try:
@@ -98,3 +112,35 @@ def load_submission(path: str | Path) -> Submission:
         except ValueError as exc:
             raise SpecError(f"{yml}: field 'adapter/per_model/{model_id}': {exc}") from exc
     return sub
+
+
+def _check_code_refs(yml: Path, raw: dict) -> None:
+    """Before anything is imported: the press is a kvpress press name or ``module:Class`` of a
+    ``.py`` file in the submission folder, the hook a ``module:function`` of one, and the press
+    kwargs leave ``compression_ratio`` to the framework."""
+    from .compression import kvpress_press
+    from .paths import submission_module_file
+
+    press = raw["compressor"]["press"]
+    try:
+        if ":" in press:
+            submission_module_file(yml.parent, press.split(":")[0])
+        else:
+            kvpress_press(press)
+    except ValueError as exc:
+        raise SpecError(f"{yml}: field 'compressor/press': '{press}': {exc}") from None
+    if "compression_ratio" in (raw["compressor"].get("kwargs") or {}):
+        raise SpecError(f"{yml}: field 'compressor/kwargs': compression_ratio is set by the framework at every rho "
+                        "of the grid; remove it")
+    trains = {"adapter/train": raw["adapter"].get("train") or {}}
+    trains |= {f"adapter/per_model/{m}": t for m, t in (raw["adapter"].get("per_model") or {}).items()}
+    for where, train in trains.items():
+        hook = train.get("hook")
+        if not hook:
+            continue
+        if ":" not in hook:
+            raise SpecError(f"{yml}: field '{where}/hook': '{hook}' must be module:function")
+        try:
+            submission_module_file(yml.parent, hook.split(":")[0])
+        except ValueError as exc:
+            raise SpecError(f"{yml}: field '{where}/hook': '{hook}': {exc}") from None

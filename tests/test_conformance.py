@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import leaderboard
-from benchmark.conformance import check_result_file, check_submission
+from benchmark.conformance import check_result_file, check_submission, check_submission_isolated, kept_per_head
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
@@ -24,7 +24,8 @@ RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
 
 @pytest.mark.parametrize("submission", SUBMISSIONS, ids=[p.name for p in SUBMISSIONS])
 def test_committed_submission_conforms(submission):
-    assert check_submission(submission) == []
+    # in its own process: a submission's import-time code cannot patch the checks of this one
+    assert check_submission_isolated(submission) == []
 
 
 @pytest.mark.parametrize("result", RESULTS, ids=[p.relative_to(RESULTS_ROOT).as_posix() for p in RESULTS])
@@ -223,6 +224,9 @@ def test_not_yaml(tmp_path):
 # ------------------------------------------------------------------ result files: valid, then tampered
 
 
+LAYER_HEADS = 4  # the made-up result's model: 2 layers x 2 KV heads
+
+
 def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple[Path, Path]:
     """A result file that passes every check: real mini-tier questions, made-up generations,
     metrics and cells computed the way the runner does. Returns (path, submissions dir)."""
@@ -256,11 +260,12 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
                 generation = f" {q.answers[0]}\nQuestion: more" if right else " I am not sure\n"
                 prediction = extract_answer(generation, prefix)
                 s = score_prediction(prediction, q.answers)
-                kept = 300 - int(300 * rho)
-                preds.append({"doc_id": doc.doc_id, "question_id": q.id, "rho": rho, "condition": "base",
+                kept = LAYER_HEADS * kept_per_head(12, 300, rho)  # what evict keeps: prefix + kvpress's budget
+                preds.append({"doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": rho,
+                              "condition": "base",
                               "generation": generation, "prediction": prediction, "answers": list(q.answers),
                               "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
-                              "kv_entries": kept, "kv_bytes": 64 * kept})
+                              "kv_entries": kept, "kv_bytes": 64 * kept} | ({"tags": list(q.tags)} if q.tags else {}))
     rf.data["documents"], rf.data["predictions"] = docs, preds
     rf.save()
     return path, tmp_path / "submissions"
@@ -335,3 +340,264 @@ def test_changed_submission_is_reported(valid_result):
     yml.write_text(yml.read_text().replace("conformance test", "changed after evaluating"))
     problems = check_result_file(path, submissions_dir=subs)
     assert any("field 'submission/hash'" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ attacks on a result file (issue 14)
+
+
+def _gold(p):
+    return p["answers"][0]
+
+
+def test_predictions_set_to_gold_without_their_generations_are_reported(valid_result):
+    """Setting every prediction (and its scores and cells) to the gold answer, generations left alone:
+    the extraction check catches it. Gold generations too are caught by re-running (verify)."""
+    from benchmark.metrics import score_prediction
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def to_gold(data):
+        for p in data["predictions"]:
+            p["prediction"] = _gold(p)
+            s = score_prediction(p["prediction"], p["answers"])
+            p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, to_gold), submissions_dir=subs)
+    assert any("field 'predictions/" in p and "/prediction'" in p and "extracts to" in p for p in problems), problems
+
+
+def test_changed_gold_answers_are_reported(valid_result):
+    """An answer changed inside the file to match a wrong prediction, scores and cells recomputed from
+    the file's own answers: the pinned dataset still has the real answer."""
+    from benchmark.metrics import score_prediction
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def rewrite_answers(data):
+        for p in data["predictions"]:
+            p["answers"] = [p["prediction"] or "x"]
+            s = score_prediction(p["prediction"], p["answers"])
+            p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, rewrite_answers), submissions_dir=subs)
+    assert any("field 'predictions/0/answers'" in p and "pinned dataset" in p for p in problems), problems
+    # and the scores are re-scored against the pinned answers, not the file's
+    assert any("/rouge_l'" in p and "gold answers" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (_set(["predictions", 0, "question_id"], "no-such-question"), "predictions/0/question_id", "pinned dataset"),
+    (_set(["predictions", 0, "question"], "An easier question?"), "predictions/0/question", "pinned dataset asks"),
+    (_set(["predictions", 0, "tags"], ["covered"]), "predictions/0/tags", "pinned dataset"),
+    (_set(["dataset", "sha256"], "0" * 64), "dataset/sha256", "spec pins"),
+], ids=["unknown-question-id", "changed-question-text", "changed-tags", "other-dataset-hash"])
+def test_predictions_checked_against_pinned_dataset(valid_result, mutate, field, words):
+    path, subs = valid_result
+    problems = check_result_file(_tamper(path, mutate), submissions_dir=subs)
+    assert any(f"field '{field}'" in p and words in p for p in problems), problems
+
+
+def test_budget_exceeded_is_reported(valid_result):
+    """A compressor that kept more document entries at rho = 0.9 than evict's budget allows (and a
+    file whose kv_bytes and cells were made consistent with that) is reported."""
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def keep_more(data):
+        for p in data["predictions"]:
+            if p["rho"] == 0.9:
+                p["kv_entries"] += LAYER_HEADS * 10
+                p["kv_bytes"] = 64 * p["kv_entries"]
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, keep_more), submissions_dir=subs)
+    assert any("/kv_entries'" in p and "rho=0.9" in p and "budget" in p for p in problems), problems
+
+
+def test_kv_bytes_inconsistent_with_entries_is_reported(valid_result):
+    from benchmark.results import aggregate
+
+    path, subs = valid_result
+
+    def shrink(data):
+        data["predictions"][0]["kv_bytes"] //= 2
+        data["cells"] = aggregate(data["predictions"], data["documents"])
+
+    problems = check_result_file(_tamper(path, shrink), submissions_dir=subs)
+    assert any("field 'predictions/0/kv_bytes'" in p for p in problems), problems
+
+
+# ------------------------------------------------------------------ submission code comes from its folder only
+
+
+def test_submission_hash_covers_files_in_subfolders(tmp_path):
+    from benchmark.submission import load_submission
+
+    folder = write_submission(tmp_path, "nested", yaml_for("nested", "{press: 'press:NormPress'}"),
+                              {"press.py": GOOD_PRESS})
+    (folder / "helpers").mkdir()
+    (folder / "helpers" / "weights.txt").write_text("0.5\n")
+    before = load_submission(folder).hash()
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "press.cpython-311.pyc").write_bytes(b"\x00compiled")
+    assert load_submission(folder).hash() == before, "__pycache__ must not change the hash"
+    (folder / "helpers" / "weights.txt").write_text("0.7\n")
+    assert load_submission(folder).hash() != before
+    (folder / "helpers" / "blob.bin").write_bytes(b"\xff\xfe not utf-8")
+    assert load_submission(folder).hash() != before
+
+
+def test_hash_of_a_yaml_only_submission_is_unchanged():
+    """Committed results keep their hash: a folder with only submission.yaml hashes as before."""
+    from benchmark.paths import stable_hash
+    from benchmark.submission import load_submission
+
+    sub = load_submission(ROOT / "submissions" / "knorm")
+    assert sub.hash() == stable_hash({"submission": sub.raw, "code": {}})
+
+
+@pytest.mark.parametrize("press", ["'os:system'", "'subprocess:run'", "'outside_module:Press'", "'press:X'",
+                                   "'benchmark.conformance:check_result_file'", "utils", "pipeline"])
+def test_press_outside_the_folder_is_refused_before_import(tmp_path, monkeypatch, press):
+    marker = tmp_path / "imported"
+    (tmp_path / "outside_module.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Press: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = write_submission(tmp_path, "evil", yaml_for("evil", "{press: " + press + "}"))
+    problems = check_submission(folder)
+    assert len(problems) == 1 and "field 'compressor/press'" in problems[0], problems
+    assert "\n" not in problems[0]
+    assert not marker.exists(), "a module outside the submission folder was imported"
+
+
+def test_hook_outside_the_folder_is_refused(tmp_path):
+    folder = write_submission(tmp_path, "evil-hook", yaml_for("evil-hook", adapter="{recipe: qa, train: {hook: 'os:system'}}"))
+    (problem,) = check_submission(folder)
+    assert "field 'adapter/train/hook'" in problem and "submission folder" in problem
+
+
+def test_submission_modules_do_not_stay_in_sys_modules(tmp_path):
+    import sys
+
+    folder = write_submission(tmp_path, "custom", yaml_for(
+        "custom", "{press: 'press:NormPress'}", "{recipe: qa, lora: {r: 4, alpha: 8}, train: {hook: 'hooks:make_pairs'}}"),
+        {"press.py": GOOD_PRESS, "hooks.py": GOOD_HOOK})
+    assert check_submission(folder) == []
+    left = [name for name, mod in sys.modules.items()
+            if str(folder.resolve()) in str(getattr(mod, "__file__", "") or "")]
+    assert left == []
+    assert "press" not in sys.modules and "hooks" not in sys.modules
+
+
+PATCHING_PRESS = """
+    import sys
+    from dataclasses import dataclass
+
+    from kvpress import ScorerPress
+
+    # import-time code of a malicious submission: make every check pass
+    for name in ("benchmark.conformance",):
+        mod = sys.modules.get(name) or __import__(name, fromlist=["x"])
+        mod.check_result_file = lambda *a, **k: []
+        mod.check_submission = lambda *a, **k: []
+
+
+    @dataclass
+    class NormPress(ScorerPress):
+        def score(self, module, hidden_states, keys, values, attentions, kwargs):
+            return values.norm(dim=-1)
+    """
+
+
+def test_import_time_code_of_a_submission_cannot_patch_the_result_checks(valid_result, tmp_path):
+    from benchmark.cli import main
+
+    path, subs = valid_result
+    evil = write_submission(tmp_path / "elsewhere", "patcher", yaml_for("patcher", "{press: 'press:NormPress'}"),
+                            {"press.py": PATCHING_PRESS})
+    _tamper(path, _set(["predictions", 0, "rouge_l"], 100.0))
+    assert check_submission_isolated(evil) == []  # it passes its own check (it is a valid press)...
+    problems = check_result_file(path, submissions_dir=subs)  # ...but the result check, here, is intact
+    assert any("field 'predictions/0/rouge_l'" in p for p in problems), problems
+    assert main(["validate", str(evil), str(path)]) == 1
+
+
+EXITING_PRESS = """
+    import sys
+
+    sys.exit(0)
+    """
+
+
+def test_submission_that_exits_while_importing_fails(tmp_path):
+    folder = write_submission(tmp_path, "exits", yaml_for("exits", "{press: 'press:NormPress'}"), {"press.py": EXITING_PRESS})
+    (problem,) = check_submission(folder)
+    assert "field 'compressor/press'" in problem and "sys.exit" in problem
+    (problem,) = check_submission_isolated(folder)
+    assert "sys.exit" in problem
+
+
+def test_submission_that_kills_its_process_fails(tmp_path):
+    folder = write_submission(tmp_path, "killer", yaml_for("killer", "{press: 'press:NormPress'}"),
+                              {"press.py": "import os\nos._exit(0)\n"})
+    (problem,) = check_submission_isolated(folder)
+    assert "ended without a result" in problem
+
+
+def test_compression_ratio_in_press_kwargs_is_refused(tmp_path):
+    folder = write_submission(tmp_path, "ratio", yaml_for("ratio", "{press: KnormPress, kwargs: {compression_ratio: 0.5}}"))
+    (problem,) = check_submission(folder)
+    assert "field 'compressor/kwargs'" in problem and "compression_ratio" in problem
+
+
+# ------------------------------------------------------------------ runs/ by default, publish into the leaderboard
+
+
+def test_runs_go_to_runs_by_default():
+    import inspect
+
+    from benchmark import executors, runner
+    from benchmark.cli import build_parser
+
+    assert build_parser().parse_args(["evaluate", "submissions/snapkv"]).out == "runs"
+    assert inspect.signature(runner.evaluate).parameters["out"].default == "runs"
+    assert inspect.signature(executors.run_on_ray).parameters["out"].default == "runs"
+    assert "/runs/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def _as_run(path: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "runs" / path.relative_to(tmp_path / "leaderboard" / "results")
+    run.parent.mkdir(parents=True)
+    shutil.move(path, run)
+    return run
+
+
+def test_publish_copies_a_valid_run(valid_result, tmp_path, capsys):
+    from benchmark.cli import main
+
+    path, subs = valid_result
+    run = _as_run(path, tmp_path)
+    results = tmp_path / "published"
+    assert main(["publish", str(run), "--results", str(results), "--submissions", str(subs)]) == 0
+    dest = results / run.relative_to(tmp_path / "runs")
+    assert dest.read_text() == run.read_text()
+    assert check_result_file(dest, submissions_dir=subs) == []
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (_set(["predictions", 0, "rouge_l"], 100.0), "predictions/0/rouge_l"),
+    (_set(["slice"], {"docs": None, "questions": 2}), "slice"),
+], ids=["tampered", "partial-slice"])
+def test_publish_refuses_a_bad_run(valid_result, tmp_path, capsys, mutate, field):
+    from benchmark.cli import main
+
+    path, subs = valid_result
+    run = _as_run(_tamper(path, mutate), tmp_path)
+    results = tmp_path / "published"
+    assert main(["publish", str(run), "--results", str(results), "--submissions", str(subs)]) == 1
+    assert f"field '{field}" in capsys.readouterr().err
+    assert not results.exists() or not any(results.rglob("*.json"))

@@ -111,12 +111,20 @@ def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch)
     calls = []
     real = R.DocumentRun.evaluate
     monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
-    kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False)
-    [path] = R.evaluate(sub.path, docs=1, **kwargs)
+    kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False,
+                  isolation="inline")  # the model is patched in this process
+    monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or (
+        real(self, doc, *a, **k) if doc.doc_id == "d0" else (_ for _ in ()).throw(KeyboardInterrupt)))
+    with pytest.raises(KeyboardInterrupt):  # interrupted after the first document
+        R.evaluate(sub.path, **kwargs)
+    [path] = list((out / "tsub").rglob("*.json"))
     first = json.loads(path.read_text())
-    assert len(first["predictions"]) == 2 * 2 * 3 and calls == ["d0"]
+    assert len(first["predictions"]) == 2 * 2 * 3 and calls == ["d0", "d1"]
+    monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
     [path] = R.evaluate(sub.path, **kwargs)  # resumes: d0 is done, only d1 runs
-    assert calls == ["d0", "d1"]
+    assert calls == ["d0", "d1", "d1"]
+    with pytest.raises(SpecError, match=r"field 'slice'"):  # another slice does not resume this file
+        R.evaluate(sub.path, docs=1, **kwargs)
     data2 = json.loads(path.read_text())
     assert len(data2["predictions"]) == 2 * 2 * 3 * 2
     assert [p for p in data2["predictions"] if p["doc_id"] == "d0"] == first["predictions"]
@@ -163,7 +171,7 @@ def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt,
     spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
     monkeypatch.setattr(R, "load_spec", lambda tier: spec)
     sub = make_submission(tmp_path)
-    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], progress=False)
+    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], progress=False, isolation="inline")
     [whole] = R.evaluate(sub.path, out=tmp_path / "whole", **kw)
     shards = [R.evaluate(sub.path, out=tmp_path / "shards", shard=(i, 2), **kw)[0] for i in range(2)]
     merged = json.loads(merge_shards(shards, tmp_path / "merged.json").read_text())

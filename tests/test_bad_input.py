@@ -1,0 +1,99 @@
+"""Bad input gets a one-line error naming the flag / file / line / field and a non-zero exit,
+before any work starts (issue 14, item 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--docs", "0"], "--docs 0"),
+    (["--docs", "-2"], "--docs -2"),
+    (["--questions", "0"], "--questions 0"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--conditions", "bogus"], "--conditions bogus"),
+    (["--conditions", "base", "base"], "--conditions"),
+    (["--rhos", "1.5"], "--rhos 1.5"),
+    (["--rhos", "-0.1"], "--rhos -0.1"),
+    (["--rhos", "nan"], "--rhos nan"),
+    (["--rhos", "0.5", "0.5"], "--rhos: 0.5"),
+    (["--model", "no-such-model"], "no-such-model"),
+    (["--dataset", "no-such-dataset"], "no-such-dataset"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_evaluate_flags_fail_before_any_work(flags, named, monkeypatch, tmp_path, capsys):
+    import benchmark.runner as R
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "evaluate", lambda *a, **k: pytest.fail("evaluate ran despite a bad flag"))
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad flag"))
+    assert main(["evaluate", str(ROOT / "submissions" / "snapkv"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and named in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def _line(doc_id="d", text="Some text.", answers=("Tollervik",), question="Where?") -> str:
+    return json.dumps({"doc_id": doc_id, "text": text,
+                       "questions": [{"id": f"{doc_id}-q", "question": question, "answers": list(answers)}]})
+
+
+@pytest.mark.parametrize("content, where, words", [
+    (_line().encode() + b"\n" + _line("e").encode().replace(b"Some", b"S\xe9me") + b"\n", ":2:", "not UTF-8"),
+    ((_line(text="   ") + "\n").encode(), ":1: field 'text'", "blank"),
+    ((_line(answers=(" ",)) + "\n").encode(), ":1: field 'questions/0/answers/0'", "blank"),
+    ((_line(question="\t") + "\n").encode(), ":1: field 'questions/0/question'", "blank"),
+    ((_line(answers=("The.",)) + "\n").encode(), ":1: field 'questions/0/answers/0'", "normalises to an empty"),
+], ids=["non-utf8", "blank-text", "blank-answer", "blank-question", "answer-normalises-to-empty"])
+def test_bad_data_file_is_reported_with_file_and_line(tmp_path, capsys, content, where, words):
+    f = tmp_path / "docs.jsonl"
+    f.write_bytes(content)
+    assert main(["validate-data", str(f)]) == 1
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]
+    assert f"{f}{where}" in first and words in first, err
+
+
+def test_data_path_that_is_a_folder(tmp_path, capsys):
+    from benchmark.datasets import DataError, load_documents
+
+    assert main(["validate-data", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    with pytest.raises(DataError, match="is a folder"):
+        load_documents(tmp_path)
+
+
+def test_validate_data_reports_every_bad_line(tmp_path, capsys):
+    f = tmp_path / "docs.jsonl"
+    lines = [_line("a"), "{not json", _line("b", text=" "), _line("c"), _line("a"), _line("d", answers=("an",))]
+    f.write_text("\n".join(lines) + "\n")
+    assert main(["validate-data", str(f)]) == 1
+    err = capsys.readouterr().err
+    for lineno, words in ((2, "not valid JSON"), (3, "blank"), (5, "duplicate doc_id"), (6, "normalises")):
+        assert any(f"{f}:{lineno}:" in line and words in line for line in err.splitlines()), (lineno, err)
+    assert f"{f}:1:" not in err and f"{f}:4:" not in err
+    assert "4 problem(s)" in err
+
+
+def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    """The CLI path of a truncated result file: a one-line error and exit 2, the file kept."""
+    import benchmark.runner as R
+    from benchmark.tiny import tiny_model
+
+    model, tok = tiny_model("llama")
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "runs" / "snapkv" / "mini" / "smollm2-135m" / "mini-narrative.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"format": "lorakv-bench-result/1", "predictions": [')
+    rc = main(["evaluate", str(ROOT / "submissions" / "snapkv"), "--model", "smollm2-135m", "--dataset", "mini-narrative",
+               "--docs", "1", "--questions", "1", "--rhos", "0", "--isolation", "inline"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err and "cannot resume" in err, err
+    assert path.read_text().endswith("[")
