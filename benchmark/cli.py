@@ -50,8 +50,10 @@ def check_evaluate_flags(args) -> None:
     spec = load_spec(args.tier)
     if args.model:
         spec.model(args.model)
+    from .datasets import resolve_dataset
+
     for ds in args.dataset or []:
-        spec.dataset(ds).split(args.split)
+        resolve_dataset(spec, ds).split(args.split)  # a spec id, or a JSONL file (validated in full)
 
 
 def cmd_evaluate(args) -> int:
