@@ -22,11 +22,13 @@ matmul-bound and get no FLOP figure.
 
     python benchmarks/stages.py [--dataset mini-narrative] [--split dev] [--docs 1] [--questions N]
                                 [--model qwen2.5-0.5b] [--dtype float32|bfloat16] [--max-steps N]
+                                [--profile training|decoding]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import resource
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--rhos", type=float, nargs="+", help="default: the spec's grid")
     ap.add_argument("--max-steps", type=int, help="cap the adapter's training steps (for a quicker look)")
     ap.add_argument("--batch-size", type=int, default=64, help="decode batch size (the runner's default)")
+    ap.add_argument("--profile", choices=["training", "decoding"],
+                    help="also print torch.profiler's top operators (by self CPU time) of that stage")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2))
     args = ap.parse_args()
 
@@ -163,14 +167,15 @@ def main() -> None:
             counter.stage, counter.training = "training", True
             examples = build_examples(doc.training_view(), sub.recipe, run.renderer, model, run.model_key)
             name = "stages"
-            info = train_adapter(model, name, examples, sub.recipe, run.tokenizer.pad_token_id, progress=False)
+            with _profiled(args.profile == "training"):
+                info = train_adapter(model, name, examples, sub.recipe, run.tokenizer.pad_token_id, progress=False)
             counter.training = False
             seconds["training"] = seconds.get("training", 0.0) + info["seconds"]
         timings: dict[str, float] = {}
         counter.stage = "prefill"
         score_before = score_s[0]
         try:
-            with DoraCaching():
+            with DoraCaching(), _profiled(args.profile == "decoding"):
                 _answer_with_stages(run, doc, qs, rhos, conditions, timings, counter)
         finally:
             if name:
@@ -212,6 +217,18 @@ def main() -> None:
           "scoring pass; eviction = document entries x rho x condition; decoding = positions run (padded rows "
           "included, each step x batch)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+@contextlib.contextmanager
+def _profiled(on: bool):
+    if not on:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
 
 
 def _answer_with_stages(run, doc, qs, rhos, conditions, timings, counter) -> None:
