@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, help="cap the adapter's training steps (for a quicker look)")
     ap.add_argument("--batch-size", type=int, default=64, help="decode batch size (the runner's default)")
     ap.add_argument("--profile", choices=["training", "decoding"],
-                    help="also print torch.profiler's top operators (by self CPU time) of that stage")
+                    help="also print torch.profiler's top operators (by self CPU time): of training, or of the "
+                         "runner's _answer (prefill, scoring, eviction and decoding together)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2))
     args = ap.parse_args()
 
