@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter,
                        training_diverged)
-from .compression import evict, kv_bytes, kv_entries, prefill
+from .compression import evict, kv_bytes, kv_entries, n_kept, prefill
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
 from .metrics import EXTRACTORS, score_prediction_with
@@ -125,7 +125,10 @@ class DocumentRun:
         for rho in rhos:
             for cond in conditions:
                 c = CONDITIONS[cond]
-                key = (c["prefill"], c["score"], rho)
+                # When rho keeps all or none of the document the scores choose nothing: one cache object
+                # serves every scorer, and greedy_decode decodes rows on the same cache once.
+                n_doc = span[1] - span[0]
+                key = (c["prefill"], c["score"] if 0 < n_kept(n_doc, rho, self.spec.budget) < n_doc else None, rho)
                 if key not in pruned:
                     if rho >= 1 and no_context:
                         pruned[key] = (no_context[c["prefill"]], 0)

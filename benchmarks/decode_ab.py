@@ -1,0 +1,93 @@
+"""Decode A/B on the runner's own path: the plain decode (every row, batches in row order) against
+``greedy_decode`` (identical rows once, longest cache first), interleaved A/B/A/B on the same
+document so that load on a shared machine hits both alike. Answers must be identical.
+
+The adapter is a short-trained one (--steps); the decode's cost does not depend on how well it
+was trained.
+
+    python benchmarks/decode_ab.py [--model qwen2.5-0.5b] [--questions 4] [--repeats 2] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
+    from benchmark.generation import _decode_batch
+
+    out = []
+    for i in range(0, len(rows), batch_size):
+        out.extend(_decode_batch(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--submission", default="submissions/snapkv")
+    ap.add_argument("--model")
+    ap.add_argument("--dataset")
+    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--questions", type=int, default=4)
+    ap.add_argument("--rhos", type=float, nargs="+")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2, help="adapter training steps")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"])
+    args = ap.parse_args()
+
+    from peft.helpers import DoraCaching
+
+    from benchmark import runner
+    from benchmark.adapters import build_examples, detach_adapter, train_adapter
+    from benchmark.datasets import load_split, resolve_dataset
+    from benchmark.spec import load_spec
+    from benchmark.submission import load_submission
+
+    spec = load_spec("mini")
+    sub = load_submission(args.submission)
+    sub = dataclasses.replace(sub, recipe=dataclasses.replace(
+        sub.recipe, train=dataclasses.replace(sub.recipe.train, max_steps=args.steps)))
+    run = runner.open_run(spec, sub, args.model, "cpu", args.dtype, progress=False)
+    ds = resolve_dataset(spec, args.dataset or spec.datasets[0].id)
+    doc = load_split(ds.split(args.split))[0]
+    qs = list(doc.questions)[: args.questions]
+    rhos = sorted(args.rhos or spec.rhos)
+    examples = build_examples(doc.training_view(), run.submission.recipe, run.renderer, run.model, run.model_key)
+    train_adapter(run.model, "ab", examples, run.submission.recipe, run.tokenizer.pad_token_id, progress=False)
+    real = runner.greedy_decode
+    times = {"plain": [], "ours": []}
+    preds = {}
+    try:
+        with DoraCaching():
+            for rep in range(args.repeats):
+                for name, fn in (("plain", plain_decode), ("ours", real)):
+                    runner.greedy_decode = fn
+                    timings = {}
+                    out = run._answer(doc, qs, rhos, list(spec.conditions), timings)
+                    times[name].append(timings["decode_s"])
+                    preds.setdefault(name, sorted((p["rho"], p["condition"], p["question_id"], p["generation"])
+                                                  for p in out))
+                    print(f"repeat {rep} {name}: decode {timings['decode_s']:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        runner.greedy_decode = real
+        detach_adapter(run.model, "ab")
+    same = sum(a == b for a, b in zip(preds["plain"], preds["ours"]))
+    print(f"{len(qs)} questions x rhos {rhos} x {len(spec.conditions)} conditions = {len(preds['ours'])} rows; "
+          f"model {spec.model(args.model).id} ({str(run.model.dtype).removeprefix('torch.')})")
+    for name in times:
+        print(f"{name}: decode s per repeat {[round(t, 1) for t in times[name]]}")
+    ratios = [p / o for p, o in zip(times["plain"], times["ours"])]
+    print(f"plain/ours decode-time ratio per repeat: {[round(r, 2) for r in ratios]}")
+    print(f"generations identical: {same}/{len(preds['ours'])}")
+    if same != len(preds["ours"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
