@@ -122,12 +122,12 @@ class DocumentRun:
         rows: dict[str, list[tuple[Row, dict]]] = {"base": [], "adapter": []}
         suffixes = [r.suffix_ids(q.question) for q in questions]
         nc_suffixes = [r.no_doc_suffix_ids(q.question) for q in questions] if no_context else suffixes
+        n_doc = span[1] - span[0]
         for rho in rhos:
             for cond in conditions:
                 c = CONDITIONS[cond]
                 # When rho keeps all or none of the document the scores choose nothing: one cache object
                 # serves every scorer, and greedy_decode decodes rows on the same cache once.
-                n_doc = span[1] - span[0]
                 key = (c["prefill"], c["score"] if 0 < n_kept(n_doc, rho, self.spec.budget) < n_doc else None, rho)
                 if key not in pruned:
                     if rho >= 1 and no_context:

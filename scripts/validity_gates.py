@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
@@ -48,9 +47,8 @@ def adapter_bytes(spec, model_id: str, submission: str = "submissions/snapkv") -
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-def base_scores(path: Path) -> dict[tuple[str, float], dict[str, float]]:
-    """(dataset, rho) -> {question key: ROUGE-L} of the base condition."""
-    data = json.loads(path.read_text())
+def base_scores(data: dict) -> dict[tuple[str, float], dict[str, float]]:
+    """(dataset, rho) -> {question key: ROUGE-L} of the base condition of one result file."""
     out: dict = defaultdict(dict)
     for p in data["predictions"]:
         if p["condition"] == "base":
@@ -75,8 +73,8 @@ def main() -> None:
         paths = evaluate(submission, model_id=model_id, split="dev", rhos=rhos, conditions=["base"], out=args.out)
         scores[name] = {}
         for path in paths:
-            scores[name].update(base_scores(path))
             data = json.loads(path.read_text())
+            scores[name].update(base_scores(data))
             kv_full = max([kv_full] + [p["kv_bytes"] for p in data["predictions"] if p["rho"] == 0])
     datasets = sorted({ds for ds, _ in scores["snapkv"]})
 
