@@ -22,6 +22,7 @@ from peft.helpers import DoraCaching
 from tqdm.auto import tqdm
 
 from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter,
+                       direct_dora_lora_weight,
                        training_diverged)
 from .compression import evict, kv_bytes, kv_entries, n_kept, prefill
 from .datasets import Document, load_split, resolve_dataset
@@ -82,7 +83,7 @@ class DocumentRun:
             timings["adapter_s"] = time.perf_counter() - t0
 
         try:
-            with DoraCaching():  # DoRA: weight norms computed once per adapter, not at every forward
+            with DoraCaching(), direct_dora_lora_weight():  # DoRA: weight norms once per adapter, not per forward
                 preds = self._answer(doc, questions, rhos, conditions, timings)
         finally:
             if needs_adapter:

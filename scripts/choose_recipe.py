@@ -16,7 +16,7 @@ Ties (within 0.5 ROUGE-L) go to fewer epochs, then to the lower rate. Put the ch
 submission's ``adapter.per_model.<model>``. Adapters land in the usual cache, so a rerun only
 re-scores.
 
-    python scripts/choose_recipe.py --model qwen2.5-0.5b [--lrs 3e-4 1e-3 3e-3] [--epochs 4 6]
+    python scripts/choose_recipe.py --model qwen2.5-0.5b [--lrs 3e-4 1e-3 3e-3] [--epochs 4 6] [--docs N]
 """
 
 from __future__ import annotations
@@ -71,13 +71,14 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
     ap.add_argument("--epochs", type=int, nargs="+", default=[4, 6])
+    ap.add_argument("--docs", type=int, help="the first N dev documents of each dataset (default: all)")
     args = ap.parse_args()
     spec = load_spec("mini")
     m = spec.model(args.model)
     model, tok = load_model(m)
     base = load_submission(args.submission).for_model(m.id)
     renderer = PromptRenderer(tok, spec.prompt_for(m))
-    docs = [doc for ds in spec.datasets for doc in load_split(ds.dev)]
+    docs = [doc for ds in spec.datasets for doc in load_split(ds.dev)[:args.docs]]
     rows = []
     for epochs in sorted(args.epochs):
         for lr in sorted(args.lrs):
@@ -93,7 +94,7 @@ def main() -> None:
                 print(f"lr {lr:g} x {epochs} epochs: {doc.doc_id} done, {time.perf_counter() - t0:.0f} s", flush=True)
             rows.append({"lr": lr, "epochs": epochs, **summarise(preds), "diverged": diverged,
                          "seconds": time.perf_counter() - t0})
-    print(f"\n{args.submission} recipe on the dev split of {', '.join(d.id for d in spec.datasets)}; model {m.id}; "
+    print(f"\n{args.submission} recipe on the dev split of {', '.join(d.id for d in spec.datasets)} ({len(docs)} documents); model {m.id}; "
           f"headline {HEADLINE}; ROUGE-L over both datasets")
     print(tabulate([[r["lr"], r["epochs"], r["covered_rho1"], r["rho0_minus_base"],
                      f"[{r['rho0_ci'][0]:+.1f}, {r['rho0_ci'][1]:+.1f}]", r["uncovered_rho1_minus_base"],

@@ -195,3 +195,43 @@ def test_entry_from_before_the_peft_format_is_loaded_and_rewritten(tmp_path, qa_
     assert info["cached"] and torch.allclose(_logits(model, ids), trained, atol=1e-6)
     assert (folder / AdapterStore.CONFIG).exists()
     assert torch.allclose(_logits(PeftModel.from_pretrained(base, str(folder)).eval(), ids), trained, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_direct_dora_update_equals_peft_and_is_restored(training):
+    """``direct_dora_lora_weight`` gives the DoRA layers the same B @ A as peft's identity-matrix
+    way (so the same outputs and gradients), and puts peft's method back afterwards."""
+    from peft.helpers import DoraCaching
+    from peft.tuners.lora import dora
+
+    model, _ = tiny_model("llama")
+    model.add_adapter(LoraSettings(r=4, alpha=8, use_dora=True).peft_config(), adapter_name="d")
+    model.set_adapter("d")
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_()  # B = 0 at init would make both ways trivially equal
+    model.train(training)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+
+    def run():
+        for m in model.modules():  # nothing cached from the other way
+            if isinstance(m, dora.DoraLinearLayer):
+                m._cache_clear()
+        with DoraCaching(enabled=not training):
+            model.zero_grad(set_to_none=True)
+            out = model(input_ids=ids).logits
+            out.square().mean().backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.detach(), grads
+
+    peft_method = dora.DoraLinearLayer.get_lora_weight
+    ref_out, ref_grads = run()
+    with A.direct_dora_lora_weight():
+        assert dora.DoraLinearLayer.get_lora_weight is not peft_method
+        out, grads = run()
+    assert dora.DoraLinearLayer.get_lora_weight is peft_method
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and grads
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6)
