@@ -132,7 +132,8 @@ def _compressor_label(cfg: dict) -> str:
     return f"{cfg['press']}({args})" if args else cfg["press"]
 
 
-def _recipe_label(adapter: dict) -> str:
+def _recipe_label(adapter: dict, model_id: str) -> str:
+    """The recipe as trained for ``model_id``: its ``per_model`` overrides laid over ``train``."""
     recipe = adapter.get("recipe", "none")
     lora = adapter.get("lora") or {}
     if recipe == "none":
@@ -140,7 +141,7 @@ def _recipe_label(adapter: dict) -> str:
     bits = [f"r={lora['r']}"] if "r" in lora else []
     if lora.get("use_dora"):
         bits.append("DoRA")
-    train = adapter.get("train") or {}
+    train = (adapter.get("train") or {}) | (adapter.get("per_model") or {}).get(model_id, {})
     if "lr" in train and "epochs" in train:
         bits.append(f"lr {train['lr']:g} x {train['epochs']} ep")
     return f"{recipe} ({', '.join(bits)})" if bits else recipe
@@ -167,7 +168,7 @@ def _entry(data: dict, source: str) -> Entry:
     return Entry(
         name=sub["name"], tier=data["tier"], dataset=data["dataset"]["id"], model=data["model"]["id"],
         model_name=data["model"]["name"], headline=headline, compressor=_compressor_label(sub["compressor"]),
-        recipe=_recipe_label(sub["adapter"]), spec_version=data["spec_version"], date=data["updated"][:10],
+        recipe=_recipe_label(sub["adapter"], data["model"]["id"]), spec_version=data["spec_version"], date=data["updated"][:10],
         rhos=sorted(float(r) for r in data["rhos"]), cells=cells, n_documents=len(data["documents"]),
         n_questions=len({(p["doc_id"], p["question_id"]) for p in data["predictions"]}), ci=ci,
         adapter_bytes=(sum(ad) / len(ad) if ad and headline != "base" else 0.0), source=source,

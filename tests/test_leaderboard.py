@@ -424,3 +424,13 @@ def test_no_results(tmp_path):
     md = leaderboard.render(tmp_path / "none", tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
     assert "No results yet" in md and "rho" in md
     assert list((tmp_path / "lb" / "plots").iterdir()) == []
+
+
+def test_recipe_label_shows_the_rate_the_model_was_trained_with():
+    from benchmark.leaderboard import _recipe_label
+
+    adapter = {"recipe": "qa", "lora": {"r": 16, "use_dora": True}, "train": {"lr": 3e-3, "epochs": 6},
+               "per_model": {"qwen2.5-0.5b": {"lr": 3e-4}}}
+    assert _recipe_label(adapter, "qwen2.5-0.5b") == "qa (r=16, DoRA, lr 0.0003 x 6 ep)"
+    assert _recipe_label(adapter, "smollm2-135m") == "qa (r=16, DoRA, lr 0.003 x 6 ep)"
+    assert _recipe_label({"recipe": "none"}, "qwen2.5-0.5b") == "none"
