@@ -9,6 +9,7 @@ equal. ``adapters.py`` and ``spec.py`` re-export these names, so their old impor
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,3 +148,42 @@ class Recipe:
 
     def hash(self) -> str:
         return stable_hash(self.fingerprint())
+
+
+# ---------------------------------------------------------------- one evaluation request
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """The options of one ``evaluate`` run, passed whole from the CLI through ``runner.evaluate`` to
+    the executors (a new option is added here once, not copied through every signature).
+
+    ``None`` means the spec's value (model, datasets, rhos, conditions, dtype) or the machine's
+    (device). ``shard=(i, n)`` runs documents i, i+n, ...; ``isolation`` is ``"worker"`` (the
+    submission's code in a process without answers) or ``"inline"``; ``worker_setup``
+    (``"module:function"``) is called in the worker first (a test seam)."""
+
+    submission: str  # the submission folder (or its submission.yaml)
+    tier: str = "mini"
+    model_id: str | None = None
+    datasets: list[str] | None = None  # spec dataset ids or JSONL paths
+    split: str = "test"
+    docs: int | None = None
+    questions: int | None = None
+    rhos: list[float] | None = None
+    conditions: list[str] | None = None
+    device: str | None = None
+    dtype: str | None = None
+    out: str | Path = "runs"
+    batch_size: int = 64
+    progress: bool = True
+    shard: tuple[int, int] | None = None
+    isolation: str = "worker"
+    worker_setup: str | None = None
+
+
+def as_request(request: EvalRequest | str | Path, **options) -> EvalRequest:
+    """``request`` with ``options`` laid over it; a submission path with options makes a new request."""
+    if isinstance(request, EvalRequest):
+        return dataclasses.replace(request, **options)
+    return EvalRequest(submission=str(request), **options)

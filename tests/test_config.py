@@ -73,3 +73,60 @@ def test_schema_enum_equals_python_constant(schema, path, constant):
 
 def test_objectives_are_the_recipes_that_train():
     assert config.RECIPES == ("none",) + config.OBJECTIVES
+
+
+# ---------------------------------------------------------------- EvalRequest: one object from the CLI down
+
+
+#: evaluate's flags that are not options of the run itself (how or whether it runs)
+CLI_ONLY = {"func", "command", "executor", "ray_address", "dry_run", "preset"}
+#: flag dest -> EvalRequest field, where the names differ
+RENAMED = {"model": "model_id", "dataset": "datasets"}
+
+
+def _evaluate_dests() -> set[str]:
+    import argparse
+
+    from benchmark.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest for a in sub.choices["evaluate"]._actions if a.dest != "help"}
+
+
+def test_every_evaluate_flag_is_a_request_field():
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config.EvalRequest)}
+    missing = {RENAMED.get(d, d) for d in _evaluate_dests() - CLI_ONLY} - fields
+    assert not missing, f"evaluate flags without an EvalRequest field: {missing}"
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_cli_passes_one_request(executor, monkeypatch, capsys):
+    from benchmark import executors, runner
+
+    seen = []
+    target, name = (executors, "run_on_ray") if executor == "ray" else (runner, "evaluate")
+    monkeypatch.setattr(target, name, lambda request, **kw: seen.append((request, kw)) or [])
+    argv = ["evaluate", str(ROOT / "submissions" / "snapkv"), "--docs", "2", "--questions", "3", "--rhos", "0", "0.5",
+            "--conditions", "base", "--split", "dev", "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "7",
+            "--out", "somewhere", "--isolation", "inline", "--executor", executor]
+    if executor == "local":
+        argv += ["--shard", "1/3"]
+    from benchmark.cli import main
+
+    assert main(argv) == 0
+    [(req, kw)] = seen
+    assert req == config.EvalRequest(
+        submission=str(ROOT / "submissions" / "snapkv"), docs=2, questions=3, rhos=[0.0, 0.5], conditions=["base"],
+        split="dev", device="cpu", dtype="bfloat16", batch_size=7, out="somewhere", isolation="inline",
+        shard=(1, 3) if executor == "local" else None)
+    assert kw == ({"address": None} if executor == "ray" else {})
+
+
+def test_as_request_lays_options_over_a_request():
+    req = config.as_request("submissions/snapkv", rhos=[0.0], progress=False)
+    assert req == config.EvalRequest("submissions/snapkv", rhos=[0.0], progress=False)
+    assert config.as_request(req, shard=(0, 2)).shard == (0, 2)
+    with pytest.raises(TypeError):
+        config.as_request("submissions/snapkv", rho=[0.0])  # a misspelt option fails, never silently ignored
