@@ -18,6 +18,7 @@ Compactor) is scored once per rho in the same pass, with ``compression_ratio = r
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -207,11 +208,11 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
             return output
 
         for layer in lm.layers:
-            layer.self_attn.rotary_emb = lm.rotary_emb  # some presses expect it, as in kvpress
             hooks.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
     try:
-        ids = torch.tensor([input_ids], device=model.device)
-        _language_model(model)(input_ids=ids, past_key_values=cache, use_cache=True)
+        with restored_after_scoring(model, press if hooks else None):
+            ids = torch.tensor([input_ids], device=model.device)
+            _language_model(model)(input_ids=ids, past_key_values=cache, use_cache=True)
     finally:
         for h in hooks:
             h.remove()
@@ -237,14 +238,43 @@ def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV) 
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
-        lm = _language_model(model)
-        for layer in lm.layers:
-            layer.self_attn.rotary_emb = lm.rotary_emb  # as KVzipPress.__call__ does
-        s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
+        with restored_after_scoring(model, press):  # rotary_emb on every layer, as KVzipPress.__call__ does
+            s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
         for r in rhos:
             if 0 < r < 1:
                 scores.by_rho[r] = [m.to(kv[0][0].device) for m in keep_masks(s, r, press.layerwise)]
     return scores
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def restored_after_scoring(model, press):
+    """Scoring's changes, for its duration only: each attention layer gets the model's
+    ``rotary_emb`` (presses expect it there, as kvpress's own pipeline sets it), and the press's
+    ``compression_ratio`` may be set per rho. Both are put back afterwards, so neither the model
+    (its module tree, what a later adapter or evaluation sees) nor the press changes for good.
+    ``press=None``: nothing is scored, nothing changed."""
+    if press is None:
+        yield
+        return
+    lm = _language_model(model)
+    layers = [layer.self_attn for layer in lm.layers]
+    rotary = [getattr(attn, "rotary_emb", _MISSING) for attn in layers]
+    ratio = getattr(press, "compression_ratio", _MISSING)
+    for attn in layers:
+        attn.rotary_emb = lm.rotary_emb
+    try:
+        yield
+    finally:
+        for attn, old in zip(layers, rotary):
+            if old is _MISSING:
+                del attn.rotary_emb
+            else:
+                attn.rotary_emb = old
+        if ratio is not _MISSING:
+            press.compression_ratio = ratio
 
 
 def n_kept(n_doc: int, rho: float, budget: str = "kvpress") -> int:

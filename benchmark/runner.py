@@ -114,13 +114,16 @@ class DocumentRun:
         # One prefill per distinct prefill weights; scores from each prefill that some condition scores with.
         prefills = {CONDITIONS[c]["prefill"] for c in conditions} | {CONDITIONS[c]["score"] for c in conditions}
         kv, scores = {}, {}
-        torch.manual_seed(0)  # presses that draw random numbers (RandomPress, leverage sketches) stay reproducible
         t0 = time.perf_counter()
-        for weights in sorted(prefills):
-            with adapter_state(self.model, weights == "adapter"):
-                kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos,
-                                                       tokenizer=self.tokenizer)
-            self.stats["prefills"] += 1
+        # Presses that draw from torch's global RNG (RandomPress without a seed) start from seed 0 at every
+        # document, so results do not depend on what ran before; forked, so the caller's RNG is left as it was.
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+            torch.manual_seed(0)
+            for weights in sorted(prefills):
+                with adapter_state(self.model, weights == "adapter"):
+                    kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos,
+                                                           tokenizer=self.tokenizer)
+                self.stats["prefills"] += 1
         # rho = 1 with the spec's no-context prompt: its own (short) prefill, nothing to score.
         no_context = {}
         if r.no_context is not None and 1.0 in rhos:
