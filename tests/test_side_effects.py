@@ -78,3 +78,30 @@ def test_unseeded_random_press_is_reproducible_whatever_ran_before(tmp_path, qa_
         _, preds = run.evaluate(document, [0.5, 0.9], ["base"])
         out.append([(p["rho"], p["question_id"], p["generation"], p["kv_entries"]) for p in preds])
     assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_lm_eval_cli_leaves_argv_and_task_manager_as_they_were(include, monkeypatch, tmp_path):
+    """``lorakv-lm-eval`` hands lm-eval's CLI its arguments (sys.argv) and, with the user's own
+    --include_path, a TaskManager that also scans our tasks; both only for that call."""
+    import sys
+
+    import lm_eval.__main__
+    import lm_eval.tasks
+
+    from benchmark.lm_eval_model import cli_main
+    from benchmark.lm_eval_tasks import TASK_DIR
+
+    seen = {}
+
+    def probe():  # stands in for lm-eval's CLI run: records what it would read
+        seen["argv"] = list(sys.argv)
+        seen["manager"] = lm_eval.tasks.TaskManager
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", probe)
+    argv, manager = list(sys.argv), lm_eval.tasks.TaskManager
+    args = ["--model", "lorakv", "--tasks", "lorakv_mini_narrative"] + (["--include_path", str(tmp_path)] if include else [])
+    assert cli_main(args) == 0
+    assert seen["argv"][1:] == (args if include else [*args, "--include_path", str(TASK_DIR)])
+    assert (seen["manager"] is not manager) == include and issubclass(seen["manager"], manager)
+    assert sys.argv == argv and lm_eval.tasks.TaskManager is manager
