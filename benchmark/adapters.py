@@ -22,97 +22,21 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .config import (_BASE_MODIFYING_INITS, _LATER_OPTIONS, LORA_INITS, NTP_FORMATS,  # noqa: F401 - the
+                     OBJECTIVES, QA_FORMATS, SCHEDULES, LoraSettings, Recipe, TrainSettings)  # types live in config.py
 from .datasets import TrainingView
 from .models import PromptRenderer
 from .paths import cache_dir, import_from, stable_hash
 
 log = logging.getLogger(__name__)
-
-OBJECTIVES = ("qa", "ctx_qa", "ntp")
-#: Training options added after adapters were first cached: part of the fingerprint only when set,
-#: so existing cache keys (and committed results' adapter keys) stay valid.
-_LATER_OPTIONS = {"qa_source": "train_qa", "schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": None,
-                  "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks",
-                  "synthesis": "tokens", "ctx_window": "document"}
-#: LoRA init values: peft's own, plus ours (``shared_svd_a``, see :func:`init_shared_svd_a`).
-LORA_INITS = ("default", "gaussian", "shared_svd_a")
-SCHEDULES = ("constant", "cosine")
-QA_FORMATS = ("spec", "paper")  # spec: the eval prompt without the document; paper: see build_examples
-NTP_FORMATS = ("chunks", "chunk_next", "document")
-#: LoRA inits that rewrite the base weights: the base conditions would no longer be the base model.
-_BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
-    use_dora: bool = False
-    # "default" (kaiming A, zero B), "gaussian", or "shared_svd_a" (the paper's: A = the top-r right
-    # singular vectors of each target weight, frozen and hence shared by every document; B = 0)
-    init: str = "default"
-    eval_scale: float = 1.0  # multiplies the LoRA update at evaluation time
-
-    def peft_config(self) -> LoraConfig:
-        if self.init.split("_")[0].lower() in _BASE_MODIFYING_INITS:
-            raise ValueError(
-                f"lora.init '{self.init}' rewrites the base weights, which would change the base-model "
-                "conditions; use 'default', 'gaussian' or 'shared_svd_a'"
-            )
-        if self.init not in LORA_INITS:
-            raise ValueError(f"lora.init '{self.init}': choose from {LORA_INITS}")
-        # shared_svd_a starts from peft's gaussian init (B = 0); init_shared_svd_a then overwrites A.
-        init = {"default": True, "gaussian": "gaussian", "shared_svd_a": "gaussian"}[self.init]
-        return LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.target_modules),
-            use_dora=self.use_dora, init_lora_weights=init, bias="none",
-        )
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    objective: str = "qa"
-    lr: float = 1e-3
-    epochs: int = 6
-    batch_size: int = 8
-    weight_decay: float = 0.0
-    seed: int = 0
-    chunk_tokens: int = 128  # ntp only
-    hook: str | None = None  # "module:function" (TrainingView) -> list[{"question","answer"}] for qa/ctx_qa
-    qa_source: str = "train_qa"  # qa/ctx_qa: the document's train_qa, or "synthesize" (the paper's LLM recipe)
-    # Optimiser (the paper: cosine, warmup 0.05, clipping at 1.0, as transformers' Trainer runs them).
-    schedule: str = "constant"  # "constant" | "cosine" (both after a linear warmup)
-    warmup_ratio: float = 0.0  # warmup steps = ceil(warmup_ratio * total steps), as in transformers
-    max_grad_norm: float | None = None  # clip the LoRA gradients' global norm; None = no clipping
-    max_steps: int | None = None  # as in transformers: when set, train exactly this many steps, epochs ignored
-    early_stop_accuracy: float | None = None  # stop once the answer-token accuracy since the last check reaches it
-    # Example formats (see build_examples): the paper's QA format, ntp's variant.
-    qa_format: str = "spec"  # "spec" | "paper"
-    synthesis: str = "tokens"  # qa_source synthesize: "tokens" (64-token chunks, our prompt) | "paper" (its sections, prompt)
-    ctx_window: str = "document"  # ctx_qa: "document" | "neighbours" (the pair's section +/- one; synthesis "paper")
-    ntp_format: str = "chunks"  # "chunks" | "chunk_next" (chat: chunk -> next chunk) | "document" (raw, whole)
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS),
-                              ("synthesis", ("tokens", "paper")), ("ctx_window", ("document", "neighbours"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"train.{name} '{getattr(self, name)}': choose from {allowed}")
-        if self.ctx_window == "neighbours" and (self.objective != "ctx_qa" or self.synthesis != "paper"
-                                                or self.qa_source != "synthesize"):
-            raise ValueError("train.ctx_window 'neighbours' needs recipe ctx_qa with qa_source 'synthesize' and "
-                             "synthesis 'paper' (pairs that know their section)")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 def training_diverged(first_loss: float | None, final_loss: float | None) -> bool:
@@ -121,32 +45,6 @@ def training_diverged(first_loss: float | None, final_loss: float | None) -> boo
     if first_loss is None or final_loss is None:
         return False  # nothing was trained (e.g. a recipe hook returned a cached adapter's info)
     return not (math.isfinite(first_loss) and math.isfinite(final_loss)) or final_loss >= first_loss
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """An adapter recipe; ``name == "none"`` means no adapter (only the base condition runs)."""
-
-    name: str
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    code_dir: str | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.name != "none"
-
-    def fingerprint(self) -> dict:
-        train = {k: v for k, v in self.train.__dict__.items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
-        fp = {"lora": self.lora.__dict__, "train": train}
-        if self.train.hook and self.code_dir:  # the hook's source is part of the recipe
-            mod = self.train.hook.split(":")[0].replace(".", "/") + ".py"
-            src = Path(self.code_dir) / mod
-            fp["hook_source"] = stable_hash(src.read_text()) if src.exists() else None
-        return fp
-
-    def hash(self) -> str:
-        return stable_hash(self.fingerprint())
 
 
 # ---------------------------------------------------------------- examples

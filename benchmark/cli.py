@@ -63,23 +63,25 @@ def cmd_evaluate(args) -> int:
     if args.dry_run or args.preset:
         return dry_run(args)
 
+    from .config import EvalRequest
     from .results import load_result
     from .runner import evaluate
 
     t0 = time.perf_counter()
-    common = dict(tier=args.tier, model_id=args.model, datasets=args.dataset, split=args.split, docs=args.docs,
-                  questions=args.questions, rhos=args.rhos, conditions=args.conditions, device=args.device,
-                  out=args.out, batch_size=args.batch_size, dtype=args.dtype)
+    request = EvalRequest(submission=args.submission, tier=args.tier, model_id=args.model, datasets=args.dataset,
+                          split=args.split, docs=args.docs, questions=args.questions, rhos=args.rhos,
+                          conditions=args.conditions, device=args.device, dtype=args.dtype, out=args.out,
+                          batch_size=args.batch_size, shard=_shard(args.shard), isolation=args.isolation)
     if args.executor == "ray":
         from .executors import run_on_ray
 
         try:
-            paths = run_on_ray(args.submission, address=args.ray_address, **common)
+            paths = run_on_ray(request, address=args.ray_address)  # one shard per document: --shard does not apply
         except ImportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
-        paths = evaluate(args.submission, shard=_shard(args.shard), isolation=args.isolation, **common)
+        paths = evaluate(request)
     for path in paths:
         data = load_result(path)
         print(f"\n{data['submission']['name']} | {data['model']['id']} | {data['dataset']['id']} "

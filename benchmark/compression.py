@@ -12,14 +12,19 @@ The prefill runs once; scores are computed in that same pass. A press whose rank
 depend on the ratio (most of them) is scored once and the kept set for every rho is the
 top-k of the same scores; a press whose ``score`` reads ``compression_ratio`` (StreamingLLM,
 Compactor) is scored once per rho in the same pass, with ``compression_ratio = rho``.
+Which is which is declared (:func:`score_depends_on_rho`), never guessed.
+
+:class:`Compressor` is the contract a press meets, stated once.
 
 ``evict(...)`` is the one place where rho is applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from kvpress.utils import compute_n_kept
@@ -30,6 +35,50 @@ from .replay import is_replay, keep_masks, replay_scores
 
 #: per layer: (keys, values), each (batch, kv_heads, seq, head_dim)
 KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@runtime_checkable
+class Compressor(Protocol):
+    """What a compressor is and promises: a kvpress ``ScorerPress`` meets it, and so must a
+    submission's own ``module:Class`` (a small dataclass with one ``score`` method, like kvpress's
+    ``KnormPress``). ``conformance.check_submission`` tests each promise on tiny models, one
+    function per promise (named below).
+
+    ``score(module, hidden_states, keys, values, attentions, kwargs)`` returns one score per KV
+    head and document entry, ``(batch, kv_heads, n_doc)``, higher = keep, no NaN
+    (``check_score_shape``).
+
+    * **Document-only slices.** It sees the document as if it were the whole context:
+      ``hidden_states`` is (batch, n_doc, hidden), ``keys``/``values`` are (batch, kv_heads, n_doc,
+      head_dim), ``kwargs["position_embeddings"]`` and ``kwargs["cache_position"]`` are sliced to
+      the document; ``attentions`` is None (SDPA). Prefix, question and answer are never evicted.
+    * **No cache mutation.** It only scores: the keys, values, cache and module it is given stay
+      as they were (the framework evicts, in :func:`evict`) (``check_cache_untouched``).
+    * **Deterministic.** The same document gets the same scores; randomness is seeded with a
+      local ``torch.Generator`` (as ``RandomPress(seed=0)`` does) (``check_deterministic``).
+    * **Exact budget.** It does not choose how many entries stay: :func:`evict` keeps exactly
+      :func:`n_kept` per layer and KV head at every rho (kvpress's ``compute_n_kept`` by default)
+      (``check_eviction_budget``).
+    * **score_depends_on_rho, declared.** Whether the ranking reads ``self.compression_ratio``:
+      if so it is scored once per rho (``compression_ratio = rho``), else once for all rhos. kvpress
+      presses: :data:`RHO_DEPENDENT_KVPRESS`; others: a class attribute ``score_depends_on_rho``
+      or the submission's ``compressor.score_depends_on_rho``; undeclared: True (always right,
+      only slower). See :func:`score_depends_on_rho` (``check_declared_rho_dependence``).
+
+    ``compression_ratio`` is set by the framework only (never in a submission's kwargs), and put
+    back after scoring (:func:`restored_after_scoring`).
+    """
+
+    compression_ratio: float
+
+    def score(self, module, hidden_states, keys, values, attentions, kwargs) -> torch.Tensor: ...
+
+
+#: kvpress 0.5.5 presses (that run here) whose ``score`` reads ``compression_ratio``: scored once per
+#: rho. Every other kvpress press scores the same at any ratio (tests/test_compression.py checks both
+#: on a tiny model, so a kvpress upgrade that changes one fails there). Head-wise, replay and gated
+#: presses allocate their budget per rho by construction (see score_depends_on_rho).
+RHO_DEPENDENT_KVPRESS = frozenset({"CompactorPress", "CriticalKVPress", "StreamingLLMPress"})
 
 
 def _build_nested(value, code_dir):
@@ -48,7 +97,7 @@ def _make_press(name: str, kwargs: dict | None, code_dir):
     return cls(**kwargs)
 
 
-def build_compressor(name: str, kwargs: dict | None = None, code_dir=None):
+def build_compressor(name: str, kwargs: dict | None = None, code_dir=None) -> Compressor:
     """A kvpress press by class name (``SnapKVPress``), one of ``benchmark.presses``, or
     ``module:Class`` from a submission's code; kwargs may nest presses. Presses that cannot be
     scoped to the document are refused with the reason (``press_catalog``), never run as
@@ -126,16 +175,18 @@ def kvpress_press(name: str):
 
 
 def score_depends_on_rho(press) -> bool:
-    """Whether the press's ``score`` reads ``compression_ratio`` (so each rho needs its own scores)."""
+    """Whether each rho needs its own scores (the press's ranking reads ``compression_ratio``), as
+    declared: by the press or the submission (``score_depends_on_rho``), else by
+    :data:`RHO_DEPENDENT_KVPRESS` for a kvpress press, else True (scoring per rho is always right)."""
     if is_headwise(press) or is_replay(press) or is_gated(press):  # budget allocation is per rho by construction
         return True
     declared = getattr(press, "score_depends_on_rho", None)
     if declared is not None:
         return bool(declared)
-    try:
-        return "compression_ratio" in inspect.getsource(type(press).score)
-    except (OSError, TypeError):
-        return True
+    cls = type(press)
+    if cls.__module__.startswith("kvpress"):
+        return cls.__name__ in RHO_DEPENDENT_KVPRESS
+    return True
 
 
 @dataclass
@@ -207,11 +258,11 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
             return output
 
         for layer in lm.layers:
-            layer.self_attn.rotary_emb = lm.rotary_emb  # some presses expect it, as in kvpress
             hooks.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
     try:
-        ids = torch.tensor([input_ids], device=model.device)
-        _language_model(model)(input_ids=ids, past_key_values=cache, use_cache=True)
+        with restored_after_scoring(model, press if hooks else None):
+            ids = torch.tensor([input_ids], device=model.device)
+            _language_model(model)(input_ids=ids, past_key_values=cache, use_cache=True)
     finally:
         for h in hooks:
             h.remove()
@@ -237,14 +288,43 @@ def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV) 
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(model.config.name_or_path)
-        lm = _language_model(model)
-        for layer in lm.layers:
-            layer.self_attn.rotary_emb = lm.rotary_emb  # as KVzipPress.__call__ does
-        s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
+        with restored_after_scoring(model, press):  # rotary_emb on every layer, as KVzipPress.__call__ does
+            s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
         for r in rhos:
             if 0 < r < 1:
                 scores.by_rho[r] = [m.to(kv[0][0].device) for m in keep_masks(s, r, press.layerwise)]
     return scores
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def restored_after_scoring(model, press):
+    """Scoring's changes, for its duration only: each attention layer gets the model's
+    ``rotary_emb`` (presses expect it there, as kvpress's own pipeline sets it), and the press's
+    ``compression_ratio`` may be set per rho. Both are put back afterwards, so neither the model
+    (its module tree, what a later adapter or evaluation sees) nor the press changes for good.
+    ``press=None``: nothing is scored, nothing changed."""
+    if press is None:
+        yield
+        return
+    lm = _language_model(model)
+    layers = [layer.self_attn for layer in lm.layers]
+    rotary = [getattr(attn, "rotary_emb", _MISSING) for attn in layers]
+    ratio = getattr(press, "compression_ratio", _MISSING)
+    for attn in layers:
+        attn.rotary_emb = lm.rotary_emb
+    try:
+        yield
+    finally:
+        for attn, old in zip(layers, rotary):
+            if old is _MISSING:
+                del attn.rotary_emb
+            else:
+                attn.rotary_emb = old
+        if ratio is not _MISSING:
+            press.compression_ratio = ratio
 
 
 def n_kept(n_doc: int, rho: float, budget: str = "kvpress") -> int:

@@ -20,6 +20,7 @@ Both return a list of problems, each naming the file and field; an empty list me
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 #: rho values the compressor is exercised at (kvpress's budget: compute_n_kept(n_doc, rho)).
@@ -198,30 +199,67 @@ def _check_compressor(sub, yml: Path) -> list[str]:
     return problems
 
 
-def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
-    import torch
-    from kvpress.utils import compute_n_kept
+@dataclass
+class _TinyScoring:
+    """A submission's press scored on a tiny model's prefill of the conformance document, beside
+    the same prefill without a press: what each check of the compressor contract reads."""
 
-    from .compression import evict, prefill, score_depends_on_rho
+    sub: object
+    yml: Path
+    desc: str
+    where: str
+    model: object
+    tok: object
+    ids: list[int]
+    span: tuple[int, int]
+    n_doc: int
+    n_layers: int
+    kv_heads: int
+    ref_kv: list  # the unpruned cache, no press involved
+    press: object
+    kv: list
+    scores: object
+
+
+def _score_on_tiny(sub, kind: str, yml: Path, desc: str) -> _TinyScoring:
+    from .compression import prefill
     from .models import PromptRenderer
     from .spec import load_spec
     from .tiny import tiny_model
 
-    where = f"{yml}: field 'compressor/press': compressor {desc} on the tiny {kind} model"
     model, tok = tiny_model(kind)
     renderer = PromptRenderer(tok, load_spec("mini").prompt)
     doc_ids = renderer.doc_ids(CONFORMANCE_DOCUMENT)
     ids = renderer.prefix_ids + doc_ids
     span = (len(renderer.prefix_ids), len(ids))
-    n_doc = len(doc_ids)
     assert span[0] > 0, "the conformance prompt must have a non-empty prefix"
-    n_layers, kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
-
-    ref_kv, _ = prefill(model, ids, span)  # the unpruned cache, no press involved
+    ref_kv, _ = prefill(model, ids, span)
     press = sub.make_compressor()
     kv, scores = prefill(model, ids, span, press, CONFORMANCE_RHOS, tokenizer=tok)
+    return _TinyScoring(sub, yml, desc, f"{yml}: field 'compressor/press': compressor {desc} on the tiny {kind} model",
+                        model, tok, ids, span, len(doc_ids), model.config.num_hidden_layers,
+                        model.config.num_key_value_heads, ref_kv, press, kv, scores)
 
-    # 1. scoring must not touch the cache: same entries as a prefill without the press
+
+def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
+    """The compressor contract (``compression.Compressor``) on one tiny model, one check each;
+    a broken cache or score shape stops the checks that would read it."""
+    t = _score_on_tiny(sub, kind, yml, desc)
+    problems = check_cache_untouched(t) or check_score_shape(t)
+    if problems:
+        return problems
+    problems, kept = check_eviction_budget(t)
+    problems += check_deterministic(t, kept)
+    if not problems:
+        problems += check_declared_rho_dependence(t)
+    return problems
+
+
+def check_cache_untouched(t: _TinyScoring) -> list[str]:
+    """Scoring does not touch the cache: the same entries as a prefill without the press."""
+    import torch
+
+    where, kv, ref_kv = t.where, t.kv, t.ref_kv
     for i, ((k, v), (rk, rv)) in enumerate(zip(kv, ref_kv)):
         if k.shape != rk.shape or not (torch.equal(k, rk) and torch.equal(v, rv)):
             return [f"{where}: score() changed the KV cache of layer {i} during the prefill (keys {tuple(k.shape)}, "
@@ -229,9 +267,15 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
                     "framework evicts (and never evicts the prefix or the question)"]
     if len(kv) != len(ref_kv):
         return [f"{where}: the prefill cache has {len(kv)} layers, expected {len(ref_kv)}"]
+    return []
 
-    # 2. score shape: (kv_heads, n_doc) per layer (the press returns (batch, kv_heads, n_doc))
-    problems = []
+
+def check_score_shape(t: _TinyScoring) -> list[str]:
+    """One score per KV head and document entry, (kv_heads, n_doc) per layer (the press returns
+    (batch, kv_heads, n_doc)), no NaN."""
+    import torch
+
+    where, scores, n_layers, kv_heads, n_doc = t.where, t.scores, t.n_layers, t.kv_heads, t.n_doc
     for key, per_layer in scores.by_rho.items():
         at = "" if key is None else f" (compression_ratio={key})"
         if len(per_layer) != n_layers:
@@ -243,8 +287,20 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
                         "entry (the press sees only the document)"]
             if torch.isnan(s).any():
                 return [f"{where}: score() returned NaN for layer {i}{at}"]
+    return []
 
-    # 3. evict at every rho: kvpress's budget per head, the prefix untouched, kept entries are document entries
+
+def check_eviction_budget(t: _TinyScoring) -> tuple[list[str], dict]:
+    """``evict`` at every rho keeps kvpress's budget per head, the prefix untouched, and only document
+    entries in their order; returns the problems and the pruned cache per rho."""
+    import torch
+    from kvpress.utils import compute_n_kept
+
+    from .compression import evict
+
+    where, kv, scores, span, ref_kv, n_doc = t.where, t.kv, t.scores, t.span, t.ref_kv, t.n_doc
+    kv_heads, n_layers = t.kv_heads, t.n_layers
+    problems = []
     kept = {}
     for rho in CONFORMANCE_RHOS:
         pkv, n_keep = evict(kv, scores, span, rho)
@@ -272,8 +328,17 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
                 problems.append(f"{where}: rho={rho} keeps {total} document entries over all layers and heads, "
                                 f"kvpress's budget is {kv_heads} x {n_layers} x {budget}")
         kept[rho] = pkv
+    return problems, kept
 
-    # 4. determinism: the same press again, and a fresh instance, keep the same entries
+
+def check_deterministic(t: _TinyScoring, kept: dict) -> list[str]:
+    """The same press again, and a fresh instance, keep the same entries at every rho."""
+    import torch
+
+    from .compression import evict, prefill
+
+    where, model, ids, span, tok, press, sub = t.where, t.model, t.ids, t.span, t.tok, t.press, t.sub
+    problems = []
     for label, again in (("a second run of the same press", press), ("a fresh instance of the press", sub.make_compressor())):
         kv2, scores2 = prefill(model, ids, span, again, CONFORMANCE_RHOS, tokenizer=tok)
         for rho in CONFORMANCE_RHOS:
@@ -282,9 +347,20 @@ def _check_press_on_tiny(sub, kind: str, yml: Path, desc: str) -> list[str]:
                 problems.append(f"{where}: not deterministic: {label} keeps different entries at rho={rho} "
                                 "(seed any randomness, e.g. RandomPress(seed=0))")
                 break
+    return problems
 
-    # 5. a press scored once for all rhos must not read compression_ratio (else declare score_depends_on_rho: true)
-    if not problems and not score_depends_on_rho(press) and hasattr(press, "compression_ratio"):
+
+def check_declared_rho_dependence(t: _TinyScoring) -> list[str]:
+    """A press scored once for all rhos does not read compression_ratio (else it must declare
+    score_depends_on_rho: true)."""
+    import torch
+
+    from .compression import prefill, score_depends_on_rho
+
+    where, model, ids, span, tok, press, sub, yml, desc = (t.where, t.model, t.ids, t.span, t.tok, t.press, t.sub,
+                                                           t.yml, t.desc)
+    problems = []
+    if not score_depends_on_rho(press) and hasattr(press, "compression_ratio"):
         runs = []
         for ratio in (0.25, 0.25, 0.75):
             p = sub.make_compressor()

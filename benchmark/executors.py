@@ -1,7 +1,7 @@
 """Executors: run the protocol past one machine.
 
 Work units are (model, dataset, document) and independent. ``run_on_ray`` submits one Ray task per
-unit -- ``runner.evaluate(..., datasets=[ds], shard=(i, n))`` writes ``<dataset>.shard-i-of-n.json`` --
+unit -- ``runner.evaluate(request)`` with ``datasets=[ds], shard=(i, n)`` writes ``<dataset>.shard-i-of-n.json`` --
 and merges each dataset's shards into exactly the unsharded result. Scheduling, GPU placement and
 retries are Ray's; nothing here schedules. The result directory ``out`` must be shared by all nodes
 (one machine, or a network filesystem).
@@ -9,34 +9,33 @@ retries are Ray's; nothing here schedules. The result directory ``out`` must be 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from . import runner
+from .config import EvalRequest, as_request
 from .datasets import is_data_file, load_split, resolve_dataset
 from .results import merge_shards, result_path
 from .submission import load_submission
 
 
-def _unit(submission_path, kwargs: dict, runner_hook: str | None) -> list[str]:
+def _unit(request: EvalRequest, runner_hook: str | None) -> list[str]:
     """One work unit, inside a Ray worker."""
     if runner_hook:
         module, _, func = runner_hook.partition(":")
         getattr(importlib.import_module(module), func)()
-    return [str(p) for p in runner.evaluate(submission_path, progress=False, worker_setup=runner_hook, **kwargs)]
+    return [str(p) for p in runner.evaluate(request)]
 
 
-def run_on_ray(
-    submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
-    docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
-    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "runs",
-    address: str | None = None, num_gpus_per_task: float | None = None, runner_hook: str | None = None,
-    split: str = "test", batch_size: int = 64, progress: bool = True, dtype: str | None = None,
-) -> list[Path]:
+def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None, num_gpus_per_task: float | None = None,
+               runner_hook: str | None = None, **options) -> list[Path]:
     """Run every (dataset, document) of one model as a Ray task; returns the merged result files.
 
+    ``request`` is an :class:`~benchmark.config.EvalRequest` (or a submission path with its fields
+    as ``options``); each task runs it with one dataset and one shard, without a progress bar.
     ``address`` is a Ray cluster address (None: a local instance, or the one already initialised).
     Each task declares one CPU and ``num_gpus_per_task`` GPUs if given, else 1 GPU when ``device`` is
     cuda or is None on a cluster with GPUs. A local instance gets Ray's defaults (all CPUs and GPUs).
@@ -44,10 +43,14 @@ def run_on_ray(
     them, and rerunning resumes each unit; a rerun after a complete merge recomputes every unit
     (adapters come from the cache) and rewrites the merged file.
 
-    ``runner_hook`` ("module:function") is a test seam: called in each worker before ``evaluate``,
-    e.g. to monkeypatch ``benchmark.runner.load_model`` with a tiny model. The units themselves are
-    listed in this process with ``runner.load_spec``.
+    ``runner_hook`` ("module:function") is a test seam: called in each worker before ``evaluate``
+    (and in the worker process ``evaluate`` starts), e.g. to monkeypatch
+    ``benchmark.runner.load_model`` with a tiny model. The units themselves are listed in this
+    process with ``runner.load_spec``.
     """
+    req = as_request(request, **options)
+    tier, model_id, datasets, docs, split, device, out, progress = (req.tier, req.model_id, req.datasets, req.docs,
+                                                                     req.split, req.device, req.out, req.progress)
     try:
         import ray
     except ImportError:
@@ -55,8 +58,7 @@ def run_on_ray(
 
     spec = runner.load_spec(tier)
     model_spec = spec.model(model_id)
-    sub_name = load_submission(submission_path).name
-    submission_path = str(Path(submission_path).resolve())
+    sub_name = load_submission(req.submission).name
     units = []  # (dataset id, i, n)
     stems = {}  # unit dataset (an id, or a JSONL file's absolute path for the workers) -> result file stem
     for ds_id in datasets or [d.id for d in spec.datasets]:
@@ -76,10 +78,10 @@ def run_on_ray(
             has_gpus = ray.cluster_resources().get("GPU", 0) > 0
             gpus = int((device or "").startswith("cuda") or (device is None and has_gpus))
         task = ray.remote(num_cpus=1, num_gpus=gpus)(_unit)
-        common = dict(tier=tier, model_id=model_id, split=split, docs=docs, questions=questions, rhos=rhos,
-                      conditions=conditions, device=device, out=str(Path(out).resolve()), batch_size=batch_size,
-                      dtype=dtype)
-        refs = {task.remote(submission_path, {**common, "datasets": [ds], "shard": (i, n)}, runner_hook): (ds, i, n)
+        # what every unit shares: absolute paths (a Ray worker may start elsewhere), no progress bar
+        common = dataclasses.replace(req, submission=str(Path(req.submission).resolve()), out=str(Path(out).resolve()),
+                                     progress=False, worker_setup=runner_hook)
+        refs = {task.remote(dataclasses.replace(common, datasets=[ds], shard=(i, n)), runner_hook): (ds, i, n)
                 for ds, i, n in units}
         shards: dict[str, list[Path]] = {}
         failed, failed_ds = [], set()

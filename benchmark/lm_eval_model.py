@@ -24,6 +24,7 @@ apply. Only ``generate_until`` is supported; log-likelihood requests raise ``Not
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -222,25 +223,43 @@ class LorakvLM(LM):
 
 def _with_task_dir(args: list[str]) -> list[str]:
     """Our task folder on lm-eval's include path. lm-eval's CLI takes one ``--include_path``: add
-    ours when none is given; when the user gives one, lm-eval's TaskManager gets both."""
+    ours when none is given; when the user gives one, :func:`_lm_eval_cli` has lm-eval's
+    TaskManager scan both."""
     from .lm_eval_tasks import TASK_DIR
 
     if not args or args[0] in ("-h", "--help"):
         return args
-    if not any(a == "--include_path" or a.startswith("--include_path=") for a in args):
+    if not _user_include_path(args):
         return [*args, "--include_path", str(TASK_DIR)]
+    return args
 
+
+def _user_include_path(args: list[str]) -> bool:
+    return any(a == "--include_path" or a.startswith("--include_path=") for a in args)
+
+
+@contextlib.contextmanager
+def _lm_eval_cli(args: list[str], also_our_tasks: bool):
+    """lm-eval's CLI reads ``sys.argv``; with the user's own ``--include_path`` (``also_our_tasks``)
+    its TaskManager must also scan our folder. Both are set for the call only and put back afterwards."""
     import lm_eval.tasks
 
-    base = lm_eval.tasks.TaskManager
+    from .lm_eval_tasks import TASK_DIR
+
+    argv, base = sys.argv, lm_eval.tasks.TaskManager
 
     class TaskManager(base):  # also scans our folder next to the user's
         def __init__(self, *a, include_path=None, **kw):
             paths = list(include_path) if isinstance(include_path, (list, tuple)) else [include_path] if include_path else []
             super().__init__(*a, include_path=[*paths, str(TASK_DIR)], **kw)
 
-    lm_eval.tasks.TaskManager = TaskManager
-    return args
+    sys.argv = [argv[0] if argv else "lorakv-lm-eval", *args]
+    if also_our_tasks:
+        lm_eval.tasks.TaskManager = TaskManager
+    try:
+        yield
+    finally:
+        sys.argv, lm_eval.tasks.TaskManager = argv, base
 
 
 def cli_main(argv: list[str] | None = None) -> int:
@@ -249,9 +268,9 @@ def cli_main(argv: list[str] | None = None) -> int:
     _set_offline()
     from lm_eval.__main__ import cli_evaluate
 
-    args = _with_task_dir(list(sys.argv[1:] if argv is None else argv))
-    sys.argv = [sys.argv[0] if sys.argv else "lorakv-lm-eval", *args]
-    cli_evaluate()
+    given = list(sys.argv[1:] if argv is None else argv)
+    with _lm_eval_cli(_with_task_dir(given), also_our_tasks=_user_include_path(given)):
+        cli_evaluate()
     return 0
 
 

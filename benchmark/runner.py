@@ -12,6 +12,7 @@ For every (model, dataset, document)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_e
                        direct_dora_lora_weight,
                        training_diverged)
 from .compression import evict, kv_bytes, kv_entries, n_kept, prefill
+from .config import EvalRequest, as_request
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
 from .metrics import EXTRACTORS, score_prediction_with
@@ -34,6 +36,8 @@ from .spec import CONDITIONS, Spec, load_spec
 from .submission import Submission, load_submission
 
 log = logging.getLogger(__name__)
+
+SUBMISSION_PRESS = object()  # DocumentRun.build's default: the press the submission names
 
 
 @dataclass
@@ -51,6 +55,16 @@ class DocumentRun:
     batch_size: int = 64
     progress: bool = True
     stats: dict = field(default_factory=lambda: {"prefills": 0, "decoded_tokens": 0})
+
+    @classmethod
+    def build(cls, model, tokenizer, spec: Spec, submission: Submission, *, model_key: str, prompt=None,
+              press=SUBMISSION_PRESS, **options) -> "DocumentRun":
+        """The one way a run is made: the renderer of ``prompt`` (default: the spec's) and the
+        submission's press (``press=None`` for none); ``options`` are the other fields."""
+        renderer = PromptRenderer(tokenizer, prompt if prompt is not None else spec.prompt)
+        press = submission.make_compressor() if press is SUBMISSION_PRESS else press
+        return cls(model=model, tokenizer=tokenizer, renderer=renderer, spec=spec, submission=submission,
+                   model_key=model_key, press=press, **options)
 
     @property
     def dtype(self) -> str:
@@ -101,13 +115,16 @@ class DocumentRun:
         # One prefill per distinct prefill weights; scores from each prefill that some condition scores with.
         prefills = {CONDITIONS[c]["prefill"] for c in conditions} | {CONDITIONS[c]["score"] for c in conditions}
         kv, scores = {}, {}
-        torch.manual_seed(0)  # presses that draw random numbers (RandomPress, leverage sketches) stay reproducible
         t0 = time.perf_counter()
-        for weights in sorted(prefills):
-            with adapter_state(self.model, weights == "adapter"):
-                kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos,
-                                                       tokenizer=self.tokenizer)
-            self.stats["prefills"] += 1
+        # Presses that draw from torch's global RNG (RandomPress without a seed) start from seed 0 at every
+        # document, so results do not depend on what ran before; forked, so the caller's RNG is left as it was.
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+            torch.manual_seed(0)
+            for weights in sorted(prefills):
+                with adapter_state(self.model, weights == "adapter"):
+                    kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos,
+                                                           tokenizer=self.tokenizer)
+                self.stats["prefills"] += 1
         # rho = 1 with the spec's no-context prompt: its own (short) prefill, nothing to score.
         no_context = {}
         if r.no_context is not None and 1.0 in rhos:
@@ -187,19 +204,15 @@ def open_run(spec: Spec, submission: Submission, model_id: str | None = None, de
     model_spec = spec.model(model_id)
     submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
     model, tok = load_model(model_spec, device, dtype)
-    renderer = PromptRenderer(tok, spec.prompt_for(model_spec))
-    return DocumentRun(model=model, tokenizer=tok, renderer=renderer, spec=spec, submission=submission,
-                       model_key=model_key(model_spec), press=submission.make_compressor(), **kwargs)
+    return DocumentRun.build(model, tok, spec, submission, model_key=model_key(model_spec),
+                             prompt=spec.prompt_for(model_spec), **kwargs)
 
 
-def evaluate(
-    submission_path: str | Path, *, tier: str = "mini", model_id: str | None = None, datasets: list[str] | None = None,
-    split: str = "test", docs: int | None = None, questions: int | None = None, rhos: list[float] | None = None,
-    conditions: list[str] | None = None, device: str | None = None, out: str | Path = "runs",
-    batch_size: int = 64, progress: bool = True, shard: tuple[int, int] | None = None, dtype: str | None = None,
-    isolation: str = "worker", worker_setup: str | None = None,
-) -> list[Path]:
+def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
     """Run the protocol; returns the result files written (one per dataset).
+
+    ``request`` is an :class:`~benchmark.config.EvalRequest`, or a submission path with the
+    request's fields as keyword ``options`` (``evaluate(path, rhos=[0, 1], isolation="inline")``).
 
     ``isolation="worker"`` runs the model and the submission's code in a worker process that never
     sees an answer (sandboxed with bubblewrap where it works; :mod:`benchmark.worker`); this process
@@ -209,32 +222,34 @@ def evaluate(
     ``shard=(i, n)`` runs only documents i, i+n, i+2n, ... into ``<dataset>.shard-i-of-n.json``;
     ``lorakv-bench merge`` joins the n shard files into exactly the unsharded result.
     """
-    spec = load_spec(tier)
-    submission = load_submission(submission_path)
-    device = pick_device(device)
-    rhos = sorted(rhos if rhos is not None else spec.rhos)
-    conditions = list(conditions or spec.conditions)
-    datasets = [resolve_dataset(spec, d) for d in datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
-    model_spec = spec.model(model_id)
-    if isolation == "worker":
+    req = as_request(request, **options)
+    spec = load_spec(req.tier)
+    submission = load_submission(req.submission)
+    # the request with the spec's and the machine's defaults filled in (what the result header records)
+    req = dataclasses.replace(req, device=pick_device(req.device), rhos=sorted(req.rhos if req.rhos is not None else spec.rhos),
+                              conditions=list(req.conditions or spec.conditions))
+    datasets = [resolve_dataset(spec, d) for d in req.datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
+    model_spec = spec.model(req.model_id)
+    if req.isolation == "worker":
         from .worker import WorkerRun
 
         hidden = [f.path for d in (*spec.datasets, *datasets) for f in (d.test, d.dev) if f is not None]
-        run = WorkerRun.start(tier=tier, submission=str(submission_path), model_id=model_id, device=device,
-                              dtype=dtype, batch_size=batch_size, progress=progress, hidden_files=hidden,
-                              setup=worker_setup)
+        run = WorkerRun.start(tier=req.tier, submission=str(req.submission), model_id=req.model_id, device=req.device,
+                              dtype=req.dtype, batch_size=req.batch_size, progress=req.progress, hidden_files=hidden,
+                              setup=req.worker_setup)
     else:
-        run = open_run(spec, submission, model_id, device, dtype, batch_size=batch_size, progress=progress)
+        run = open_run(spec, submission, req.model_id, req.device, req.dtype, batch_size=req.batch_size,
+                       progress=req.progress)
     try:
-        return _evaluate_datasets(run, spec, submission, model_spec, datasets, split, docs, questions, rhos, conditions,
-                                  device, out, shard, "inline" if isolation != "worker" else run.sandbox, progress)
+        return _evaluate_datasets(run, spec, submission, model_spec, datasets, req,
+                                  "inline" if req.isolation != "worker" else run.sandbox)
     finally:
-        if isolation == "worker":
+        if req.isolation == "worker":
             run.close()
 
 
-def _evaluate_datasets(run, spec, submission, model_spec, datasets, split, docs, questions, rhos, conditions, device,
-                       out, shard, sandbox, progress) -> list[Path]:
+def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalRequest, sandbox) -> list[Path]:
+    split, docs, questions, rhos, conditions, shard = req.split, req.docs, req.questions, req.rhos, req.conditions, req.shard
     written = []
     for ds in datasets:
         data_file = ds.split(split)
@@ -248,15 +263,15 @@ def _evaluate_datasets(run, spec, submission, model_spec, datasets, split, docs,
             "model": {"id": model_spec.id, "name": model_spec.name},
             "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
             "rhos": rhos, "conditions": conditions,
-            "environment": environment(device, run.dtype) | {"sandbox": sandbox},
+            "environment": environment(req.device, run.dtype) | {"sandbox": sandbox},
             "slice": {"docs": docs, "questions": questions},  # part of the file's identity: resume only the same slice
         }
         stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
-        path = result_path(out, submission.name, spec.tier, model_spec.id, stem)
+        path = result_path(req.out, submission.name, spec.tier, model_spec.id, stem)
         result = ResultFile(path, header)
         done = result.done()
         active = [c for c in conditions if submission.recipe.enabled or c == "base"]
-        bar = tqdm(documents, desc=f"{model_spec.id} {ds.id}", disable=not progress)
+        bar = tqdm(documents, desc=f"{model_spec.id} {ds.id}", disable=not req.progress)
         for doc in bar:
             qs = list(doc.questions)[:questions]
             todo = [(rho, c) for rho in rhos for c in active if (doc.doc_id, rho, c) not in done]

@@ -14,26 +14,11 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from .config import BUDGETS, CONDITION_HELP, CONDITIONS, TIERS  # noqa: F401 - defined in config.py, re-exported
 from .paths import PACKAGE_DIR, cache_dir, stable_hash
 
 SPEC_DIR = PACKAGE_DIR / "specs"
 SCHEMA_DIR = PACKAGE_DIR / "schemas"
-TIERS = ("mini", "paper")
-
-#: The four conditions as data: which weights prefill the document, which pick the kept
-#: entries (score), which decode the question and answer. "adapter" = base + document LoRA.
-CONDITIONS: dict[str, dict[str, str]] = {
-    "base": {"prefill": "base", "score": "base", "decode": "base"},
-    "adapter_all": {"prefill": "adapter", "score": "adapter", "decode": "adapter"},
-    "base_kv_adapter_decode": {"prefill": "base", "score": "base", "decode": "adapter"},
-    "base_score_adapter_prefill": {"prefill": "adapter", "score": "base", "decode": "adapter"},
-}
-CONDITION_HELP = {
-    "base": "no adapter anywhere (KV-only)",
-    "adapter_all": "adapter on for prefill, scoring and decoding",
-    "base_kv_adapter_decode": "base prefill and scoring; adapter only for question and answer",
-    "base_score_adapter_prefill": "base scoring picks the kept entries of an adapter prefill; adapter decodes",
-}
 
 
 class SpecError(ValueError):
@@ -109,9 +94,6 @@ class MetricSpec:
     extraction: str = "boxed_or_first_line"  # | "boxed_or_last_line": metrics.EXTRACTORS
 
 
-#: budget: how many of n document entries rho keeps. "kvpress": max(1, int(n (1 - rho))) for rho < 1;
-#: "paper_floor": floor(n (1 - rho) + 1e-6), which may be 0 (the paper's context-only count).
-BUDGETS = ("kvpress", "paper_floor")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ Example::
 
 ``compressor.press`` is a kvpress class name or ``module:Class`` of a ``.py`` file in the
 submission folder (a dataclass with kvpress's ``score`` signature).
+
+Reading a submission imports no torch (``config`` holds its types); building its press or
+checking a kvpress press name does.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters import LoraSettings, Recipe, TrainSettings
-from .compression import build_compressor
+from .config import LoraSettings, Recipe, TrainSettings
 from .paths import stable_hash
 from .spec import SpecError, load_yaml
 
@@ -40,6 +42,8 @@ class Submission:
         return self.raw["compressor"]
 
     def make_compressor(self):
+        from .compression import build_compressor  # torch and kvpress: only when a press is built
+
         cfg = self.compressor_cfg
         press = build_compressor(cfg["press"], cfg.get("kwargs"), code_dir=self.path)
         if "score_depends_on_rho" in cfg:

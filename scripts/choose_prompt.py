@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from benchmark.adapters import Recipe
 from benchmark.datasets import load_split
-from benchmark.models import PromptRenderer, load_model
+from benchmark.models import load_model
 from benchmark.runner import DocumentRun, model_key
 from benchmark.spec import Prompt, load_spec
 from benchmark.submission import Submission
@@ -45,8 +45,8 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         gen = spec.generation if not prompt.answer_prefix.endswith("{") else dataclasses.replace(spec.generation, stop=("}", "\n"))
-        run = DocumentRun(model=model, tokenizer=tok, renderer=PromptRenderer(tok, prompt),
-                          spec=dataclasses.replace(spec, generation=gen), submission=none, model_key=model_key(m), progress=False)
+        run = DocumentRun.build(model, tok, dataclasses.replace(spec, generation=gen), none, model_key=model_key(m),
+                                prompt=prompt, press=None, progress=False)
         t0 = time.perf_counter()
         for ds in spec.datasets:
             scores = {0.0: [], 1.0: []}

@@ -30,7 +30,7 @@ from tabulate import tabulate
 
 from benchmark.datasets import load_split
 from benchmark.metrics import paired_bootstrap_ci
-from benchmark.models import PromptRenderer, load_model
+from benchmark.models import load_model
 from benchmark.runner import DocumentRun, model_key
 from benchmark.spec import load_spec
 from benchmark.submission import load_submission
@@ -77,15 +77,14 @@ def main() -> None:
     m = spec.model(args.model)
     model, tok = load_model(m)
     base = load_submission(args.submission).for_model(m.id)
-    renderer = PromptRenderer(tok, spec.prompt_for(m))
     docs = [doc for ds in spec.datasets for doc in load_split(ds.dev)[:args.docs]]
     rows = []
     for epochs in sorted(args.epochs):
         for lr in sorted(args.lrs):
             train = dataclasses.replace(base.recipe.train, lr=lr, epochs=epochs)
             sub = dataclasses.replace(base, recipe=dataclasses.replace(base.recipe, train=train))
-            run = DocumentRun(model=model, tokenizer=tok, renderer=renderer, spec=spec, submission=sub,
-                              model_key=model_key(m), press=sub.make_compressor(), progress=False)
+            run = DocumentRun.build(model, tok, spec, sub, model_key=model_key(m), prompt=spec.prompt_for(m),
+                                    progress=False)
             t0, preds, diverged = time.perf_counter(), [], 0
             for doc in docs:
                 record, doc_preds = run.evaluate(doc, RHOS, ["base", HEADLINE])

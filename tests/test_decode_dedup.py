@@ -72,8 +72,8 @@ def test_runner_grid_equals_the_plain_decode(tmp_path, qa_prompt, document, monk
     (d / "submission.yaml").write_text(SUB)
     sub = load_submission(d)
     model, tok = tiny_model("llama")
-    run = R.DocumentRun(model=model, tokenizer=tok, renderer=PromptRenderer(tok, qa_prompt), spec=load_spec("mini"),
-                        submission=sub, model_key="tiny", press=sub.make_compressor(), progress=False, batch_size=5)
+    run = R.DocumentRun.build(model, tok, load_spec("mini"), sub, model_key="tiny", prompt=qa_prompt, progress=False,
+                              batch_size=5)
     rhos = [0.0, 0.5, 0.9, 1.0]
     _, fast = run.evaluate(document, rhos, list(CONDITIONS))
     n_decoded = sum(counted)

@@ -105,8 +105,7 @@ def test_headwise_submission_conforms_and_counts_memory_as_kept_entries(tmp_path
     preds = {}
     for d in (ada, snap):
         sub = load_submission(d)
-        run = DocumentRun(model=model, tokenizer=tok, renderer=PromptRenderer(tok, qa_prompt), spec=load_spec("mini"),
-                          submission=sub, model_key="tiny", press=sub.make_compressor(), progress=False)
+        run = DocumentRun.build(model, tok, load_spec("mini"), sub, model_key="tiny", prompt=qa_prompt, progress=False)
         _, preds[d.name] = run.evaluate(document, [0.0, 0.5, 1.0], ["base"])
     for a, s in zip(preds["ada"], preds["snap"]):  # same budget: same kept entries and bytes, whatever the heads
         assert (a["rho"], a["kv_entries"], a["kv_bytes"]) == (s["rho"], s["kv_entries"], s["kv_bytes"])

@@ -43,7 +43,6 @@ def task_manager():
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
     """A DocumentRun on a tiny random Llama with the mini spec and a SnapKV + QA-LoRA submission."""
-    from benchmark.models import PromptRenderer
     from benchmark.runner import DocumentRun
     from benchmark.spec import load_spec
     from benchmark.submission import load_submission
@@ -53,8 +52,7 @@ def tiny_run(tmp_path, monkeypatch):
     spec = load_spec("mini")
     sub = load_submission(write_submission(tmp_path / "submissions"))
     model, tok = tiny_model("llama")
-    return DocumentRun(model=model, tokenizer=tok, renderer=PromptRenderer(tok, spec.prompt), spec=spec, submission=sub,
-                       model_key="tiny-llama@test", press=sub.make_compressor(), progress=False)
+    return DocumentRun.build(model, tok, spec, sub, model_key="tiny-llama@test", progress=False)
 
 
 def test_task_files_listed(task_manager):

@@ -342,9 +342,8 @@ def test_runner_answers_rho_1_from_the_no_context_prompt_and_scores_the_papers_w
     sub = load_submission(d)
     model, tok = tiny_model("llama")
     spec = load_spec("paper")
-    renderer = PromptRenderer(tok, spec.prompt)
-    run = R.DocumentRun(model=model, tokenizer=tok, renderer=renderer, spec=spec, submission=sub, model_key="tiny",
-                        press=sub.make_compressor(), progress=False)
+    run = R.DocumentRun.build(model, tok, spec, sub, model_key="tiny", progress=False)
+    renderer = run.renderer
     seen = []
     real = R.greedy_decode
     monkeypatch.setattr(R, "greedy_decode", lambda m, t, rows, **k: seen.extend(rows) or real(m, t, rows, **k))

@@ -6,7 +6,6 @@ import json
 import pytest
 
 from benchmark import runner as R
-from benchmark.models import PromptRenderer
 from benchmark.spec import CONDITIONS, SpecError, load_spec
 from benchmark.submission import load_submission
 from benchmark.tiny import tiny_model
@@ -33,8 +32,7 @@ def make_submission(tmp_path, recipe="qa", name="tsub"):
 def make_run(tmp_path, qa_prompt, recipe="qa"):
     model, tok = tiny_model("llama")
     sub = make_submission(tmp_path, recipe)
-    return R.DocumentRun(model=model, tokenizer=tok, renderer=PromptRenderer(tok, qa_prompt), spec=load_spec("mini"),
-                         submission=sub, model_key="tiny", press=sub.make_compressor(), progress=False)
+    return R.DocumentRun.build(model, tok, load_spec("mini"), sub, model_key="tiny", prompt=qa_prompt, progress=False)
 
 
 def _adapter_on(model) -> bool:

@@ -1,0 +1,132 @@
+"""Configuration is torch-free, and each list of allowed values is kept once: the JSON Schemas'
+enums equal the Python constants they repeat."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark import config, metrics
+from benchmark.spec import SCHEMA_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_and_submission_import_without_torch():
+    # a fresh interpreter: this test process has torch loaded already. (Loading a submission still
+    # imports kvpress, and so torch, to check that its press name is a kvpress press.)
+    code = ("import sys; import benchmark.config, benchmark.submission, benchmark.spec; "
+            "from benchmark.config import LoraSettings, Recipe, TrainSettings; "
+            "Recipe('qa', LoraSettings(r=8), TrainSettings(lr=2e-3)).hash(); "
+            "print(sorted(m for m in ('torch', 'peft', 'transformers', 'kvpress') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_old_import_paths_still_work():
+    from benchmark import adapters, spec
+
+    for name in ("LoraSettings", "TrainSettings", "Recipe", "OBJECTIVES", "LORA_INITS", "SCHEDULES", "QA_FORMATS",
+                 "NTP_FORMATS", "_LATER_OPTIONS"):
+        assert getattr(adapters, name) is getattr(config, name), name
+    for name in ("CONDITIONS", "CONDITION_HELP", "TIERS", "BUDGETS"):
+        assert getattr(spec, name) is getattr(config, name), name
+
+
+def _at(schema: str, *path: str):
+    node = json.loads((SCHEMA_DIR / schema).read_text())
+    for key in path:
+        node = node[key]
+    return node
+
+
+#: (schema file, path to the enum inside it, the Python constant it must equal)
+ENUMS = [
+    ("submission.schema.json", ("properties", "adapter", "properties", "recipe", "enum"), config.RECIPES),
+    ("submission.schema.json", ("properties", "adapter", "properties", "lora", "properties", "init", "enum"),
+     config.LORA_INITS),
+    ("submission.schema.json", ("properties", "headline_condition", "enum"), config.CONDITION_NAMES),
+    ("submission.schema.json", ("$defs", "train", "properties", "qa_source", "enum"), config.QA_SOURCES),
+    ("submission.schema.json", ("$defs", "train", "properties", "schedule", "enum"), config.SCHEDULES),
+    ("submission.schema.json", ("$defs", "train", "properties", "qa_format", "enum"), config.QA_FORMATS),
+    ("submission.schema.json", ("$defs", "train", "properties", "synthesis", "enum"), config.SYNTHESES),
+    ("submission.schema.json", ("$defs", "train", "properties", "ctx_window", "enum"), config.CTX_WINDOWS),
+    ("submission.schema.json", ("$defs", "train", "properties", "ntp_format", "enum"), config.NTP_FORMATS),
+    ("spec.schema.json", ("properties", "tier", "enum"), config.TIERS),
+    ("spec.schema.json", ("properties", "conditions", "items", "enum"), config.CONDITION_NAMES),
+    ("spec.schema.json", ("properties", "budget", "enum"), config.BUDGETS),
+    ("spec.schema.json", ("properties", "metric", "properties", "normalization", "enum"), tuple(metrics.SCORERS)),
+    ("spec.schema.json", ("properties", "metric", "properties", "extraction", "enum"), tuple(metrics.EXTRACTORS)),
+    ("result.schema.json", ("properties", "tier", "enum"), config.TIERS),
+    ("result.schema.json", ("$defs", "condition", "enum"), config.CONDITION_NAMES),
+]
+
+
+@pytest.mark.parametrize("schema, path, constant", ENUMS, ids=[f"{s}:{p[-2]}" for s, p, _ in ENUMS])
+def test_schema_enum_equals_python_constant(schema, path, constant):
+    assert tuple(_at(schema, *path)) == tuple(constant)
+
+
+def test_objectives_are_the_recipes_that_train():
+    assert config.RECIPES == ("none",) + config.OBJECTIVES
+
+
+# ---------------------------------------------------------------- EvalRequest: one object from the CLI down
+
+
+#: evaluate's flags that are not options of the run itself (how or whether it runs)
+CLI_ONLY = {"func", "command", "executor", "ray_address", "dry_run", "preset"}
+#: flag dest -> EvalRequest field, where the names differ
+RENAMED = {"model": "model_id", "dataset": "datasets"}
+
+
+def _evaluate_dests() -> set[str]:
+    import argparse
+
+    from benchmark.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest for a in sub.choices["evaluate"]._actions if a.dest != "help"}
+
+
+def test_every_evaluate_flag_is_a_request_field():
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config.EvalRequest)}
+    missing = {RENAMED.get(d, d) for d in _evaluate_dests() - CLI_ONLY} - fields
+    assert not missing, f"evaluate flags without an EvalRequest field: {missing}"
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_cli_passes_one_request(executor, monkeypatch, capsys):
+    from benchmark import executors, runner
+
+    seen = []
+    target, name = (executors, "run_on_ray") if executor == "ray" else (runner, "evaluate")
+    monkeypatch.setattr(target, name, lambda request, **kw: seen.append((request, kw)) or [])
+    argv = ["evaluate", str(ROOT / "submissions" / "snapkv"), "--docs", "2", "--questions", "3", "--rhos", "0", "0.5",
+            "--conditions", "base", "--split", "dev", "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "7",
+            "--out", "somewhere", "--isolation", "inline", "--executor", executor]
+    if executor == "local":
+        argv += ["--shard", "1/3"]
+    from benchmark.cli import main
+
+    assert main(argv) == 0
+    [(req, kw)] = seen
+    assert req == config.EvalRequest(
+        submission=str(ROOT / "submissions" / "snapkv"), docs=2, questions=3, rhos=[0.0, 0.5], conditions=["base"],
+        split="dev", device="cpu", dtype="bfloat16", batch_size=7, out="somewhere", isolation="inline",
+        shard=(1, 3) if executor == "local" else None)
+    assert kw == ({"address": None} if executor == "ray" else {})
+
+
+def test_as_request_lays_options_over_a_request():
+    req = config.as_request("submissions/snapkv", rhos=[0.0], progress=False)
+    assert req == config.EvalRequest("submissions/snapkv", rhos=[0.0], progress=False)
+    assert config.as_request(req, shard=(0, 2)).shard == (0, 2)
+    with pytest.raises(TypeError):
+        config.as_request("submissions/snapkv", rho=[0.0])  # a misspelt option fails, never silently ignored

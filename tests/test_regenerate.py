@@ -1,0 +1,88 @@
+"""Behaviour pins: what is committed regenerates byte for byte from what it was derived from.
+
+A refactoring that changes a number, a hash or a rendered byte fails here:
+- every committed result file re-serialises identically after its scores and cells are recomputed
+  from its predictions (``results.aggregate``, ``metrics.score_prediction``, the writer's format);
+- every committed result file's ``submission.hash`` is what its committed submission folder hashes
+  to now, and the hash function itself is pinned on a fixed folder;
+- ``lorakv-bench leaderboard`` writes, into a temporary copy of the layout, exactly the committed
+  ``leaderboard/README.md`` and ``leaderboard/plots/*.svg``.
+``tests/test_conformance.py`` checks the same files with tolerances (what a submitter must meet);
+this file checks exact equality (what a refactoring must keep).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark import cli
+from benchmark.metrics import extract_answer, score_prediction
+from benchmark.results import aggregate
+from benchmark.spec import load_spec
+from benchmark.submission import load_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_ROOT = ROOT / "leaderboard" / "results"
+RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
+IDS = [p.relative_to(RESULTS_ROOT).as_posix() for p in RESULTS]
+
+
+def _serialise(data: dict) -> str:
+    """The result writer's format (``ResultFile.save``)."""
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=IDS)
+def test_result_file_rederives_byte_for_byte(path):
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    answer_prefix = load_spec(data["tier"]).prompt_for(load_spec(data["tier"]).model(data["model"]["id"])).answer_prefix
+    for p in data["predictions"]:
+        p["prediction"] = extract_answer(p["generation"], answer_prefix)
+        s = score_prediction(p["prediction"], p["answers"])
+        p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+    data["cells"] = aggregate(data["predictions"], data["documents"])
+    assert _serialise(data) == text
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=IDS)
+def test_committed_submission_hash_unchanged(path):
+    data = json.loads(path.read_text(encoding="utf-8"))
+    sub = load_submission(ROOT / "submissions" / data["submission"]["name"])
+    assert sub.hash() == data["submission"]["hash"]
+    assert sub.headline_condition == data["submission"]["headline_condition"]
+
+
+def test_submission_hash_function_pinned(tmp_path):
+    """The hash of a fixed folder (YAML + a top-level .py + a nested data file) never changes:
+    a change here would silently orphan every committed result."""
+    folder = tmp_path / "submissions" / "pinned"
+    (folder / "extra").mkdir(parents=True)
+    (folder / "submission.yaml").write_text(
+        "name: pinned\nauthors: [A]\ndescription: pinned hash\n"
+        "compressor: {press: 'my_press:MyPress', kwargs: {window: 4}}\n"
+        "adapter:\n  recipe: qa\n  lora: {r: 4, alpha: 8}\n  train: {lr: 1.0e-3, epochs: 2}\n"
+        "  per_model: {smollm2-135m: {lr: 2.0e-3}}\n")
+    (folder / "my_press.py").write_text("from dataclasses import dataclass\n\n\n@dataclass\nclass MyPress:\n    window: int = 4\n")
+    (folder / "extra" / "blob.bin").write_bytes(bytes(range(256)))
+    assert load_submission(folder).hash() == PINNED_HASH
+
+
+PINNED_HASH = "a70d8cb8c1382f2c"  # recorded before the issue-17 refactoring
+
+
+@pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
+def test_leaderboard_command_regenerates_byte_for_byte(tmp_path, capsys):
+    out = tmp_path / "leaderboard"
+    rc = cli.main(["leaderboard", "--results", str(RESULTS_ROOT), "--out", str(out / "README.md"),
+                   "--plots", str(out / "plots")])
+    assert rc == 0
+    committed = ROOT / "leaderboard"
+    assert (out / "README.md").read_bytes() == (committed / "README.md").read_bytes()
+    fresh = sorted(p.name for p in (out / "plots").glob("*.svg"))
+    assert fresh == sorted(p.name for p in (committed / "plots").glob("*.svg"))
+    for name in fresh:
+        assert (out / "plots" / name).read_bytes() == (committed / "plots" / name).read_bytes(), name
