@@ -295,9 +295,10 @@ def direct_dora_lora_weight():
     peft builds it as ``lora_B(lora_A(eye(d_in))).T`` (so that FSDP-wrapped layers work), and in
     training mode it does so at every forward, uncached: for Qwen2.5-0.5B's ``down_proj``
     (d_in = 4864) that allocates and fills a 4864 x 4864 identity, 24 times per forward. The
-    product is the same matrix (identical on a 4864 -> 16 -> 896 check: ``tests/test_adapters.py``)
-    at a 20-25x lower cost per layer (``benchmarks/dora_step.py``). Layers whose A or B is not a
-    plain ``nn.Linear`` keep peft's way. peft's method is restored on exit."""
+    product is the same matrix (outputs and gradients equal peft's on a tiny model:
+    ``tests/test_adapters.py``) at a 20-25x lower cost per layer (a one-layer timing in
+    ``docs/performance.md``; ``benchmarks/dora_step.py`` times whole steps). Layers whose A or B is
+    not a plain ``nn.Linear`` keep peft's way. peft's method is restored on exit."""
     from peft.tuners.lora import dora
 
     original = dora.DoraLinearLayer.get_lora_weight
