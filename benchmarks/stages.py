@@ -194,7 +194,7 @@ def main() -> None:
     # the machine is shared: measure the peak again after the run and keep the better of the two
     peak = max(peaks[dtype], gemm_peak(model.dtype))
     print(f"{dtype} peak used: {peak / 1e9:.1f} GFLOP/s (best of before and after the run)")
-    table = []
+    table, floors = [], {}
     for stage in ("training", "prefill", "scoring", "eviction", "decoding"):
         if stage not in seconds:
             continue
@@ -205,18 +205,23 @@ def main() -> None:
             tok, flops = n_doc_tokens * len(rhos) * len(conditions), None
         else:
             tok, flops = counter.tokens.get(stage, 0), counter.flops.get(stage, 0.0)
+        floor = flops / peak if flops else 0.0  # the stage at 100% of the peak: no code change beats this
+        floors[stage] = floor
         table.append([stage, f"{s:.1f}", tok, f"{tok / s:.0f}" if s else "-",
-                      f"{flops / s / 1e9:.1f}" if flops else "-", f"{flops / s / peak:.1%}" if flops else "-"])
+                      f"{flops / s / 1e9:.1f}" if flops else "-", f"{flops / s / peak:.1%}" if flops else "-",
+                      f"{floor:.1f}" if flops else "-"])
     total = sum(seconds.values())
-    table.append(["total", f"{total:.1f}", "", "", "", ""])
+    table.append(["total", f"{total:.1f}", "", "", "", "", f"{sum(floors.values()):.1f}"])
     print(f"\nmodel {spec.model(args.model).id} ({dtype}), {len(docs)} {ds.id} {args.split} document(s), "
           f"{n_doc_tokens} document tokens, {n_rows} decode rows (questions x rhos {rhos} x {len(conditions)} "
           f"conditions), submission {sub.name}" + (f", training capped at {args.max_steps} steps" if args.max_steps else ""))
-    print(tabulate(table, headers=["stage", "seconds", "tokens", "tokens/s", "GFLOP/s", f"of {dtype} peak"],
+    print(tabulate(table, headers=["stage", "seconds", "tokens", "tokens/s", "GFLOP/s", f"of {dtype} peak",
+                                         "floor s"],
                    tablefmt="github"))
     print("tokens: training = packed forward tokens; prefill = prompt tokens; scoring = document tokens per "
           "scoring pass; eviction = document entries x rho x condition; decoding = positions run (padded rows "
-          "included, each step x batch)")
+          "included, each step x batch); floor s = the stage's FLOPs at 100% of the peak (the fastest "
+          "this dtype allows on this machine without doing less work)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
