@@ -73,32 +73,35 @@ def shared_prefix_attention(query, key, value, attention_mask, shared: SharedPre
     one KV head are adjacent (as ``repeat_kv`` pairs them), so a group's queries fold into the
     matmul's row dimension, together with every row that reads the same cache:
     (kv_heads, rows*group*q_len, d) @ (kv_heads, d, n) reads each shared cache once per layer.
+    Scores are laid out (kv_heads, rows, group*q_len, entries) so that both blocks are views of one
+    tensor. The softmax is in float32; in bfloat16 the scores are rounded to bfloat16 first, which
+    SDPA's kernel does not do (the spec's dtype is float32).
     Returns (batch, q_len, heads, head_dim), as SDPA's path does."""
     bsz, n_heads, q_len, dim = query.shape
     kv_heads, own_len = key.shape[1], key.shape[2]
-    gt = n_heads // kv_heads * q_len  # one KV head's query rows per batch row
-    allowed = _own_allowed(attention_mask, q_len, own_len, query.device)
-    out = query.new_empty(bsz, kv_heads, gt, dim)
+    group = n_heads // kv_heads
+    gt = group * q_len  # one KV head's query rows per batch row
+    allowed = _own_allowed(attention_mask, q_len, own_len, query.device).transpose(0, 1)  # (1, batch or 1, ...)
+    out = query.new_empty(kv_heads, bsz, gt, dim)
     for (lo, hi), k_s, v_s, keep in zip(shared.bounds, shared.keys, shared.values, shared.keep):
         r, n = hi - lo, k_s.shape[1]
-        q = (query[lo:hi] * scaling).reshape(r, kv_heads, gt, dim)
-        q_fold = q.transpose(0, 1).reshape(kv_heads, r * gt, dim)
-        s_shared = (q_fold @ k_s.transpose(1, 2)).view(kv_heads, r, gt, n).transpose(0, 1)
-        s_own = q @ key[lo:hi].transpose(2, 3)  # (r, kv_heads, gt, own_len): small
+        q = (query[lo:hi] * scaling).reshape(r, kv_heads, gt, dim).transpose(0, 1)  # (kv_heads, r, gt, d)
+        s_shared = (q.reshape(kv_heads, r * gt, dim) @ k_s.transpose(1, 2)).view(kv_heads, r, gt, n)
+        s_own = q @ key[lo:hi].transpose(0, 1).transpose(2, 3)  # (kv_heads, r, gt, own_len): small
         scores = torch.cat([s_shared, s_own], dim=-1).float()
-        by_step = scores.view(r, kv_heads, gt // q_len, q_len, n + own_len)
+        by_step = scores.view(kv_heads, r, group, q_len, n + own_len)
         if keep is not None:
-            by_step[..., :n].masked_fill_(~keep[None, :, None, None, :], float("-inf"))
-        own_ok = allowed[lo:hi] if allowed.shape[0] > 1 else allowed
+            by_step[..., :n].masked_fill_(~keep[:, None, None, None, :], float("-inf"))
+        own_ok = allowed[:, lo:hi] if allowed.shape[1] > 1 else allowed
         by_step[..., n:].masked_fill_(~own_ok[:, :, None], float("-inf"))
         # a query with nothing to attend to (a padding position of a row with an empty cache) gets
         # zeros, not NaN: its output becomes a key/value that every real query masks, and 0 * NaN
         # would still reach them through the matmul
         probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0).to(value.dtype)
-        p_fold = probs[..., :n].transpose(0, 1).reshape(kv_heads, r * gt, n)
-        o = (p_fold @ v_s).view(kv_heads, r, gt, dim).transpose(0, 1)
-        out[lo:hi] = o + probs[..., n:] @ value[lo:hi]
-    return out.view(bsz, n_heads, q_len, dim).transpose(1, 2).contiguous()
+        o_shared = (probs[..., :n].reshape(kv_heads, r * gt, n) @ v_s).view(kv_heads, r, gt, dim)
+        out[:, lo:hi] = o_shared + probs[..., n:] @ value[lo:hi].transpose(0, 1)
+    # (kv_heads, batch, group, q_len, d) -> (batch, q_len, kv_heads * group, d)
+    return out.view(kv_heads, bsz, group, q_len, dim).permute(1, 3, 0, 2, 4).reshape(bsz, q_len, n_heads, dim)
 
 
 def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,

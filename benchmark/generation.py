@@ -114,7 +114,7 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
         groups.setdefault(id(r.kv), []).append(b)
     perm = [b for members in groups.values() for b in members]
     grouped = [rows[b] for b in perm]
-    heads = [rows[members[0]].kv for members in groups.values()]
+    distinct = [rows[members[0]].kv for members in groups.values()]
     bounds, lo = [], 0
     for members in groups.values():
         bounds.append((lo, lo + len(members)))
@@ -130,8 +130,9 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
         k0 = grouped[0].kv[layer][0]
         shape = (len(grouped), k0.shape[1], q_len + max_new_tokens, k0.shape[3])
         cache.layers.append(_PreallocatedLayer(k0.new_zeros(shape), k0.new_zeros(shape), 0))
-        keep = [kv.keep[layer].to(k0.device) if getattr(kv, "keep", None) is not None else None for kv in heads]
-        shared.append(SharedPrefix(bounds, [kv[layer][0][0] for kv in heads], [kv[layer][1][0] for kv in heads], keep))
+        keep = [kv.keep[layer].to(k0.device) if getattr(kv, "keep", None) is not None else None for kv in distinct]
+        shared.append(SharedPrefix(bounds, [kv[layer][0][0] for kv in distinct], [kv[layer][1][0] for kv in distinct],
+                                   keep))
 
     attn_modules = [layer.self_attn for layer in _language_model(model).layers]
     for module, sp in zip(attn_modules, shared):
