@@ -1,15 +1,21 @@
 """Stage: generation. Greedy answers for many questions from shared compressed caches.
 
-A :class:`Row` is one question asked of one compressed cache. Rows are decoded together
-as one padded batch, whatever cache each one reads::
+A :class:`Row` is one question asked of one compressed cache. Rows are decoded together as one
+batch, whatever cache each one reads, and a batch keeps each *distinct* cache once::
 
-    [ cache entries, right-padded to the longest cache ][ question, left-padded ][ answer ... ]
+    shared, per distinct cache (its own tensors):  [ cache entries (n_i) ]
+    own, per row (the model's cache):              [ question, left-padded ][ answer ... ]
 
-Padding is masked out, and each row's question positions continue after the *uncompressed*
-length of its prompt (``position_offset``), as kvpress does; for rho = 1 the offset is the
-prefix length, i.e. the prompt without the document. Masked entries get exactly zero
-attention weight, so a row's answer does not depend on what it is batched with (checked by
-the tests).
+Each row attends over its cache's entries and its own tokens in one softmax
+(``attention.shared_prefix_attention``); padding is masked out. Each row's question positions
+continue after the *uncompressed* length of its prompt (``position_offset``), as kvpress does; for
+rho = 1 the offset is the prefix length, i.e. the prompt without the document. Masked entries get
+exactly zero attention weight, so a row's answer does not depend on what it is batched with
+(checked by the tests).
+
+The earlier decode, which copies every row's cache into its own slot of one padded batch buffer,
+is kept as :func:`_decode_batch_copy`: the reference the tests compare with and the other side of
+``benchmarks/decode_ab.py``'s A/B.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from . import attention
+from .attention import SharedPrefix
 from .compression import KV, _language_model
 
 
@@ -63,19 +71,23 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
     """Decode every row greedily; returns the generated text of each (leading whitespace dropped),
     cut at the first stop string.
 
-    Two savings that leave every answer unchanged, since a row's answer depends only on its own
+    Savings that leave every answer unchanged, since a row's answer depends only on its own
     cache, offset and suffix (masked padding gets exactly zero attention weight):
     rows that read the *same* cache object with the same offset and suffix are decoded once
-    (the runner hands identical caches over as one object, e.g. rho = 0 under two scorers), and
-    rows are batched longest cache first, so that short caches (high rho, the no-document prompt)
-    are not padded to the full document's length."""
+    (the runner hands identical caches over as one object, e.g. rho = 0 under two scorers);
+    rows are batched longest cache first, rows on one cache object next to each other, so that a
+    batch holds few distinct caches; and a batch reads each distinct cache once, in place
+    (:func:`_decode_batch`)."""
     unique: dict[tuple, int] = {}
     slot = [unique.setdefault((id(r.kv), r.position_offset, tuple(r.suffix_ids)), len(unique)) for r in rows]
     first = {}
     for i, s in enumerate(slot):
         first.setdefault(s, i)
     todo = [rows[first[s]] for s in range(len(unique))]
-    order = sorted(range(len(todo)), key=lambda i: -todo[i].kv[0][0].shape[2])  # stable: ties keep input order
+    cache_rank: dict[int, int] = {}
+    for r in todo:
+        cache_rank.setdefault(id(r.kv), len(cache_rank))
+    order = sorted(range(len(todo)), key=lambda i: (-todo[i].kv[0][0].shape[2], cache_rank[id(todo[i].kv)]))
     texts: list[str] = [""] * len(todo)
     for i in range(0, len(order), batch_size):
         batch = order[i:i + batch_size]
@@ -85,6 +97,61 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
 
 
 def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+    """Decode one batch reading each distinct cache object once.
+
+    Memory: the batch buffer (the model's cache) holds only the rows' own tokens, per layer
+    (batch, kv_heads, q_len + max_new_tokens, head_dim); it does not grow with the caches' length.
+    The compressed caches are read in place, one copy per distinct cache object however many rows
+    read it (10 questions share each (rho, condition) cache in the runner), instead of one copy
+    per row padded to the batch's longest cache (:func:`_decode_batch_copy`)."""
+    if getattr(model.config, "_attn_implementation", None) != attention.NAME:
+        # another attention function would ignore the shared caches and answer without them
+        raise ValueError(f"decoding needs the model loaded with attn_implementation='{attention.NAME}' "
+                         "(benchmark.attention.register())")
+    # rows on one cache next to each other, so that each cache's rows are one slice of the batch
+    groups: dict[int, list[int]] = {}
+    for b, r in enumerate(rows):
+        groups.setdefault(id(r.kv), []).append(b)
+    perm = [b for members in groups.values() for b in members]
+    grouped = [rows[b] for b in perm]
+    distinct = [rows[members[0]].kv for members in groups.values()]
+    bounds, lo = [], 0
+    for members in groups.values():
+        bounds.append((lo, lo + len(members)))
+        lo += len(members)
+
+    n_layers = len(grouped[0].kv)
+    q_len = max(len(r.suffix_ids) for r in grouped)
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = None
+    cache.layers = []
+    shared = []
+    for layer in range(n_layers):
+        k0 = grouped[0].kv[layer][0]
+        shape = (len(grouped), k0.shape[1], q_len + max_new_tokens, k0.shape[3])
+        cache.layers.append(_PreallocatedLayer(k0.new_zeros(shape), k0.new_zeros(shape), 0))
+        keep = [kv.keep[layer].to(k0.device) if getattr(kv, "keep", None) is not None else None for kv in distinct]
+        shared.append(SharedPrefix(bounds, [kv[layer][0][0] for kv in distinct], [kv[layer][1][0] for kv in distinct],
+                                   keep))
+
+    attn_modules = [layer.self_attn for layer in _language_model(model).layers]
+    for module, sp in zip(attn_modules, shared):
+        module._lorakv_shared = sp
+    try:
+        texts = _decode_loop(model, tokenizer, grouped, cache, [0] * len(grouped), q_len, max_new_tokens, stop)
+    finally:
+        for module in attn_modules:
+            module._lorakv_shared = None
+    out = [""] * len(rows)
+    for b, text in zip(perm, texts):
+        out[b] = text
+    return out
+
+
+def _decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+    """The earlier decode: every row's cache copied into its own slot of one buffer padded to the
+    batch's longest cache, (batch, kv_heads, cache_len + q_len + max_new_tokens, head_dim) per layer.
+    Kept as the reference for the tests and for ``benchmarks/decode_ab.py --modes copy shared``."""
     device = model.device
     bsz = len(rows)
     n_layers = len(rows[0].kv)
@@ -121,21 +188,25 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
     for module, m in zip(attn_modules, head_keep or [None] * n_layers):
         module._lorakv_keep = m
     try:
-        return _decode_loop(model, tokenizer, rows, cache, cache_len, q_len, max_new_tokens, stop)
+        lens = [r.kv[0][0].shape[2] for r in rows]
+        return _decode_loop(model, tokenizer, rows, cache, lens, q_len, max_new_tokens, stop)
     finally:
         for module in attn_modules:
             module._lorakv_keep = None
 
 
-def _decode_loop(model, tokenizer, rows, cache, cache_len: int, q_len: int, max_new_tokens: int,
+def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: int, max_new_tokens: int,
                  stop: tuple[str, ...]) -> list[str]:
+    """Greedy steps over ``cache``, which already holds ``cache_lens[b]`` entries of row b (right-
+    padded to their maximum; all 0 when the caches are shared beside it, see _decode_batch)."""
     device = model.device
     bsz = len(rows)
+    cache_len = max(cache_lens)
     mask = torch.zeros(bsz, cache_len + q_len, dtype=torch.long, device=device)
     input_ids = torch.full((bsz, q_len), tokenizer.pad_token_id, dtype=torch.long, device=device)
     position_ids = torch.zeros(bsz, q_len, dtype=torch.long, device=device)
-    for b, r in enumerate(rows):
-        n_cache, n_q = r.kv[0][0].shape[2], len(r.suffix_ids)
+    for b, (r, n_cache) in enumerate(zip(rows, cache_lens)):
+        n_q = len(r.suffix_ids)
         mask[b, :n_cache] = 1
         mask[b, cache_len + q_len - n_q:] = 1
         input_ids[b, q_len - n_q:] = torch.tensor(r.suffix_ids, device=device)

@@ -37,14 +37,15 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_model(kind: str = "llama", seed: int = 0):
-    """A 2-layer random model with GQA (4 query heads, 2 KV heads)."""
+def tiny_model(kind: str = "llama", seed: int = 0, **config):
+    """A 2-layer random model with GQA (4 query heads, 2 KV heads); ``config`` overrides any of that
+    (e.g. ``num_attention_heads=8`` for groups of 4 query heads per KV head)."""
     tok = tiny_tokenizer()
     common = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-    )
+    ) | config
     torch.manual_seed(seed)
     if kind == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common, attn_implementation=attention.register()))

@@ -1,11 +1,17 @@
-"""Decode A/B on the runner's own path: the plain decode (every row, batches in row order) against
-``greedy_decode`` (identical rows once, longest cache first), interleaved A/B/A/B on the same
-document so that load on a shared machine hits both alike. Answers must be identical.
+"""Decode A/B on the runner's own path, interleaved A/B/A/B on the same document so that load on a
+shared machine hits every mode alike. Answers must be identical. Modes (``--modes``, the first is
+the reference of the ratios):
+
+* ``plain``: every row, batches in row order, each row's cache copied into the batch buffer
+* ``copy``: ``greedy_decode`` (identical rows once, longest cache first) with that copying batch
+  decode (``generation._decode_batch_copy``)
+* ``shared``: ``greedy_decode`` as it is: each distinct cache read once per batch, in place
 
 The adapter is a short-trained one (--steps); the decode's cost does not depend on how well it
 was trained.
 
-    python benchmarks/decode_ab.py [--model qwen2.5-0.5b] [--questions 4] [--repeats 2] [--dtype float32]
+    python benchmarks/decode_ab.py [--modes copy shared] [--model qwen2.5-0.5b] [--questions 4] [--repeats 2]
+        [--dtype float32]
 """
 
 from __future__ import annotations
@@ -20,16 +26,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
-    from benchmark.generation import _decode_batch
+    from benchmark.generation import _decode_batch_copy
 
     out = []
     for i in range(0, len(rows), batch_size):
-        out.extend(_decode_batch(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
+        out.extend(_decode_batch_copy(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
     return out
+
+
+def decoder(mode: str):
+    """A greedy_decode stand-in for the runner that decodes the ``mode`` way."""
+    from benchmark import generation
+
+    if mode == "plain":
+        return plain_decode
+    batch = {"copy": generation._decode_batch_copy, "shared": generation._decode_batch}[mode]
+
+    def decode(*args, **kwargs):
+        real = generation._decode_batch
+        generation._decode_batch = batch  # greedy_decode looks it up at every call
+        try:
+            return generation.greedy_decode(*args, **kwargs)
+        finally:
+            generation._decode_batch = real
+
+    return decode
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modes", nargs="+", choices=["plain", "copy", "shared"], default=["copy", "shared"],
+                    help="decodes to time, interleaved; the first is the reference (default: copy shared)")
     ap.add_argument("--submission", default="submissions/snapkv")
     ap.add_argument("--model")
     ap.add_argument("--dataset")
@@ -61,13 +88,14 @@ def main() -> None:
     examples = build_examples(doc.training_view(), run.submission.recipe, run.renderer, run.model, run.model_key)
     train_adapter(run.model, "ab", examples, run.submission.recipe, run.tokenizer.pad_token_id, progress=False)
     real = runner.greedy_decode
-    times = {"plain": [], "ours": []}
+    modes = list(dict.fromkeys(args.modes))
+    times = {m: [] for m in modes}
     preds = {}
     try:
         with DoraCaching():
             for rep in range(args.repeats):
-                for name, fn in (("plain", plain_decode), ("ours", real)):
-                    runner.greedy_decode = fn
+                for name in modes:
+                    runner.greedy_decode = decoder(name)
                     timings = {}
                     out = run._answer(doc, qs, rhos, list(spec.conditions), timings)
                     times[name].append(timings["decode_s"])
@@ -77,15 +105,19 @@ def main() -> None:
     finally:
         runner.greedy_decode = real
         detach_adapter(run.model, "ab")
-    same = sum(a == b for a, b in zip(preds["plain"], preds["ours"]))
-    print(f"{len(qs)} questions x rhos {rhos} x {len(spec.conditions)} conditions = {len(preds['ours'])} rows; "
+    ref = modes[0]
+    print(f"{len(qs)} questions x rhos {rhos} x {len(spec.conditions)} conditions = {len(preds[ref])} rows; "
           f"model {spec.model(args.model).id} ({str(run.model.dtype).removeprefix('torch.')})")
-    for name in times:
+    for name in modes:
         print(f"{name}: decode s per repeat {[round(t, 1) for t in times[name]]}")
-    ratios = [p / o for p, o in zip(times["plain"], times["ours"])]
-    print(f"plain/ours decode-time ratio per repeat: {[round(r, 2) for r in ratios]}")
-    print(f"generations identical: {same}/{len(preds['ours'])}")
-    if same != len(preds["ours"]):
+    ok = True
+    for name in modes[1:]:
+        ratios = [a / b for a, b in zip(times[ref], times[name])]
+        same = sum(a == b for a, b in zip(preds[ref], preds[name]))
+        ok &= same == len(preds[ref])
+        print(f"{ref}/{name} decode-time ratio per repeat: {[round(r, 2) for r in ratios]}; "
+              f"generations identical: {same}/{len(preds[ref])}")
+    if not ok:
         sys.exit(1)
 
 

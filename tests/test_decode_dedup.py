@@ -1,6 +1,7 @@
-"""Decoding identical rows once and batching longest cache first changes no answer: the runner's
-predictions over the whole grid equal those of the plain path (every row decoded, batches in
-row order), and the rows that are identical by construction are really decoded once."""
+"""Decoding identical rows once, batching longest cache first and reading shared caches in place
+changes no answer: the runner's predictions over the whole grid equal those of the plain path
+(every row decoded, batches in row order, caches copied), and the rows that are identical by
+construction are really decoded once."""
 
 import pytest
 
@@ -25,10 +26,11 @@ adapter:
 
 
 def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
-    """The decode before deduplication and length ordering: every row, batches in row order."""
+    """The decode before deduplication, length ordering and shared caches: every row, batches in row
+    order, each row's cache copied into the batch buffer."""
     out = []
     for i in range(0, len(rows), batch_size):
-        out.extend(G._decode_batch(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
+        out.extend(G._decode_batch_copy(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
     return out
 
 
