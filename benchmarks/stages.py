@@ -15,7 +15,7 @@ before and after the run; the better is used, since the machine is shared). FLOP
 transformer and the LM head): 2 FLOPs per weight per token for the transformer's linear layers,
 2 * vocab * hidden per LM-head row, and 4 * hidden * (key length) per query token per layer for
 attention (half the square for a causal prefill without a mask, the full padded square otherwise,
-as SDPA computes it). Training adds the backward pass: the base weights are frozen, so the linear
+as SDPA computes it; in a decode over shared caches, each row's own tokens plus its cache's entries). Training adds the backward pass: the base weights are frozen, so the linear
 layers need input gradients only (1x their forward) and attention about 2x its forward; the LoRA
 weights' own FLOPs are left out (under 3% for r = 16 on the MLP). Scoring and eviction are not
 matmul-bound and get no FLOP figure.
@@ -80,6 +80,13 @@ class Counter:
         kv = past + q
         causal_half = kwargs.get("attention_mask") is None and past == 0
         attn = 4 * self.attn_width * bsz * q * kv * self.n_layers * (0.5 if causal_half else 1.0)
+        # a decode over shared caches keeps the compressed caches beside the model's cache (which
+        # holds only the rows' own tokens): each row also attends over its cache's entries
+        for layer in getattr(module, "layers", []):
+            shared = getattr(layer.self_attn, "_lorakv_shared", None)
+            if shared is not None:
+                entries = sum((hi - lo) * k.shape[1] for (lo, hi), k in zip(shared.bounds, shared.keys))
+                attn += 4 * self.attn_width * q * entries
         linear = 2 * self.linear_params * bsz * q
         if self.training:  # backward: input gradients of frozen linears (1x), attention (~2x)
             linear, attn = 2 * linear, 3 * attn
