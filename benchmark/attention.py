@@ -22,6 +22,18 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 NAME = "lorakv_sdpa"
 
 
+def allowed_keys(attention_mask, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """transformers' attention mask as a bool "may attend" mask, (batch or 1, 1, q_len, kv_len). None
+    is causal, as SDPA's is_causal would apply it (queries are the last q_len positions); an additive
+    mask is 0 where allowed."""
+    if attention_mask is None:
+        rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+        return (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask == 0  # additive: 0 where allowed
+
+
 def with_head_keep(attention_mask, keep: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """The batch's mask narrowed per KV head: ``keep`` (batch, kv_heads, n) marks which of the first
     n cached entries each head may attend to (head-wise eviction pads shorter heads; see
@@ -31,14 +43,7 @@ def with_head_keep(attention_mask, keep: torch.Tensor, query: torch.Tensor, key:
     full = torch.ones(bsz, keep.shape[1], kv_len, dtype=torch.bool, device=query.device)
     full[:, :, : keep.shape[2]] = keep.to(query.device)
     full = full.repeat_interleave(n_q_heads // keep.shape[1], dim=1)[:, :, None, :]  # (bsz, q_heads, 1, kv)
-    if attention_mask is None:  # causal, as SDPA's is_causal would apply it (queries are the last q_len)
-        rows = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
-        base = (torch.arange(kv_len, device=query.device)[None, :] <= rows)[None, None]
-    elif attention_mask.dtype == torch.bool:
-        base = attention_mask
-    else:  # additive: 0 where allowed
-        base = attention_mask == 0
-    return base & full
+    return allowed_keys(attention_mask, q_len, kv_len, query.device) & full
 
 
 @dataclass
@@ -52,17 +57,6 @@ class SharedPrefix:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     keep: list[torch.Tensor | None]
-
-
-def _own_allowed(attention_mask, q_len: int, kv_len: int, device) -> torch.Tensor:
-    """Which of a row's own keys each query may see, (batch or 1, 1, q_len, kv_len) bool. None is
-    transformers' "causal, nothing padded" (queries are the last q_len positions)."""
-    if attention_mask is None:
-        rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
-        return (torch.arange(kv_len, device=device)[None, :] <= rows)[None, None]
-    if attention_mask.dtype == torch.bool:
-        return attention_mask
-    return attention_mask == 0  # additive: 0 where allowed
 
 
 def shared_prefix_attention(query, key, value, attention_mask, shared: SharedPrefix, scaling: float) -> torch.Tensor:
@@ -81,7 +75,7 @@ def shared_prefix_attention(query, key, value, attention_mask, shared: SharedPre
     kv_heads, own_len = key.shape[1], key.shape[2]
     group = n_heads // kv_heads
     gt = group * q_len  # one KV head's query rows per batch row
-    allowed = _own_allowed(attention_mask, q_len, own_len, query.device).transpose(0, 1)  # (1, batch or 1, ...)
+    allowed = allowed_keys(attention_mask, q_len, own_len, query.device).transpose(0, 1)  # (1, batch or 1, ...)
     out = query.new_empty(kv_heads, bsz, gt, dim)
     for (lo, hi), k_s, v_s, keep in zip(shared.bounds, shared.keys, shared.values, shared.keep):
         r, n = hi - lo, k_s.shape[1]
