@@ -96,10 +96,8 @@ def peak_memory() -> str:
 
     import torch
 
+    # this process only; with the default isolation the model is in the worker, which prints its own peak
     text = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the worker holds the model
-    if worker:
-        text += f" (worker process: {worker / 1024:.0f} MiB)"
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
         text += f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
     return text

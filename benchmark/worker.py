@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,7 @@ class WorkerRun:
     proc: subprocess.Popen
     sandbox: str
     dtype: str = "unknown"  # what the worker's model runs in, from its ready message
+    peak_rss_mib: float = 0.0  # the worker's own peak memory, from its last message (it holds the model)
 
     @classmethod
     def start(cls, *, tier: str, submission: str, model_id: str | None, device: str | None, batch_size: int,
@@ -121,6 +123,7 @@ class WorkerRun:
         msg = json.loads(line)
         if "error" in msg:
             raise WorkerError(f"worker: {msg['error']}")
+        self.peak_rss_mib = max(self.peak_rss_mib, msg.get("peak_rss_mib", 0.0))
         return msg
 
     def evaluate(self, doc: Document, rhos, conditions, questions=None) -> tuple[dict, list[dict]]:
@@ -145,6 +148,8 @@ def _serve() -> None:
     sys.stdout = sys.stderr
 
     def send(msg: dict) -> None:
+        # the parent cannot see this: in bubblewrap the worker is not its direct child, so RUSAGE_CHILDREN misses it
+        msg["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         proto.write(json.dumps(msg) + "\n")
         proto.flush()
 

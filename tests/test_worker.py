@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -167,7 +168,11 @@ def test_in_one_process_the_spy_finds_the_answer(setup, monkeypatch):
 
 def test_through_the_worker_the_spy_finds_nothing(setup, capsys):
     folder, tmp_path = setup
-    [path] = R.evaluate(folder, out=tmp_path / "runs", worker_setup="worker_setup:install", **KW)
+    [path] = R.evaluate(folder, out=tmp_path / "runs", worker_setup="worker_setup:install", **(KW | {"progress": True}))
+    err = capsys.readouterr().err
+    # the worker reports its own peak memory (torch alone is well over 100 MiB); the parent cannot measure it
+    [peak] = re.findall(r"worker process \(model, training, decoding\): peak RSS (\d+) MiB", err)
+    assert int(peak) > 100, err
     reports = _reports()
     assert {r["where"] for r in reports} == {"press", "hook"}, reports  # both ran, in the worker
     assert not any(r["stack"] or r["heap"] for r in reports), reports
@@ -177,7 +182,7 @@ def test_through_the_worker_the_spy_finds_nothing(setup, capsys):
     if sandbox == "bubblewrap":
         assert not any(r["disk"] for r in reports), reports
     else:
-        assert "unsandboxed" in capsys.readouterr().err  # the run says so; the disk is then readable
+        assert "unsandboxed" in err  # the run says so; the disk is then readable
     # the parent scored: answers and scores are in the result, from the data the worker never saw
     secret = [p for p in result["predictions"] if p["question_id"] == "q-secret"]
     assert secret and all(p["answers"] == [SECRET] and "rouge_l" in p for p in secret)
