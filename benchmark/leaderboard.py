@@ -424,7 +424,8 @@ def strata_section(group: list[Entry]) -> list[str]:
             rows.append([_cell(e.name), s, n] + [_pair_text(at[r]) for r in rhos]
                         + [DASH if effect is None else f"{effect.diff:+.1f} {fmt_ci(effect.lo, effect.hi, signed=True)}"])
     out = ["### By question stratum (headline / base ROUGE-L)\n",
-           "`covered`: the question's fact is in the adapter's training data; `uncovered`: it is not. "
+           "`covered`: the question's fact is in the document's `train_qa` pairs (a QA adapter's training data); "
+           "`uncovered`: it is not. "
            "**Adapter effect @ρ=0** is headline − base with the full document in the cache (paired, "
            "document-clustered 95% CI).\n",
            _table(rows, ["submission", "stratum", "questions"] + [f"ρ={fmt_rho(r)}" for r in rhos]
@@ -434,11 +435,12 @@ def strata_section(group: list[Entry]) -> list[str]:
         p = strata.leakage(e.predictions, e.headline)
         if p is None:
             continue
-        verdict = "pass" if strata.leak_passes(p) else "**FAIL**"
+        why_not = strata.trains_on_train_qa_only(e.adapter, e.model)
+        verdict = f"no verdict, it {why_not}" if why_not else "pass" if strata.leak_passes(p) else "**FAIL**"
         leaks.append(f"{e.name} {p.diff:+.1f} {fmt_ci(p.lo, p.hi, signed=True)} ({p.n} questions): {verdict}")
     if leaks:
         out.append(f"**Leakage check** (uncovered questions at ρ = 1, headline − base; an adapter cannot know "
-                   f"these facts unless they leaked, so it must stay within ±{strata.LEAK_LIMIT:g} points): "
+                   f"these facts from its `train_qa` pairs unless they leaked, so it must stay within ±{strata.LEAK_LIMIT:g} points): "
                    + "; ".join(leaks) + ".\n")
     return out
 

@@ -5,8 +5,10 @@ Two figures matter most:
   * the adapter's effect while the cache is intact: headline − base at rho = 0, per stratum (the
     paper finds it small; a large negative value means the adapter overrides the context);
   * the leakage check: uncovered questions at rho = 1 (no document in the cache), headline −
-    base. An adapter can only answer those if the evaluation facts leaked into its training
-    data, so the difference must stay within :data:`LEAK_LIMIT` points.
+    base. An adapter trained on ``train_qa`` alone can only answer those if the evaluation facts
+    leaked into its training data, so the difference must stay within :data:`LEAK_LIMIT` points.
+    An adapter trained on the document text (NTP, synthesized pairs, a hook) may learn them
+    honestly: its figure is shown, as what it learned beyond the pairs, without a verdict.
 Results whose predictions carry no tags have no strata; nothing is shown for them.
 """
 
@@ -63,3 +65,17 @@ def leakage(preds: list[dict], headline: str) -> Paired | None:
 
 def leak_passes(p: Paired) -> bool:
     return abs(p.diff) <= LEAK_LIMIT
+
+
+def trains_on_train_qa_only(adapter: dict, model_id: str) -> str | None:
+    """None when the adapter's training data is the documents' ``train_qa`` pairs alone, so the
+    leakage check can convict it; otherwise why the check cannot (its data may hold any answer
+    of the document, legitimately: the document itself, pairs synthesized from it, or a hook's)."""
+    train = dict(adapter.get("train") or {}) | dict((adapter.get("per_model") or {}).get(model_id) or {})
+    if adapter.get("recipe") == "ntp":
+        return "trains on the whole document, which holds every answer"
+    if train.get("qa_source", "train_qa") != "train_qa":
+        return "trains on QA pairs synthesized from the document"
+    if train.get("hook"):
+        return "trains on a hook's pairs, which may come from the document"
+    return None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import leaderboard
+from benchmark import leaderboard, strata
 from benchmark.results import ResultFile, result_path
 
 RHOS = [0.0, 0.5, 1.0]
@@ -283,18 +283,34 @@ def test_findings_by_stratum(tmp_path):
                  tags=tags, doc_offsets=(0, 0))
     write_result(root, "leaky", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
                  tags=tags, doc_offsets=(0, 0))
+    write_result(root, "doc-trained", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
+                 tags=tags, doc_offsets=(0, 0), recipe="ntp")
     write_result(root, "untagged", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
                  dataset="mini-health")
     md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
     rows = _table_rows(md, NARR, "By question stratum")
     by = {(r[0], r[1]): r for r in rows}
-    assert set(by) == {("clean", "covered"), ("clean", "uncovered"), ("leaky", "covered"), ("leaky", "uncovered")}
+    assert set(by) == {(n, s) for n in ("clean", "leaky", "doc-trained") for s in ("covered", "uncovered")}
     assert by[("clean", "covered")][2:] == ["2", "70.0 / 80.0", "50.0 / 40.0", "5.0 / 2.0", "-10.0 [-10.0, -10.0]"]
     leak = md.split("**Leakage check**", 1)[1].split("\n", 1)[0]
     assert "clean +3.0 [+3.0, +3.0] (2 questions): pass" in leak
     assert "leaky +28.0 [+28.0, +28.0] (2 questions): **FAIL**" in leak
+    # trained on the document itself: the uncovered facts were in its data, so no verdict either way
+    assert "doc-trained +28.0 [+28.0, +28.0] (2 questions): no verdict, it trains on the whole document" in leak
     health = md.split("## mini · mini-health", 1)[1].split("\n## ", 1)[0]
     assert "By question stratum" not in health and "Leakage" not in health  # no tags, no strata
+
+
+def test_leak_verdict_only_for_adapters_trained_on_train_qa():
+    qa = {"recipe": "qa", "train": {"lr": 1e-3}}
+    assert strata.trains_on_train_qa_only(qa, "m") is None
+    assert strata.trains_on_train_qa_only({"recipe": "ctx_qa", "train": {}}, "m") is None
+    assert "whole document" in strata.trains_on_train_qa_only({"recipe": "ntp", "train": {}}, "m")
+    assert "synthesized" in strata.trains_on_train_qa_only({"recipe": "qa", "train": {"qa_source": "synthesize"}}, "m")
+    assert "hook" in strata.trains_on_train_qa_only({"recipe": "qa", "train": {"hook": "h:f"}}, "m")
+    # a per-model override counts for that model only
+    per = qa | {"per_model": {"big": {"qa_source": "synthesize"}}}
+    assert strata.trains_on_train_qa_only(per, "m") is None and strata.trains_on_train_qa_only(per, "big")
 
 
 def test_findings(tmp_path):
