@@ -132,8 +132,13 @@ def _compressor_label(cfg: dict) -> str:
     return f"{cfg['press']}({args})" if args else cfg["press"]
 
 
+def train_for(adapter: dict, model_id: str) -> dict:
+    """The ``train`` settings as trained for ``model_id``: its ``per_model`` overrides laid over ``train``."""
+    return (adapter.get("train") or {}) | ((adapter.get("per_model") or {}).get(model_id) or {})
+
+
 def _recipe_label(adapter: dict, model_id: str) -> str:
-    """The recipe as trained for ``model_id``: its ``per_model`` overrides laid over ``train``."""
+    """The recipe as trained for ``model_id`` (:func:`train_for`)."""
     recipe = adapter.get("recipe", "none")
     lora = adapter.get("lora") or {}
     if recipe == "none":
@@ -141,7 +146,7 @@ def _recipe_label(adapter: dict, model_id: str) -> str:
     bits = [f"r={lora['r']}"] if "r" in lora else []
     if lora.get("use_dora"):
         bits.append("DoRA")
-    train = (adapter.get("train") or {}) | (adapter.get("per_model") or {}).get(model_id, {})
+    train = train_for(adapter, model_id)
     if "lr" in train and "epochs" in train:
         bits.append(f"lr {train['lr']:g} x {train['epochs']} ep")
     return f"{recipe} ({', '.join(bits)})" if bits else recipe
@@ -435,7 +440,7 @@ def strata_section(group: list[Entry]) -> list[str]:
         p = strata.leakage(e.predictions, e.headline)
         if p is None:
             continue
-        why_not = strata.trains_on_train_qa_only(e.adapter, e.model)
+        why_not = strata.why_no_leak_verdict(e.adapter.get("recipe", "none"), train_for(e.adapter, e.model))
         verdict = f"no verdict, it {why_not}" if why_not else "pass" if strata.leak_passes(p) else "**FAIL**"
         leaks.append(f"{e.name} {p.diff:+.1f} {fmt_ci(p.lo, p.hi, signed=True)} ({p.n} questions): {verdict}")
     if leaks:

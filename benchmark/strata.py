@@ -67,12 +67,12 @@ def leak_passes(p: Paired) -> bool:
     return abs(p.diff) <= LEAK_LIMIT
 
 
-def trains_on_train_qa_only(adapter: dict, model_id: str) -> str | None:
-    """None when the adapter's training data is the documents' ``train_qa`` pairs alone, so the
-    leakage check can convict it; otherwise why the check cannot (its data may hold any answer
-    of the document, legitimately: the document itself, pairs synthesized from it, or a hook's)."""
-    train = dict(adapter.get("train") or {}) | dict((adapter.get("per_model") or {}).get(model_id) or {})
-    if adapter.get("recipe") == "ntp":
+def why_no_leak_verdict(recipe: str, train: dict) -> str | None:
+    """Why the leakage check cannot judge an adapter of this recipe and (per-model) ``train``
+    settings, or None when it trains on the documents' ``train_qa`` pairs alone and can be
+    convicted. The others may hold any answer of the document, legitimately: the document itself,
+    pairs synthesized from it, or a hook's."""
+    if recipe == "ntp":
         return "trains on the whole document, which holds every answer"
     if train.get("qa_source", "train_qa") != "train_qa":
         return "trains on QA pairs synthesized from the document"

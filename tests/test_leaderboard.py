@@ -302,15 +302,15 @@ def test_findings_by_stratum(tmp_path):
 
 
 def test_leak_verdict_only_for_adapters_trained_on_train_qa():
-    qa = {"recipe": "qa", "train": {"lr": 1e-3}}
-    assert strata.trains_on_train_qa_only(qa, "m") is None
-    assert strata.trains_on_train_qa_only({"recipe": "ctx_qa", "train": {}}, "m") is None
-    assert "whole document" in strata.trains_on_train_qa_only({"recipe": "ntp", "train": {}}, "m")
-    assert "synthesized" in strata.trains_on_train_qa_only({"recipe": "qa", "train": {"qa_source": "synthesize"}}, "m")
-    assert "hook" in strata.trains_on_train_qa_only({"recipe": "qa", "train": {"hook": "h:f"}}, "m")
+    assert strata.why_no_leak_verdict("qa", {"lr": 1e-3}) is None
+    assert strata.why_no_leak_verdict("ctx_qa", {}) is None
+    assert "whole document" in strata.why_no_leak_verdict("ntp", {})
+    assert "synthesized" in strata.why_no_leak_verdict("qa", {"qa_source": "synthesize"})
+    assert "hook" in strata.why_no_leak_verdict("qa", {"hook": "h:f"})
     # a per-model override counts for that model only
-    per = qa | {"per_model": {"big": {"qa_source": "synthesize"}}}
-    assert strata.trains_on_train_qa_only(per, "m") is None and strata.trains_on_train_qa_only(per, "big")
+    per = {"recipe": "qa", "train": {"lr": 1e-3}, "per_model": {"big": {"qa_source": "synthesize"}}}
+    assert strata.why_no_leak_verdict("qa", leaderboard.train_for(per, "m")) is None
+    assert strata.why_no_leak_verdict("qa", leaderboard.train_for(per, "big"))
 
 
 def test_findings(tmp_path):
