@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,8 +246,6 @@ def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
     finally:
         if req.isolation == "worker":
             run.close()
-            if req.progress:
-                print(f"worker process (model, training, decoding): peak RSS {run.peak_rss_mib:.0f} MiB", file=sys.stderr)
 
 
 def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalRequest, sandbox) -> list[Path]:

@@ -87,7 +87,6 @@ class WorkerRun:
     proc: subprocess.Popen
     sandbox: str
     dtype: str = "unknown"  # what the worker's model runs in, from its ready message
-    peak_rss_mib: float = 0.0  # the worker's own peak memory, from its last message (it holds the model)
 
     @classmethod
     def start(cls, *, tier: str, submission: str, model_id: str | None, device: str | None, batch_size: int,
@@ -123,7 +122,6 @@ class WorkerRun:
         msg = json.loads(line)
         if "error" in msg:
             raise WorkerError(f"worker: {msg['error']}")
-        self.peak_rss_mib = max(self.peak_rss_mib, msg.get("peak_rss_mib", 0.0))
         return msg
 
     def evaluate(self, doc: Document, rhos, conditions, questions=None) -> tuple[dict, list[dict]]:
@@ -148,8 +146,6 @@ def _serve() -> None:
     sys.stdout = sys.stderr
 
     def send(msg: dict) -> None:
-        # the parent cannot see this: in bubblewrap the worker is not its direct child, so RUSAGE_CHILDREN misses it
-        msg["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         proto.write(json.dumps(msg) + "\n")
         proto.flush()
 
@@ -171,14 +167,19 @@ def _serve() -> None:
         send({"error": f"setup failed: {type(exc).__name__}: {exc}"})
         return
     send({"ready": True, "dtype": run.dtype})
-    for line in sys.stdin:
-        req = json.loads(line)
-        try:
-            record, preds = run.evaluate(_document(req["doc"]), req["rhos"], req["conditions"])
-        except Exception as exc:  # noqa: BLE001
-            send({"error": f"document {req['doc']['doc_id']}: {type(exc).__name__}: {exc}"})
-            return
-        send({"record": record, "predictions": preds})
+    try:
+        for line in sys.stdin:
+            req = json.loads(line)
+            try:
+                record, preds = run.evaluate(_document(req["doc"]), req["rhos"], req["conditions"])
+            except Exception as exc:  # noqa: BLE001
+                send({"error": f"document {req['doc']['doc_id']}: {type(exc).__name__}: {exc}"})
+                return
+            send({"record": record, "predictions": preds})
+    finally:  # the worker's own figure: in bubblewrap it is not the parent's child, so RUSAGE_CHILDREN misses it
+        if setup["progress"]:
+            print(f"worker process (model, training, decoding): peak RSS "
+                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -166,10 +166,10 @@ def test_in_one_process_the_spy_finds_the_answer(setup, monkeypatch):
     assert any(r["disk"] for r in reports), reports
 
 
-def test_through_the_worker_the_spy_finds_nothing(setup, capsys):
+def test_through_the_worker_the_spy_finds_nothing(setup, capfd):
     folder, tmp_path = setup
     [path] = R.evaluate(folder, out=tmp_path / "runs", worker_setup="worker_setup:install", **(KW | {"progress": True}))
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the worker's stderr is this process's file descriptor 2
     # the worker reports its own peak memory (torch alone is well over 100 MiB); the parent cannot measure it
     [peak] = re.findall(r"worker process \(model, training, decoding\): peak RSS (\d+) MiB", err)
     assert int(peak) > 100, err
