@@ -140,12 +140,66 @@ def _prompt(d: dict) -> Prompt:
     return Prompt(system=d["system"], user=d["user"], answer_prefix=d["answer_prefix"], no_context=d.get("no_context"))
 
 
+#: Largest YAML file read, by schema. Shipped submissions are under 1 KiB and specs under 4 KiB;
+#: the limits leave room for growth while keeping a hostile file from costing memory to parse.
+YAML_MAX_BYTES = {"submission.schema.json": 64 * 1024, "spec.schema.json": 1024 * 1024}
+#: Deepest nesting of mappings and sequences; PyYAML composes recursively, so a file of brackets
+#: would otherwise end in RecursionError. Shipped files nest 4 deep.
+YAML_MAX_DEPTH = 32
+
+
+class _RefusedYAML(yaml.YAMLError):
+    def __init__(self, problem: str, mark) -> None:
+        super().__init__(problem)
+        self.problem, self.line = problem, mark.line + 1
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors, aliases and deep nesting while composing, so nothing is
+    built first. An alias repeats a node without copying it: a few hundred bytes of nested aliases
+    (the "billion laughs") load as a small shared object that explodes when it is hashed or
+    serialised. No shipped file uses anchors."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise _RefusedYAML(f"YAML anchors and aliases are not accepted ({sign}{event.anchor}); write the value out",
+                               event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise _RefusedYAML(f"nested more than {YAML_MAX_DEPTH} levels deep", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def load_yaml(path: Path, schema_name: str) -> dict:
-    """Read a YAML file and validate it against ``schemas/<schema_name>``; errors name file and field."""
+    """Read a YAML file and validate it against ``schemas/<schema_name>``; errors name file and field.
+
+    Files over ``YAML_MAX_BYTES``, anchors/aliases and nesting past ``YAML_MAX_DEPTH`` are refused
+    with a one-line SpecError before anything is built."""
+    limit = YAML_MAX_BYTES.get(schema_name, 64 * 1024)
+    with open(path, "rb") as f:  # read at most limit + 1 bytes: the size on disk may lie (a FIFO, /dev/zero)
+        blob = f.read(limit + 1)
+    if len(blob) > limit:
+        raise SpecError(f"{path}: larger than {limit // 1024} KiB, the limit for a file checked against {schema_name}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(blob.decode("utf-8"), Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.MarkedYAMLError as exc:
+        line = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark else ""
+        raise SpecError(f"{path}: {line}not valid YAML: {exc.problem}") from None
+    except _RefusedYAML as exc:
+        raise SpecError(f"{path}: line {exc.line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     validate_against(schema_name, raw, str(path))
     return raw
 
