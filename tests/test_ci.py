@@ -19,7 +19,7 @@ def test_workflow_runs_the_same_command_as_ci_run():
 
 
 def test_workflow_verifies_changed_result_files():
-    verify = [s for s in _steps() if "lorakv-bench verify" in s.get("run", "")]
+    verify = [s for s in _steps() if "-- verify --sample" in s.get("run", "")]
     assert verify and "leaderboard/results" in verify[0]["run"] and "--sample" in verify[0]["run"]
     assert verify[0].get("if") == "github.event_name == 'pull_request'"
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = ROOT / "scripts" / "ci_guard.py"
@@ -230,3 +231,34 @@ def test_removing_a_result_file_is_flagged(repo):
     (repo / RESULT).unlink()
     proc = guard(repo, "results-unchanged", "--base", base)
     assert proc.returncode == 1 and f"FAIL {RESULT}: removed" in proc.stderr
+
+
+# ------------------------------------------------------------------ where CI uses them
+
+
+def _steps() -> list[dict]:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    return [s for job in workflow["jobs"].values() for s in job["steps"]]
+
+
+def test_ci_run_checks_the_tree_after_each_pytest_and_judges_results_with_committed_code():
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    body = [line for line in lines if line and not line.startswith("#")]
+    for i, line in enumerate(body):
+        if "-m pytest" in line:
+            assert body[i + 1].startswith('"${guard[@]}" clean --rev "$rev"'), f"no clean check after: {line}"
+    assert any("git cat-file blob \"$rev:scripts/ci_guard.py\"" in line for line in body)
+    assert any('trusted --rev "$rev"' in line and "validate" in line for line in body)
+    assert any("results-unchanged" in line for line in body)
+    # bash reads a script as it runs it: a press could rewrite the rest of .ci/run during pytest
+    # unless the whole body is parsed first (one function, called by the last line, then exit)
+    assert body[-1] == 'main "$@"; exit $?'
+
+
+def test_workflow_judges_the_pull_request_with_the_base_commits_code():
+    steps = {s.get("name", ""): s.get("run", "") for s in _steps()}
+    verify = next(run for run in steps.values() if " verify " in run)
+    assert "trusted --rev" in verify and "github.event.pull_request.base.sha" in verify
+    assert "clean" in verify  # after the verify command itself, which runs submission code
+    assert any("results-unchanged --base" in run and "pull_request.base.sha" in run for run in steps.values())
+    assert any("trusted --rev" in run and "validate" in run for run in steps.values())
