@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = ROOT / "scripts" / "ci_guard.py"
 
-HONEST_VERIFY = "MARK = 'committed'\n\ndef verify_result(path):\n    return path.endswith('.json') and False\n"
+HONEST_VERIFY = "MARK = 'committed'\n\ndef verify_result(path):\n    return False\n"
 CLI = ("import sys\nimport benchmark.verify as v\n\nif __name__ == '__main__':\n"
        "    print(f'verify from {v.__file__}: {v.MARK}')\n    sys.exit(3)\n")
 
@@ -101,7 +101,6 @@ with open(Path(__file__).parents[2] / "benchmark" / "verify.py", "a") as f:
 
 def test_clean_names_a_tracked_file_changed_by_submission_code(repo):
     """A press whose import-time code rewrites verify.py, imported in a child as pytest's check does."""
-    rev = git(repo, "rev-parse", "HEAD").strip()
     (repo / "submissions" / "s" / "press.py").write_text(PRESS)
     commit(repo, "the pull request: submissions/s only")
     rev = git(repo, "rev-parse", "HEAD").strip()
@@ -162,7 +161,8 @@ def test_trusted_runs_the_committed_benchmark_not_the_tampered_checkout(repo):
     proc = guard(repo, "trusted", "--rev", rev, "--python", sys.executable, "--", "verify", "x.json")
     assert proc.returncode == 3, proc.stderr  # the command's own exit code
     assert ": committed" in proc.stdout and "lorakv-trusted-" in proc.stdout
-    assert not list(Path(proc.stdout.split("verify from ")[1].split(":")[0]).parents[1].glob("*"))  # removed after
+    copy = Path(proc.stdout.split("verify from ")[1].split(":")[0]).parents[1]
+    assert copy.name.startswith("lorakv-trusted-") and not copy.exists()  # removed afterwards
 
 
 def test_trusted_fails_when_the_commit_has_no_benchmark(tmp_path):

@@ -75,7 +75,8 @@ def test_a_lone_alias_is_refused(tmp_path):
 
 def test_deep_nesting_is_refused(tmp_path):
     deep = "[" * 2000 + "]" * 2000  # PyYAML composes recursively: RecursionError without a limit
-    message = _refused(_submission(tmp_path, "deep", PLAIN.format(name="deep", description="d", kwargs="{a: " + deep + "}")))
+    text = PLAIN.format(name="deep", description="d", kwargs="{a: " + deep + "}")
+    message = _refused(_submission(tmp_path, "deep", text))
     assert f"nested more than {YAML_MAX_DEPTH} levels" in message
 
 
