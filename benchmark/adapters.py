@@ -34,7 +34,7 @@ from .config import (_BASE_MODIFYING_INITS, _LATER_OPTIONS, LORA_INITS, NTP_FORM
                      OBJECTIVES, QA_FORMATS, SCHEDULES, LoraSettings, Recipe, TrainSettings)  # types live in config.py
 from .datasets import TrainingView
 from .models import PromptRenderer
-from .paths import cache_dir, import_from, stable_hash
+from .paths import cache_dir, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,18 @@ def _answer_text(answer: str, answer_prefix: str) -> str:
     return text + ("}" if answer_prefix.endswith("{") else "")
 
 
-def qa_pairs(view: TrainingView, recipe: Recipe, model=None, tokenizer=None, model_key: str = "") -> list[tuple[str, str]]:
-    """The recipe's training QA pairs: a hook's, pairs synthesized from the document by the base
-    model (the paper's recipe, cached per generator x document x settings), or train_qa."""
+def qa_pairs(view: TrainingView, recipe: Recipe, model=None, tokenizer=None, model_key: str = "",
+             hook=None) -> list[tuple[str, str]]:
+    """The recipe's training QA pairs: a hook's (``hook(name, view)`` asks the sandbox that runs
+    the submission's code), pairs synthesized from the document by the base model (the paper's
+    recipe, cached per generator x document x settings), or train_qa."""
     if recipe.train.qa_source == "synthesize":
         return [(p["question"], p["answer"]) for p in _synthesized(view, recipe, model, tokenizer, model_key)]
     if recipe.train.hook:
-        fn = import_from(recipe.code_dir, recipe.train.hook)
-        return [(p["question"], p["answer"]) for p in fn(view)]
+        if hook is None:
+            raise ValueError(f"the recipe's hook '{recipe.train.hook}' is submission code: it runs in the sandbox "
+                             "(benchmark.worker.SubmissionProcess.qa_pairs), passed here as hook=")
+        return hook(recipe.train.hook, view)
     return list(view.train_qa)
 
 
@@ -112,7 +116,7 @@ def _ntp_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer) 
 
 
 def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer, model=None,
-                   model_key: str = "") -> list[Example]:
+                   model_key: str = "", hook=None) -> list[Example]:
     """The recipe's training examples.
 
     QA formats (``train.qa_format``): ``spec`` = the evaluation prompt (without the document for
@@ -127,7 +131,7 @@ def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer,
         return _ntp_examples(view, recipe, renderer)
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective '{objective}' (choose from {OBJECTIVES})")
-    pairs = qa_pairs(view, recipe, model, tok, model_key)
+    pairs = qa_pairs(view, recipe, model, tok, model_key, hook)
     if not pairs:
         raise ValueError(f"document {view.doc_id}: objective '{objective}' needs train_qa pairs (or a hook) and has none")
     paper = recipe.train.qa_format == "paper"
@@ -445,9 +449,7 @@ class AdapterStore:
         base_name = getattr(getattr(model, "config", None), "name_or_path", None) or None
         with file_lock(d):
             if self.has(key):
-                model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
-                state = {k.removeprefix(self.PREFIX): v for k, v in load_file(str(d / self.WEIGHTS)).items()}
-                set_peft_model_state_dict(model, state, adapter_name=name)
+                state = _load_state(model, name, d, recipe)
                 if not (d / self.CONFIG).exists():  # an entry from before the peft format: rewrite it once
                     self._write_peft_folder(d, state, recipe, base_name)
                 info = json.loads((d / "train_info.json").read_text())
@@ -472,6 +474,21 @@ class AdapterStore:
         set_eval_scale(model, name, recipe.lora.eval_scale)
         model.set_adapter(name)
         return info
+
+
+def _load_state(model, name: str, folder: Path, recipe: Recipe) -> dict:
+    model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
+    state = {k.removeprefix(AdapterStore.PREFIX): v for k, v in load_file(str(folder / AdapterStore.WEIGHTS)).items()}
+    set_peft_model_state_dict(model, state, adapter_name=name)
+    return state
+
+
+def attach_saved(model, name: str, folder: Path, recipe: Recipe) -> None:
+    """Attach the adapter an :class:`AdapterStore` saved in ``folder`` exactly as ``attach`` does
+    (the sandbox scores with the adapter the harness trained and hands it)."""
+    _load_state(model, name, folder, recipe)
+    set_eval_scale(model, name, recipe.lora.eval_scale)
+    model.set_adapter(name)
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ def cmd_evaluate(args) -> int:
     request = EvalRequest(submission=args.submission, tier=args.tier, model_id=args.model, datasets=args.dataset,
                           split=args.split, docs=args.docs, questions=args.questions, rhos=args.rhos,
                           conditions=args.conditions, device=args.device, dtype=args.dtype, out=args.out,
-                          batch_size=args.batch_size, shard=_shard(args.shard), isolation=args.isolation)
+                          batch_size=args.batch_size, shard=_shard(args.shard), worker_timeout=args.worker_timeout)
     if args.executor == "ray":
         from .executors import run_on_ray
 
@@ -96,7 +96,7 @@ def peak_memory() -> str:
 
     import torch
 
-    # this process only; with the default isolation the model is in the worker, which prints its own peak
+    # this process: the model, training and decoding (a sandbox running submission code prints its own)
     text = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
         text += f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
@@ -277,21 +277,29 @@ def cmd_publish(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Re-run a seeded sample of (document, rho) pairs of each result file; generations must be identical."""
-    from .verify import verify_result
+    """Re-run every plan and a sample of (document, rho) pairs of each result file; all must be identical."""
+    from .verify import TAMPERED, new_seed, verify_result
 
-    if args.sample < 1:
+    if args.sample is not None and args.sample < 1:
         print(f"error: --sample {args.sample}: must be a positive number of (document, rho) pairs", file=sys.stderr)
         return 2
+    if not 0 < args.detect < 1:
+        print(f"error: --detect {args.detect}: must be a probability between 0 and 1", file=sys.stderr)
+        return 2
+    seed = args.seed or new_seed()
+    print(f"verify: sample seed {seed} (re-run this sample with --seed {seed})")
     status = 0
     for path in args.results:
-        v = verify_result(path, args.sample, submissions_dir=args.submissions, device=args.device,
-                          isolation=args.isolation)
+        v = verify_result(path, args.sample, seed=seed, detect=args.detect, submissions_dir=args.submissions,
+                          device=args.device, worker_timeout=args.worker_timeout,
+                          progress=lambda msg, p=path: print(f"  {p}: {msg}", file=sys.stderr, flush=True))
         for m in v.mismatches:
             print(f"MISMATCH {m}", file=sys.stderr)
         pairs = ", ".join(f"{d}@{r}" for d, r in v.pairs)
-        print(f"{'ok  ' if v.ok else 'FAIL'} {path}: {v.compared} predictions re-run at {len(v.pairs)} (document, rho) "
-              f"pairs ({pairs}), {len(v.mismatches)} differ")
+        print(f"{'ok  ' if v.ok else 'FAIL'} {path}: {v.plans_checked} plans recomputed; {v.compared} predictions "
+              f"re-run at {len(v.pairs)} of {v.ranked} ranked (document, rho) pairs ({pairs}): a file with "
+              f"{TAMPERED} tampered ranked pairs is caught with probability {v.detection:.3f}"
+              f"{f' (target {args.detect})' if args.sample is None else ''}; {len(v.mismatches)} differ")
         status |= not v.ok
     return status
 
@@ -369,9 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="ray: one Ray task per (dataset, document) work unit, GPUs declared on cuda, shards merged")
     e.add_argument("--ray-address", help="an existing Ray cluster (default: start a local instance)")
-    e.add_argument("--isolation", choices=["worker", "inline"], default="worker",
-                   help="worker (default): the model and the submission's code run in a worker process that never "
-                   "holds an answer, in a bubblewrap sandbox where available; inline: all in this process (debugging)")
+    e.add_argument("--worker-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="time each request to the sandbox running a submission's own code (a press's plan, a "
+                   "hook's QA pairs) may take (default 900)")
     e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
     e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
                    "target-modules); submissions are looked up beside SUBMISSION")
@@ -398,10 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="re-run a seeded sample of a result file and require identical generations")
     ver.add_argument("results", nargs="+", metavar="RESULT")
-    ver.add_argument("--sample", type=int, default=4, help="(document, rho) pairs to re-run (seeded by the file's hash)")
+    ver.add_argument("--sample", type=int, help="ranked (document, rho) pairs to re-run (default: enough to catch 3 "
+                     "tampered pairs with the --detect probability)")
+    ver.add_argument("--detect", type=float, default=0.95, help="detection probability the default sample reaches")
+    ver.add_argument("--seed", help="seed of the sample (default: fresh randomness, printed); CI passes the pull "
+                     "request's base commit")
+    ver.add_argument("--worker-timeout", type=float, default=900.0, metavar="SECONDS",
+                     help="time each request to the sandbox running a submission's own code may take")
     ver.add_argument("--device", default="cpu", help="cpu (default: generations are reproducible there) or cuda")
     ver.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
-    ver.add_argument("--isolation", choices=["worker", "inline"], default="worker")
     ver.set_defaults(func=cmd_verify)
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots from the result files")

@@ -16,7 +16,9 @@ Which is which is declared (:func:`score_depends_on_rho`), never guessed.
 
 :class:`Compressor` is the contract a press meets, stated once.
 
-``evict(...)`` is the one place where rho is applied.
+``n_kept(n_doc, rho, budget)`` is the one place where rho becomes a number of kept entries;
+``evict(...)`` applies it to a press's scores, ``evict_planned(...)`` builds the cache from a
+checked plan (:mod:`benchmark.plan`).
 """
 
 from __future__ import annotations
@@ -342,6 +344,20 @@ def n_kept(n_doc: int, rho: float, budget: str = "kvpress") -> int:
     return compute_n_kept(n_doc, rho)
 
 
+def keep_top(scores: DocumentScores, rho: float, n_keep: int) -> list[torch.Tensor]:
+    """Per layer the (kv_heads, n_doc) keep mask of the ``n_keep`` highest-scoring entries per head
+    (a head-wise press's own masks as they are)."""
+    per_layer = scores.for_rho(rho)
+    if scores.headwise:
+        return [m.to("cpu") > 0.5 for m in per_layer]
+    out = []
+    for s in per_layer:
+        keep = torch.zeros(s.shape, dtype=torch.bool)
+        keep.scatter_(-1, s.topk(n_keep, dim=-1).indices.to("cpu"), True)
+        out.append(keep)
+    return out
+
+
 def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho: float,
           budget: str = "kvpress") -> tuple[KV, int]:
     """Evict the fraction ``rho`` of the document's entries, per layer and KV head, keeping
@@ -353,27 +369,43 @@ def evict(kv: KV, scores: DocumentScores | None, doc_span: tuple[int, int], rho:
     reproduces the uncompressed cache exactly.
     """
     doc_start, doc_end = doc_span
-    n_doc = doc_end - doc_start
-    n_keep = n_kept(n_doc, rho, budget)
-    if n_keep >= n_doc:
-        return [(k[:, :, :doc_end], v[:, :, :doc_end]) for k, v in kv], n_doc
-    if n_keep == 0:
-        return [(k[:, :, :doc_start], v[:, :, :doc_start]) for k, v in kv], 0
-    if scores is None:
+    n_keep = n_kept(doc_end - doc_start, rho, budget)
+    if 0 < n_keep < doc_end - doc_start and scores is None:
         raise ValueError("rho strictly between 0 and 1 needs a compressor's scores")
-    if scores.headwise:
-        return _evict_headwise(kv, scores.for_rho(rho), doc_start, n_keep), n_keep
+    keep = keep_top(scores, rho, n_keep) if 0 < n_keep < doc_end - doc_start else None
+    return evict_planned(kv, keep, doc_span, n_keep), n_keep
+
+
+def evict_planned(kv: KV, keep, doc_span: tuple[int, int], n_keep: int | None = None) -> KV:
+    """The cache that keeps, of the document, the entries ``keep`` marks (per layer a bool
+    ``(kv_heads, n_doc)``, or a ``(layers, kv_heads, n_doc)`` tensor: a checked plan,
+    :mod:`benchmark.plan`) and every non-document entry. ``keep=None`` with ``n_keep`` 0 or
+    ``n_doc`` keeps none or all of the document. Kept entries stay in document order; heads that
+    keep different numbers of entries make a :class:`RaggedKV`."""
+    doc_start, doc_end = doc_span
+    n_doc = doc_end - doc_start
+    if keep is None:
+        if n_keep not in (0, n_doc):
+            raise ValueError(f"keeping {n_keep} of {n_doc} document entries needs a plan")
+        return [(k[:, :, :doc_start + n_keep], v[:, :, :doc_start + n_keep]) for k, v in kv]
+    counts = torch.stack([m.sum(dim=-1) for m in keep])  # (layers, heads)
+    if not bool((counts == counts.flatten()[0]).all()):
+        return _evict_headwise(kv, list(keep), doc_start, 0)
+    width = int(counts.flatten()[0])
+    if width in (0, n_doc):  # none or all of the document: a view, no copy
+        return evict_planned(kv, None, doc_span, width)
     out = []
-    for (k, v), s in zip(kv, scores.for_rho(rho)):
-        heads, _, dim = k.shape[1], k.shape[2], k.shape[3]
-        top = s.topk(n_keep, dim=-1).indices.sort(dim=-1).values + doc_start  # (heads, n_keep)
+    for (k, v), m in zip(kv, keep):
+        heads, dim = k.shape[1], k.shape[3]
+        # kept positions in document order: a stable sort of "not kept" puts them first
+        top = torch.sort((~m).to(torch.int8), dim=-1, stable=True).indices[:, :width].to(k.device) + doc_start
         prefix = torch.arange(doc_start, device=k.device).expand(heads, doc_start)
-        idx = torch.cat([prefix, top.to(k.device)], dim=-1)[None, :, :, None].expand(k.shape[0], heads, -1, dim)
+        idx = torch.cat([prefix, top], dim=-1)[None, :, :, None].expand(k.shape[0], heads, -1, dim)
         out.append((k.gather(2, idx), v.gather(2, idx)))
-    return out, n_keep
+    return out
 
 
-def _evict_headwise(kv: KV, keeps: list[torch.Tensor], doc_start: int, n_keep: int) -> KV:
+def _evict_headwise(kv: KV, keeps: list[torch.Tensor], doc_start: int, n_keep: int = 0) -> KV:
     """Each head keeps the entries its mask marks (a total of kv_heads * n_keep per layer, or over
     all layers for KVzip, split unevenly); heads are padded to the longest head of any layer and
     the padding is marked in ``RaggedKV.keep``."""

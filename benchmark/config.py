@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import stable_hash
+from .paths import folder_files, stable_hash
 
 TIERS = ("mini", "paper")
 
@@ -140,10 +140,8 @@ class Recipe:
     def fingerprint(self) -> dict:
         train = {k: v for k, v in self.train.__dict__.items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
         fp = {"lora": self.lora.__dict__, "train": train}
-        if self.train.hook and self.code_dir:  # the hook's source is part of the recipe
-            mod = self.train.hook.split(":")[0].replace(".", "/") + ".py"
-            src = Path(self.code_dir) / mod
-            fp["hook_source"] = stable_hash(src.read_text()) if src.exists() else None
+        if self.train.hook and self.code_dir:  # every file the hook can import is part of the recipe
+            fp["hook_code"] = stable_hash(folder_files(Path(self.code_dir), skip=("submission.yaml",)))
         return fp
 
     def hash(self) -> str:
@@ -159,9 +157,8 @@ class EvalRequest:
     the executors (a new option is added here once, not copied through every signature).
 
     ``None`` means the spec's value (model, datasets, rhos, conditions, dtype) or the machine's
-    (device). ``shard=(i, n)`` runs documents i, i+n, ...; ``isolation`` is ``"worker"`` (the
-    submission's code in a process without answers) or ``"inline"``; ``worker_setup``
-    (``"module:function"``) is called in the worker first (a test seam)."""
+    (device). ``shard=(i, n)`` runs documents i, i+n, ...; ``worker_timeout`` is the time in seconds
+    each request to the sandbox that runs the submission's own code may take."""
 
     submission: str  # the submission folder (or its submission.yaml)
     tier: str = "mini"
@@ -178,8 +175,7 @@ class EvalRequest:
     batch_size: int = 64
     progress: bool = True
     shard: tuple[int, int] | None = None
-    isolation: str = "worker"
-    worker_setup: str | None = None
+    worker_timeout: float = 900.0
 
 
 def as_request(request: EvalRequest | str | Path, **options) -> EvalRequest:

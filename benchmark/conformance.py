@@ -64,34 +64,86 @@ def check_submission(path: str | Path) -> list[str]:
     return problems
 
 
-def check_submission_isolated(path: str | Path, timeout: float = 900) -> list[str]:
-    """:func:`check_submission` in a fresh Python process, so the submission's import-time code
-    cannot reach the result and leaderboard checks (or another submission's check). A child that
-    ends without reporting (``os._exit``, a crash, a timeout) is a failure."""
+#: seconds ``validate`` gives one submission's checks in the sandbox
+VALIDATE_TIMEOUT_S = 60.0
+
+
+def check_submission_isolated(path: str | Path, timeout: float = VALIDATE_TIMEOUT_S) -> list[str]:
+    """:func:`check_submission` in the sandbox that runs submission code (:mod:`benchmark.worker`:
+    no network, the package read-only without its data, no checkout, no cache), so a submission's
+    import-time code can neither read an answer nor change a checker. A child that ends without
+    reporting (``os._exit``, a crash, the time limit) is a failure.
+
+    What the child reports is the submission's own code's word; for a press of its own this
+    process then asks the sandbox for plans on a tiny model and checks them itself
+    (:func:`check_sandboxed_plans`), as ``evaluate`` checks every plan."""
     import json
-    import os
     import subprocess
     import sys
     import tempfile
 
-    from .paths import PACKAGE_DIR
+    from .worker import _child_env, _limits, bwrap_works, sandbox_args
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    path = Path(path)
+    folder = (path if path.is_dir() else path.parent).resolve()
+    cmd = [sys.executable, "-m", "benchmark.conformance", str(path.resolve())]
+    if bwrap_works():
+        cmd = sandbox_args([folder]) + cmd
     with tempfile.TemporaryDirectory(prefix="lorakv-validate-") as tmp:
-        out = Path(tmp) / "problems.json"
         try:
-            proc = subprocess.run([sys.executable, "-m", "benchmark.conformance", str(path), str(out)],
-                                  capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env(), cwd=tmp,
+                                  preexec_fn=_limits("cpu"))
         except subprocess.TimeoutExpired:
             return [f"{path}: the conformance check did not finish within {timeout:.0f} s"]
+    lines = proc.stdout.strip().splitlines()
+    try:
+        problems = json.loads(lines[-1]) if lines else None
+        if not (isinstance(problems, list) and all(isinstance(p, str) for p in problems)):
+            raise ValueError("not a list of strings")
+    except ValueError:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return [f"{path}: the conformance check ended without a result (exit code {proc.returncode}; {tail[0]:.300})"]
+    if not problems:
+        problems = check_sandboxed_plans(path, timeout)
+    return problems
+
+
+def check_sandboxed_plans(path: Path, timeout: float = VALIDATE_TIMEOUT_S) -> list[str]:
+    """For a press of the submission's own: the plans the sandbox returns on the tiny models, checked
+    here (shape, exact budget per layer and KV head), and the same on a second request."""
+    from .models import PromptRenderer
+    from .plan import PlanError, check_plan
+    from .spec import load_spec
+    from .submission import load_submission
+    from .tiny import tiny_model
+    from .worker import SubmissionProcess, WorkerError
+
+    sub = load_submission(path)
+    if not sub.press_is_code:
+        return []
+    yml = sub.path / "submission.yaml"
+    rhos = [r for r in CONFORMANCE_RHOS if 0 < r < 1]
+    problems = []
+    for kind in CONFORMANCE_MODELS:
+        model, tok = tiny_model(kind)
+        renderer = PromptRenderer(tok, load_spec("mini").prompt)
+        ids = renderer.prefix_ids + renderer.doc_ids(CONFORMANCE_DOCUMENT)
+        span = (len(renderer.prefix_ids), len(ids))
+        where = f"{yml}: field 'compressor/press': the plan of {sub.compressor_cfg['press']} on the tiny {kind} model"
         try:
-            problems = json.loads(out.read_text())
-            if not (isinstance(problems, list) and all(isinstance(p, str) for p in problems)):
-                raise ValueError("not a list of strings")
-        except (OSError, ValueError):
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return [f"{path}: the conformance check ended without a result (exit code {proc.returncode}; {tail[0]:.300})"]
+            code = SubmissionProcess.start(sub.path, model=model, tokenizer=tok, timeout=timeout)
+            try:
+                first, again = (code.plan(ids, span, rhos, "kvpress", where=where) for _ in range(2))
+            finally:
+                code.close()
+            for r in rhos:
+                check_plan(first[r], n_layers=model.config.num_hidden_layers, kv_heads=model.config.num_key_value_heads,
+                           n_doc=span[1] - span[0], rho=r, budget="kvpress", where=where)
+                if not bool((first[r] == again[r]).all()):
+                    raise PlanError(f"{where}: rho={r}: a second request keeps other entries (plans must be "
+                                    "deterministic)")
+        except (PlanError, WorkerError) as exc:
+            problems.append(str(exc) if str(exc).startswith(str(yml)) else f"{where}: {exc}")
     return problems
 
 
@@ -142,7 +194,6 @@ def _check_lora_attaches(cfg, yml: Path) -> list[str]:
 
 
 def _check_hook(recipe, yml: Path) -> list[str]:
-    from .adapters import qa_pairs
     from .datasets import TrainingView
 
     field = "adapter/train/hook"
@@ -167,10 +218,6 @@ def _check_hook(recipe, yml: Path) -> list[str]:
                 and item["question"].strip() and item["answer"].strip()):
             return [f"{yml}: field '{field}': item {i} returned by '{recipe.train.hook}' is not a "
                     f"{{'question': non-empty str, 'answer': non-empty str}} dict: {item!r:.200}"]
-    try:
-        qa_pairs(view, recipe)  # the way the runner calls it
-    except Exception as exc:  # noqa: BLE001
-        return [f"{yml}: field '{field}': the runner could not use '{recipe.train.hook}': {type(exc).__name__}: {exc}"]
     return []
 
 
@@ -777,9 +824,10 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
     return problems
 
 
-if __name__ == "__main__":  # the child of check_submission_isolated: python -m benchmark.conformance SUBMISSION OUT.json
+if __name__ == "__main__":  # the sandboxed child of check_submission_isolated: prints its problems as JSON, last
     import json
+    import os
     import sys
 
     _problems = check_submission(sys.argv[1])
-    Path(sys.argv[2]).write_text(json.dumps(_problems))
+    os.write(1, (json.dumps(_problems) + "\n").encode())

@@ -43,8 +43,7 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
     them, and rerunning resumes each unit; a rerun after a complete merge recomputes every unit
     (adapters come from the cache) and rewrites the merged file.
 
-    ``runner_hook`` ("module:function") is a test seam: called in each worker before ``evaluate``
-    (and in the worker process ``evaluate`` starts), e.g. to monkeypatch
+    ``runner_hook`` ("module:function") is a test seam: called in each Ray worker before ``evaluate``, e.g. to monkeypatch
     ``benchmark.runner.load_model`` with a tiny model. The units themselves are listed in this
     process with ``runner.load_spec``.
     """
@@ -80,7 +79,7 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
         task = ray.remote(num_cpus=1, num_gpus=gpus)(_unit)
         # what every unit shares: absolute paths (a Ray worker may start elsewhere), no progress bar
         common = dataclasses.replace(req, submission=str(Path(req.submission).resolve()), out=str(Path(out).resolve()),
-                                     progress=False, worker_setup=runner_hook)
+                                     progress=False)
         refs = {task.remote(dataclasses.replace(common, datasets=[ds], shard=(i, n)), runner_hook): (ds, i, n)
                 for ds, i, n in units}
         shards: dict[str, list[Path]] = {}

@@ -169,6 +169,21 @@ def load_model(model: ModelSpec, device: str | None = None, dtype: str | None = 
     return lm, tok
 
 
+def load_pretrained(folder: str | Path, device: str, dtype: str):
+    """(model, tokenizer) from a local folder, as :func:`load_model` loads them (the sandbox loads
+    the harness's model this way; a folder without tokenizer files gives tokenizer None)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[dtype], attn_implementation=attention.register())
+    lm.to(device).eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError):
+        tok = None
+    return lm, tok
+
+
 # ---------------------------------------------------------------- prompts
 
 _DOC, _Q = "\x00LORAKV_DOCUMENT\x00", "\x00LORAKV_QUESTION\x00"

@@ -38,6 +38,32 @@ def stable_hash(obj, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def folder_files(folder: Path, skip: tuple[str, ...] = ()) -> dict:
+    """Every file below ``folder`` (``__pycache__`` and the relative paths in ``skip`` left out),
+    keyed by relative path: text as text, other bytes by their sha256. What a submission's code
+    is, for its hash and its adapters' cache keys."""
+    files = {}
+    for p in sorted(Path(folder).rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or "__pycache__" in rel.parts or rel.as_posix() in skip:
+            continue
+        blob = p.read_bytes()
+        try:
+            files[rel.as_posix()] = blob.decode("utf-8")
+        except UnicodeDecodeError:
+            files[rel.as_posix()] = {"sha256": hashlib.sha256(blob).hexdigest()}
+    return files
+
+
+#: set in the sandboxed process (benchmark.worker), the only one that imports submission code
+SUBMISSION_PROCESS_ENV = "LORAKV_SUBMISSION_PROCESS"
+
+
+def in_submission_process() -> bool:
+    """Whether this process is the sandbox that runs submission code (never the harness)."""
+    return os.environ.get(SUBMISSION_PROCESS_ENV) == "1"
+
+
 def submission_module_file(code_dir, module_name: str) -> Path:
     """The ``.py`` file of ``module_name`` inside the submission folder ``code_dir``.
 
@@ -66,8 +92,14 @@ def import_from(code_dir, ref: str):
     removed from ``sys.modules`` afterwards (with any sibling module it imported), so two
     submissions with a ``press.py`` never share a module and nothing stays behind.
 
-    A module that calls ``sys.exit`` while importing raises RuntimeError (a failure, not an exit)."""
+    A module that calls ``sys.exit`` while importing raises RuntimeError (a failure, not an exit).
+    Only the sandboxed process may import submission code: elsewhere this raises RuntimeError, so
+    the harness cannot run it by mistake."""
     import importlib.util
+
+    if not in_submission_process():
+        raise RuntimeError(f"'{ref}' is submission code; it is imported only in the sandbox (benchmark.worker), "
+                           "never in the harness")
 
     module_name, attr = ref.split(":", 1)
     file = submission_module_file(code_dir, module_name)

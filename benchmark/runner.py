@@ -4,10 +4,15 @@ For every (model, dataset, document)::
 
     adapter   = train or load the document's LoRA (once per model x document x recipe)
     prefill   = one pass per distinct prefill weights the conditions need (base, adapter),
-                scoring the document entries with the compressor in the same pass
-    for every rho and condition: evict from that condition's prefill with that condition's scores
+                scoring the document entries with a trusted press in the same pass
+    plan      = the kept entries per (scoring weights, rho): from those scores, or, for a press that
+                is the submission's own code, from the sandbox (benchmark.worker), checked here
+    for every rho and condition: evict from that condition's prefill with that condition's plan
     decode    = all questions x rho x conditions, batched, once per decode weights
     metrics   = ROUGE-L / EM per question; the result file is rewritten after each document
+
+All of it runs in this process, the harness; submission code never does (it runs in the sandbox
+and returns data: plans, QA pairs).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from tqdm.auto import tqdm
 from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter,
                        direct_dora_lora_weight,
                        training_diverged)
-from .compression import evict, kv_bytes, kv_entries, n_kept, prefill
+from .compression import evict_planned, kv_bytes, kv_entries, n_kept, prefill
 from .config import EvalRequest, as_request
+from .plan import PlanError, check_plan, digest, full_plan, plan_from_scores
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
 from .metrics import EXTRACTORS, score_prediction_with
@@ -34,6 +40,7 @@ from .models import PromptRenderer, load_model, pick_device
 from .results import ResultFile, environment, result_path
 from .spec import CONDITIONS, Spec, load_spec
 from .submission import Submission, load_submission
+from .worker import WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,11 @@ SUBMISSION_PRESS = object()  # DocumentRun.build's default: the press the submis
 
 @dataclass
 class DocumentRun:
-    """Everything needed to evaluate documents with one model, one submission, one spec."""
+    """Everything needed to evaluate documents with one model, one submission, one spec.
+
+    ``press`` is a trusted press (kvpress's, or ours), run here; ``code`` is the sandbox that runs
+    the submission's own press or QA hook (:class:`benchmark.worker.SubmissionProcess`), None when
+    the submission has no code. Close the run (or use it as a context manager) to stop the sandbox."""
 
     model: object
     tokenizer: object
@@ -51,6 +62,7 @@ class DocumentRun:
     submission: Submission
     model_key: str
     press: object = None
+    code: object = None
     store: AdapterStore = field(default_factory=AdapterStore)
     batch_size: int = 64
     progress: bool = True
@@ -58,13 +70,38 @@ class DocumentRun:
 
     @classmethod
     def build(cls, model, tokenizer, spec: Spec, submission: Submission, *, model_key: str, prompt=None,
-              press=SUBMISSION_PRESS, **options) -> "DocumentRun":
+              press=SUBMISSION_PRESS, device: str = "cpu", worker_timeout: float | None = None,
+              **options) -> "DocumentRun":
         """The one way a run is made: the renderer of ``prompt`` (default: the spec's) and the
-        submission's press (``press=None`` for none); ``options`` are the other fields."""
+        submission's press (``press=None`` for none); a submission with code of its own gets its
+        sandbox here. ``options`` are the other fields."""
+        from .worker import DEFAULT_TIMEOUT_S, SubmissionProcess
+
         renderer = PromptRenderer(tokenizer, prompt if prompt is not None else spec.prompt)
-        press = submission.make_compressor() if press is SUBMISSION_PRESS else press
+        code = None
+        if press is SUBMISSION_PRESS:
+            press = None if submission.press_is_code else submission.make_compressor()
+            if submission.has_code:
+                code = SubmissionProcess.start(submission.path, model=model if submission.press_is_code else None,
+                                               tokenizer=tokenizer, device=device,
+                                               timeout=worker_timeout or DEFAULT_TIMEOUT_S)
         return cls(model=model, tokenizer=tokenizer, renderer=renderer, spec=spec, submission=submission,
-                   model_key=model_key, press=press, **options)
+                   model_key=model_key, press=press, code=code, **options)
+
+    @property
+    def sandbox(self) -> str:
+        """What ``environment.sandbox`` records: where the submission's own code ran."""
+        return self.code.sandbox if self.code is not None else "no code"
+
+    def close(self) -> None:
+        if self.code is not None:
+            self.code.close()
+
+    def __enter__(self) -> "DocumentRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def dtype(self) -> str:
@@ -86,8 +123,10 @@ class DocumentRun:
             view = doc.training_view()  # never the evaluation questions
             key = adapter_key(self.model_key, view, recipe, self.spec.spec_version)
             name = f"doc_{key[:12]}"  # unique per document: nothing cached for one adapter serves another
+            hook = self.code.qa_pairs if self.code is not None else None
             adapter_info = self.store.attach(
-                self.model, name, key, recipe, lambda: build_examples(view, recipe, self.renderer, self.model, self.model_key),
+                self.model, name, key, recipe,
+                lambda: build_examples(view, recipe, self.renderer, self.model, self.model_key, hook=hook),
                 self.tokenizer.pad_token_id, progress=self.progress,
             )
             keep = ("bytes", "seconds", "steps", "tokens", "forward_tokens", "tokens_per_s", "first_loss", "final_loss",
@@ -96,35 +135,88 @@ class DocumentRun:
             adapter_info["diverged"] = training_diverged(adapter_info["first_loss"], adapter_info["final_loss"])
             timings["adapter_s"] = time.perf_counter() - t0
 
+        adapter_dir = self.store.path(adapter_info["key"]) if needs_adapter else None
         try:
             with DoraCaching(), direct_dora_lora_weight():  # DoRA: weight norms once per adapter, not per forward
-                preds = self._answer(doc, questions, rhos, conditions, timings)
+                preds, plans = self._answer(doc, questions, rhos, conditions, timings, adapter_dir)
         finally:
             if needs_adapter:
                 detach_adapter(self.model, name)
+                if self.code is not None:
+                    self.code.forget_adapter(adapter_dir)
         prefix, n_doc = len(self.renderer.prefix_ids), len(self.renderer.doc_ids(doc.text))
         record = {"doc_id": doc.doc_id, "n_prefix_tokens": prefix, "n_doc_tokens": n_doc,
-                  "adapter": adapter_info, "timings": timings}
+                  "adapter": adapter_info, "timings": timings, "plans": plans}
         return record, preds
 
-    def _answer(self, doc: Document, questions, rhos, conditions, timings) -> list[dict]:
+    def _plans(self, weights: str, scores, ids: list[int], span: tuple[int, int], rhos, kv,
+               adapter_dir) -> dict[float, object]:
+        """The checked plan at every rho of the grid for the scores of ``weights`` (base, adapter):
+        from a trusted press's ``scores``, or from the sandbox for the submission's own press."""
+        n_layers, kv_heads = len(kv), kv[0][0].shape[1]
+        n_doc = span[1] - span[0]
+        budget = self.spec.budget
+        plans = {r: full_plan(n_layers, kv_heads, n_doc, r, budget) for r in rhos}
+        chosen = [r for r, p in plans.items() if p is None]  # rhos where the press chooses
+        if not chosen:
+            return plans
+        if self.press is None and self.code is not None:
+            got = self.code.plan(ids, span, chosen, budget, adapter_dir if weights == "adapter" else None,
+                                 where=f"the press's plan for {weights} weights")
+            try:
+                for r in chosen:
+                    plans[r] = check_plan(got[r], n_layers=n_layers, kv_heads=kv_heads, n_doc=n_doc, rho=r,
+                                          budget=budget, where=f"sandbox: the press's plan for {weights} weights")
+            except PlanError as exc:  # the submission's code broke the contract: the run stops, naming it
+                raise WorkerError(str(exc)) from None
+        elif scores is None:
+            raise ValueError(f"rho={chosen[0]} keeps part of the document and the run has no compressor to choose it")
+        else:
+            for r in chosen:
+                plans[r] = plan_from_scores(scores, n_doc, r, budget)
+        return plans
+
+    def _prefill_and_plan(self, ids: list[int], span: tuple[int, int], rhos, prefills, scorers,
+                          adapter_dir) -> tuple[dict, dict]:
+        """The full cache of each weights in ``prefills`` and the checked plan at every rho of each
+        in ``scorers`` (a trusted press scores in the same prefill; the submission's own press plans
+        in the sandbox)."""
+        sandboxed = self.press is None and self.code is not None
+        kv, plans = {}, {}
+        # Presses that draw from torch's global RNG (RandomPress without a seed) start from seed 0 at every
+        # prefill, so results do not depend on what ran before; forked, so the caller's RNG is left as it was.
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+            for weights in sorted(prefills):
+                torch.manual_seed(0)
+                with adapter_state(self.model, weights == "adapter"):
+                    kv[weights], scores = prefill(self.model, ids, span, None if sandboxed else self.press, rhos,
+                                                  tokenizer=self.tokenizer)
+                self.stats["prefills"] += 1
+                if weights in scorers:
+                    plans[weights] = self._plans(weights, scores, ids, span, rhos, kv[weights], adapter_dir)
+        return kv, plans
+
+    def plan_digests(self, doc: Document, rhos, conditions) -> dict[str, str]:
+        """``{"<rho>|<condition>": digest}`` of the plans of the conditions whose entries the base
+        model picks: one prefill, no adapter, no decoding (what ``verify`` recomputes for every
+        document of a result file)."""
+        r = self.renderer
+        ids = r.prefix_ids + r.doc_ids(doc.text)
+        span = (len(r.prefix_ids), len(ids))
+        _, plans = self._prefill_and_plan(ids, span, rhos, {"base"}, {"base"}, None)
+        return {f"{rho}|{c}": digest(plans["base"][rho]) for rho in rhos for c in conditions
+                if CONDITIONS[c]["score"] == "base"}
+
+    def _answer(self, doc: Document, questions, rhos, conditions, timings, adapter_dir=None) -> tuple[list[dict], dict]:
         r = self.renderer
         doc_ids = r.doc_ids(doc.text)
         span = (len(r.prefix_ids), len(r.prefix_ids) + len(doc_ids))
         full_len = span[1]
-        # One prefill per distinct prefill weights; scores from each prefill that some condition scores with.
-        prefills = {CONDITIONS[c]["prefill"] for c in conditions} | {CONDITIONS[c]["score"] for c in conditions}
-        kv, scores = {}, {}
+        # One prefill per distinct prefill weights; plans from each prefill that some condition scores with.
+        scorers = {CONDITIONS[c]["score"] for c in conditions}
+        prefills = {CONDITIONS[c]["prefill"] for c in conditions} | scorers
         t0 = time.perf_counter()
-        # Presses that draw from torch's global RNG (RandomPress without a seed) start from seed 0 at every
-        # document, so results do not depend on what ran before; forked, so the caller's RNG is left as it was.
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
-            torch.manual_seed(0)
-            for weights in sorted(prefills):
-                with adapter_state(self.model, weights == "adapter"):
-                    kv[weights], scores[weights] = prefill(self.model, r.prefix_ids + doc_ids, span, self.press, rhos,
-                                                           tokenizer=self.tokenizer)
-                self.stats["prefills"] += 1
+        kv, plans = self._prefill_and_plan(r.prefix_ids + doc_ids, span, rhos, prefills, scorers, adapter_dir)
         # rho = 1 with the spec's no-context prompt: its own (short) prefill, nothing to score.
         no_context = {}
         if r.no_context is not None and 1.0 in rhos:
@@ -136,7 +228,8 @@ class DocumentRun:
 
         # Rows: every question for every (rho, condition); evicted caches shared where identical.
         t0 = time.perf_counter()
-        pruned: dict[tuple, tuple] = {}
+        pruned: dict[tuple, object] = {}
+        digests: dict[str, str] = {}
         rows: dict[str, list[tuple[Row, dict]]] = {"base": [], "adapter": []}
         suffixes = [r.suffix_ids(q.question) for q in questions]
         nc_suffixes = [r.no_doc_suffix_ids(q.question) for q in questions] if no_context else suffixes
@@ -147,12 +240,14 @@ class DocumentRun:
                 # When rho keeps all or none of the document the scores choose nothing: one cache object
                 # serves every scorer, and greedy_decode decodes rows on the same cache once.
                 key = (c["prefill"], c["score"] if 0 < n_kept(n_doc, rho, self.spec.budget) < n_doc else None, rho)
+                plan = plans[c["score"]][rho]
+                digests[f"{rho}|{cond}"] = digest(plan)
                 if key not in pruned:
                     if rho >= 1 and no_context:
-                        pruned[key] = (no_context[c["prefill"]], 0)
+                        pruned[key] = no_context[c["prefill"]]
                     else:
-                        pruned[key] = evict(kv[c["prefill"]], scores[c["score"]], span, rho, self.spec.budget)
-                pkv, n_keep = pruned[key]
+                        pruned[key] = evict_planned(kv[c["prefill"]], plan, span)
+                pkv = pruned[key]
                 offset = full_len if rho < 1 else (len(r.no_doc_prefix_ids) if no_context else span[0])
                 qsuffixes = nc_suffixes if rho >= 1 else suffixes
                 meta = {"rho": rho, "condition": cond, "kv_entries": kv_entries(pkv),
@@ -180,13 +275,12 @@ class DocumentRun:
                     "kv_entries": meta["kv_entries"], "kv_bytes": meta["kv_bytes"],
                 }, q, self.spec.metric.normalization))
         timings["decode_s"] = time.perf_counter() - t0
-        return preds
+        return preds, digests
 
 
 def scored(pred: dict, q, normalization: str) -> dict:
     """The prediction with its gold answers, tags and scores (the spec's metric normalization);
-    unchanged where the question carries no answers (in the worker, which never holds them: the
-    parent scores)."""
+    unchanged where the question carries no answers (a question view, as in lm-eval's requests)."""
     if not q.answers:
         return pred
     s = score_prediction_with(pred["prediction"], q.answers, normalization)
@@ -201,23 +295,23 @@ def model_key(model_spec) -> str:
 
 def open_run(spec: Spec, submission: Submission, model_id: str | None = None, device: str | None = None,
              dtype: str | None = None, **kwargs) -> DocumentRun:
+    """A :class:`DocumentRun` of the spec's model (its per-model recipe and prompt); close it when done."""
     model_spec = spec.model(model_id)
     submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
     model, tok = load_model(model_spec, device, dtype)
     return DocumentRun.build(model, tok, spec, submission, model_key=model_key(model_spec),
-                             prompt=spec.prompt_for(model_spec), **kwargs)
+                             prompt=spec.prompt_for(model_spec), device=pick_device(device), **kwargs)
 
 
 def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
     """Run the protocol; returns the result files written (one per dataset).
 
     ``request`` is an :class:`~benchmark.config.EvalRequest`, or a submission path with the
-    request's fields as keyword ``options`` (``evaluate(path, rhos=[0, 1], isolation="inline")``).
+    request's fields as keyword ``options`` (``evaluate(path, rhos=[0, 1])``).
 
-    ``isolation="worker"`` runs the model and the submission's code in a worker process that never
-    sees an answer (sandboxed with bubblewrap where it works; :mod:`benchmark.worker`); this process
-    scores. ``"inline"`` runs everything here (tests that patch the model in this process).
-    ``worker_setup`` ("module:function") is called in the worker first (a test seam).
+    The model, training, eviction, decoding and scoring run in this process. A submission's own
+    code (a press or QA hook) runs in the sandbox (:mod:`benchmark.worker`), each request within
+    ``worker_timeout`` seconds, and returns only data, which is checked here.
 
     ``shard=(i, n)`` runs only documents i, i+n, i+2n, ... into ``<dataset>.shard-i-of-n.json``;
     ``lorakv-bench merge`` joins the n shard files into exactly the unsharded result.
@@ -230,22 +324,9 @@ def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
                               conditions=list(req.conditions or spec.conditions))
     datasets = [resolve_dataset(spec, d) for d in req.datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
     model_spec = spec.model(req.model_id)
-    if req.isolation == "worker":
-        from .worker import WorkerRun
-
-        hidden = [f.path for d in (*spec.datasets, *datasets) for f in (d.test, d.dev) if f is not None]
-        run = WorkerRun.start(tier=req.tier, submission=str(req.submission), model_id=req.model_id, device=req.device,
-                              dtype=req.dtype, batch_size=req.batch_size, progress=req.progress, hidden_files=hidden,
-                              setup=req.worker_setup)
-    else:
-        run = open_run(spec, submission, req.model_id, req.device, req.dtype, batch_size=req.batch_size,
-                       progress=req.progress)
-    try:
-        return _evaluate_datasets(run, spec, submission, model_spec, datasets, req,
-                                  "inline" if req.isolation != "worker" else run.sandbox)
-    finally:
-        if req.isolation == "worker":
-            run.close()
+    with open_run(spec, submission, req.model_id, req.device, req.dtype, batch_size=req.batch_size,
+                  progress=req.progress, worker_timeout=req.worker_timeout) as run:
+        return _evaluate_datasets(run, spec, submission, model_spec, datasets, req, run.sandbox)
 
 
 def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalRequest, sandbox) -> list[Path]:
@@ -280,7 +361,6 @@ def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalReq
             # Resume at document granularity: drop this document's partial predictions, redo it whole.
             result.data["predictions"] = [p for p in result.data["predictions"] if p["doc_id"] != doc.doc_id]
             record, preds = run.evaluate(doc, rhos, active, qs)
-            by_id = {q.id: q for q in qs}  # scored here, where the answers are: the worker never has them
-            result.add_document(record, [scored(p, by_id[p["question_id"]], spec.metric.normalization) for p in preds])
+            result.add_document(record, preds)
         written.append(path)
     return written

@@ -21,12 +21,11 @@ checking a kvpress press name does.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import LoraSettings, Recipe, TrainSettings
-from .paths import stable_hash
+from .paths import folder_files, stable_hash
 from .spec import SpecError, load_yaml
 
 
@@ -41,10 +40,28 @@ class Submission:
     def compressor_cfg(self) -> dict:
         return self.raw["compressor"]
 
+    @property
+    def press_is_code(self) -> bool:
+        """The press is the submission's own ``module:Class`` (it runs in the sandbox only)."""
+        return ":" in self.compressor_cfg["press"]
+
+    @property
+    def has_code(self) -> bool:
+        """The submission brings code of its own (a press or a QA hook), which only the sandbox
+        (:class:`benchmark.worker.SubmissionProcess`) runs."""
+        trains = [self.raw["adapter"].get("train") or {}, *(self.raw["adapter"].get("per_model") or {}).values()]
+        return self.press_is_code or any(t.get("hook") for t in trains)
+
     def make_compressor(self):
+        """The press the YAML names. A press of the submission's own code is built only in the
+        sandbox (:func:`benchmark.paths.in_submission_process`); the harness never imports it."""
         from .compression import build_compressor  # torch and kvpress: only when a press is built
+        from .paths import in_submission_process
 
         cfg = self.compressor_cfg
+        if self.press_is_code and not in_submission_process():
+            raise ValueError(f"{self.path}: the press '{cfg['press']}' is submission code; it runs in the sandbox "
+                             "(benchmark.worker), never in the harness")
         press = build_compressor(cfg["press"], cfg.get("kwargs"), code_dir=self.path)
         if "score_depends_on_rho" in cfg:
             object.__setattr__(press, "score_depends_on_rho", cfg["score_depends_on_rho"])
@@ -72,16 +89,7 @@ class Submission:
         any depth (``__pycache__`` skipped), so a changed helper in a subfolder invalidates results.
         Files are keyed by their path relative to the folder; text as text (the hashes of
         submissions with only top-level ``.py`` files are unchanged), other bytes by their sha256."""
-        code = {}
-        for p in sorted(self.path.rglob("*")):
-            rel = p.relative_to(self.path)
-            if not p.is_file() or "__pycache__" in rel.parts or rel.as_posix() == "submission.yaml":
-                continue
-            blob = p.read_bytes()
-            try:
-                code[rel.as_posix()] = blob.decode("utf-8")
-            except UnicodeDecodeError:
-                code[rel.as_posix()] = {"sha256": hashlib.sha256(blob).hexdigest()}
+        code = folder_files(self.path, skip=("submission.yaml",))
         return stable_hash({"submission": self.raw, "code": code})
 
 

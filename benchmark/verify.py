@@ -1,26 +1,47 @@
-"""``lorakv-bench verify RESULT``: re-run a seeded sample of a result file and require identical
-generations.
+"""``lorakv-bench verify RESULT``: re-run a result file with the committed submission and require
+the same plans, adapters and generations.
 
-Conformance re-derives everything a result file claims *from its generations*; verify checks
-the generations themselves. It draws K (document, rho) pairs with a seed derived from the file's
-sha256 (so a submitter cannot pick which pairs get checked, and anyone re-running verify checks
-the same ones), re-runs them with the committed submission, through the worker like ``evaluate``,
-and compares every generation and ``kv_entries`` at those pairs. Greedy decoding on CPU is
-deterministic, so a single differing token is a mismatch.
+Conformance re-derives everything a result file claims *from its generations*; verify checks the
+generations and plans themselves, with the harness's own code (submission code only ever runs in
+the sandbox, :mod:`benchmark.worker`):
+
+* **plans, every document:** where the file records plan digests (``documents[].plans``), the plan
+  of every (document, rho) of each base-scored condition is recomputed (one prefill a document, no
+  adapter, no decoding) and must match;
+* **generations, a sample:** K ranked (document, rho) pairs (0 < rho < 1, what the headline
+  averages) are re-run whole: adapter trained or loaded, every condition decoded; generations,
+  ``kv_entries``, plan digests and the adapter's size and losses must match.
+
+The sample is drawn with a seed the submitter cannot choose: ``--seed`` (CI passes the pull
+request's base commit), else fresh randomness; either way it is printed, so anyone can re-run the
+same sample. K is the smallest sample that catches a file with ``tampered`` altered ranked pairs
+with probability ``detect`` (:func:`detection_probability`), unless ``--sample`` fixes it. Greedy
+decoding on one device kind and dtype is deterministic, so a single differing token is a mismatch.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import sha256_file
+#: by default verify re-runs enough pairs to catch this many tampered ranked pairs ...
+TAMPERED = 3
+#: ... with at least this probability
+DETECT = 0.95
+#: losses of a re-trained adapter may differ from the recorded ones by this much (rounding in the record)
+LOSS_TOL = 1e-4
 
 
 @dataclass
 class Verdict:
+    seed: str
     pairs: list[tuple[str, float]]
+    ranked: int = 0  # ranked (document, rho) pairs in the file
+    detection: float = 0.0  # the chance this sample catches TAMPERED tampered ranked pairs
+    plans_checked: int = 0
     compared: int = 0
     mismatches: list[str] = field(default_factory=list)
 
@@ -29,16 +50,46 @@ class Verdict:
         return self.compared > 0 and not self.mismatches
 
 
-def sample_pairs(path: Path, data: dict, k: int) -> list[tuple[str, float]]:
-    """K (doc_id, rho) pairs of the file, drawn with a seed derived from the file's sha256."""
-    pairs = sorted({(p["doc_id"], p["rho"]) for p in data["predictions"]})
-    rng = random.Random(int(sha256_file(path)[:16], 16))
-    return sorted(rng.sample(pairs, min(k, len(pairs))))
+def detection_probability(n_pairs: int, k: int, tampered: int = TAMPERED) -> float:
+    """The chance that ``k`` pairs drawn without replacement from ``n_pairs`` include at least one
+    of ``tampered`` altered pairs: ``1 - C(n - t, k) / C(n, k)``."""
+    t = min(tampered, n_pairs)
+    if n_pairs == 0 or t == 0:
+        return 0.0
+    return 1.0 - math.comb(n_pairs - t, k) / math.comb(n_pairs, k)
 
 
-def verify_result(path: str | Path, sample: int = 4, *, submissions_dir=None, device: str = "cpu",
-                  isolation: str = "worker", worker_setup: str | None = None) -> Verdict:
-    """Re-run ``sample`` (document, rho) pairs of the result file; mismatches name each prediction."""
+def sample_size(n_pairs: int, detect: float = DETECT, tampered: int = TAMPERED) -> int:
+    """The smallest sample whose :func:`detection_probability` reaches ``detect`` (all pairs if none does)."""
+    for k in range(1, n_pairs + 1):
+        if detection_probability(n_pairs, k, tampered) >= detect:
+            return k
+    return n_pairs
+
+
+def ranked_pairs(data: dict) -> list[tuple[str, float]]:
+    """The file's (doc_id, rho) pairs with 0 < rho < 1, sorted."""
+    return sorted({(p["doc_id"], p["rho"]) for p in data["predictions"] if 0 < p["rho"] < 1})
+
+
+def sample_pairs(data: dict, k: int, seed: str) -> list[tuple[str, float]]:
+    """K ranked pairs drawn with ``seed`` and the file's identity (submission, tier, model, dataset),
+    never its contents: editing any field of the file does not move the sample."""
+    ident = "|".join([seed, data["submission"]["name"], data["tier"], data["model"]["id"], data["dataset"]["id"],
+                      data["dataset"]["split"]])
+    pairs = ranked_pairs(data)
+    return sorted(random.Random(ident).sample(pairs, min(k, len(pairs))))
+
+
+def new_seed() -> str:
+    return secrets.token_hex(8)
+
+
+def verify_result(path: str | Path, sample: int | None = None, *, seed: str | None = None, detect: float = DETECT,
+                  submissions_dir=None, device: str = "cpu", worker_timeout: float | None = None,
+                  progress=None) -> Verdict:
+    """Re-run the result file's plans and a sample of its pairs; mismatches name each prediction.
+    ``progress(message)`` is called as each document starts."""
     from . import runner
     from .conformance import _find_submissions_dir
     from .results import load_result
@@ -58,29 +109,48 @@ def verify_result(path: str | Path, sample: int = 4, *, submissions_dir=None, de
                         f"{spec.hash}; verify needs the spec the result was produced under")
     ds = spec.dataset(data["dataset"]["id"])
     docs = {d.doc_id: d for d in runner.load_split(ds.split(data["dataset"]["split"]))}
-    verdict = Verdict(sample_pairs(path, data, sample))
+    seed = seed or new_seed()
+    n_ranked = len(ranked_pairs(data))
+    k = sample if sample is not None else sample_size(n_ranked, detect)
+    verdict = Verdict(seed, sample_pairs(data, k, seed), ranked=n_ranked)
+    verdict.detection = detection_probability(n_ranked, len(verdict.pairs))
     stored = {(p["doc_id"], p["question_id"], p["rho"], p["condition"]): p for p in data["predictions"]}
+    records = {d["doc_id"]: d for d in data["documents"]}
     conditions = [c for c in data["conditions"] if any(p["condition"] == c for p in data["predictions"])]
-    model_id = data["model"]["id"]
+    rhos = sorted({p["rho"] for p in data["predictions"]})
     dtype = data["environment"].get("dtype")  # re-run in the precision the result was produced in
-    if isolation == "worker":
-        from .worker import WorkerRun
+    say = progress or (lambda msg: None)
 
-        hidden = [f.path for d in spec.datasets for f in (d.test, d.dev) if f is not None]
-        run = WorkerRun.start(tier=data["tier"], submission=str(folder), model_id=model_id, device=device,
-                              dtype=dtype, batch_size=64, progress=False, hidden_files=hidden, setup=worker_setup)
-    else:
-        run = runner.open_run(spec, submission, model_id, device, dtype, progress=False)
-    try:
-        for doc_id in sorted({d for d, _ in verdict.pairs}):
-            rhos = [r for d, r in verdict.pairs if d == doc_id]
+    def plan_mismatches(doc_id: str, digests: dict) -> None:
+        recorded = (records.get(doc_id) or {}).get("plans") or {}
+        for key, value in sorted(digests.items()):
+            verdict.plans_checked += 1
+            if recorded.get(key) != value:
+                verdict.mismatches.append(f"{path}: document {doc_id}, plan {key}: recorded "
+                                          f"{str(recorded.get(key))[:16]}, the re-run's is {value[:16]}")
+
+    with runner.open_run(spec, submission, data["model"]["id"], device, dtype, progress=False,
+                         worker_timeout=worker_timeout) as run:
+        sampled = sorted({d for d, _ in verdict.pairs})
+        planned = [d for d in sorted(records) if records[d].get("plans") and d not in sampled]
+        for i, doc_id in enumerate(planned):
+            say(f"plans {i + 1}/{len(planned)}: {doc_id}")
+            if doc_id in docs:
+                plan_mismatches(doc_id, run.plan_digests(docs[doc_id], rhos, conditions))
+        for i, doc_id in enumerate(sampled):
+            say(f"re-run {i + 1}/{len(sampled)}: {doc_id}")
+            doc_rhos = [r for d, r in verdict.pairs if d == doc_id]
             if doc_id not in docs:
                 verdict.mismatches.append(f"{path}: document {doc_id} is not in the pinned dataset")
                 continue
             doc = docs[doc_id]
             qids = {p["question_id"] for p in data["predictions"] if p["doc_id"] == doc_id}
             questions = [q for q in doc.questions if q.id in qids]
-            _, preds = run.evaluate(doc, rhos, conditions, questions)
+            record, preds = run.evaluate(doc, doc_rhos, conditions, questions)
+            if records.get(doc_id, {}).get("plans"):
+                plan_mismatches(doc_id, record["plans"])
+            verdict.mismatches += _adapter_mismatches(path, doc_id, (records.get(doc_id) or {}).get("adapter"),
+                                                      record["adapter"])
             for p in preds:
                 key = (p["doc_id"], p["question_id"], p["rho"], p["condition"])
                 old = stored.get(key)
@@ -92,7 +162,23 @@ def verify_result(path: str | Path, sample: int = 4, *, submissions_dir=None, de
                     verdict.mismatches.append(
                         f"{path}: document {doc_id}, question {p['question_id']}, rho={p['rho']}, {p['condition']}: "
                         f"stored {what} {old[what]!r:.80} but the re-run gives {p[what]!r:.80}")
-    finally:
-        if isolation == "worker":
-            run.close()
     return verdict
+
+
+def _adapter_mismatches(path: Path, doc_id: str, old: dict | None, new: dict | None) -> list[str]:
+    """The recorded adapter is the one the re-run trained (or loaded): same size, steps and losses."""
+    if (old is None) != (new is None):
+        return [f"{path}: document {doc_id}, field 'adapter': recorded {'none' if old is None else 'an adapter'}, "
+                f"the re-run has {'none' if new is None else 'one'}"]
+    if old is None:
+        return []
+    out = []
+    for k in ("bytes", "steps"):
+        if old.get(k) != new.get(k):
+            out.append(f"{path}: document {doc_id}, field 'adapter/{k}': recorded {old.get(k)}, the re-run's is "
+                       f"{new.get(k)}")
+    for k in ("first_loss", "final_loss"):
+        a, b = old.get(k), new.get(k)
+        if (a is None) != (b is None) or (a is not None and not abs(a - b) <= LOSS_TOL):
+            out.append(f"{path}: document {doc_id}, field 'adapter/{k}': recorded {a}, the re-run's is {b}")
+    return out

@@ -1,51 +1,67 @@
-"""The worker: where submission code runs, apart from the answers.
+"""The sandbox: the only process where a submission's own code runs, and all it returns is data.
 
-The parent (:func:`benchmark.runner.evaluate`) holds the datasets with their answers, scores and
-writes result files. The model, the submission's press and QA hook, and adapter training run in
-a child process that receives, per document, its text, its ``train_qa`` (the TrainingView) and
-its questions *without answers or tags*, and sends back generations, kv entries/bytes and adapter
-statistics. So no answer is in the child's arguments, on its stack or in its heap.
+The harness (:mod:`benchmark.runner`) runs the model, prefill, eviction, KV accounting, adapter
+training, decoding, scoring and every check in its own process, and never imports submission
+code. A submission that brings code (a press ``module:Class``, a QA ``hook``) gets a
+:class:`SubmissionProcess`: a child process, in a bubblewrap sandbox where bubblewrap works,
+that answers two requests:
 
-Where bubblewrap works (``bwrap``; Debian package ``bubblewrap``) the child also runs without
-network and with the answer files hidden: the package's ``data/`` folder, ``leaderboard/``,
-prepared paper data in the cache, and every data file the parent reads are empty in its view of
-the disk. Elsewhere the run says so: ``environment.sandbox`` is ``none`` and a line is printed.
+* ``plan``: prefill the token ids it is given with the submission's press, on the base model or
+  with the document's adapter (handed in read-only), and return a keep mask per layer and KV head
+  for each rho (:mod:`benchmark.plan`);
+* ``qa_pairs``: call the hook on a document's TrainingView (text and train_qa, never the
+  evaluation questions) and return its QA pairs.
+
+The harness checks what comes back (shape and exact budget of a plan, types and sizes of QA
+pairs) before it uses it, builds the cache from the plan itself and counts what it kept. Code in
+the child can patch anything in the child; nothing there is the harness.
+
+What the sandbox shows (:func:`sandbox_args`): the system folders and the Python installation
+read-only, the package read-only without its ``data/``, the submission folder, the model folder
+and an inbox of adapters read-only, and a private ``/tmp``. Not shown: the checkout's ``.git``,
+datasets, results, leaderboard and tests, the shared cache, the network. It starts wherever the
+checkout, venv and cache live, ``/tmp`` included. Each request has a time limit
+(:data:`DEFAULT_TIMEOUT_S`), and the child runs under CPU-time, file-size and (on CPU) address-
+space limits. Where bubblewrap cannot run, the child runs unsandboxed and says so (``environment.
+sandbox: none``), unless ``LORAKV_REQUIRE_SANDBOX=1``, which refuses.
 
 Protocol: JSON lines on the child's stdin/stdout (the child moves its own stdout to stderr, so
-library output cannot corrupt it): one setup message, then one request per document.
+library output cannot corrupt it): one setup message, then one request per line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import resource
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .datasets import Document, Question
-from .paths import PACKAGE_DIR, cache_dir
+from .paths import PACKAGE_DIR, SUBMISSION_PROCESS_ENV
+
+#: what ``environment.sandbox`` says: submission code ran in bubblewrap, in a plain child process,
+#: or the submission has no code of its own (every press and recipe is the harness's)
+SANDBOXES = ("bubblewrap", "none", "no code")
+#: seconds a request (setup, a plan, a hook call) may take before the child is stopped
+DEFAULT_TIMEOUT_S = 900.0
+#: CPU seconds the child may use in all (a runaway press cannot hold a machine for days)
+CPU_LIMIT_S = 6 * 3600
+#: largest file the child may write (its /tmp is memory)
+FILE_LIMIT_BYTES = 1 << 30
+#: at most this many QA pairs from a hook, each string at most this long
+MAX_PAIRS, MAX_PAIR_CHARS = 10_000, 4_000
+#: the environment variable that makes running submission code unsandboxed an error (CI)
+REQUIRE_SANDBOX_ENV = "LORAKV_REQUIRE_SANDBOX"
+
 
 class WorkerError(RuntimeError):
-    """The worker failed (its setup, a document, or it died); the message says which, on one line."""
-
-
-#: what ``environment.sandbox`` says: the worker in bubblewrap, a plain child process, or no worker
-SANDBOXES = ("bubblewrap", "none", "inline")
-
-
-def question_view(doc: Document, questions) -> dict:
-    """What the worker may know of a document: text, train_qa, question ids and texts. Never answers."""
-    return {"doc_id": doc.doc_id, "text": doc.text, "train_qa": [list(p) for p in doc.train_qa],
-            "questions": [{"id": q.id, "question": q.question} for q in questions]}
-
-
-def _document(view: dict) -> Document:
-    return Document(view["doc_id"], view["text"], tuple(Question(q["id"], q["question"], ()) for q in view["questions"]),
-                    tuple(tuple(p) for p in view["train_qa"]))
+    """The sandboxed process failed (its setup, a request, a time limit, or it died); one line."""
 
 
 def bwrap_works() -> bool:
@@ -54,93 +70,317 @@ def bwrap_works() -> bool:
     if not exe:
         return False
     try:
-        return subprocess.run([exe, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-net", "true"],
+        return subprocess.run([exe, *_system_binds(), "--dev", "/dev", "--unshare-all", "true"],
                               capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
-def sandbox_args(hidden_files: list[Path], readable: list[Path]) -> list[str]:
-    """bwrap arguments: the disk read-only, /tmp fresh, the cache writable (adapters), no network,
-    and the answer files hidden (folders as empty tmpfs, single files as /dev/null)."""
-    cache = cache_dir().resolve()
-    args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--unshare-net", "--unshare-pid", "--die-with-parent"]
-    for path in readable:  # e.g. a submission folder under /tmp
-        args += ["--ro-bind", str(path), str(path)]
-    args += ["--bind", str(cache), str(cache)]
-    hidden_dirs = [PACKAGE_DIR / "data", PACKAGE_DIR.parent / "leaderboard", Path.cwd() / "leaderboard", cache / "data"]
-    for d in hidden_dirs:
-        if d.is_dir():
-            args += ["--tmpfs", str(d.resolve())]
-    for f in hidden_files:
-        if f.is_file():
-            args += ["--ro-bind", "/dev/null", str(f.resolve())]
+def _system_binds() -> list[str]:
+    """The operating system, read-only: /usr, /etc, /sys and the /bin, /lib... links or folders."""
+    args = []
+    for p in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/sys"):
+        if os.path.islink(p):
+            args += ["--symlink", os.readlink(p), p]
+        elif os.path.isdir(p):
+            args += ["--ro-bind", p, p]
     return args
 
 
+def _python_paths() -> list[Path]:
+    """The interpreter and its installed packages (the venv too, wherever it is)."""
+    import site
+    import sysconfig
+
+    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.executable).resolve().parent}
+    paths |= {Path(p) for p in site.getsitepackages()}
+    paths |= {Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return sorted(p.resolve() for p in paths if p.is_dir())
+
+
+def _with_link_targets(folder: Path) -> list[Path]:
+    """``folder`` and the folders its symbolic links point into (a Hugging Face snapshot links
+    every file into the repository's ``blobs/``)."""
+    out = {folder.resolve()}
+    for f in folder.rglob("*"):
+        if f.is_symlink():
+            out.add(f.resolve().parent)
+    return sorted(out)
+
+
+def sandbox_args(readable: list[Path], *, device: str = "cpu") -> list[str]:
+    """bwrap arguments for a child that sees the system and Python read-only, the package without
+    its data, ``readable`` read-only, a private /tmp, no network, and (on CUDA) the GPU devices."""
+    args = ["bwrap", *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+            "--unshare-all", "--new-session", "--die-with-parent"]
+    if device.startswith("cuda"):
+        for dev in sorted(Path("/dev").glob("nvidia*")):
+            args += ["--dev-bind", str(dev), str(dev)]
+    mounts = [*_python_paths(), PACKAGE_DIR, *(p.resolve() for p in readable)]
+    # parents before children, so a folder inside another (a venv in /tmp) is mounted over it
+    for p in sorted(set(mounts), key=lambda p: len(p.parts)):
+        args += ["--ro-bind", str(p), str(p)]
+    for hidden in (PACKAGE_DIR / "data",):
+        if hidden.is_dir():  # an installed package carries the mini datasets with their answers
+            args += ["--tmpfs", str(hidden)]
+    return args
+
+
+def _limits(device: str):
+    """Resource limits for the child, set between fork and exec (bubblewrap and all below it)."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (CPU_LIMIT_S, CPU_LIMIT_S))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT_BYTES, FILE_LIMIT_BYTES))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if not device.startswith("cuda"):  # the CUDA driver reserves far more address space than it uses
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            resource.setrlimit(resource.RLIMIT_AS, (total, total))
+        os.setsid()
+
+    return apply
+
+
+def _child_env() -> dict:
+    """A clean environment: nothing of the parent's but the thread count and the path."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", "TMPDIR": "/tmp",
+           "PYTHONPATH": str(PACKAGE_DIR.parent), "PYTHONDONTWRITEBYTECODE": "1",
+           "LORAKV_CACHE": "/tmp/lorakv-cache", "HF_HOME": "/tmp/hf", "XDG_CACHE_HOME": "/tmp/cache",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", SUBMISSION_PROCESS_ENV: "1"}
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
 @dataclass
-class WorkerRun:
-    """The parent's handle on a worker: ``evaluate`` like :class:`benchmark.runner.DocumentRun`,
-    but the document crosses as a question view and predictions come back unscored."""
+class SubmissionProcess:
+    """The harness's handle on the sandboxed child that runs one submission's own code."""
 
     proc: subprocess.Popen
     sandbox: str
-    dtype: str = "unknown"  # what the worker's model runs in, from its ready message
+    timeout: float
+    inbox: Path  # adapters handed to the child, read-only there
+    replies: queue.Queue = field(default_factory=queue.Queue)
+    model_dir: Path | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
 
     @classmethod
-    def start(cls, *, tier: str, submission: str, model_id: str | None, device: str | None, batch_size: int,
-              progress: bool, hidden_files: list[Path], setup: str | None = None, sandbox: bool = True,
-              dtype: str | None = None) -> WorkerRun:
+    def start(cls, submission_dir: str | Path, *, model=None, tokenizer=None, device: str = "cpu",
+              timeout: float = DEFAULT_TIMEOUT_S, sandbox: bool = True) -> SubmissionProcess:
+        """Start the child for the submission folder. ``model`` (with its tokenizer) is needed when
+        the press is the submission's own: the child loads the same weights from the model's folder
+        (an in-memory model is saved to a private folder first)."""
+        tmp = tempfile.TemporaryDirectory(prefix="lorakv-sandbox-")
+        inbox = Path(tmp.name) / "inbox"
+        inbox.mkdir()
+        model_dir = _model_folder(model, tokenizer, Path(tmp.name)) if model is not None else None
+        folder = Path(submission_dir).resolve()
         cmd = [sys.executable, "-m", "benchmark.worker"]
         use_bwrap = sandbox and bwrap_works()
         if use_bwrap:
-            cmd = sandbox_args(hidden_files, [Path(submission).resolve()]) + cmd
+            readable = [folder, inbox, *(_with_link_targets(model_dir) if model_dir else [])]
+            cmd = sandbox_args(readable, device=device) + cmd
+        elif os.environ.get(REQUIRE_SANDBOX_ENV) == "1":
+            tmp.cleanup()
+            raise WorkerError(f"{REQUIRE_SANDBOX_ENV}=1 and bubblewrap does not run here: submission code in {folder} "
+                              "is not run unsandboxed (install Debian's bubblewrap, allow user namespaces)")
         else:
-            print("warning: bubblewrap is not available here; the worker runs unsandboxed (answers are still kept "
-                  "out of its process, but it can read the disk and the network); environment.sandbox = none",
-                  file=sys.stderr)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_DIR.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        run = cls(proc, "bubblewrap" if use_bwrap else "none")
-        run._send({"tier": tier, "submission": str(Path(submission).resolve()), "model_id": model_id, "device": device,
-                   "dtype": dtype, "batch_size": batch_size, "progress": progress, "setup": setup})
-        run.dtype = run._receive()["dtype"]  # ready (or the error that stopped it)
+            print(f"warning: bubblewrap is not available here; the code of {folder.name} runs in an unsandboxed "
+                  "process (it returns only data, which is checked, but it can read the disk and the network); "
+                  "environment.sandbox = none", file=sys.stderr)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(),
+                                cwd=tmp.name if not use_bwrap else "/tmp", preexec_fn=_limits(device))
+        run = cls(proc, "bubblewrap" if use_bwrap else "none", timeout, inbox, model_dir=model_dir, _tmp=tmp)
+        threading.Thread(target=run._read, daemon=True).start()
+        dtype = str(getattr(model, "dtype", "float32")).removeprefix("torch.") if model is not None else None
+        run._send({"submission": str(folder), "model_dir": str(model_dir) if model_dir else None, "device": device,
+                   "dtype": dtype})
+        try:
+            run._receive("setup (importing the submission's code, loading the model)")
+        except BaseException:
+            run.close()
+            raise
         return run
 
-    def _send(self, msg: dict) -> None:
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.replies.put(line)
+        self.replies.put(None)
 
-    def _receive(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
+    def _send(self, msg: dict) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child is gone; _receive says so
+
+    def _receive(self, stage: str) -> dict:
+        try:
+            line = self.replies.get(timeout=self.timeout)
+        except queue.Empty:
+            self.kill()
+            raise WorkerError(f"sandbox: {stage} took longer than {self.timeout:.0f} s and was stopped "
+                              "(--worker-timeout)") from None
+        if line is None:
             self.proc.wait()
-            raise WorkerError(f"the worker process ended unexpectedly (exit code {self.proc.returncode}); see its "
-                              "output above")
-        msg = json.loads(line)
+            raise WorkerError(f"sandbox: the submission's process ended during {stage} (exit code "
+                              f"{self.proc.returncode}); see its output above")
+        try:
+            msg = json.loads(line)
+            if not isinstance(msg, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self.kill()
+            raise WorkerError(f"sandbox: {stage}: the reply is not a JSON object") from None
         if "error" in msg:
-            raise WorkerError(f"worker: {msg['error']}")
+            raise WorkerError(f"sandbox: {stage}: {str(msg['error'])[:500]}")
         return msg
 
-    def evaluate(self, doc: Document, rhos, conditions, questions=None) -> tuple[dict, list[dict]]:
-        self._send({"doc": question_view(doc, list(questions or doc.questions)), "rhos": list(rhos),
-                    "conditions": list(conditions)})
-        msg = self._receive()
-        return msg["record"], msg["predictions"]
+    def plan(self, input_ids: list[int], doc_span: tuple[int, int], rhos: list[float], budget: str,
+             adapter: Path | None = None, where: str = "plan") -> dict[float, object]:
+        """The submission press's keep masks for ``rhos`` (undecoded plan data, see
+        :func:`benchmark.plan.decode`), with the adapter folder ``adapter`` enabled if given."""
+        from .plan import decode
+
+        shared = None
+        if adapter is not None:
+            shared = self.inbox / adapter.name
+            if not shared.exists():
+                shutil.copytree(adapter, shared)
+        self._send({"op": "plan", "input_ids": list(input_ids), "span": list(doc_span), "rhos": list(rhos),
+                    "budget": budget, "adapter": str(shared) if shared else None})
+        msg = self._receive(where)
+        masks = msg.get("plans")
+        if not isinstance(masks, dict) or set(masks) != {repr(float(r)) for r in rhos}:
+            raise WorkerError(f"sandbox: {where}: expected a plan for each of rho={list(rhos)}")
+        return {float(r): decode(masks[repr(float(r))], f"{where}, rho={r}") for r in rhos}
+
+    def qa_pairs(self, hook: str, view) -> list[tuple[str, str]]:
+        """The hook's QA pairs for a TrainingView, checked: a non-empty list of (question, answer)
+        strings, at most :data:`MAX_PAIRS`, each at most :data:`MAX_PAIR_CHARS` characters."""
+        where = f"hook {hook} on document {view.doc_id}"
+        self._send({"op": "qa_pairs", "hook": hook,
+                    "view": {"doc_id": view.doc_id, "text": view.text, "train_qa": [list(p) for p in view.train_qa]}})
+        pairs = self._receive(where).get("pairs")
+        if not isinstance(pairs, list) or not 0 < len(pairs) <= MAX_PAIRS:
+            raise WorkerError(f"sandbox: {where}: expected a non-empty list of at most {MAX_PAIRS} pairs")
+        out = []
+        for i, p in enumerate(pairs):
+            if not (isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) and 0 < len(s) <= MAX_PAIR_CHARS
+                                                                for s in p)):
+                raise WorkerError(f"sandbox: {where}: pair {i} is not two non-empty strings of at most "
+                                  f"{MAX_PAIR_CHARS} characters")
+            out.append((p[0], p[1]))
+        return out
+
+    def forget_adapter(self, adapter: Path) -> None:
+        shutil.rmtree(self.inbox / adapter.name, ignore_errors=True)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except OSError:
+                self.proc.kill()
+            self.proc.wait()
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.close()
             try:
-                self.proc.wait(timeout=60)
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _model_folder(model, tokenizer, tmp: Path) -> Path:
+    """A folder ``from_pretrained`` loads this model from: where it was loaded from, else (a model
+    built in memory) a copy saved into the sandbox's private folder."""
+    where = getattr(getattr(model, "config", None), "name_or_path", "") or ""
+    if where and Path(where).is_dir():
+        return Path(where).resolve()
+    if where:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(where, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the local hub cache: saved below
+            pass
+    out = tmp / "model"
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+# ---------------------------------------------------------------- the child
+
+
+class _Child:
+    """The sandboxed side: the submission's press (and the model it scores with) and its hooks."""
+
+    def __init__(self, setup: dict):
+        from .submission import load_submission
+
+        self.submission = load_submission(setup["submission"])
+        self.device = setup["device"]
+        self.press = self.submission.make_compressor() if self.submission.press_is_code else None
+        self.model = self.tokenizer = None
+        if self.press is not None:
+            from .models import load_pretrained
+
+            self.model, self.tokenizer = load_pretrained(setup["model_dir"], self.device, setup["dtype"])
+        self.adapter = None
+
+    def plan(self, req: dict) -> dict:
+        import torch
+        from peft.helpers import DoraCaching
+
+        from .adapters import adapter_state, attach_saved, detach_adapter, direct_dora_lora_weight
+        from .compression import prefill
+        from .plan import encode, plan_from_scores
+
+        if self.press is None:
+            raise ValueError("this submission's press is not its own code; the harness computes its plan")
+        if self.adapter and self.adapter != req["adapter"]:
+            detach_adapter(self.model, "doc")
+            self.adapter = None
+        if req["adapter"] and not self.adapter:
+            attach_saved(self.model, "doc", Path(req["adapter"]), self.submission.recipe)
+            self.adapter = req["adapter"]
+        start, end = req["span"]
+        rhos = [float(r) for r in req["rhos"]]
+        with torch.random.fork_rng(devices=[]), DoraCaching(), direct_dora_lora_weight():
+            torch.manual_seed(0)
+            with adapter_state(self.model, bool(self.adapter)):
+                _, scores = prefill(self.model, req["input_ids"], (start, end), self.press, rhos,
+                                    tokenizer=self.tokenizer)
+        budget = req["budget"]
+        return {"plans": {repr(r): encode(plan_from_scores(scores, end - start, r, budget)) for r in rhos}}
+
+    def qa_pairs(self, req: dict) -> dict:
+        from .datasets import TrainingView
+        from .paths import import_from
+
+        hooks = {t.get("hook") for t in [self.submission.raw["adapter"].get("train") or {},
+                                          *(self.submission.raw["adapter"].get("per_model") or {}).values()]}
+        if req["hook"] not in hooks - {None}:
+            raise ValueError(f"'{req['hook']}' is not a hook of this submission")
+        v = req["view"]
+        view = TrainingView(v["doc_id"], v["text"], tuple(tuple(p) for p in v["train_qa"]))
+        out = import_from(self.submission.path, req["hook"])(view)
+        return {"pairs": [[p["question"], p["answer"]] for p in out]}
 
 
 def _serve() -> None:
-    """The child: set up the run from the first message, then answer one document per line."""
+    """The child: set up from the first message, then answer one request per line."""
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything printed by libraries or submission code goes to stderr, not the protocol
     sys.stdout = sys.stderr
@@ -151,35 +391,21 @@ def _serve() -> None:
 
     setup = json.loads(sys.stdin.readline())
     try:
-        from . import runner
-
-        if setup["setup"]:  # a test seam (like the Ray executor's runner_hook): e.g. install a tiny model
-            from importlib import import_module
-
-            module, _, func = setup["setup"].partition(":")
-            getattr(import_module(module), func)()
-        spec = runner.load_spec(setup["tier"])
-        submission = runner.load_submission(setup["submission"])
-        submission.make_compressor()  # a press that does not import fails now, before a model is loaded
-        run = runner.open_run(spec, submission, setup["model_id"], setup["device"], setup["dtype"],
-                              batch_size=setup["batch_size"], progress=setup["progress"])
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails with it
+        child = _Child(setup)
+    except Exception as exc:  # noqa: BLE001 - reported to the harness, which fails with it
         send({"error": f"setup failed: {type(exc).__name__}: {exc}"})
         return
-    send({"ready": True, "dtype": run.dtype})
-    try:
-        for line in sys.stdin:
-            req = json.loads(line)
-            try:
-                record, preds = run.evaluate(_document(req["doc"]), req["rhos"], req["conditions"])
-            except Exception as exc:  # noqa: BLE001
-                send({"error": f"document {req['doc']['doc_id']}: {type(exc).__name__}: {exc}"})
-                return
-            send({"record": record, "predictions": preds})
-    finally:  # the worker's own figure: in bubblewrap it is not the parent's child, so RUSAGE_CHILDREN misses it
-        if setup["progress"]:
-            print(f"worker process (model, training, decoding): peak RSS "
-                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", file=sys.stderr, flush=True)
+    send({"ready": True})
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            send(getattr(child, req["op"])(req) if req.get("op") in ("plan", "qa_pairs") else
+                 {"error": f"unknown request {req.get('op')!r}"})
+        except Exception as exc:  # noqa: BLE001
+            send({"error": f"{type(exc).__name__}: {exc}"})
+    if child.model is not None:  # its own figure: in bubblewrap it is not the harness's child
+        print(f"sandbox process (the submission's press): peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ def test_workflow_runs_the_same_command_as_ci_run():
 
 
 def test_workflow_verifies_changed_result_files():
-    verify = [s for s in _steps() if "-- verify --sample" in s.get("run", "")]
-    assert verify and "leaderboard/results" in verify[0]["run"] and "--sample" in verify[0]["run"]
+    verify = [s for s in _steps() if "-- verify --seed" in s.get("run", "")]
+    assert verify and "leaderboard/results" in verify[0]["run"] and '--seed "$BASE_SHA"' in verify[0]["run"]
+    assert "LORAKV_REQUIRE_SANDBOX=1" in verify[0]["run"]
     assert verify[0].get("if") == "github.event_name == 'pull_request'"
 
 

@@ -110,7 +110,7 @@ def test_cli_passes_one_request(executor, monkeypatch, capsys):
     monkeypatch.setattr(target, name, lambda request, **kw: seen.append((request, kw)) or [])
     argv = ["evaluate", str(ROOT / "submissions" / "snapkv"), "--docs", "2", "--questions", "3", "--rhos", "0", "0.5",
             "--conditions", "base", "--split", "dev", "--device", "cpu", "--dtype", "bfloat16", "--batch-size", "7",
-            "--out", "somewhere", "--isolation", "inline", "--executor", executor]
+            "--out", "somewhere", "--worker-timeout", "30", "--executor", executor]
     if executor == "local":
         argv += ["--shard", "1/3"]
     from benchmark.cli import main
@@ -119,7 +119,7 @@ def test_cli_passes_one_request(executor, monkeypatch, capsys):
     [(req, kw)] = seen
     assert req == config.EvalRequest(
         submission=str(ROOT / "submissions" / "snapkv"), docs=2, questions=3, rhos=[0.0, 0.5], conditions=["base"],
-        split="dev", device="cpu", dtype="bfloat16", batch_size=7, out="somewhere", isolation="inline",
+        split="dev", device="cpu", dtype="bfloat16", batch_size=7, out="somewhere", worker_timeout=30.0,
         shard=(1, 3) if executor == "local" else None)
     assert kw == ({"address": None} if executor == "ray" else {})
 

@@ -35,7 +35,7 @@ def test_ray_run_merges_to_exactly_the_in_process_result(tmp_path, document, mon
     model, tok = tiny_model("llama")
     monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
     monkeypatch.setattr(R, "load_spec", lambda tier: tiny_spec(data))  # also lists the units in run_on_ray
-    [single] = R.evaluate(sub.path, out=tmp_path / "local", progress=False, isolation="inline", **kw)
+    [single] = R.evaluate(sub.path, out=tmp_path / "local", progress=False, **kw)
 
     # On Ray: workers get tests/ on their path and install the tiny model through the hook.
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),

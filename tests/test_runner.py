@@ -109,8 +109,7 @@ def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch)
     calls = []
     real = R.DocumentRun.evaluate
     monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
-    kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False,
-                  isolation="inline")  # the model is patched in this process
+    kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False)
     monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or (
         real(self, doc, *a, **k) if doc.doc_id == "d0" else (_ for _ in ()).throw(KeyboardInterrupt)))
     with pytest.raises(KeyboardInterrupt):  # interrupted after the first document
@@ -169,7 +168,7 @@ def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt,
     spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
     monkeypatch.setattr(R, "load_spec", lambda tier: spec)
     sub = make_submission(tmp_path)
-    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], progress=False, isolation="inline")
+    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], progress=False)
     [whole] = R.evaluate(sub.path, out=tmp_path / "whole", **kw)
     shards = [R.evaluate(sub.path, out=tmp_path / "shards", shard=(i, 2), **kw)[0] for i in range(2)]
     merged = json.loads(merge_shards(shards, tmp_path / "merged.json").read_text())

@@ -55,9 +55,9 @@ def tiny(monkeypatch):
 
 
 def _evaluate(submission, out, *extra):
-    # inline: the tiny model is patched into this process (the worker would load the real one)
+    # the tiny model is patched into this process, where the model runs
     return main(["evaluate", str(submission), "--rhos", "0", "0.5", "1", "--conditions", "base", "--out", str(out),
-                 "--isolation", "inline", *extra])
+                 *extra])
 
 
 def test_jsonl_path_evaluates_end_to_end(tmp_path, user_file, submission, tiny, capsys):

@@ -11,7 +11,7 @@ import pytest
 
 from benchmark import runner as R
 from benchmark.tiny import tiny_model
-from benchmark.verify import sample_pairs, verify_result
+from benchmark.verify import detection_probability, new_seed, sample_pairs, sample_size, verify_result
 
 
 @pytest.fixture()
@@ -35,13 +35,13 @@ def tiny_result(tmp_path, monkeypatch, document):
         "name: tsub\nauthors: [t]\ndescription: t\ncompressor: {press: KnormPress}\n"
         "adapter: {recipe: qa, lora: {r: 2, alpha: 4}, train: {lr: 5.0e-2, epochs: 1, batch_size: 4}}\n")
     [path] = R.evaluate(folder, out=tmp_path / "runs", rhos=[0.0, 0.5, 1.0],
-                        conditions=["base", "base_kv_adapter_decode"], progress=False, isolation="inline")
+                        conditions=["base", "base_kv_adapter_decode"], progress=False)
     return path, tmp_path / "submissions"
 
 
 def test_verify_passes_on_an_honest_result(tiny_result):
     path, subs = tiny_result
-    v = verify_result(path, 2, submissions_dir=subs, isolation="inline")
+    v = verify_result(path, 2, submissions_dir=subs)
     assert v.ok, v.mismatches
     assert len(v.pairs) == 2 and v.compared == 2 * 2 * 2  # pairs x questions x conditions
 
@@ -58,28 +58,38 @@ def test_verify_detects_gold_generations(tiny_result):
         p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
     data["cells"] = aggregate(data["predictions"], data["documents"])
     path.write_text(json.dumps(data, indent=1))
-    v = verify_result(path, 1, submissions_dir=subs, isolation="inline")
+    v = verify_result(path, 1, submissions_dir=subs)
     assert not v.ok and v.mismatches and all("stored generation" in m for m in v.mismatches)
 
 
-def test_the_sample_is_seeded_by_the_file(tiny_result, tmp_path):
+def test_the_sample_follows_the_seed_not_the_file(tiny_result):
+    """Editing a field of the file (here ``updated``) never moves the sample: only the seed does."""
     path, _ = tiny_result
     data = json.loads(path.read_text())
-    assert sample_pairs(path, data, 2) == sample_pairs(path, data, 2)
-    draws = set()
-    for i in range(8):  # another file content, another draw (the seed is its sha256)
-        other = tmp_path / f"copy{i}.json"
-        other.write_text(path.read_text() + " " * i)
-        draws.add(tuple(sample_pairs(other, data, 2)))
-    assert len(draws) > 1
+    base = sample_pairs(data, 1, "seed-a")
+    for i in range(20):
+        assert sample_pairs(data | {"updated": f"2026-01-{i + 1:02d}"}, 1, "seed-a") == base
+    assert len({tuple(sample_pairs(data, 1, f"seed-{i}")) for i in range(20)}) > 1
+    assert new_seed() != new_seed()
 
 
-def test_verify_through_the_worker(tiny_result, monkeypatch):
-    import os
-    from pathlib import Path
+def test_detection_probability_is_the_exact_hypergeometric_figure():
+    import itertools
 
-    tests = Path(__file__).resolve().parent
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tests)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    n, t = 8, 3
+    for k in range(1, n + 1):  # enumerate every sample of k pairs of 8, 3 of them tampered
+        hit = [any(i < t for i in c) for c in itertools.combinations(range(n), k)]
+        assert detection_probability(n, k, t) == pytest.approx(sum(hit) / len(hit))
+    assert sample_size(12) == 7 and detection_probability(12, 7) >= 0.95 > detection_probability(12, 6)
+
+
+def test_verify_detects_a_changed_plan_digest(tiny_result):
     path, subs = tiny_result
-    v = verify_result(path, 1, submissions_dir=subs, worker_setup="worker_setup:install")
-    assert v.ok, v.mismatches
+    data = json.loads(path.read_text())
+    doc = data["documents"][0]
+    key = next(k for k in doc["plans"] if k.startswith("0.5|"))
+    doc["plans"][key] = "0" * 64
+    path.write_text(json.dumps(data, indent=1))
+    v = verify_result(path, 1, seed="x", submissions_dir=subs)
+    assert not v.ok and any(f"plan {key}" in m for m in v.mismatches), v.mismatches
+    assert v.plans_checked >= 2  # every document's base-scored plans, sampled or not
