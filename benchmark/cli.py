@@ -342,6 +342,8 @@ def _record_prepared_sha256(name: str, out, actual: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import RUN_DTYPES
+
     p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -359,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rhos", type=float, nargs="+", help=RHO_HELP)
     e.add_argument("--conditions", nargs="+", help="subset of: " + _cond_help())
     e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    e.add_argument("--dtype", choices=["float32", "bfloat16"],
+    e.add_argument("--dtype", choices=list(RUN_DTYPES),
                    help="model weights and compute (default: the spec's; float32 specs run as bfloat16 on cuda); "
                    "recorded in the result's environment")
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
