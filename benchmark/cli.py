@@ -318,7 +318,22 @@ def cmd_prepare_data(args) -> int:
     out = args.out or cache_dir() / "data" / f"{args.name}.jsonl"
     summary = prepare_data(args.name, args.source, out, selection=args.selection)
     print(summary)
-    return _record_prepared_sha256(args.name, Path(summary["out"]), summary["sha256"])
+    rc = _record_prepared_sha256(args.name, Path(summary["out"]), summary["sha256"])
+    if rc == 0:
+        _record_answer_digest(args.name, Path(summary["out"]))
+    return rc
+
+
+def _record_answer_digest(name: str, out: Path) -> Path:
+    """The digest of the prepared split's answers, in the package, so results on this data can be
+    checked where the data is absent (commit it)."""
+    from .paper_data import write_answer_digest
+    from .spec import load_spec
+
+    spec = load_spec("paper")
+    digest = write_answer_digest(out, name, "test", spec.metric.normalization)
+    print(f"answer digest written to {digest}: commit it, so results on {name} can be validated without the data")
+    return digest
 
 
 def _record_prepared_sha256(name: str, out, actual: str) -> int:

@@ -9,8 +9,8 @@ entries per head and every non-document entry.
 
 ``check_result_file(path)`` re-derives everything a result file claims that can be re-derived
 without a model: schema, known spec hash, extracted answers, question ids / text / gold answers
-against the dataset file the spec pins (sha256), per-question ROUGE-L/EM scored against those
-answers, the
+against the dataset file the spec pins (sha256), or against the answer digest the package ships
+where that data is absent (paper tier), per-question ROUGE-L/EM scored against those answers, the
 (rho, condition) cells, every ``kv_entries`` against the budget ``evict`` keeps at its rho and
 its ``kv_bytes`` from the model's KV shape and dtype, its place in ``leaderboard/results/``, the
 hash of the submission folder it names, and every header field: the submission's sections equal
@@ -466,6 +466,8 @@ def check_result_file(path: str | Path, *, submissions_dir: str | Path | None = 
     problems += check_model_name(path, data, spec)
     problems += check_environment(path, data, spec)
     problems += pinned_problems
+    if pinned is None:
+        problems += check_answers_against_digest(path, data, spec, full_protocol)
     problems += check_predictions_extracted(path, data, answer_prefix, spec)
     problems += check_predictions_against_dataset(path, data, pinned)
     problems += check_prediction_scores(path, data, pinned, spec)
@@ -650,6 +652,67 @@ def _pinned_questions(path: Path, data: dict, spec) -> tuple[dict | None, list[s
     return {(d.doc_id, q.id): q for d in docs for q in d.questions}, problems
 
 
+def check_answers_against_digest(path: Path, data: dict, spec, full_protocol: bool = True) -> list[str]:
+    """Where the pinned data is not on this machine (the paper tier's prepared data), the gold
+    answers and question text of every prediction, and with ``full_protocol`` the questions covered,
+    are checked against the answer digest the package ships for the split (made by ``prepare-data``,
+    :func:`paper_data.write_answer_digest`). Without a digest the answers cannot be checked, and
+    the file is refused: the scores would rest on answers the file chose itself."""
+    from .paper_data import AnswerDigestError, answer_digest_path, answers_sha256, load_answer_digest, text_sha256
+    from .spec import SpecError
+
+    if spec is None:
+        return []
+    ds = data["dataset"]
+    try:
+        data_file = spec.dataset(ds["id"]).split(ds["split"])
+    except SpecError:
+        return []  # reported by _pinned_questions
+    if data_file.path.exists():
+        return []  # checked against the data itself
+    digest_file = answer_digest_path(ds["id"], ds["split"])
+    if not digest_file.exists():
+        return [f"{path}: field 'dataset/id': the gold answers of {ds['id']} ({ds['split']}) cannot be checked: its "
+                f"data {data_file.path} is not on this machine and the package has no answer digest {digest_file}; "
+                f"whoever has the data runs `lorakv-bench prepare-data {ds['id']} --source PATH` and commits that file"]
+    try:
+        digest = load_answer_digest(digest_file)
+    except AnswerDigestError as exc:
+        return [f"{path}: field 'dataset/id': {exc}"]
+    if digest["normalization"] != spec.metric.normalization:
+        return [f"{path}: field 'dataset/id': the answer digest {digest_file} normalises answers the "
+                f"'{digest['normalization']}' way, spec {spec.spec_version} scores them the "
+                f"'{spec.metric.normalization}' way; run prepare-data again"]
+    if data_file.sha256 is not None and digest.get("data_sha256") != data_file.sha256:
+        return [f"{path}: field 'dataset/sha256': the answer digest {digest_file} was made from data with sha256 "
+                f"{digest.get('data_sha256')}, spec {spec.spec_version} pins {data_file.sha256}; run prepare-data again"]
+    questions = digest["questions"]
+    normalization = digest["normalization"]
+    problems, counts, seen = [], {}, set()
+    for i, p in enumerate(data["predictions"]):
+        key = f"{p['doc_id']}/{p['question_id']}"
+        seen.add(key)
+        want = questions.get(key)
+        if want is None:
+            _limited(problems, counts, "question_id",
+                     f"{path}: field 'predictions/{i}/question_id': '{p['question_id']}' is not a question of document "
+                     f"'{p['doc_id']}' in {ds['id']} ({ds['split']}), by the answer digest {digest_file.name}")
+            continue
+        if answers_sha256(p["answers"], normalization) != want["answers"]:
+            _limited(problems, counts, "answers",
+                     f"{path}: field 'predictions/{i}/answers': {p['answers']!r:.120} are not the gold answers of "
+                     f"{p['question_id']} (their digest in {digest_file.name} differs)")
+        if "question" in p and text_sha256(p["question"]) != want["question"]:
+            _limited(problems, counts, "question",
+                     f"{path}: field 'predictions/{i}/question': {p['question']!r:.120} is not the question "
+                     f"{p['question_id']} asks (its digest in {digest_file.name} differs)")
+    if full_protocol and set(questions) - seen:
+        missing = sorted(set(questions) - seen)
+        problems.append(f"{path}: field 'predictions': {len(missing)} of the split's {len(questions)} questions "
+                        f"unanswered (e.g. {missing[0]}); the leaderboard needs the full split")
+    return problems + _more(path, counts)
+
+
 def check_predictions_extracted(path: Path, data: dict, answer_prefix: str | None, spec=None) -> list[str]:
     """Each stored ``prediction`` is the answer the spec's extraction takes from its ``generation``."""
     from .metrics import EXTRACTORS
@@ -697,8 +760,8 @@ def check_predictions_against_dataset(path: Path, data: dict, pinned: dict | Non
 
 def check_prediction_scores(path: Path, data: dict, pinned: dict | None, spec=None) -> list[str]:
     """``rouge_l`` / ``exact_match`` equal the scores, under the spec's metric, of ``prediction``
-    against the pinned gold answers (the answers stored in the file only when the pinned data is not
-    on this machine)."""
+    against the pinned gold answers (the answers stored in the file when the pinned data is not on
+    this machine: :func:`check_answers_against_digest` vouches for those)."""
     from .metrics import score_prediction_with
     from .spec import MetricSpec
 

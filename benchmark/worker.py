@@ -8,8 +8,8 @@ statistics. So no answer is in the child's arguments, on its stack or in its hea
 
 Where bubblewrap works (``bwrap``; Debian package ``bubblewrap``) the child also runs without
 network and with the answer files hidden: the package's ``data/`` folder, ``leaderboard/``,
-prepared paper data in the cache, and every data file the parent reads are empty in its view of
-the disk. Elsewhere the run says so: ``environment.sandbox`` is ``none`` and a line is printed.
+prepared paper data in the cache, the answer digests in ``specs/answers/``, and every data file
+the parent reads are empty in its view of the disk. Elsewhere the run says so: ``environment.sandbox`` is ``none`` and a line is printed.
 
 Protocol: JSON lines on the child's stdin/stdout (the child moves its own stdout to stderr, so
 library output cannot corrupt it): one setup message, then one request per document.
@@ -69,7 +69,9 @@ def sandbox_args(hidden_files: list[Path], readable: list[Path]) -> list[str]:
     for path in readable:  # e.g. a submission folder under /tmp
         args += ["--ro-bind", str(path), str(path)]
     args += ["--bind", str(cache), str(cache)]
-    hidden_dirs = [PACKAGE_DIR / "data", PACKAGE_DIR.parent / "leaderboard", Path.cwd() / "leaderboard", cache / "data"]
+    # specs/answers holds digests of gold answers: an oracle for a hook that hashes candidate spans
+    hidden_dirs = [PACKAGE_DIR / "data", PACKAGE_DIR / "specs" / "answers", PACKAGE_DIR.parent / "leaderboard",
+                   Path.cwd() / "leaderboard", cache / "data"]
     for d in hidden_dirs:
         if d.is_dir():
             args += ["--tmpfs", str(d.resolve())]
