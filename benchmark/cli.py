@@ -326,7 +326,22 @@ def cmd_prepare_data(args) -> int:
     out = args.out or cache_dir() / "data" / f"{args.name}.jsonl"
     summary = prepare_data(args.name, args.source, out, selection=args.selection)
     print(summary)
-    return _record_prepared_sha256(args.name, Path(summary["out"]), summary["sha256"])
+    rc = _record_prepared_sha256(args.name, Path(summary["out"]), summary["sha256"])
+    if rc == 0:
+        _record_answer_digest(args.name, Path(summary["out"]))
+    return rc
+
+
+def _record_answer_digest(name: str, out: Path) -> Path:
+    """The digest of the prepared split's answers, in the package, so results on this data can be
+    checked where the data is absent (commit it)."""
+    from .paper_data import write_answer_digest
+    from .spec import load_spec
+
+    spec = load_spec("paper")
+    digest = write_answer_digest(out, name, "test", spec.metric.normalization)
+    print(f"answer digest written to {digest}: commit it, so results on {name} can be validated without the data")
+    return digest
 
 
 def _record_prepared_sha256(name: str, out, actual: str) -> int:
@@ -350,6 +365,8 @@ def _record_prepared_sha256(name: str, out, actual: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import RUN_DTYPES
+
     p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -367,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rhos", type=float, nargs="+", help=RHO_HELP)
     e.add_argument("--conditions", nargs="+", help="subset of: " + _cond_help())
     e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    e.add_argument("--dtype", choices=["float32", "bfloat16"],
+    e.add_argument("--dtype", choices=list(RUN_DTYPES),
                    help="model weights and compute (default: the spec's; float32 specs run as bfloat16 on cuda); "
                    "recorded in the result's environment")
     e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")

@@ -33,6 +33,20 @@ CONDITION_HELP = {
     "base_score_adapter_prefill": "base scoring picks the kept entries of an adapter prefill; adapter decodes",
 }
 
+#: what ``--dtype`` accepts; a result's ``environment.dtype`` is one of these or its spec model's dtype
+RUN_DTYPES = ("float32", "bfloat16")
+#: bytes of one element of a KV tensor in each dtype a model runs in
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: (layers, KV heads, head_dim) of every spec model, so a result's ``kv_entries`` and ``kv_bytes``
+#: are checked without its weights; ``tests/adversarial/test_result_header.py`` compares these with
+#: the models' own metadata.
+KV_SHAPES = {
+    "smollm2-135m": (30, 3, 64),
+    "qwen2.5-0.5b": (24, 2, 64),
+    "llama-3.1-8b": (32, 8, 128),
+    "qwen3-4b": (36, 8, 128),
+}
+
 #: budget: how many of n document entries rho keeps. "kvpress": max(1, int(n (1 - rho))) for rho < 1;
 #: "paper_floor": floor(n (1 - rho) + 1e-6), which may be 0 (the paper's context-only count).
 BUDGETS = ("kvpress", "paper_floor")

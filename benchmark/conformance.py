@@ -9,10 +9,14 @@ entries per head and every non-document entry.
 
 ``check_result_file(path)`` re-derives everything a result file claims that can be re-derived
 without a model: schema, known spec hash, extracted answers, question ids / text / gold answers
-against the dataset file the spec pins (sha256), per-question ROUGE-L/EM scored against those
-pinned answers, the (rho, condition) cells, every ``kv_entries`` against the budget ``evict``
-keeps at its rho, its place in ``leaderboard/results/``, and the hash of the submission folder
-it names. The generations themselves are re-run by ``lorakv-bench verify``.
+against the dataset file the spec pins (sha256), or against the answer digest the package ships
+where that data is absent (paper tier), per-question ROUGE-L/EM scored against those answers, the
+(rho, condition) cells, every ``kv_entries`` against the budget ``evict`` keeps at its rho and
+its ``kv_bytes`` from the model's KV shape and dtype, its place in ``leaderboard/results/``, the
+hash of the submission folder it names, and every header field: the submission's sections equal
+its YAML, the model's name the spec's, the environment and dates from fixed vocabularies and
+patterns, each document's adapter present exactly when one is trained. The generations and the
+adapters themselves are re-run by ``lorakv-bench verify``.
 
 Both return a list of problems, each naming the file and field; an empty list means conformant.
 """
@@ -20,6 +24,7 @@ Both return a list of problems, each naming the file and field; an empty list me
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -503,16 +508,27 @@ def check_result_file(path: str | Path, *, submissions_dir: str | Path | None = 
     pinned, pinned_problems = _pinned_questions(path, data, spec)
     problems += check_spec_hash(path, data)
     problems += problems_of_place(path, data)
+    problems += check_header_keys(path, data)
+    problems += check_dates(path, data)
+    problems += check_model_name(path, data, spec)
+    problems += check_environment(path, data, spec)
     problems += pinned_problems
-    problems += check_predictions_extracted(path, data, answer_prefix)
+    if pinned is None:
+        problems += check_answers_against_digest(path, data, spec, full_protocol)
+    problems += check_predictions_extracted(path, data, answer_prefix, spec)
     problems += check_predictions_against_dataset(path, data, pinned)
-    problems += check_prediction_scores(path, data, pinned)
+    problems += check_prediction_scores(path, data, pinned, spec)
     problems += check_cells(path, data)
-    problems += check_kv_budget(path, data)
+    problems += check_kv_budget(path, data, spec)
+    problems += check_document_adapters(path, data)
     problems += _check_grid(path, data)
     if full_protocol and spec is not None:
         problems += _check_protocol(path, data, spec)
-    problems += check_submission_hash(path, data, submissions_dir)
+    sub, sub_problems = _named_submission(path, data, submissions_dir)
+    problems += sub_problems
+    if sub is not None:
+        problems += check_submission_hash(path, data, sub)
+        problems += check_submission_sections(path, data, sub)
     return problems
 
 
@@ -552,6 +568,112 @@ def problems_of_place(path: Path, data: dict) -> list[str]:
     return []
 
 
+#: Header fields and what each may hold. Where no spec or submission fixes a value exactly, the
+#: pattern is conservative, so a value that passes is also safe to print on the leaderboard.
+HEADER_KEYS = {"model": ("id", "name"), "dataset": ("id", "split", "sha256"),
+               "submission": ("name", "hash", "compressor", "adapter", "headline_condition")}
+VERSION_KEYS = ("lorakv_bench", "python", "torch", "transformers", "peft", "kvpress")
+ENVIRONMENT_KEYS = (*VERSION_KEYS, "device", "torch_threads", "dtype", "sandbox")  # what results.environment writes
+VERSION_PATTERN = re.compile(r"[0-9A-Za-z.+\-]{1,40}")
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
+GPU_NAME_PATTERN = re.compile(r"[A-Za-z0-9 ._()\-]{1,64}")
+TIMESTAMP_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+00:00")  # results.now(): UTC, whole seconds
+
+
+def check_header_keys(path: Path, data: dict) -> list[str]:
+    """``model``, ``dataset`` and ``submission`` hold only the fields the writer writes."""
+    return [f"{path}: field '{section}/{key}': not a field of a result file (have: {', '.join(keys)})"
+            for section, keys in HEADER_KEYS.items() for key in sorted(set(data[section]) - set(keys))]
+
+
+def check_dates(path: Path, data: dict) -> list[str]:
+    """``created`` and ``updated`` are UTC timestamps as ``results.now()`` writes them, created first."""
+    import datetime as dt
+
+    problems, when = [], {}
+    for key in ("created", "updated"):
+        value = data[key]
+        if not TIMESTAMP_PATTERN.fullmatch(value):
+            problems.append(f"{path}: field '{key}': {value!r:.80} is not a UTC timestamp YYYY-MM-DDTHH:MM:SS+00:00")
+            continue
+        try:
+            when[key] = dt.datetime.fromisoformat(value)
+        except ValueError:
+            problems.append(f"{path}: field '{key}': {value!r} is not a date")
+    if len(when) == 2 and when["created"] > when["updated"]:
+        problems.append(f"{path}: field 'updated': {data['updated']} is before 'created' {data['created']}")
+    return problems
+
+
+def check_model_name(path: Path, data: dict, spec) -> list[str]:
+    """``model.name`` is the spec's name for ``model.id``."""
+    from .spec import SpecError
+
+    if spec is None:
+        return []
+    try:
+        name = spec.model(data["model"]["id"]).name
+    except SpecError:
+        return []  # reported by _result_spec
+    if data["model"]["name"] != name:
+        return [f"{path}: field 'model/name': {data['model']['name']!r:.80}, the spec names model "
+                f"'{data['model']['id']}' {name!r}"]
+    return []
+
+
+def run_dtypes(spec, model_id: str) -> tuple[str, ...]:
+    """The dtypes a model of ``spec`` runs in: ``--dtype``'s choices or the spec's own dtype."""
+    from .config import RUN_DTYPES
+    from .spec import SpecError
+
+    try:
+        own = (spec.model(model_id).dtype,) if spec is not None else ()
+    except SpecError:
+        own = ()
+    return tuple(dict.fromkeys(RUN_DTYPES + own))
+
+
+def check_environment(path: Path, data: dict, spec) -> list[str]:
+    """``environment`` holds what ``results.environment`` writes and nothing else, each value from
+    a fixed vocabulary or pattern: versions, the device, a positive thread count, a dtype the model
+    runs in, the sandbox, and a GPU name only on a CUDA device."""
+    from .worker import SANDBOXES
+
+    env, problems = data["environment"], []
+    where = f"{path}: field 'environment"
+    for key in sorted(set(env) - set(ENVIRONMENT_KEYS) - {"gpu_name"}):
+        problems.append(f"{where}/{key}': not a field of a result's environment (have: {', '.join(ENVIRONMENT_KEYS)}, "
+                        "gpu_name)")
+    for key in ENVIRONMENT_KEYS:
+        if key not in env:
+            problems.append(f"{where}/{key}': missing (the evaluation records it)")
+    for key in VERSION_KEYS:
+        if key in env and not _matches(VERSION_PATTERN, env[key]):
+            problems.append(f"{where}/{key}': {env[key]!r:.80} is not a version string")
+    if "device" in env and not _matches(DEVICE_PATTERN, env["device"]):
+        problems.append(f"{where}/device': {env['device']!r:.80}; expected cpu, cuda, cuda:N or mps")
+    threads = env.get("torch_threads", 1)
+    if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+        problems.append(f"{where}/torch_threads': {threads!r:.80} is not a positive integer")
+    dtypes = run_dtypes(spec, data["model"]["id"])
+    if "dtype" in env and env["dtype"] not in dtypes:
+        problems.append(f"{where}/dtype': {env['dtype']!r:.80}; the model runs in {', '.join(dtypes)}")
+    if "sandbox" in env and env["sandbox"] not in SANDBOXES:
+        problems.append(f"{where}/sandbox': {env['sandbox']!r:.80}; expected one of {', '.join(SANDBOXES)}")
+    if "gpu_name" in env:
+        if not _matches(GPU_NAME_PATTERN, env["gpu_name"]):
+            problems.append(f"{where}/gpu_name': {env['gpu_name']!r:.80} is not a GPU name (letters, digits, "
+                            "spaces and ._()- only, at most 64)")
+        elif not str(env.get("device", "")).startswith("cuda"):
+            problems.append(f"{where}/gpu_name': a GPU name on device {env.get('device')!r:.40}; only CUDA runs "
+                            "record one")
+    return problems
+
+
+def _matches(pattern: re.Pattern, value) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
 def _pinned_questions(path: Path, data: dict, spec) -> tuple[dict | None, list[str]]:
     """``{(doc_id, question_id): Question}`` of the dataset split the file names, read from the file
     the spec pins (its sha256 verified); None when that data is not on this machine (paper tier)."""
@@ -577,15 +699,78 @@ def _pinned_questions(path: Path, data: dict, spec) -> tuple[dict | None, list[s
     return {(d.doc_id, q.id): q for d in docs for q in d.questions}, problems
 
 
-def check_predictions_extracted(path: Path, data: dict, answer_prefix: str | None) -> list[str]:
-    """Each stored ``prediction`` is the answer extracted from its ``generation``."""
-    from .metrics import extract_answer
+def check_answers_against_digest(path: Path, data: dict, spec, full_protocol: bool = True) -> list[str]:
+    """Where the pinned data is not on this machine (the paper tier's prepared data), the gold
+    answers and question text of every prediction, and with ``full_protocol`` the questions covered,
+    are checked against the answer digest the package ships for the split (made by ``prepare-data``,
+    :func:`paper_data.write_answer_digest`). Without a digest the answers cannot be checked, and
+    the file is refused: the scores would rest on answers the file chose itself."""
+    from .paper_data import AnswerDigestError, answer_digest_path, answers_sha256, load_answer_digest, text_sha256
+    from .spec import SpecError
+
+    if spec is None:
+        return []
+    ds = data["dataset"]
+    try:
+        data_file = spec.dataset(ds["id"]).split(ds["split"])
+    except SpecError:
+        return []  # reported by _pinned_questions
+    if data_file.path.exists():
+        return []  # checked against the data itself
+    digest_file = answer_digest_path(ds["id"], ds["split"])
+    if not digest_file.exists():
+        return [f"{path}: field 'dataset/id': the gold answers of {ds['id']} ({ds['split']}) cannot be checked: its "
+                f"data {data_file.path} is not on this machine and the package has no answer digest {digest_file}; "
+                f"whoever has the data runs `lorakv-bench prepare-data {ds['id']} --source PATH` and commits that file"]
+    try:
+        digest = load_answer_digest(digest_file)
+    except AnswerDigestError as exc:
+        return [f"{path}: field 'dataset/id': {exc}"]
+    if digest["normalization"] != spec.metric.normalization:
+        return [f"{path}: field 'dataset/id': the answer digest {digest_file} normalises answers the "
+                f"'{digest['normalization']}' way, spec {spec.spec_version} scores them the "
+                f"'{spec.metric.normalization}' way; run prepare-data again"]
+    if data_file.sha256 is not None and digest.get("data_sha256") != data_file.sha256:
+        return [f"{path}: field 'dataset/sha256': the answer digest {digest_file} was made from data with sha256 "
+                f"{digest.get('data_sha256')}, spec {spec.spec_version} pins {data_file.sha256}; run prepare-data again"]
+    questions = digest["questions"]
+    normalization = digest["normalization"]
+    problems, counts, seen = [], {}, set()
+    for i, p in enumerate(data["predictions"]):
+        key = f"{p['doc_id']}/{p['question_id']}"
+        seen.add(key)
+        want = questions.get(key)
+        if want is None:
+            _limited(problems, counts, "question_id",
+                     f"{path}: field 'predictions/{i}/question_id': '{p['question_id']}' is not a question of document "
+                     f"'{p['doc_id']}' in {ds['id']} ({ds['split']}), by the answer digest {digest_file.name}")
+            continue
+        if answers_sha256(p["answers"], normalization) != want["answers"]:
+            _limited(problems, counts, "answers",
+                     f"{path}: field 'predictions/{i}/answers': {p['answers']!r:.120} are not the gold answers of "
+                     f"{p['question_id']} (their digest in {digest_file.name} differs)")
+        if "question" in p and text_sha256(p["question"]) != want["question"]:
+            _limited(problems, counts, "question",
+                     f"{path}: field 'predictions/{i}/question': {p['question']!r:.120} is not the question "
+                     f"{p['question_id']} asks (its digest in {digest_file.name} differs)")
+    if full_protocol and set(questions) - seen:
+        missing = sorted(set(questions) - seen)
+        problems.append(f"{path}: field 'predictions': {len(missing)} of the split's {len(questions)} questions "
+                        f"unanswered (e.g. {missing[0]}); the leaderboard needs the full split")
+    return problems + _more(path, counts)
+
+
+def check_predictions_extracted(path: Path, data: dict, answer_prefix: str | None, spec=None) -> list[str]:
+    """Each stored ``prediction`` is the answer the spec's extraction takes from its ``generation``."""
+    from .metrics import EXTRACTORS
+    from .spec import MetricSpec
 
     if answer_prefix is None:
         return []
+    extract = EXTRACTORS[(spec.metric if spec is not None else MetricSpec()).extraction]
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
-        extracted = extract_answer(p["generation"], answer_prefix)
+        extracted = extract(p["generation"], answer_prefix)
         if extracted != p["prediction"]:
             _limited(problems, counts, "prediction",
                      f"{path}: field 'predictions/{i}/prediction': {p['prediction']!r} but the generation extracts "
@@ -620,17 +805,20 @@ def check_predictions_against_dataset(path: Path, data: dict, pinned: dict | Non
     return problems + _more(path, counts)
 
 
-def check_prediction_scores(path: Path, data: dict, pinned: dict | None) -> list[str]:
-    """``rouge_l`` / ``exact_match`` equal the scores of ``prediction`` against the pinned gold answers
-    (the answers stored in the file only when the pinned data is not on this machine)."""
-    from .metrics import score_prediction
+def check_prediction_scores(path: Path, data: dict, pinned: dict | None, spec=None) -> list[str]:
+    """``rouge_l`` / ``exact_match`` equal the scores, under the spec's metric, of ``prediction``
+    against the pinned gold answers (the answers stored in the file when the pinned data is not on
+    this machine: :func:`check_answers_against_digest` vouches for those)."""
+    from .metrics import score_prediction_with
+    from .spec import MetricSpec
 
+    normalization = (spec.metric if spec is not None else MetricSpec()).normalization
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
         q = pinned.get((p["doc_id"], p["question_id"])) if pinned is not None else None
         if pinned is not None and q is None:
             continue  # reported by check_predictions_against_dataset
-        s = score_prediction(p["prediction"], q.answers if q is not None else p["answers"])
+        s = score_prediction_with(p["prediction"], q.answers if q is not None else p["answers"], normalization)
         for metric in ("rouge_l", "exact_match"):
             if not _close(100 * s[metric], p[metric]):
                 _limited(problems, counts, metric,
@@ -655,90 +843,129 @@ def check_cells(path: Path, data: dict) -> list[str]:
     return []
 
 
-def kept_per_head(n_prefix: int, n_doc: int, rho: float) -> int:
+def kept_per_head(n_prefix: int, n_doc: int, rho: float, budget: str = "kvpress") -> int:
     """KV entries per layer and KV head after ``compression.evict`` at ``rho``: every prefix entry
-    plus kvpress's budget of document entries (the rule ``evict`` applies)."""
-    from kvpress.utils import compute_n_kept
+    plus the spec's budget of document entries (the rule ``evict`` applies)."""
+    from .compression import n_kept
 
-    return n_prefix + (min(compute_n_kept(n_doc, rho), n_doc) if n_doc else 0)
+    return n_prefix + n_kept(n_doc, rho, budget)
 
 
-def check_kv_budget(path: Path, data: dict) -> list[str]:
+def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
     """Every prediction's ``kv_entries`` is (layers x KV heads) x the entries ``evict`` keeps per head
-    at its rho, and ``kv_bytes`` is the same bytes per entry throughout the file.
+    at its rho, and its ``kv_bytes`` what ``compression.kv_bytes`` counts for them: a key and a value
+    of head_dim elements per entry, in the dtype the model ran in. The shape is the model's
+    (``config.KV_SHAPES``), so neither is read off the file itself."""
+    from .config import DTYPE_BYTES, KV_SHAPES
 
-    The number of layer-heads is one per model, so it is read off the file as the most common ratio
-    (or the model's config when it is cached here); a prediction that kept more (or fewer) entries
-    than the budget of its rho gives another ratio."""
-    from collections import Counter
-
+    model_id = data["model"]["id"]
+    if model_id not in KV_SHAPES:
+        return [f"{path}: field 'model/id': no KV shape known for model '{model_id}', so kv_entries and kv_bytes "
+                "cannot be checked; add its (layers, KV heads, head_dim) to config.KV_SHAPES"]
+    layers, kv_heads, head_dim = KV_SHAPES[model_id]
+    heads = layers * kv_heads
+    dtype = data["environment"].get("dtype")
+    per_entry = 2 * head_dim * DTYPE_BYTES[dtype] if dtype in run_dtypes(spec, model_id) else None
+    budget = spec.budget if spec is not None else "kvpress"
     docs = {d["doc_id"]: d for d in data["documents"]}
-    ratios, rows = Counter(), []
+    problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
         d = docs.get(p["doc_id"])
         if d is None:
             continue  # reported by _check_grid
-        kept = kept_per_head(d["n_prefix_tokens"], d["n_doc_tokens"], p["rho"])
-        rows.append((i, p, kept))
-        if kept and p["kv_entries"] % kept == 0:
-            ratios[p["kv_entries"] // kept] += 1
-    if not rows:
-        return []
-    heads = _model_layer_heads(data) or (ratios.most_common(1)[0][0] if ratios else None)
-    per_entry = Counter(p["kv_bytes"] / p["kv_entries"] for _, p, _ in rows if p["kv_entries"])
-    bytes_per_entry = per_entry.most_common(1)[0][0] if per_entry else None
-    problems, counts = [], {}
-    for i, p, kept in rows:
-        if heads is None or p["kv_entries"] != heads * kept:
+        kept = kept_per_head(d["n_prefix_tokens"], d["n_doc_tokens"], p["rho"], budget)
+        if p["kv_entries"] != heads * kept:
             _limited(problems, counts, "kv_entries",
                      f"{path}: field 'predictions/{i}/kv_entries': {p['kv_entries']} at rho={p['rho']} "
                      f"(document {p['doc_id']}); evict's budget is {kept} entries per layer and head "
-                     f"(prefix + kvpress's compute_n_kept) x {heads} layer-heads = {heads * kept if heads else '?'}")
-        elif p["kv_entries"] and p["kv_bytes"] / p["kv_entries"] != bytes_per_entry:
+                     f"(prefix + {budget} budget) x {heads} layer-heads of {model_id} = {heads * kept}")
+        elif per_entry is not None and p["kv_bytes"] != p["kv_entries"] * per_entry:
             _limited(problems, counts, "kv_bytes",
-                     f"{path}: field 'predictions/{i}/kv_bytes': {p['kv_bytes']} for {p['kv_entries']} entries; the "
-                     f"file's other predictions use {bytes_per_entry} bytes per entry")
+                     f"{path}: field 'predictions/{i}/kv_bytes': {p['kv_bytes']} for {p['kv_entries']} entries; "
+                     f"each holds a key and a value of {head_dim} {dtype} elements, {per_entry} bytes, so "
+                     f"{p['kv_entries'] * per_entry}")
     return problems + _more(path, counts)
 
 
-def _model_layer_heads(data: dict) -> int | None:
-    """layers x KV heads of the file's model, from its converted config when cached here (else None)."""
-    import json
+def check_document_adapters(path: Path, data: dict) -> list[str]:
+    """Where the submission trains an adapter and a condition of the file uses it, every document
+    records it: ``bytes`` a positive integer, the same for every document (one recipe on one model
+    has one parameter count), and its first and final training loss as numbers (the leaderboard
+    lists an entry whose losses are not finite apart, as diverged). Otherwise ``adapter`` is null.
+    That the adapter is what its recipe trains is what ``lorakv-bench verify`` re-runs."""
+    from .config import CONDITIONS
 
-    from .paths import cache_dir
+    recipe = data["submission"]["adapter"].get("recipe", "none")
+    conds = {p["condition"] for p in data["predictions"]}
+    needed = recipe != "none" and any("adapter" in CONDITIONS[c].values() for c in conds)
+    problems, counts, sizes = [], {}, set()
+    for i, d in enumerate(data["documents"]):
+        ad = d["adapter"]
+        where = f"{path}: field 'documents/{i}/adapter"
+        if not needed:
+            if ad is not None:
+                _limited(problems, counts, "adapter", f"{where}': an adapter, but recipe '{recipe}' and conditions "
+                         f"{sorted(conds)} use none; expected null")
+            continue
+        if ad is None:
+            _limited(problems, counts, "adapter", f"{where}': null, but recipe '{recipe}' trains one for conditions "
+                     f"{sorted(conds - {'base'})}")
+            continue
+        size = ad.get("bytes")
+        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+            _limited(problems, counts, "adapter/bytes", f"{where}/bytes': {size!r:.40}; an adapter's size is a "
+                     "positive number of bytes")
+        else:
+            sizes.add(size)
+        for key in ("first_loss", "final_loss"):
+            loss = ad.get(key)
+            if not (isinstance(loss, (int, float)) and not isinstance(loss, bool)):
+                _limited(problems, counts, f"adapter/{key}", f"{where}/{key}': {loss!r:.40}; the training loss is "
+                         "recorded as a number")
+    if len(sizes) > 1:
+        problems.append(f"{path}: field 'documents': adapters of {len(sizes)} different sizes ({sorted(sizes)[:3]} "
+                        f"bytes); one recipe on one model trains adapters of one size")
+    return problems + _more(path, counts)
 
-    for cfg in sorted((cache_dir() / "models").glob(f"{data['model']['id']}-*/config.json")):
-        try:
-            c = json.loads(cfg.read_text())
-            return int(c["num_hidden_layers"]) * int(c.get("num_key_value_heads") or c["num_attention_heads"])
-        except (OSError, ValueError, KeyError):
-            return None
-    return None
 
-
-def check_submission_hash(path: Path, data: dict, submissions_dir=None) -> list[str]:
-    """The submission folder the file names exists and hashes to the stored hash (results belong to
-    the code in the repository)."""
+def _named_submission(path: Path, data: dict, submissions_dir=None):
+    """(the submission the file names, loaded from its folder, or None; problems)."""
     from .spec import SpecError
     from .submission import load_submission
 
     subs = Path(submissions_dir) if submissions_dir is not None else _find_submissions_dir(path)
-    name = data["submission"]["name"]
-    folder = subs / name
+    folder = subs / data["submission"]["name"]
     if not (folder / "submission.yaml").exists():
-        return [f"{path}: field 'submission/name': no submission folder {folder} with a submission.yaml"]
+        return None, [f"{path}: field 'submission/name': no submission folder {folder} with a submission.yaml"]
     try:
-        sub = load_submission(folder)
+        return load_submission(folder), []
     except SpecError as exc:
-        return [f"{path}: field 'submission/name': its submission does not load: {exc}"]
-    problems = []
+        return None, [f"{path}: field 'submission/name': its submission does not load: {exc}"]
+
+
+def check_submission_hash(path: Path, data: dict, sub) -> list[str]:
+    """The submission folder the file names hashes to the stored hash (results belong to the code
+    in the repository)."""
     if sub.hash() != data["submission"]["hash"]:
-        problems.append(f"{path}: field 'submission/hash': {data['submission']['hash']} but {folder} hashes to "
-                        f"{sub.hash()}; the submission changed since this result was produced, re-run the evaluation")
-    if sub.headline_condition != data["submission"]["headline_condition"]:
-        problems.append(f"{path}: field 'submission/headline_condition': '{data['submission']['headline_condition']}'"
-                        f" but {folder} declares '{sub.headline_condition}'")
-    return problems
+        return [f"{path}: field 'submission/hash': {data['submission']['hash']} but {sub.path} hashes to "
+                f"{sub.hash()}; the submission changed since this result was produced, re-run the evaluation"]
+    return []
+
+
+def check_submission_sections(path: Path, data: dict, sub) -> list[str]:
+    """``submission.compressor``, ``adapter`` and ``headline_condition`` are what the submission's
+    YAML declares (the leaderboard shows them and judges leakage by them)."""
+    declared = {"compressor": sub.compressor_cfg, "adapter": sub.raw["adapter"],
+                "headline_condition": sub.headline_condition}
+    return [f"{path}: field 'submission/{key}': {_short(data['submission'][key])} but {sub.path / 'submission.yaml'} "
+            f"declares {_short(want)}" for key, want in declared.items() if data["submission"][key] != want]
+
+
+def _short(value, limit: int = 120) -> str:
+    import json
+
+    text = json.dumps(value, sort_keys=True, ensure_ascii=True)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _more(path: Path, counts: dict) -> list[str]:

@@ -19,9 +19,11 @@ pools the datasets.
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 import re
 import tempfile
+import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +156,7 @@ def _recipe_label(adapter: dict, model_id: str) -> str:
 
 def _hardware(env: dict) -> str:
     """The GPU's name when there was one, else the device (cpu)."""
-    return str(env.get("gpu_name") or env.get("gpu") or env.get("device") or UNRECORDED)
+    return str(env.get("gpu_name") or env.get("device") or UNRECORDED)
 
 
 def _entry(data: dict, source: str) -> Entry:
@@ -276,9 +278,34 @@ def overall_groups(entries: list[Entry]) -> dict[tuple[str, str, str], tuple[lis
 # ---------------------------------------------------------------- formatting
 
 
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+# "_" between two ASCII letters or digits (Q4_1) can neither open nor close emphasis in CommonMark,
+# so it stays as it is; every other "_" is escaped.
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_CODE_SAFE = re.compile(r"[A-Za-z0-9 _.,:;=()\[\]{}'\"+\-/]*")
+
+
+def escape_md(text) -> str:
+    """Text from a result file or a submission, safe anywhere on the page (table cell, heading,
+    list item, link text): whitespace runs, newlines included, become one space, so it never starts
+    a line; ``& < >`` become HTML entities, so it holds no tag; ``\\ ` * _ [ ] | #`` are
+    backslash-escaped (``_`` inside a word needs not), so it makes no emphasis, code, link, cell
+    break or heading. Every such string goes through here; only values the result schema restricts
+    to an enum (conditions, tier) skip it."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+
+
+def code_md(text) -> str:
+    """``text`` as inline code when it holds only characters that read the same there (a code span
+    shows backslashes and entities literally), else as :func:`escape_md` text."""
+    text = str(text)
+    return f"`{text}`" if _CODE_SAFE.fullmatch(text) else escape_md(text)
+
+
+def _plot_text(text) -> str:
+    """Text from a result file for a plot title or legend: one line, and ``$`` escaped, which
+    matplotlib would otherwise read as mathtext (and fail on). The SVG writer escapes XML itself."""
+    return " ".join(str(text).split()).replace("$", "\\$")
 
 
 def fmt_rho(rho: float) -> str:
@@ -337,7 +364,7 @@ def _table(rows: list[list], headers: list[str]) -> str:
 
 
 def _sub_link(name: str, submissions_link: str) -> str:
-    return f"[{_cell(name)}]({submissions_link}/{name}/)"
+    return f"[{escape_md(name)}]({submissions_link}/{urllib.parse.quote(name, safe='')}/)"
 
 
 def _versus(r: Ranked) -> str:
@@ -357,14 +384,14 @@ def main_table(group: list[Entry], submissions_link: str) -> str:
                      f"**{fmt_score(e.ranked_mean())}**", fmt_ci(*e.ci), _versus(r),
                      fmt_score(e.rouge(0.0)) if 0.0 in e.rhos else DASH,
                      fmt_score(e.rouge(1.0)) if 1.0 in e.rhos else DASH,
-                     f"{e.dtype} · {_cell(e.hardware)}"])
+                     f"{escape_md(e.dtype)} · {escape_md(e.hardware)}"])
     headers = ["#", "submission", "mean 0<ρ<1", "95% CI", "vs #1 (95% CI)", "ρ=0", "ρ=1", "dtype · hardware"]
     return _table(rows, headers)
 
 
 def unranked_lines(group: list[Entry], submissions_link: str) -> list[str]:
     return [f"* **{_sub_link(e.name, submissions_link)}** (mean 0<ρ<1: {fmt_score(e.ranked_mean())}): "
-            f"{_cell(unranked_reason(e))}" for e in group if not rankable(e)]
+            f"{escape_md(unranked_reason(e))}" for e in group if not rankable(e)]
 
 
 def details_table(group: list[Entry]) -> str:
@@ -376,11 +403,11 @@ def details_table(group: list[Entry]) -> str:
     for e in group:
         best = e.best_condition()
         rows.append(
-            [_cell(e.name), f"`{_cell(e.compressor)}`", _cell(e.recipe), e.headline]
+            [escape_md(e.name), code_md(e.compressor), escape_md(e.recipe), e.headline]
             + [fmt_score(e.rouge(r)) if r in e.rhos else DASH for r in rhos]
             + [fmt_score(e.mean("base", e.ranked_rhos) if e.ranked_rhos else None),
                fmt_score(e.margin_at_1(), signed=True), DASH if best is None else f"{best[0]} ({best[1]:.1f})",
-               e.spec_version, e.date]
+               escape_md(e.spec_version), escape_md(e.date)]
         )
     return _table(rows, headers)
 
@@ -394,7 +421,7 @@ def memory_table(group: list[Entry]) -> str:
         row = (fmt_bytes(e.adapter_bytes) if e.headline != "base" else DASH,
                *[fmt_bytes(e.memory(r)) if r in e.rhos else DASH for r in rhos], e.n_documents, e.n_questions)
         profiles[row].append(e.name)
-    rows = [[", ".join(sorted(names)), *row] for row, names in sorted(profiles.items(), key=lambda kv: sorted(kv[1]))]
+    rows = [[", ".join(escape_md(n) for n in sorted(names)), *row] for row, names in sorted(profiles.items(), key=lambda kv: sorted(kv[1]))]
     headers = ["submissions", "adapter"] + [f"ρ={fmt_rho(r)}" for r in rhos] + ["documents", "questions"]
     return _table(rows, headers)
 
@@ -405,7 +432,8 @@ def overall_table(datasets: list[str], full: list[Overall], submissions_link: st
     for o, r in zip(full, ranks):
         rows.append([r.rank, f"**{_sub_link(o.name, submissions_link)}**", f"**{fmt_score(o.mean())}**", _versus(r)]
                     + [fmt_score(e.ranked_mean()) for e in o.entries])
-    return _table(rows, ["#", "submission", "mean 0<ρ<1, all questions", "vs #1 (95% CI)"] + datasets)
+    return _table(rows, ["#", "submission", "mean 0<ρ<1, all questions", "vs #1 (95% CI)"]
+                  + [escape_md(ds) for ds in datasets])
 
 
 def _pair_text(p: strata.Paired | None) -> str:
@@ -426,7 +454,7 @@ def strata_section(group: list[Entry]) -> list[str]:
                 continue
             effect = at.get(0.0)
             n = max(p.n for p in at.values() if p)
-            rows.append([_cell(e.name), s, n] + [_pair_text(at[r]) for r in rhos]
+            rows.append([escape_md(e.name), s, n] + [_pair_text(at[r]) for r in rhos]
                         + [DASH if effect is None else f"{effect.diff:+.1f} {fmt_ci(effect.lo, effect.hi, signed=True)}"])
     out = ["### By question stratum (headline / base ROUGE-L)\n",
            "`covered`: the question's fact is in the document's `train_qa` pairs (a QA adapter's training data); "
@@ -442,7 +470,7 @@ def strata_section(group: list[Entry]) -> list[str]:
             continue
         why_not = strata.why_no_leak_verdict(e.adapter.get("recipe", "none"), train_for(e.adapter, e.model))
         verdict = f"no verdict, it {why_not}" if why_not else "pass" if strata.leak_passes(p) else "**FAIL**"
-        leaks.append(f"{e.name} {p.diff:+.1f} {fmt_ci(p.lo, p.hi, signed=True)} ({p.n} questions): {verdict}")
+        leaks.append(f"{escape_md(e.name)} {p.diff:+.1f} {fmt_ci(p.lo, p.hi, signed=True)} ({p.n} questions): {verdict}")
     if leaks:
         out.append(f"**Leakage check** (uncovered questions at ρ = 1, headline − base; an adapter cannot know "
                    f"these facts from its `train_qa` pairs unless they leaked, so it must stay within ±{strata.LEAK_LIMIT:g} points): "
@@ -470,7 +498,8 @@ def findings(group: list[Entry]) -> list[str]:
     if margins:
         larger = sum(m_hi > m_lo for _, _, m_lo, m_hi in margins)
         out.append("**LoRA margin** (headline − base) at the smallest ρ → at ρ = 1: "
-                   + "; ".join(f"{e.name} {m_lo:+.1f} (ρ={fmt_rho(lo)}) → {m_hi:+.1f}" for e, lo, m_lo, m_hi in margins)
+                   + "; ".join(f"{escape_md(e.name)} {m_lo:+.1f} (ρ={fmt_rho(lo)}) → {m_hi:+.1f}"
+                               for e, lo, m_lo, m_hi in margins)
                    + f". Larger at ρ = 1 for {larger} of {len(margins)} (paper: little at ρ = 0, +13–21 at ρ = 1).")
     pairs = [(e.rouge(r, "base_kv_adapter_decode"), e.rouge(r, "adapter_all")) for e in adapted for r in e.rhos]
     pairs = [(dec, every) for dec, every in pairs if dec is not None and every is not None]
@@ -490,7 +519,8 @@ def findings(group: list[Entry]) -> list[str]:
     if versus:
         higher = sum(qa.mean() > ntp.mean() for qa, ntp in versus)
         out.append("**QA vs NTP recipe** (same compressor and adapter settings, headline mean): "
-                   + "; ".join(f"{qa.name} {qa.mean():.1f} vs {ntp.name} {ntp.mean():.1f}" for qa, ntp in versus)
+                   + "; ".join(f"{escape_md(qa.name)} {qa.mean():.1f} vs {escape_md(ntp.name)} {ntp.mean():.1f}"
+                               for qa, ntp in versus)
                    + f". QA higher in {higher} of {len(versus)} (paper: QA supervision beats next-token training).")
     return out
 
@@ -543,26 +573,29 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
     out.append("## Contents\n")
     for key, (datasets, full, apart) in overall.items():
         title = "overall · " + " · ".join(key)
-        out.append(f"* [{title}](#{_anchor(title)}) ({len(full) + len(apart)} submissions, {len(datasets)} datasets)")
+        out.append(f"* [{escape_md(title)}](#{_anchor(title)}) ({len(full) + len(apart)} submissions, "
+                   f"{len(datasets)} datasets)")
     for key, group in groups.items():
-        out.append(f"* [{group_title(key)}](#{_anchor(group_title(key))}) ({len(group)} submissions)")
+        out.append(f"* [{escape_md(group_title(key))}](#{_anchor(group_title(key))}) ({len(group)} submissions)")
     out.append("")
     for key, (datasets, full, apart) in overall.items():
         tier, model, dtype = key
-        out.append(f"## overall · {' · '.join(key)}\n")
-        out.append(f"Tier **{tier}**, model **{model}**, dtype **{dtype}**: each submission's headline predictions "
-                   f"at 0 < ρ < 1 pooled over {', '.join(datasets)} (test splits), ranked as above.\n")
+        out.append(f"## overall · {escape_md(' · '.join(key))}\n")
+        out.append(f"Tier **{tier}**, model **{escape_md(model)}**, dtype **{escape_md(dtype)}**: each submission's "
+                   f"headline predictions at 0 < ρ < 1 pooled over {', '.join(escape_md(d) for d in datasets)} (test "
+                   "splits), ranked as above.\n")
         if full:
             out.append(overall_table(datasets, full, submissions_link) + "\n")
         if apart:
             out.append("Not ranked here:\n")
-            out.append("\n".join(f"* **{_sub_link(n, submissions_link)}**: {_cell(why)}" for n, why in apart) + "\n")
+            out.append("\n".join(f"* **{_sub_link(n, submissions_link)}**: {escape_md(why)}" for n, why in apart) + "\n")
     for key, group in groups.items():
         tier, ds, model, dtype = key
-        out.append(f"## {group_title(key)}\n")
+        out.append(f"## {escape_md(group_title(key))}\n")
         specs = sorted({e.spec_version for e in group})
-        out.append(f"Tier **{tier}**, dataset **{ds}** (test split), model **{model}** ({group[0].model_name}), "
-                   f"dtype **{dtype}**; spec {', '.join(specs)}.\n")
+        out.append(f"Tier **{tier}**, dataset **{escape_md(ds)}** (test split), model **{escape_md(model)}** "
+                   f"({escape_md(group[0].model_name)}), dtype **{escape_md(dtype)}**; spec "
+                   f"{', '.join(escape_md(v) for v in specs)}.\n")
         out.append("### Ranking (ROUGE-L, headline condition)\n")
         if rank_group(group):
             out.append(main_table(group, submissions_link) + "\n")
@@ -577,7 +610,8 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
         front = frontier(_group_points(group))
         if front:
             out.append("Quality/memory frontier (no other point has higher ROUGE-L for less memory): "
-                       + "; ".join(f"{label} ({fmt_bytes(mem)}, {score:.1f})" for mem, score, label in front) + ".\n")
+                       + "; ".join(f"{escape_md(label)} ({fmt_bytes(mem)}, {score:.1f})" for mem, score, label in front)
+                       + ".\n")
         found = findings(group)
         if found:
             out.append("### The paper's findings, measured on these results\n")
@@ -585,8 +619,8 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
         out.extend(strata_section(group))
         links = plot_links.get(key, {})
         if links:
-            out.append(f"![ROUGE-L vs rho, {group_title(key)}]({links['rho']}) "
-                       f"![ROUGE-L vs memory, {group_title(key)}]({links['memory']})\n")
+            out.append(f"![ROUGE-L vs rho, {escape_md(group_title(key))}]({links['rho']}) "
+                       f"![ROUGE-L vs memory, {escape_md(group_title(key))}]({links['memory']})\n")
     return "\n".join(out)
 
 
@@ -659,7 +693,7 @@ def plot_rho(group: list[Entry], title: str, path: Path) -> None:
         head = [(r, e.rouge(r)) for r in e.rhos if e.rouge(r) is not None]
         if head:
             _band(ax, e, e.headline, color, 0.18)
-            ax.plot(*zip(*head), marker="o", markersize=4, color=color, label=f"{e.name}: {e.headline}")
+            ax.plot(*zip(*head), marker="o", markersize=4, color=color, label=_plot_text(f"{e.name}: {e.headline}"))
         if e.headline != "base":
             base = [(r, e.rouge(r, "base")) for r in e.rhos if e.rouge(r, "base") is not None]
             if base:
@@ -713,7 +747,7 @@ def plot_memory(group: list[Entry], title: str, path: Path) -> None:
             continue
         err = [[max(0.0, y - ci[0]) for _, y, ci in pts], [max(0.0, ci[1] - y) for _, y, ci in pts]]
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, marker="o", markersize=4, color=color,
-                    capsize=2, linewidth=1, label=f"{e.name}: {e.headline}")
+                    capsize=2, linewidth=1, label=_plot_text(f"{e.name}: {e.headline}"))
     front = frontier(points)
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
@@ -749,7 +783,7 @@ def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contri
     written = set()
     for key, group in groups.items():
         tier, ds, model, dtype = key
-        title = f"{ds} · {model} · {dtype} ({tier})"
+        title = _plot_text(f"{ds} · {model} · {dtype} ({tier})")
         names = {"rho": _slug(*key) + "__rho.svg", "memory": _slug(*key) + "__memory.svg"}
         with _plot_style():
             plot_rho(group, title, plots_dir / names["rho"])

@@ -134,8 +134,10 @@ def extract_answer_paper(generation: str, answer_prefix: str = "") -> str:
     return lines[-1] if lines else generation.strip()
 
 
-#: metric.normalization -> (rouge_l, exact_match); metric.extraction -> extractor.
+#: metric.normalization -> (rouge_l, exact_match), and the normalisation both apply to either side;
+#: metric.extraction -> extractor.
 SCORERS = {"squad": (rouge_l, exact_match), "paper": (rouge_l_paper, exact_match_paper)}
+NORMALIZERS = {"squad": normalize_answer, "paper": normalize_answer_paper}
 EXTRACTORS = {"boxed_or_first_line": extract_answer, "boxed_or_last_line": extract_answer_paper}
 
 

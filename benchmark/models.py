@@ -30,14 +30,13 @@ from pathlib import Path
 import torch
 
 from . import attention
+from .config import RUN_DTYPES  # noqa: F401 - re-exported: what ``--dtype`` accepts
 from .paths import cache_dir, sha256_file, stable_hash
 from .spec import ModelSpec, Prompt, SpecError
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: what ``--dtype`` accepts
-RUN_DTYPES = ("float32", "bfloat16")
 
 
 class ModelUnavailable(RuntimeError):

@@ -25,6 +25,7 @@ without a source (then ``datasets.load_dataset`` is tried, and a clear
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -110,6 +111,79 @@ def _dedupe(items: Iterable[str]) -> list[str]:
             seen.add(item)
             out.append(item)
     return out
+
+
+# ----------------------------------------------------------------- answer digests
+# A result whose data is not on the machine that checks it (prepared paper data lives in one
+# user's cache) is checked against a digest of the split's answers that the package ships: per
+# question, the sha256 of its gold answers and of its text. It tells whether a file's answers are
+# the gold ones without holding them in the clear.
+
+ANSWERS_DIR = Path(__file__).resolve().parent / "specs" / "answers"
+DIGEST_FORMAT = "lorakv-bench-answers/1"
+
+
+class AnswerDigestError(PaperDataError):
+    """An answer digest file that cannot be read; the message names the file and field."""
+
+
+def answer_digest_path(dataset_id: str, split: str, answers_dir: str | Path | None = None) -> Path:
+    """``<answers_dir>/<dataset id>.<split>.json`` (default: the package's ``specs/answers/``)."""
+    return Path(ANSWERS_DIR if answers_dir is None else answers_dir) / f"{dataset_id}.{split}.json"
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def answers_sha256(answers: Sequence[str], normalization: str) -> str:
+    """sha256 of the sorted, distinct gold answers after the metric's normalisation: every metric
+    normalises both sides and takes the max over the golds, so a score depends on nothing else."""
+    from .metrics import NORMALIZERS
+
+    normalize = NORMALIZERS[normalization]
+    return text_sha256(json.dumps(sorted({normalize(a) for a in answers}), ensure_ascii=False))
+
+
+def write_answer_digest(data_path: str | Path, dataset_id: str, split: str, normalization: str,
+                        answers_dir: str | Path | None = None) -> Path:
+    """Write the answer digest of the JSONL ``data_path`` (read and validated like any data file);
+    returns its path. ``prepare-data`` calls this, so whoever prepares the data can commit it."""
+    from .datasets import load_documents
+
+    docs = load_documents(data_path)
+    out = answer_digest_path(dataset_id, split, answers_dir)
+    record = {"format": DIGEST_FORMAT, "dataset": dataset_id, "split": split, "normalization": normalization,
+              "data_sha256": sha256_file(data_path),
+              "questions": {f"{d.doc_id}/{q.id}": {"answers": answers_sha256(q.answers, normalization),
+                                                   "question": text_sha256(q.question)}
+                            for d in docs for q in d.questions}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+def load_answer_digest(path: str | Path) -> dict:
+    """A digest written by :func:`write_answer_digest`; raises :class:`AnswerDigestError` naming the field."""
+    path = Path(path)
+    try:
+        digest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AnswerDigestError(f"{path}: not a readable JSON answer digest ({exc})") from None
+    if not isinstance(digest, dict) or digest.get("format") != DIGEST_FORMAT:
+        raise AnswerDigestError(f"{path}: field 'format': expected {DIGEST_FORMAT!r}")
+    from .metrics import NORMALIZERS
+
+    if digest.get("normalization") not in NORMALIZERS:
+        raise AnswerDigestError(f"{path}: field 'normalization': {digest.get('normalization')!r:.40}; expected one of "
+                                f"{', '.join(NORMALIZERS)}")
+    questions = digest.get("questions")
+    if not (isinstance(questions, dict) and questions and all(
+            isinstance(v, dict) and isinstance(v.get("answers"), str) and isinstance(v.get("question"), str)
+            for v in questions.values())):
+        raise AnswerDigestError(f"{path}: field 'questions': expected {{'doc_id/question_id': {{'answers': sha256, "
+                                "'question': sha256}}}")
+    return digest
 
 
 # ---------------------------------------------------------------------- selection

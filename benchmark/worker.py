@@ -17,7 +17,8 @@ pairs) before it uses it, builds the cache from the plan itself and counts what 
 the child can patch anything in the child; nothing there is the harness.
 
 What the sandbox shows (:func:`sandbox_args`): the system folders and the Python installation
-read-only, the package read-only without its ``data/``, the submission folder, the model folder
+read-only, the package read-only without its ``data/`` and ``specs/answers/`` (digests of gold
+answers: an oracle for hashed guesses), the submission folder, the model folder
 and an inbox of adapters read-only, and a private ``/tmp``. Not shown: the checkout's ``.git``,
 datasets, results, leaderboard and tests, the shared cache, the network. It starts wherever the
 checkout, venv and cache live, ``/tmp`` included. Each request has a time limit
@@ -120,8 +121,9 @@ def sandbox_args(readable: list[Path], *, device: str = "cpu") -> list[str]:
     # parents before children, so a folder inside another (a venv in /tmp) is mounted over it
     for p in sorted(set(mounts), key=lambda p: len(p.parts)):
         args += ["--ro-bind", str(p), str(p)]
-    for hidden in (PACKAGE_DIR / "data",):
-        if hidden.is_dir():  # an installed package carries the mini datasets with their answers
+    # the mini datasets with their answers, and the digests of the paper tier's gold answers
+    for hidden in (PACKAGE_DIR / "data", PACKAGE_DIR / "specs" / "answers"):
+        if hidden.is_dir():
             args += ["--tmpfs", str(hidden)]
     return args
 

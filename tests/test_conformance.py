@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmark import leaderboard
+from benchmark.config import DTYPE_BYTES, KV_SHAPES
 from benchmark.conformance import check_result_file, check_submission, check_submission_isolated, kept_per_head
+from benchmark.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
@@ -224,7 +226,13 @@ def test_not_yaml(tmp_path):
 # ------------------------------------------------------------------ result files: valid, then tampered
 
 
-LAYER_HEADS = 4  # the made-up result's model: 2 layers x 2 KV heads
+MINI_MODEL = load_spec("mini").model()  # the model of the made-up result: the mini spec's default
+_LAYERS, _KV_HEADS, _HEAD_DIM = KV_SHAPES[MINI_MODEL.id]
+LAYER_HEADS = _LAYERS * _KV_HEADS
+ENTRY_BYTES = 2 * _HEAD_DIM * DTYPE_BYTES["float32"]  # a key and a value per entry, as compression.kv_bytes counts
+ENVIRONMENT = {"lorakv_bench": "0.1.0", "python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.2.0",
+               "peft": "0.21.2", "kvpress": "0.5.5", "device": "cpu", "torch_threads": 2, "dtype": "float32",
+               "sandbox": "bubblewrap"}
 
 
 def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple[Path, Path]:
@@ -233,7 +241,6 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
     from benchmark.datasets import load_split
     from benchmark.metrics import extract_answer, score_prediction
     from benchmark.results import ResultFile, result_path
-    from benchmark.spec import load_spec
     from benchmark.submission import load_submission
 
     folder = write_submission(tmp_path, "knorm", yaml_for("knorm"))
@@ -247,7 +254,7 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
                        "adapter": sub.raw["adapter"], "headline_condition": sub.headline_condition},
         "tier": "mini", "spec_version": spec.spec_version, "spec_hash": spec.hash,
         "model": {"id": model.id, "name": model.name}, "dataset": {"id": ds.id, "split": "test", "sha256": ds.test.sha256},
-        "rhos": sorted(spec.rhos), "conditions": list(spec.conditions), "environment": {"device": "cpu"},
+        "rhos": sorted(spec.rhos), "conditions": list(spec.conditions), "environment": dict(ENVIRONMENT),
     }
     path = result_path(tmp_path / "leaderboard" / "results", sub.name, "mini", model.id, ds.id)
     rf = ResultFile(path, header)
@@ -265,7 +272,7 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
                               "condition": "base",
                               "generation": generation, "prediction": prediction, "answers": list(q.answers),
                               "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
-                              "kv_entries": kept, "kv_bytes": 64 * kept} | ({"tags": list(q.tags)} if q.tags else {}))
+                              "kv_entries": kept, "kv_bytes": ENTRY_BYTES * kept} | ({"tags": list(q.tags)} if q.tags else {}))
     rf.data["documents"], rf.data["predictions"] = docs, preds
     rf.save()
     return path, tmp_path / "submissions"
@@ -412,7 +419,7 @@ def test_budget_exceeded_is_reported(valid_result):
         for p in data["predictions"]:
             if p["rho"] == 0.9:
                 p["kv_entries"] += LAYER_HEADS * 10
-                p["kv_bytes"] = 64 * p["kv_entries"]
+                p["kv_bytes"] = ENTRY_BYTES * p["kv_entries"]
         data["cells"] = aggregate(data["predictions"], data["documents"])
 
     problems = check_result_file(_tamper(path, keep_more), submissions_dir=subs)
