@@ -130,13 +130,17 @@ def sandbox_args(readable: list[Path], *, device: str = "cpu") -> list[str]:
 
 def _limits(device: str):
     """Resource limits for the child, set between fork and exec (bubblewrap and all below it)."""
+    def cap(kind: int, value: int) -> None:  # never above a limit this process already has
+        _, hard = resource.getrlimit(kind)
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (value, value))
+
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (CPU_LIMIT_S, CPU_LIMIT_S))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT_BYTES, FILE_LIMIT_BYTES))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        cap(resource.RLIMIT_CPU, CPU_LIMIT_S)
+        cap(resource.RLIMIT_FSIZE, FILE_LIMIT_BYTES)
+        cap(resource.RLIMIT_CORE, 0)
         if not device.startswith("cuda"):  # the CUDA driver reserves far more address space than it uses
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            resource.setrlimit(resource.RLIMIT_AS, (total, total))
+            cap(resource.RLIMIT_AS, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         os.setsid()
 
     return apply

@@ -21,6 +21,15 @@ RESULTS_ROOT = ROOT / "leaderboard" / "results"
 RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
 
 
+@pytest.fixture()
+def as_sandbox(monkeypatch):
+    """This test is the sandboxed process check_submission runs in (benchmark.worker): the only one
+    where submission code may be imported."""
+    from benchmark.paths import SUBMISSION_PROCESS_ENV
+
+    monkeypatch.setenv(SUBMISSION_PROCESS_ENV, "1")
+
+
 # ------------------------------------------------------------------ what is committed
 
 
@@ -118,7 +127,7 @@ BAD_HOOK = """
 LORA = "{recipe: qa, lora: {r: 4, alpha: 8}, train: {epochs: 1}}"
 
 
-def test_good_submissions_pass(tmp_path):
+def test_good_submissions_pass(tmp_path, as_sandbox):
     kvpress_named = write_submission(tmp_path, "snapkv-qa", yaml_for(
         "snapkv-qa", "{press: SnapKVPress, kwargs: {window_size: 16}}", LORA))
     custom = write_submission(tmp_path, "custom", yaml_for(
@@ -155,7 +164,7 @@ def test_name_must_match_folder(tmp_path):
     assert "field 'name'" in problem and "submission.yaml" in problem
 
 
-def test_press_that_evicts_prefix_entries_fails(tmp_path):
+def test_press_that_evicts_prefix_entries_fails(tmp_path, as_sandbox):
     folder = write_submission(tmp_path, "evicts-prefix", yaml_for("evicts-prefix", "{press: 'press:NormPress'}"),
                               {"press.py": PREFIX_EVICTING_PRESS})
     problems = check_submission(folder)
@@ -163,7 +172,7 @@ def test_press_that_evicts_prefix_entries_fails(tmp_path):
     assert any("changed the KV cache" in p for p in problems), problems
 
 
-def test_press_same_module_name_as_another_submission_is_not_reused(tmp_path):
+def test_press_same_module_name_as_another_submission_is_not_reused(tmp_path, as_sandbox):
     """Two submissions each with a press.py: the second is checked with its own code."""
     good = write_submission(tmp_path, "good", yaml_for("good", "{press: 'press:NormPress'}"), {"press.py": GOOD_PRESS})
     bad = write_submission(tmp_path, "bad", yaml_for("bad", "{press: 'press:NormPress'}"), {"press.py": PREFIX_EVICTING_PRESS})
@@ -172,7 +181,7 @@ def test_press_same_module_name_as_another_submission_is_not_reused(tmp_path):
     assert check_submission(good) == []
 
 
-def test_press_with_wrong_score_shape_fails(tmp_path):
+def test_press_with_wrong_score_shape_fails(tmp_path, as_sandbox):
     folder = write_submission(tmp_path, "wrong-shape", yaml_for("wrong-shape", "{press: 'press_q:PerQueryHeadPress'}"),
                               {"press_q.py": WRONG_SHAPE_PRESS})
     problems = check_submission(folder)
@@ -201,7 +210,7 @@ def test_missing_hook_fails(tmp_path):
     assert "field 'adapter/train/hook'" in problem and "synth.py" in problem
 
 
-def test_hook_returning_wrong_type_fails(tmp_path):
+def test_hook_returning_wrong_type_fails(tmp_path, as_sandbox):
     folder = write_submission(tmp_path, "bad-hook", yaml_for(
         "bad-hook", adapter="{recipe: ctx_qa, train: {hook: 'bad_hooks:make_pairs'}}"), {"bad_hooks.py": BAD_HOOK})
     (problem,) = check_submission(folder)
@@ -487,7 +496,7 @@ def test_hook_outside_the_folder_is_refused(tmp_path):
     assert "field 'adapter/train/hook'" in problem and "submission folder" in problem
 
 
-def test_submission_modules_do_not_stay_in_sys_modules(tmp_path):
+def test_submission_modules_do_not_stay_in_sys_modules(tmp_path, as_sandbox):
     import sys
 
     folder = write_submission(tmp_path, "custom", yaml_for(
@@ -540,7 +549,7 @@ EXITING_PRESS = """
     """
 
 
-def test_submission_that_exits_while_importing_fails(tmp_path):
+def test_submission_that_exits_while_importing_fails(tmp_path, as_sandbox):
     folder = write_submission(tmp_path, "exits", yaml_for("exits", "{press: 'press:NormPress'}"), {"press.py": EXITING_PRESS})
     (problem,) = check_submission(folder)
     assert "field 'compressor/press'" in problem and "sys.exit" in problem

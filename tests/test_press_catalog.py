@@ -85,7 +85,10 @@ def test_nested_press_from_yaml(tmp_path):
         build_compressor("AdaKVPress", {"press": {"press": "ObservedAttentionPress"}})
 
 
-def test_own_press_that_overrides_compress_is_refused(tmp_path):
+def test_own_press_that_overrides_compress_is_refused(tmp_path, monkeypatch):
+    from benchmark.paths import SUBMISSION_PROCESS_ENV
+
+    monkeypatch.setenv(SUBMISSION_PROCESS_ENV, "1")  # as in the sandbox, where submission code is built
     (tmp_path / "mypress.py").write_text(
         "from dataclasses import dataclass\nfrom kvpress import ScorerPress\n\n"
         "@dataclass\nclass Scores(ScorerPress):\n    def score(self, module, hidden_states, keys, values, attentions, kw):\n"
