@@ -102,6 +102,20 @@ PRESS = """
             return -keys.norm(dim=-1)
     """
 
+PLAIN_PRESS = """
+    from dataclasses import dataclass
+
+    from kvpress import ScorerPress
+
+
+    @dataclass
+    class SpyPress(ScorerPress):  # the spy's scores without its search: for the attacks that need no probe
+        score_depends_on_rho = False
+
+        def score(self, module, hidden_states, keys, values, attentions, kwargs):
+            return -keys.norm(dim=-1)
+    """
+
 HOOK = """
     from spy import search
 
@@ -146,7 +160,7 @@ def data(tmp_path, monkeypatch, document):
     return path
 
 
-def submission(tmp_path: Path, name: str, press: str = PRESS, recipe: str = "none", hook: bool = False,
+def submission(tmp_path: Path, name: str, press: str = PLAIN_PRESS, recipe: str = "none", hook: bool = False,
                extra: dict | None = None, data_file: Path | None = None) -> Path:
     folder = tmp_path / "submissions" / name
     folder.mkdir(parents=True)
@@ -185,7 +199,7 @@ def test_the_press_and_the_hook_find_no_answer(tmp_path, data, capfd):
     """In the sandbox, the press and the hook run (their reports come back on stderr) and find the
     answer nowhere: not in their process, not on disk, not in git. The harness scored the secret
     question from data the sandbox never saw."""
-    folder = submission(tmp_path, "spy", recipe="qa", hook=True, data_file=data)
+    folder = submission(tmp_path, "spy", press=PRESS, recipe="qa", hook=True, data_file=data)
     [path] = R.evaluate(folder, out=tmp_path / "runs", **KW)
     reports = _spy_reports(capfd.readouterr().err)
     assert {r["where"] for r in reports} == {"press", "hook"}, reports
@@ -216,7 +230,7 @@ def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, dat
     """A press whose import-time code patches the runner, the tokenizer, eviction and accounting:
     the patches land in the sandbox, so every generation and count equals the honest press's."""
     honest = submission(tmp_path, "honest", data_file=data)
-    forger = submission(tmp_path, "forger", data_file=data, press="import patcher\n" + textwrap.dedent(PRESS),
+    forger = submission(tmp_path, "forger", data_file=data, press="import patcher\n" + textwrap.dedent(PLAIN_PRESS),
                         extra={"patcher.py": PATCHER})
     runs = []
     for folder in (honest, forger):
@@ -245,7 +259,7 @@ NO_EVICTION = """
 def test_a_plan_that_keeps_more_than_the_budget_stops_the_run(tmp_path, data, capsys):
     from benchmark.cli import main
 
-    folder = submission(tmp_path, "keepall", data_file=data, press="import keepall\n" + textwrap.dedent(PRESS),
+    folder = submission(tmp_path, "keepall", data_file=data, press="import keepall\n" + textwrap.dedent(PLAIN_PRESS),
                         extra={"keepall.py": NO_EVICTION})
     rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "0.5", "--conditions", "base"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -286,7 +300,7 @@ def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_pat
     model.config.name_or_path = str(model_dir)
     monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
     canary = CANARY.format(cache=str(cache_dir()), model=str(model_dir))
-    folder = submission(tmp_path, "writer", data_file=data, press="import canary\n" + textwrap.dedent(PRESS),
+    folder = submission(tmp_path, "writer", data_file=data, press="import canary\n" + textwrap.dedent(PLAIN_PRESS),
                         extra={"canary.py": canary})
     targets = [PACKAGE_DIR / "_sandbox_canary.py", cache_dir() / "_sandbox_canary", model_dir / "_sandbox_canary",
                cache_dir() / "_verify_appendable"]
@@ -300,7 +314,7 @@ def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_pat
 
 def test_a_sleeping_press_is_stopped_with_one_line(tmp_path, data):
     folder = submission(tmp_path, "sleeper", data_file=data,
-                        press="import time\ntime.sleep(600)\n" + textwrap.dedent(PRESS))
+                        press="import time\ntime.sleep(600)\n" + textwrap.dedent(PLAIN_PRESS))
     t0 = time.monotonic()
     with pytest.raises(WorkerError, match=r"took longer than 3 s.*--worker-timeout") as info:
         R.evaluate(folder, out=tmp_path / "runs", worker_timeout=3, **KW)
@@ -311,7 +325,7 @@ def test_validate_gives_a_sleeping_press_its_time_limit(tmp_path, data):
     from benchmark.conformance import check_submission_isolated
 
     folder = submission(tmp_path, "sleeper", data_file=data,
-                        press="import time\ntime.sleep(600)\n" + textwrap.dedent(PRESS))
+                        press="import time\ntime.sleep(600)\n" + textwrap.dedent(PLAIN_PRESS))
     t0 = time.monotonic()
     assert check_submission_isolated(folder, timeout=5) == [f"{folder}: the conformance check did not finish within 5 s"]
     assert time.monotonic() - t0 < 30
