@@ -57,6 +57,9 @@ CPU_LIMIT_S = 6 * 3600
 FILE_LIMIT_BYTES = 1 << 30
 #: at most this many QA pairs from a hook, each string at most this long
 MAX_PAIRS, MAX_PAIR_CHARS = 10_000, 4_000
+#: the longest reply line the harness reads (a plan of a 36-layer model over 20k tokens at 7 rhos is ~7 MB)
+MAX_REPLY_CHARS = 64 << 20
+_OVERSIZE = object()
 #: the environment variable that makes running submission code unsandboxed an error (CI)
 REQUIRE_SANDBOX_ENV = "LORAKV_REQUIRE_SANDBOX"
 
@@ -210,7 +213,10 @@ class SubmissionProcess:
         return run
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
+        while line := self.proc.stdout.readline(MAX_REPLY_CHARS + 1):
+            if len(line) > MAX_REPLY_CHARS:  # an endless line would fill the harness's memory
+                self.replies.put(_OVERSIZE)
+                return
             self.replies.put(line)
         self.replies.put(None)
 
@@ -228,6 +234,9 @@ class SubmissionProcess:
             self.kill()
             raise WorkerError(f"sandbox: {stage} took longer than {self.timeout:.0f} s and was stopped "
                               "(--worker-timeout)") from None
+        if line is _OVERSIZE:
+            self.kill()
+            raise WorkerError(f"sandbox: {stage}: a reply longer than {MAX_REPLY_CHARS} characters")
         if line is None:
             self.proc.wait()
             raise WorkerError(f"sandbox: the submission's process ended during {stage} (exit code "

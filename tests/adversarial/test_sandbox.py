@@ -384,3 +384,26 @@ def test_a_checkout_under_tmp_runs_in_the_sandbox(tmp_path):
                          env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"{re.escape(str(clone.resolve() / 'benchmark'))} False\n", out.stdout), out.stdout
+
+
+def test_an_endless_reply_is_refused_not_read_into_memory(tmp_path, data, monkeypatch):
+    """A press that writes one enormous line on the protocol's stream: the harness stops reading at
+    its limit and fails with one line, instead of holding whatever the sandbox sends."""
+    import benchmark.worker as W
+
+    monkeypatch.setattr(W, "MAX_REPLY_CHARS", 1 << 16)
+    flood = textwrap.dedent("""
+        import os, stat
+
+        for fd in range(3, 20):  # the protocol's stream: a pipe the process may write
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.write(fd, b"x" * (1 << 20))
+                    break
+            except OSError:
+                continue
+        """)
+    folder = submission(tmp_path, "flood", data_file=data, press="import flood\n" + textwrap.dedent(PLAIN_PRESS),
+                        extra={"flood.py": flood})
+    with pytest.raises(WorkerError, match="longer than 65536 characters"):
+        R.evaluate(folder, out=tmp_path / "runs", **KW)
