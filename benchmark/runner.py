@@ -329,6 +329,21 @@ def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
         return _evaluate_datasets(run, spec, submission, model_spec, datasets, req, run.sandbox)
 
 
+def result_header(submission: Submission, spec: Spec, model_spec, ds, split: str, rhos, conditions, env: dict,
+                  slice: dict | None = None) -> dict:
+    """A result file's header: what was evaluated, under which spec, on which data and machine.
+    ``slice`` (``--docs``/``--questions``) is part of the file's identity: a run resumes only the same slice."""
+    header = {
+        "submission": {"name": submission.name, "hash": submission.hash(), "compressor": submission.compressor_cfg,
+                       "adapter": submission.raw["adapter"], "headline_condition": submission.headline_condition},
+        "tier": spec.tier, "spec_version": spec.spec_version, "spec_hash": spec.hash,
+        "model": {"id": model_spec.id, "name": model_spec.name},
+        "dataset": {"id": ds.id, "split": split, "sha256": ds.split(split).sha256},
+        "rhos": rhos, "conditions": conditions, "environment": env,
+    }
+    return header | ({"slice": slice} if slice is not None else {})
+
+
 def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalRequest, sandbox) -> list[Path]:
     split, docs, questions, rhos, conditions, shard = req.split, req.docs, req.questions, req.rhos, req.conditions, req.shard
     written = []
@@ -337,16 +352,9 @@ def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalReq
         documents = load_split(data_file)[:docs]
         if shard:
             documents = documents[shard[0]::shard[1]]
-        header = {
-            "submission": {"name": submission.name, "hash": submission.hash(), "compressor": submission.compressor_cfg,
-                           "adapter": submission.raw["adapter"], "headline_condition": submission.headline_condition},
-            "tier": spec.tier, "spec_version": spec.spec_version, "spec_hash": spec.hash,
-            "model": {"id": model_spec.id, "name": model_spec.name},
-            "dataset": {"id": ds.id, "split": split, "sha256": data_file.sha256},
-            "rhos": rhos, "conditions": conditions,
-            "environment": environment(req.device, run.dtype) | {"sandbox": sandbox},
-            "slice": {"docs": docs, "questions": questions},  # part of the file's identity: resume only the same slice
-        }
+        header = result_header(submission, spec, model_spec, ds, split, rhos, conditions,
+                               environment(req.device, run.dtype) | {"sandbox": sandbox},
+                               slice={"docs": docs, "questions": questions})
         stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
         path = result_path(req.out, submission.name, spec.tier, model_spec.id, stem)
         result = ResultFile(path, header)

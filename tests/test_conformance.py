@@ -13,6 +13,7 @@ import pytest
 from benchmark import leaderboard
 from benchmark.config import DTYPE_BYTES, KV_SHAPES
 from benchmark.conformance import check_result_file, check_submission, check_submission_isolated, kept_per_head
+from benchmark.runner import result_header
 from benchmark.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,13 +259,7 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
     model = spec.model()
     ds = spec.dataset(dataset)
     prefix = spec.prompt_for(model).answer_prefix
-    header = {
-        "submission": {"name": sub.name, "hash": sub.hash(), "compressor": sub.compressor_cfg,
-                       "adapter": sub.raw["adapter"], "headline_condition": sub.headline_condition},
-        "tier": "mini", "spec_version": spec.spec_version, "spec_hash": spec.hash,
-        "model": {"id": model.id, "name": model.name}, "dataset": {"id": ds.id, "split": "test", "sha256": ds.test.sha256},
-        "rhos": sorted(spec.rhos), "conditions": list(spec.conditions), "environment": dict(ENVIRONMENT),
-    }
+    header = result_header(sub, spec, model, ds, "test", sorted(spec.rhos), list(spec.conditions), dict(ENVIRONMENT))
     path = result_path(tmp_path / "leaderboard" / "results", sub.name, "mini", model.id, ds.id)
     rf = ResultFile(path, header)
     docs, preds = [], []

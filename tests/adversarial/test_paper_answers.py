@@ -17,6 +17,7 @@ from benchmark import cli, paper_data
 from benchmark.conformance import check_result_file, kept_per_head
 from benchmark.datasets import load_documents
 from benchmark.metrics import EXTRACTORS, score_prediction_with
+from benchmark.runner import result_header
 from benchmark.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,13 +73,7 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0) -> Path
     model, ds = spec.model(MODEL_ID), spec.dataset("narrativeqa")
     layers, kv_heads, head_dim = KV_SHAPES[MODEL_ID]
     extract = EXTRACTORS[spec.metric.extraction]
-    header = {
-        "submission": {"name": sub.name, "hash": sub.hash(), "compressor": sub.compressor_cfg,
-                       "adapter": sub.raw["adapter"], "headline_condition": sub.headline_condition},
-        "tier": "paper", "spec_version": spec.spec_version, "spec_hash": spec.hash,
-        "model": {"id": model.id, "name": model.name}, "dataset": {"id": ds.id, "split": "test", "sha256": ds.test.sha256},
-        "rhos": sorted(spec.rhos), "conditions": list(spec.conditions), "environment": dict(ENVIRONMENT),
-    }
+    header = result_header(sub, spec, model, ds, "test", sorted(spec.rhos), list(spec.conditions), dict(ENVIRONMENT))
     path = result_path(root / "leaderboard" / "results", sub.name, "paper", model.id, ds.id)
     rf = ResultFile(path, header)
     records, preds = [], []

@@ -20,6 +20,7 @@ from benchmark import leaderboard
 from benchmark.config import DTYPE_BYTES, KV_SHAPES
 from benchmark.conformance import check_result_file, kept_per_head
 from benchmark.results import aggregate
+from benchmark.runner import result_header
 from benchmark.spec import load_spec
 
 INJECTED = "\n\n# HACKED <script>alert(1)</script>"
@@ -46,13 +47,7 @@ def write_result(root: Path) -> tuple[Path, Path]:
     spec = load_spec("mini")
     model, ds = spec.model(MODEL_ID), spec.dataset("mini-narrative")
     layers, kv_heads, head_dim = KV_SHAPES[MODEL_ID]
-    header = {
-        "submission": {"name": sub.name, "hash": sub.hash(), "compressor": sub.compressor_cfg,
-                       "adapter": sub.raw["adapter"], "headline_condition": sub.headline_condition},
-        "tier": "mini", "spec_version": spec.spec_version, "spec_hash": spec.hash,
-        "model": {"id": model.id, "name": model.name}, "dataset": {"id": ds.id, "split": "test", "sha256": ds.test.sha256},
-        "rhos": sorted(spec.rhos), "conditions": list(spec.conditions), "environment": dict(ENVIRONMENT),
-    }
+    header = result_header(sub, spec, model, ds, "test", sorted(spec.rhos), list(spec.conditions), dict(ENVIRONMENT))
     path = result_path(root / "leaderboard" / "results", sub.name, "mini", model.id, ds.id)
     rf = ResultFile(path, header)
     prefix = spec.prompt_for(model).answer_prefix
