@@ -278,7 +278,7 @@ def cmd_publish(args) -> int:
 
 def cmd_verify(args) -> int:
     """Re-run every plan and a sample of (document, rho) pairs of each result file; all must be identical."""
-    from .verify import TAMPERED, new_seed, verify_result
+    from .verify import TAMPERED, new_seed, verify_result, write_record
 
     if args.sample is not None and args.sample < 1:
         print(f"error: --sample {args.sample}: must be a positive number of (document, rho) pairs", file=sys.stderr)
@@ -300,6 +300,8 @@ def cmd_verify(args) -> int:
               f"re-run at {len(v.pairs)} of {v.ranked} ranked (document, rho) pairs ({pairs}): a file with "
               f"{TAMPERED} tampered ranked pairs is caught with probability {v.detection:.3f}"
               f"{f' (target {args.detect})' if args.sample is None else ''}; {len(v.mismatches)} differ")
+        if args.record:
+            print(f"     record: {write_record(path, v, args.device)}")
         status |= not v.ok
     return status
 
@@ -430,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "request's base commit")
     ver.add_argument("--worker-timeout", type=float, default=900.0, metavar="SECONDS",
                      help="time each request to the sandbox running a submission's own code may take")
+    ver.add_argument("--record", action="store_true", help="write what was re-run to leaderboard/verified/ beside the "
+                     "result file (committed by maintainers; the leaderboard shows it)")
     ver.add_argument("--device", default="cpu", help="cpu (default: generations are reproducible there) or cuda")
     ver.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
     ver.set_defaults(func=cmd_verify)

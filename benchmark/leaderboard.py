@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import re
 import tempfile
@@ -31,6 +32,7 @@ from pathlib import Path
 from . import strata
 from .extras import require
 from .metrics import clustered_bootstrap_ci
+from .paths import sha256_file
 from .ranking import Ranked, divergence_reason, tiered_ranks
 from .results import load_result
 from .spec import CONDITION_HELP, TIERS
@@ -71,6 +73,7 @@ class Entry:
     hardware: str = UNRECORDED
     diverged: str | None = None  # why the entry is not ranked
     predictions: list[dict] = field(default_factory=list)  # slim: doc_id, question_id, rho, condition, rouge_l, tags
+    rerun: str = "not re-run"  # what `verify --record` re-ran of this exact file
 
     @property
     def ranked_rhos(self) -> list[float]:
@@ -193,8 +196,26 @@ def load_entries(results_root: str | Path) -> list[Entry]:
         data = load_result(path)
         if data["dataset"]["split"] != "test":
             continue
-        entries.append(_entry(data, path.relative_to(root).as_posix()))
+        entry = _entry(data, path.relative_to(root).as_posix())
+        entry.rerun = _rerun(path, root.parent / "verified" / path.relative_to(root))
+        entries.append(entry)
     return entries
+
+
+def _rerun(result: Path, record: Path) -> str:
+    """What verify re-ran of this result file, from its record (only a record of these exact bytes)."""
+    if not record.exists():
+        return "not re-run"
+    try:
+        rec = json.loads(record.read_text())
+        if rec.get("result_sha256") != sha256_file(result):
+            return "not re-run (the record is of another version of the file)"
+        if rec.get("ok") is not True:
+            return "FAILED verify"
+        return (f"{int(rec['plans_checked'])} plans, {len(rec['pairs'])} of {int(rec['ranked_pairs'])} pairs "
+                f"(p={float(rec['detection_of_3_tampered']):.2f})")
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable verify record {record.name}"
 
 
 GroupKey = tuple[str, str, str, str]  # (tier, dataset, model, dtype)
@@ -398,7 +419,7 @@ def details_table(group: list[Entry]) -> str:
     rhos = sorted({r for e in group for r in e.rhos})
     headers = ["submission", "compressor", "adapter", "headline condition"]
     headers += [f"ρ={fmt_rho(r)}" for r in rhos]
-    headers += ["base mean 0<ρ<1", "LoRA margin @ρ=1", "best condition", "spec", "date"]
+    headers += ["base mean 0<ρ<1", "LoRA margin @ρ=1", "best condition", "spec", "date", "re-run by verify"]
     rows = []
     for e in group:
         best = e.best_condition()
@@ -407,7 +428,7 @@ def details_table(group: list[Entry]) -> str:
             + [fmt_score(e.rouge(r)) if r in e.rhos else DASH for r in rhos]
             + [fmt_score(e.mean("base", e.ranked_rhos) if e.ranked_rhos else None),
                fmt_score(e.margin_at_1(), signed=True), DASH if best is None else f"{best[0]} ({best[1]:.1f})",
-               escape_md(e.spec_version), escape_md(e.date)]
+               escape_md(e.spec_version), escape_md(e.date), escape_md(e.rerun)]
         )
     return _table(rows, headers)
 

@@ -50,6 +50,29 @@ class Verdict:
         return self.compared > 0 and not self.mismatches
 
 
+def record_path(result: Path) -> Path:
+    """Where a verify record of ``<root>/results/<submission>/<tier>/<model>/<dataset>.json`` lives:
+    ``<root>/verified/`` with the same four parts (the leaderboard reads it beside the result)."""
+    result = Path(result).resolve()
+    return result.parents[4] / "verified" / Path(*result.parts[-4:])
+
+
+def write_record(result: str | Path, v: Verdict, device: str) -> Path:
+    """What verify re-ran of this exact result file (its sha256), for the leaderboard to show."""
+    import json
+
+    from .paths import sha256_file
+    from .results import now, write_atomic
+
+    out = record_path(Path(result))
+    write_atomic(out, json.dumps({
+        "result_sha256": sha256_file(result), "ok": v.ok, "seed": v.seed, "plans_checked": v.plans_checked,
+        "pairs": [[d, r] for d, r in v.pairs], "ranked_pairs": v.ranked, "predictions_compared": v.compared,
+        "detection_of_3_tampered": round(v.detection, 4), "device": device, "date": now(),
+    }, indent=1) + "\n")
+    return out
+
+
 def detection_probability(n_pairs: int, k: int, tampered: int = TAMPERED) -> float:
     """The chance that ``k`` pairs drawn without replacement from ``n_pairs`` include at least one
     of ``tampered`` altered pairs: ``1 - C(n - t, k) / C(n, k)``."""

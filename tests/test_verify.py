@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,20 @@ def test_verify_detects_a_changed_plan_digest(tiny_result):
     v = verify_result(path, 1, seed="x", submissions_dir=subs)
     assert not v.ok and any(f"plan {key}" in m for m in v.mismatches), v.mismatches
     assert v.plans_checked >= 2  # every document's base-scored plans, sampled or not
+
+
+def test_the_leaderboard_shows_what_verify_re_ran_of_this_exact_file(tiny_result):
+    from benchmark.leaderboard import load_entries
+    from benchmark.verify import record_path, write_record
+
+    path, subs = tiny_result
+    runs = path.parents[3]
+    [entry] = load_entries(runs)
+    assert entry.rerun == "not re-run"
+    v = verify_result(path, 1, seed="s", submissions_dir=subs)
+    assert write_record(path, v, "cpu") == record_path(path) == runs.parent / "verified" / Path(*path.parts[-4:])
+    [entry] = load_entries(runs)
+    assert entry.rerun == f"{v.plans_checked} plans, 1 of 2 pairs (p={v.detection:.2f})", entry.rerun
+    path.write_text(path.read_text() + " ")  # the record is of these bytes only
+    [entry] = load_entries(runs)
+    assert entry.rerun.startswith("not re-run (the record is of another version")
