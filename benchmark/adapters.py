@@ -320,13 +320,28 @@ def direct_dora_lora_weight():
         dora.DoraLinearLayer.get_lora_weight = original
 
 
+def _forked_rng(device: torch.device):
+    """The global RNGs training draws from (CPU, and the model's CUDA devices), restored on exit, so
+    seeding a training run leaves the caller's random streams where they were."""
+    cuda = range(torch.cuda.device_count()) if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool = True,
                   share_prefix: bool = True) -> dict:
     """Attach a fresh LoRA adapter ``name`` and train it; only LoRA weights get gradients
     (not A under ``init: shared_svd_a``, which stays the frozen shared matrix).
 
+    Training seeds torch's global RNG inside a fork, so the caller's RNG state is unchanged.
+
     ``tokens`` counts the examples' tokens (what the recipe trains on); ``forward_tokens`` counts
     what the forward passes actually ran after prefix sharing (see :func:`batch_loss`)."""
+    with _forked_rng(model.device):
+        return _train_adapter(model, name, examples, recipe, pad_id, progress, share_prefix)
+
+
+def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool,
+                   share_prefix: bool) -> dict:
     s = recipe.train
     torch.manual_seed(s.seed)
     model.add_adapter(recipe.lora.peft_config(), adapter_name=name)

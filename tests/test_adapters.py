@@ -235,3 +235,14 @@ def test_direct_dora_update_equals_peft_and_is_restored(training):
     assert grads.keys() == ref_grads.keys() and grads
     for n in grads:
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6)
+
+
+def test_training_leaves_the_callers_rng_alone(qa_prompt, document):
+    """Training seeds torch's RNG for itself only: the caller's stream continues where it was."""
+    model, tok = tiny_model("llama")
+    ex = build_examples(document.training_view(), RECIPE, PromptRenderer(tok, qa_prompt))
+    torch.manual_seed(1234)
+    torch.rand(3)
+    state = torch.random.get_rng_state()
+    A.train_adapter(model, "doc", ex, RECIPE, tok.pad_token_id, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
