@@ -320,17 +320,73 @@ def direct_dora_lora_weight():
         dora.DoraLinearLayer.get_lora_weight = original
 
 
+#: Base-model dtypes whose adapters train in mixed precision (see :func:`train_adapter`).
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _forked_rng(device: torch.device):
+    """The global RNGs training draws from (CPU, and the model's CUDA devices), restored on exit, so
+    seeding a training run leaves the caller's random streams where they were."""
+    cuda = range(torch.cuda.device_count()) if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
+def cast_adapter(model, name: str, dtype: torch.dtype) -> int:
+    """Cast every floating parameter of adapter ``name`` (LoRA A/B, DoRA magnitude) to ``dtype`` in
+    place, leaving the base weights alone; returns how many changed dtype.
+
+    peft's ``cast_adapter_dtype`` only upcasts to float32; this is its inverse, for evaluating an
+    adapter in the base model's dtype."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        for holder in module.modules():
+            if not isinstance(holder, (torch.nn.ModuleDict, torch.nn.ParameterDict)) or name not in holder:
+                continue
+            for p in (holder[name].parameters() if isinstance(holder[name], torch.nn.Module) else [holder[name]]):
+                if p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+                    n += 1
+    return n
+
+
 def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool = True,
                   share_prefix: bool = True) -> dict:
     """Attach a fresh LoRA adapter ``name`` and train it; only LoRA weights get gradients
     (not A under ``init: shared_svd_a``, which stays the frozen shared matrix).
 
+    On a bf16 (or fp16) base model the adapter trains in mixed precision, as the paper's code does
+    (peft's ``PeftModel`` upcasts adapter weights to float32; transformers' Trainer with ``bf16=True``
+    runs the forward under autocast): the adapter's weights are float32 while training, forward
+    passes run under ``torch.autocast`` in the base dtype, and AdamW steps the float32 weights.
+    Stepping bf16 weights instead loses every update below half a bf16 step of the weight (at
+    lr 1e-4 the DoRA magnitude never moves). After training the adapter is cast to the base dtype,
+    as the paper's evaluation does (``model.to(dtype=...)`` on its ``PeftModel``): what is cached and
+    evaluated is the base-dtype adapter, and a cached one loads to the same weights. A float32 base
+    takes none of these steps. (An fp16 base trains without the loss scaling transformers' Trainer adds.)
+
+    Training seeds torch's global RNG inside a fork, so the caller's RNG state is unchanged.
+
     ``tokens`` counts the examples' tokens (what the recipe trains on); ``forward_tokens`` counts
     what the forward passes actually ran after prefix sharing (see :func:`batch_loss`)."""
+    with _forked_rng(model.device):
+        return _train_adapter(model, name, examples, recipe, pad_id, progress, share_prefix)
+
+
+def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool,
+                   share_prefix: bool) -> dict:
     s = recipe.train
+    half = model.dtype if model.dtype in HALF_DTYPES else None  # the base's dtype, read before an adapter exists
     torch.manual_seed(s.seed)
     model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
     model.set_adapter(name)
+    if half is not None:
+        from peft.functional import cast_adapter_dtype
+
+        cast_adapter_dtype(model, name)  # float32 adapter weights (replaces the parameter objects)
     frozen_a = recipe.lora.init == "shared_svd_a"
     if frozen_a:
         init_shared_svd_a(model, name)
@@ -341,6 +397,8 @@ def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad
         if p.requires_grad:
             params.append(p)
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    # Only the forward runs under autocast; backward follows the dtypes the forward chose.
+    autocast = (lambda: torch.autocast(model.device.type, dtype=half)) if half is not None else contextlib.nullcontext
     rng = random.Random(s.seed)
     model.train()
     n_tokens, n_forward, t0, losses = 0, 0, time.perf_counter(), []
@@ -359,9 +417,11 @@ def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad
                     if len(losses) >= steps:
                         break
                     if s.early_stop_accuracy is not None:  # on the weights this step's loss is computed with
-                        c, t = _token_accuracy(model, batch, pad_id)
+                        with autocast():
+                            c, t = _token_accuracy(model, batch, pad_id)
                         correct, total = correct + c, total + t
-                    loss, ran = batch_loss(model, batch, pad_id, share_prefix)
+                    with autocast():
+                        loss, ran = batch_loss(model, batch, pad_id, share_prefix)
                     loss.backward()
                     if s.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
@@ -385,6 +445,8 @@ def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad
         model.eval()
         for p in params:
             p.requires_grad_(False)
+        if half is not None:
+            cast_adapter(model, name, half)
     seconds = time.perf_counter() - t0
     info = {"steps": len(losses), "tokens": n_tokens, "forward_tokens": n_forward, "seconds": seconds,
             "tokens_per_s": n_tokens / max(seconds, 1e-9),
@@ -411,8 +473,10 @@ class AdapterStore:
     ``adapter_model.safetensors``, keys under ``base_model.model.``), so any cached adapter opens
     with ``PeftModel.from_pretrained(base_model, path)`` or ``model.load_adapter(path)``; beside
     them, ``train_info.json`` keeps the training record. The saved config's ``lora_alpha`` folds in
-    ``eval_scale``, so peft applies exactly the update the benchmark evaluated. Entries written
-    before this format (weights without a config) are rewritten in place when first loaded.
+    ``eval_scale``, so peft applies exactly the update the benchmark evaluated (on a bf16 base the
+    weights are bf16, as evaluated; pass ``autocast_adapter_dtype=False`` to keep peft from
+    upcasting them). Entries written before this format (weights without a config) are rewritten
+    in place when first loaded.
     """
 
     WEIGHTS, CONFIG, PREFIX = "adapter_model.safetensors", "adapter_config.json", "base_model.model."

@@ -235,3 +235,102 @@ def test_direct_dora_update_equals_peft_and_is_restored(training):
     assert grads.keys() == ref_grads.keys() and grads
     for n in grads:
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6)
+
+
+#: The paper's DoRA recipe at its learning rate, small enough to run in a second.
+PAPER_DORA = Recipe("qa", LoraSettings(r=4, alpha=8, use_dora=True, dropout=0.1, init="shared_svd_a"),
+                    TrainSettings(lr=1e-4, max_steps=20, batch_size=2, weight_decay=1e-3, max_grad_norm=1.0,
+                                  early_stop_accuracy=1.0))
+
+
+def _watch_training(monkeypatch):
+    """Per training step (``batch_loss`` call): the autocast state, the dtypes of the trainable and
+    of the base weights, and the DoRA magnitudes as they stand before the step."""
+    seen = []
+    real = A.batch_loss
+
+    def watched(model, batch, pad_id, share_prefix=True):
+        params = dict(model.named_parameters())
+        seen.append({
+            "autocast": torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"),
+            "trainable": {p.dtype for p in params.values() if p.requires_grad},
+            "base": {p.dtype for n, p in params.items() if "lora" not in n},
+            "magnitude": {n: p.detach().float().clone() for n, p in params.items() if "lora_magnitude" in n},
+        })
+        return real(model, batch, pad_id, share_prefix)
+
+    monkeypatch.setattr(A, "batch_loss", watched)
+    return seen
+
+
+def test_bf16_base_trains_float32_adapter_under_autocast(qa_prompt, document, monkeypatch):
+    """On a bf16 base the adapter trains in float32 under bf16 autocast (the paper's mixed precision):
+    at lr 1e-4 the DoRA magnitude moves, where bf16 weights stepped by AdamW stay exactly frozen (each
+    update is below half a bf16 step of the magnitude). After training the adapter is bf16 again."""
+    model, tok = tiny_model("qwen3")
+    model.to(torch.bfloat16)
+    seen = _watch_training(monkeypatch)
+    ex = build_examples(document.training_view(), PAPER_DORA, PromptRenderer(tok, qa_prompt))
+    info = A.train_adapter(model, "doc", ex, PAPER_DORA, tok.pad_token_id, progress=False)
+    assert info["steps"] == 20 == len(seen)
+    for step in seen:
+        assert step["autocast"] == torch.bfloat16
+        assert step["trainable"] == {torch.float32} and step["base"] == {torch.bfloat16}
+    start = seen[0]["magnitude"]
+    final = {n: p for n, p in model.named_parameters() if "lora_magnitude" in n}
+    assert final.keys() == start.keys() and len(final) == 6
+    assert {p.dtype for n, p in model.named_parameters() if ".doc." in n} == {torch.bfloat16}  # evaluated as bf16
+    moved = torch.cat([(final[n].float() != start[n]).flatten() for n in start])
+    assert moved.float().mean() > 0.5  # in bf16, a changed value has moved by at least one bf16 step
+
+
+def test_float32_training_takes_no_mixed_precision_step(qa_prompt, document, monkeypatch):
+    """A float32 base (the mini tier's committed adapters) trains exactly as before: no autocast,
+    no cast of the adapter either way."""
+    import peft.functional
+
+    def refuse(*a, **k):
+        raise AssertionError("a float32 base must not cast its adapter")
+
+    monkeypatch.setattr(peft.functional, "cast_adapter_dtype", refuse)
+    monkeypatch.setattr(A, "cast_adapter", refuse)
+    model, tok = tiny_model("qwen3")
+    seen = _watch_training(monkeypatch)
+    ex = build_examples(document.training_view(), PAPER_DORA, PromptRenderer(tok, qa_prompt))
+    A.train_adapter(model, "doc", ex, PAPER_DORA, tok.pad_token_id, progress=False)
+    assert seen and all(s["autocast"] is False and s["trainable"] == {torch.float32} for s in seen)
+
+
+def test_bf16_adapter_is_cached_and_decodes_as_evaluated(tmp_path, qa_prompt, document):
+    """The adapter a bf16 run evaluates is the one it caches: bf16 weights, a reload gives the same
+    logits bit for bit, and greedy decoding runs on CPU without dtype errors."""
+    from safetensors.torch import load_file
+
+    model, tok = tiny_model("qwen3")
+    model.to(torch.bfloat16)
+    r = PromptRenderer(tok, qa_prompt)
+    view = document.training_view()
+    store = AdapterStore(tmp_path / "adapters")
+    key = adapter_key("tiny", view, RECIPE, "test-1.0")
+    ids = r.full_ids(document.text, "Where?")
+    store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id, progress=False)
+    trained = _logits(model, ids)
+    assert trained.dtype == torch.bfloat16
+    assert {v.dtype for v in load_file(str(store.path(key) / AdapterStore.WEIGHTS)).values()} == {torch.bfloat16}
+    out = model.generate(torch.tensor([ids]), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == len(ids) + 4
+    model.delete_adapter("doc")
+    info = store.attach(model, "doc", key, RECIPE, None, tok.pad_token_id, progress=False)
+    assert info["cached"] and torch.equal(_logits(model, ids), trained)
+
+
+def test_training_leaves_the_callers_rng_alone(qa_prompt, document):
+    """Training seeds torch's RNG for itself only: the caller's stream continues where it was."""
+    model, tok = tiny_model("llama")
+    ex = build_examples(document.training_view(), RECIPE, PromptRenderer(tok, qa_prompt))
+    torch.manual_seed(1234)
+    torch.rand(3)
+    state = torch.random.get_rng_state()
+    A.train_adapter(model, "doc", ex, RECIPE, tok.pad_token_id, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)
