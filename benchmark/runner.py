@@ -85,6 +85,9 @@ class DocumentRun:
                 code = SubmissionProcess.start(submission.path, model=model if submission.press_is_code else None,
                                                tokenizer=tokenizer, device=device,
                                                timeout=worker_timeout or DEFAULT_TIMEOUT_S)
+        dtype = str(getattr(model, "dtype", "float32")).removeprefix("torch.")
+        if dtype != "float32":  # adapters (and synthesized pairs) trained in another precision are other adapters
+            model_key = f"{model_key}|{dtype}"
         return cls(model=model, tokenizer=tokenizer, renderer=renderer, spec=spec, submission=submission,
                    model_key=model_key, press=press, code=code, **options)
 
