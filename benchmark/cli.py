@@ -235,12 +235,13 @@ def cmd_smoke(args) -> int:
 
 def cmd_validate(args) -> int:
     """Conformance of submission folders and result files; every problem names file and field."""
-    from .conformance import check_result_file, check_submission_isolated
+    from .conformance import check_result_file, check_submissions_isolated
 
     status = 0
+    # submissions in the sandbox, each with code of its own in a process of its own
+    submitted = check_submissions_isolated([t for t in args.paths if not str(t).endswith(".json")])
     for target in args.paths:
-        # each submission in its own process: its import-time code cannot reach the other checks
-        problems = check_result_file(target) if str(target).endswith(".json") else check_submission_isolated(target)
+        problems = check_result_file(target) if str(target).endswith(".json") else submitted[str(target)]
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
         print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({len(problems)} problems)" if problems else ""))

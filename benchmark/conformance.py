@@ -82,6 +82,30 @@ def check_submission_isolated(path: str | Path, timeout: float = VALIDATE_TIMEOU
     What the child reports is the submission's own code's word; for a press of its own this
     process then asks the sandbox for plans on a tiny model and checks them itself
     (:func:`check_sandboxed_plans`), as ``evaluate`` checks every plan."""
+    return check_submissions_isolated([path], timeout)[str(path)]
+
+
+def check_submissions_isolated(paths, timeout: float = VALIDATE_TIMEOUT_S) -> dict[str, list[str]]:
+    """:func:`check_submission_isolated` of each path, keyed by the path as given. Submissions with no
+    code of their own (kvpress presses by name, no hook) share one sandboxed process: none of them
+    runs submission code. Each submission with code, or whose YAML does not load, gets its own."""
+    from .submission import load_submission
+
+    shared, alone = [], []
+    for p in paths:
+        try:
+            (alone if load_submission(p).has_code else shared).append(p)
+        except Exception:  # noqa: BLE001 - its own child reports the problem
+            alone.append(p)
+    out = _check_in_sandbox(shared, timeout * len(shared)) if shared else {}
+    for p in alone:
+        out |= _check_in_sandbox([p], timeout)
+        if not out[str(p)]:
+            out[str(p)] = check_sandboxed_plans(Path(p), timeout)
+    return out
+
+
+def _check_in_sandbox(paths: list, timeout: float) -> dict[str, list[str]]:
     import json
     import subprocess
     import sys
@@ -89,28 +113,27 @@ def check_submission_isolated(path: str | Path, timeout: float = VALIDATE_TIMEOU
 
     from .worker import _child_env, _limits, bwrap_works, sandbox_args
 
-    path = Path(path)
-    folder = (path if path.is_dir() else path.parent).resolve()
-    cmd = [sys.executable, "-m", "benchmark.conformance", str(path.resolve())]
+    folders = [(Path(p) if Path(p).is_dir() else Path(p).parent).resolve() for p in paths]
+    cmd = [sys.executable, "-m", "benchmark.conformance", *(str(Path(p).resolve()) for p in paths)]
     if bwrap_works():
-        cmd = sandbox_args([folder]) + cmd
+        cmd = sandbox_args(folders) + cmd
     with tempfile.TemporaryDirectory(prefix="lorakv-validate-") as tmp:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_child_env(), cwd=tmp,
                                   preexec_fn=_limits("cpu"))
         except subprocess.TimeoutExpired:
-            return [f"{path}: the conformance check did not finish within {timeout:.0f} s"]
+            return {str(p): [f"{p}: the conformance check did not finish within {timeout:.0f} s"] for p in paths}
     lines = proc.stdout.strip().splitlines()
     try:
-        problems = json.loads(lines[-1]) if lines else None
-        if not (isinstance(problems, list) and all(isinstance(p, str) for p in problems)):
-            raise ValueError("not a list of strings")
+        reported = json.loads(lines[-1]) if lines else None
+        if not (isinstance(reported, list) and len(reported) == len(paths)
+                and all(isinstance(ps, list) and all(isinstance(x, str) for x in ps) for ps in reported)):
+            raise ValueError("not a list of problem lists, one per submission")
     except ValueError:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return [f"{path}: the conformance check ended without a result (exit code {proc.returncode}; {tail[0]:.300})"]
-    if not problems:
-        problems = check_sandboxed_plans(path, timeout)
-    return problems
+        return {str(p): [f"{p}: the conformance check ended without a result (exit code {proc.returncode}; "
+                         f"{tail[0]:.300})"] for p in paths}
+    return {str(p): ps for p, ps in zip(paths, reported)}
 
 
 def check_sandboxed_plans(path: Path, timeout: float = VALIDATE_TIMEOUT_S) -> list[str]:
@@ -1051,10 +1074,10 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
     return problems
 
 
-if __name__ == "__main__":  # the sandboxed child of check_submission_isolated: prints its problems as JSON, last
+if __name__ == "__main__":  # the sandboxed child of check_submissions_isolated: one JSON list of problem lists, last
     import json
     import os
     import sys
 
-    _problems = check_submission(sys.argv[1])
+    _problems = [check_submission(p) for p in sys.argv[1:]]
     os.write(1, (json.dumps(_problems) + "\n").encode())
