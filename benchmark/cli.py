@@ -17,6 +17,11 @@ def _cond_help() -> str:
     return "; ".join(f"{k}: {v}" for k, v in CONDITION_HELP.items())
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 problem``, ``2 problems``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _offline() -> None:
     # Nothing in the mini tier touches a hub; make sure no library tries to.
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -196,7 +201,7 @@ def cmd_validate_data(args) -> int:
         for problem in problems:
             print(f"INVALID {problem}", file=sys.stderr)
         if problems:
-            print(f"INVALID {f}: {len(problems)} problem(s)", file=sys.stderr)
+            print(f"INVALID {f}: {_count(len(problems), 'problem')}", file=sys.stderr)
             status = 1
             continue
         print(f"ok {f}: {summarize(docs)}")
@@ -243,7 +248,7 @@ def cmd_validate(args) -> int:
         problems = check_result_file(target) if str(target).endswith(".json") else check_submission_isolated(target)
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
-        print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({len(problems)} problems)" if problems else ""))
+        print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({_count(len(problems), 'problem')})" if problems else ""))
         status |= bool(problems)
     return status
 
@@ -261,7 +266,7 @@ def cmd_publish(args) -> int:
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
         if problems:
-            print(f"not published: {run_file} ({len(problems)} problems)", file=sys.stderr)
+            print(f"not published: {run_file} ({_count(len(problems), 'problem')})", file=sys.stderr)
             status = 1
             continue
         data = load_result(run_file)
@@ -313,6 +318,8 @@ def cmd_leaderboard(args) -> int:
             print(f"stale: {f}")
         if stale:
             print("run `lorakv-bench leaderboard` to regenerate", file=sys.stderr)
+        else:
+            print(f"up to date: {args.out} and {args.plots}/ match {args.results}")
         return int(bool(stale))
     render(args.results, args.out, args.plots)
     print(f"wrote {args.out} and {args.plots}/")
@@ -367,7 +374,10 @@ def _record_prepared_sha256(name: str, out, actual: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .config import RUN_DTYPES
 
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("evaluate", help="run the protocol for a submission",
