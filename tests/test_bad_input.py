@@ -78,7 +78,7 @@ def test_validate_data_reports_every_bad_line(tmp_path, capsys):
     for lineno, words in ((2, "not valid JSON"), (3, "blank"), (5, "duplicate doc_id"), (6, "normalises")):
         assert any(f"{f}:{lineno}:" in line and words in line for line in err.splitlines()), (lineno, err)
     assert f"{f}:1:" not in err and f"{f}:4:" not in err
-    assert "4 problem(s)" in err
+    assert f"INVALID {f}: 4 problems" in err
 
 
 def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch, capsys):
@@ -97,3 +97,26 @@ def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and "cannot resume" in err, err
     assert path.read_text().endswith("[")
+
+
+@pytest.mark.parametrize("compressor, field, words", [
+    ("{press: SnapKVPres}", "field 'compressor/press'", "did you mean SnapKVPress"),
+    ("{press: SnapKVPress, kwargs: {windw_size: 8}}", "field 'compressor/kwargs/windw_size'",
+     "(its kwargs: window_size, kernel_size)"),
+    ("{press: CriticalKVPress, kwargs: {press: {press: SnapKVPress, kwargs: {kernel: 3}}}}",
+     "field 'compressor/kwargs/press/kwargs/kernel'", "(its kwargs: window_size, kernel_size)"),
+    ("{press: AdaKVPress, kwargs: {press: {press: ExpectedAtention}}}", "field 'compressor/kwargs/press/press'",
+     "did you mean ExpectedAttentionPress"),
+], ids=["press-typo", "kwarg-typo", "nested-kwarg-typo", "nested-press-typo"])
+def test_press_typo_suggests_names_and_lists_kwargs(tmp_path, monkeypatch, capsys, compressor, field, words):
+    import benchmark.runner as R
+
+    sub = tmp_path / "submissions" / "typo"
+    sub.mkdir(parents=True)
+    (sub / "submission.yaml").write_text(f"name: typo\nauthors: [t]\ndescription: t\ncompressor: {compressor}\n"
+                                         "adapter: {recipe: none}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad submission"))
+    assert main(["evaluate", str(sub), "--docs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {sub / 'submission.yaml'}: {field}") and "\n" not in err and words in err, err
