@@ -51,6 +51,8 @@ def check_evaluate_flags(args) -> None:
             raise SpecError(f"--conditions {' '.join(bad)}: unknown condition (have: {', '.join(CONDITIONS)})")
         if len(set(args.conditions)) != len(args.conditions):
             raise SpecError("--conditions: a condition is given more than once")
+        _check_conditions_have_adapter(args.submission, args.conditions)
+    check_device(args.device)
     _shard(args.shard)
     spec = load_spec(args.tier)
     if args.model:
@@ -59,6 +61,41 @@ def check_evaluate_flags(args) -> None:
 
     for ds in args.dataset or []:
         resolve_dataset(spec, ds).split(args.split)  # a spec id, or a JSONL file (validated in full)
+
+
+def _check_conditions_have_adapter(submission: str, conditions: list[str]) -> None:
+    """Conditions asked for by name that need an adapter the submission does not train (``recipe:
+    none``): refused here, not skipped, since the user asked for them."""
+    from .spec import CONDITIONS, SpecError
+    from .submission import load_submission
+
+    sub = load_submission(submission)
+    if sub.recipe.enabled:
+        return
+    needs = [c for c in conditions if "adapter" in CONDITIONS[c].values()]
+    if needs:
+        raise SpecError(f"--conditions {' '.join(needs)}: {sub.path / 'submission.yaml'} has recipe: none, so there "
+                        "is no adapter to run them with; only base applies")
+
+
+def check_device(device: str | None) -> None:
+    """``--device``: a device torch knows that this machine has (None: picked later)."""
+    if device is None:
+        return
+    import torch
+
+    from .spec import SpecError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SpecError(f"--device {device}: not a torch device (cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError(f"--device {device}: this torch sees no CUDA device (torch.cuda.is_available() is False; "
+                            f"torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecError(f"--device {device}: this machine has {_count(torch.cuda.device_count(), 'CUDA device')}")
 
 
 def cmd_evaluate(args) -> int:
@@ -217,6 +254,7 @@ def cmd_smoke(args) -> int:
     from .models import PromptRenderer, load_model
     from .spec import load_spec
 
+    check_device(args.device)
     spec = load_spec(args.tier)
     for ds in spec.datasets:
         docs = load_split(ds.test)
@@ -291,6 +329,7 @@ def cmd_verify(args) -> int:
     if not 0 < args.detect < 1:
         print(f"error: --detect {args.detect}: must be a probability between 0 and 1", file=sys.stderr)
         return 2
+    check_device(args.device)
     seed = args.seed or new_seed()
     print(f"verify: sample seed {seed} (re-run this sample with --seed {seed})")
     status = 0

@@ -39,6 +39,27 @@ def test_bad_evaluate_flags_fail_before_any_work(flags, named, monkeypatch, tmp_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command, flags, named", [
+    (["evaluate", str(ROOT / "submissions" / "snapkv-noadapter")], ["--conditions", "base", "adapter_all"],
+     "--conditions adapter_all"),
+    (["evaluate", str(ROOT / "submissions" / "snapkv")], ["--device", "cuda"], "--device cuda"),
+    (["evaluate", str(ROOT / "submissions" / "snapkv")], ["--device", "gpu"], "--device gpu"),
+    (["verify", "any.json"], ["--device", "cuda"], "--device cuda"),
+], ids=["adapter-condition-without-adapter", "cuda-without-cuda", "not-a-device", "verify-cuda-without-cuda"])
+def test_flags_the_submission_or_machine_cannot_honour(command, flags, named, monkeypatch, tmp_path, capsys):
+    import torch
+
+    import benchmark.runner as R
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only torch
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad flag"))
+    assert main([*command, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and named in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def _line(doc_id="d", text="Some text.", answers=("Tollervik",), question="Where?") -> str:
     return json.dumps({"doc_id": doc_id, "text": text,
                        "questions": [{"id": f"{doc_id}-q", "question": question, "answers": list(answers)}]})
