@@ -528,6 +528,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, MissingExtra, WorkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # evaluate keeps every finished document in its result file; verify is cheap to restart
+        resumable = args.command in ("evaluate", "verify")
+        print("interrupted" + ("; re-run the same command to resume" if resumable else ""), file=sys.stderr)
+        return 130
 
 
 def lm_eval_main() -> int:

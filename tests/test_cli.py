@@ -35,3 +35,19 @@ def test_leaderboard_check_says_so_when_up_to_date(monkeypatch, capsys):
     monkeypatch.setattr(L, "stale_files", lambda *a, **k: [])
     assert main(["leaderboard", "--check"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, target", [
+    (["evaluate", "submissions/snapkv", "--docs", "1"], "benchmark.runner.evaluate"),
+    (["verify", "r.json", "--seed", "1"], "benchmark.verify.verify_result"),
+], ids=["evaluate", "verify"])
+def test_ctrl_c_ends_with_one_line(argv, target, monkeypatch, capsys):
+    from pathlib import Path
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setattr(target, interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; re-run the same command to resume"
