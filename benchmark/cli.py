@@ -278,7 +278,7 @@ def cmd_smoke(args) -> int:
 
 def cmd_validate(args) -> int:
     """Conformance of submission folders and result files; every problem names file and field."""
-    from .conformance import check_result_file, check_submission_isolated
+    from .conformance import RESULT_CHECKS, SUBMISSION_CHECKS, check_result_file, check_submission_isolated
 
     status = 0
     for target in args.paths:
@@ -287,6 +287,9 @@ def cmd_validate(args) -> int:
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
         print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({_count(len(problems), 'problem')})" if problems else ""))
+        if args.verbose:
+            for check in RESULT_CHECKS if str(target).endswith(".json") else SUBMISSION_CHECKS:
+                print(f"  check {check}")
         status |= bool(problems)
     return status
 
@@ -462,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="conformance of submissions/<name> folders and result .json files")
     val.add_argument("paths", nargs="+")
+    val.add_argument("-v", "--verbose", action="store_true", help="list the checks run on each path")
     val.set_defaults(func=cmd_validate)
 
     pub = sub.add_parser("publish", help="validate run files (runs/...) and copy them into leaderboard/results")

@@ -51,3 +51,14 @@ def test_ctrl_c_ends_with_one_line(argv, target, monkeypatch, capsys):
     monkeypatch.setattr(target, interrupted)
     assert main(argv) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; re-run the same command to resume"
+
+
+def test_validate_verbose_lists_the_checks(tmp_path, capsys):
+    from benchmark.conformance import RESULT_CHECKS
+
+    r = tmp_path / "r.json"
+    r.write_text(json.dumps({"format": "nope"}))
+    assert main(["validate", "-v", str(r)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"FAIL {r} (1 problem)"
+    assert out[1:] == [f"  check {c}" for c in RESULT_CHECKS] and "  check check_cells" in out
