@@ -230,11 +230,13 @@ def format_cells(data: dict, tabulate) -> str:
 
 
 def cmd_validate_data(args) -> int:
-    from .datasets import check_documents, summarize
+    from .datasets import check_documents, check_leaks, summarize
 
     status = 0
     for f in args.files:
         docs, problems = check_documents(f)  # every bad line, not only the first
+        if not problems:
+            problems = check_leaks(f)
         for problem in problems:
             print(f"INVALID {problem}", file=sys.stderr)
         if problems:

@@ -141,3 +141,36 @@ def test_press_typo_suggests_names_and_lists_kwargs(tmp_path, monkeypatch, capsy
     assert main(["evaluate", str(sub), "--docs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {sub / 'submission.yaml'}: {field}") and "\n" not in err and words in err, err
+
+
+def test_duplicate_question_id_within_a_document(tmp_path, capsys):
+    row = json.loads(_line("a"))
+    row["questions"].append(dict(row["questions"][0], question="Who?"))
+    f = tmp_path / "docs.jsonl"
+    f.write_text(json.dumps(row) + "\n")
+    assert main(["validate-data", str(f)]) == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"INVALID {f}:1: field 'questions/1/id'") and "duplicate question id 'a-q'" in first
+
+
+def test_train_qa_that_gives_an_evaluation_question_away_is_a_leak(tmp_path, capsys):
+    ok = json.loads(_line("a", question="Where did Maren open her bakery?"))
+    ok["questions"][0]["tags"] = ["covered"]
+    ok["train_qa"] = [{"question": "In which town is the bakery?", "answer": "Tollervik"}]  # covered: the design
+    asked = dict(ok, doc_id="b", questions=[dict(ok["questions"][0], id="b-q")],
+                 train_qa=[{"question": "  where did MAREN open her\tbakery? ", "answer": "In Tollervik."}])
+    tagged = dict(ok, doc_id="c", questions=[dict(ok["questions"][0], id="c-q", tags=["uncovered"])])
+    f = tmp_path / "docs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in (ok, asked, tagged)))
+    assert main(["validate-data", str(f)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"INVALID {f}:2: field 'train_qa/0/question': leak") and "'b-q'" in err[0], err
+    assert err[1].startswith(f"INVALID {f}:3: field 'questions/0/tags': leak") and "'Tollervik'" in err[1], err
+    assert err[2:] == [f"INVALID {f}: 2 problems"]
+
+
+def test_committed_mini_data_has_no_leaks():
+    from benchmark.datasets import check_documents, check_leaks
+
+    for f in sorted((ROOT / "benchmark" / "data" / "mini").glob("*.jsonl")):
+        assert check_documents(f)[1] == [] and check_leaks(f) == [], f
