@@ -291,7 +291,7 @@ def cmd_validate(args) -> int:
         print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({_count(len(problems), 'problem')})" if problems else ""))
         if args.verbose:
             for check in RESULT_CHECKS if str(target).endswith(".json") else SUBMISSION_CHECKS:
-                print(f"  check {check}")
+                print(f"  check: {check}")
         status |= bool(problems)
     return status
 

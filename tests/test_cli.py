@@ -61,4 +61,4 @@ def test_validate_verbose_lists_the_checks(tmp_path, capsys):
     assert main(["validate", "-v", str(r)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"FAIL {r} (1 problem)"
-    assert out[1:] == [f"  check {c}" for c in RESULT_CHECKS] and "  check check_cells" in out
+    assert out[1:] == [f"  check: {c}" for c in RESULT_CHECKS] and "  check: check_cells" in out
