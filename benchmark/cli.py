@@ -17,6 +17,11 @@ def _cond_help() -> str:
     return "; ".join(f"{k}: {v}" for k, v in CONDITION_HELP.items())
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 problem``, ``2 problems``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _offline() -> None:
     # Nothing in the mini tier touches a hub; make sure no library tries to.
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -46,6 +51,8 @@ def check_evaluate_flags(args) -> None:
             raise SpecError(f"--conditions {' '.join(bad)}: unknown condition (have: {', '.join(CONDITIONS)})")
         if len(set(args.conditions)) != len(args.conditions):
             raise SpecError("--conditions: a condition is given more than once")
+        _check_conditions_have_adapter(args.submission, args.conditions)
+    check_device(args.device)
     _shard(args.shard)
     spec = load_spec(args.tier)
     if args.model:
@@ -54,6 +61,41 @@ def check_evaluate_flags(args) -> None:
 
     for ds in args.dataset or []:
         resolve_dataset(spec, ds).split(args.split)  # a spec id, or a JSONL file (validated in full)
+
+
+def _check_conditions_have_adapter(submission: str, conditions: list[str]) -> None:
+    """Conditions asked for by name that need an adapter the submission does not train (``recipe:
+    none``): refused here, not skipped, since the user asked for them."""
+    from .spec import CONDITIONS, SpecError
+    from .submission import load_submission
+
+    sub = load_submission(submission)
+    if sub.recipe.enabled:
+        return
+    needs = [c for c in conditions if "adapter" in CONDITIONS[c].values()]
+    if needs:
+        raise SpecError(f"--conditions {' '.join(needs)}: {sub.path / 'submission.yaml'} has recipe: none, so there "
+                        "is no adapter to run them with; only base applies")
+
+
+def check_device(device: str | None) -> None:
+    """``--device``: a device torch knows that this machine has (None: picked later)."""
+    if device is None:
+        return
+    import torch
+
+    from .spec import SpecError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SpecError(f"--device {device}: not a torch device (cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError(f"--device {device}: this torch sees no CUDA device (torch.cuda.is_available() is False; "
+                            f"torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecError(f"--device {device}: this machine has {_count(torch.cuda.device_count(), 'CUDA device')}")
 
 
 def cmd_evaluate(args) -> int:
@@ -188,15 +230,17 @@ def format_cells(data: dict, tabulate) -> str:
 
 
 def cmd_validate_data(args) -> int:
-    from .datasets import check_documents, summarize
+    from .datasets import check_documents, check_leaks, summarize
 
     status = 0
     for f in args.files:
         docs, problems = check_documents(f)  # every bad line, not only the first
+        if not problems:
+            problems = check_leaks(f)
         for problem in problems:
             print(f"INVALID {problem}", file=sys.stderr)
         if problems:
-            print(f"INVALID {f}: {len(problems)} problem(s)", file=sys.stderr)
+            print(f"INVALID {f}: {_count(len(problems), 'problem')}", file=sys.stderr)
             status = 1
             continue
         print(f"ok {f}: {summarize(docs)}")
@@ -212,6 +256,7 @@ def cmd_smoke(args) -> int:
     from .models import PromptRenderer, load_model
     from .spec import load_spec
 
+    check_device(args.device)
     spec = load_spec(args.tier)
     for ds in spec.datasets:
         docs = load_split(ds.test)
@@ -235,7 +280,7 @@ def cmd_smoke(args) -> int:
 
 def cmd_validate(args) -> int:
     """Conformance of submission folders and result files; every problem names file and field."""
-    from .conformance import check_result_file, check_submissions_isolated
+    from .conformance import RESULT_CHECKS, SUBMISSION_CHECKS, check_result_file, check_submissions_isolated
 
     status = 0
     # submissions in the sandbox, each with code of its own in a process of its own
@@ -244,7 +289,10 @@ def cmd_validate(args) -> int:
         problems = check_result_file(target) if str(target).endswith(".json") else submitted[str(target)]
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
-        print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({len(problems)} problems)" if problems else ""))
+        print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({_count(len(problems), 'problem')})" if problems else ""))
+        if args.verbose:
+            for check in RESULT_CHECKS if str(target).endswith(".json") else SUBMISSION_CHECKS:
+                print(f"  check: {check}")
         status |= bool(problems)
     return status
 
@@ -262,7 +310,7 @@ def cmd_publish(args) -> int:
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
         if problems:
-            print(f"not published: {run_file} ({len(problems)} problems)", file=sys.stderr)
+            print(f"not published: {run_file} ({_count(len(problems), 'problem')})", file=sys.stderr)
             status = 1
             continue
         data = load_result(run_file)
@@ -287,6 +335,7 @@ def cmd_verify(args) -> int:
     if not 0 < args.detect < 1:
         print(f"error: --detect {args.detect}: must be a probability between 0 and 1", file=sys.stderr)
         return 2
+    check_device(args.device)
     seed = args.seed or new_seed()
     print(f"verify: sample seed {seed} (re-run this sample with --seed {seed})")
     status = 0
@@ -316,6 +365,8 @@ def cmd_leaderboard(args) -> int:
             print(f"stale: {f}")
         if stale:
             print("run `lorakv-bench leaderboard` to regenerate", file=sys.stderr)
+        else:
+            print(f"up to date: {args.out} and {args.plots}/ match {args.results}")
         return int(bool(stale))
     render(args.results, args.out, args.plots)
     print(f"wrote {args.out} and {args.plots}/")
@@ -370,7 +421,10 @@ def _record_prepared_sha256(name: str, out, actual: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .config import RUN_DTYPES
 
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("evaluate", help="run the protocol for a submission",
@@ -416,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="conformance of submissions/<name> folders and result .json files")
     val.add_argument("paths", nargs="+")
+    val.add_argument("-v", "--verbose", action="store_true", help="list the checks run on each path")
     val.set_defaults(func=cmd_validate)
 
     pub = sub.add_parser("publish", help="validate run files (runs/...) and copy them into leaderboard/results")
@@ -484,6 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, MissingExtra, WorkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # evaluate keeps every finished document in its result file; verify is cheap to restart
+        resumable = args.command in ("evaluate", "verify")
+        print("interrupted" + ("; re-run the same command to resume" if resumable else ""), file=sys.stderr)
+        return 130
 
 
 def lm_eval_main() -> int:

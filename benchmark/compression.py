@@ -96,7 +96,53 @@ def _build_nested(value, code_dir):
 def _make_press(name: str, kwargs: dict | None, code_dir):
     kwargs = {k: _build_nested(v, code_dir) for k, v in (kwargs or {}).items()}
     cls = import_from(code_dir, name) if ":" in name else kvpress_press(name)
+    message = _unknown_kwarg(cls, name, kwargs)
+    if message:  # what cls(**kwargs) would raise, with the kwargs the press does take
+        raise TypeError(message)
     return cls(**kwargs)
+
+
+def press_kwargs(cls) -> list[str] | None:
+    """The keyword arguments a press class takes (its dataclass fields, or its ``__init__``'s),
+    ``compression_ratio`` left out (the framework sets it); None when it takes any (``**kwargs``)."""
+    params = inspect.signature(cls).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "compression_ratio"]
+
+
+def _unknown_kwarg(cls, name: str, kwargs: dict) -> str | None:
+    """The message for the first kwarg ``cls`` does not take (with the ones it does), or None."""
+    valid = press_kwargs(cls)
+    unknown = [k for k in kwargs if valid is not None and k not in valid and k != "compression_ratio"]
+    if not unknown:
+        return None
+    return f"{name} got an unexpected keyword argument '{unknown[0]}' (its kwargs: {', '.join(valid) or 'none'})"
+
+
+def check_press_kwargs(name: str, kwargs: dict | None, where: str = "compressor/kwargs") -> None:
+    """Before a press is built: every kwarg name of a kvpress press (or one of ours), nested press
+    sections included, is one the class takes. Raises ValueError naming the field path
+    (``compressor/kwargs/press/kwargs/windw_size``) and the class's kwargs. A submission's own
+    ``module:Class`` is not imported here (it runs in the sandbox) and is checked when built there."""
+    if ":" in name:
+        return
+    cls = kvpress_press(name)
+    for key, value in (kwargs or {}).items():
+        message = _unknown_kwarg(cls, name, {key: value})
+        if message:
+            raise ValueError(f"field '{where}/{key}': {message}")
+        sections = value if isinstance(value, list) else [value]
+        for i, v in enumerate(sections):
+            if not (isinstance(v, dict) and isinstance(v.get("press"), str)):
+                continue
+            inner = f"{where}/{key}" + (f"/{i}" if isinstance(value, list) else "")
+            if ":" not in v["press"]:
+                try:
+                    kvpress_press(v["press"])
+                except ValueError as exc:
+                    raise ValueError(f"field '{inner}/press': '{v['press']}': {exc}") from None
+            check_press_kwargs(v["press"], v.get("kwargs"), f"{inner}/kwargs")
 
 
 def build_compressor(name: str, kwargs: dict | None = None, code_dir=None) -> Compressor:
@@ -173,7 +219,13 @@ def kvpress_press(name: str):
         cls = getattr(source, name, None)
         if inspect.isclass(cls) and issubclass(cls, kvpress.BasePress):
             return cls
-    raise ValueError(f"kvpress has no press named '{name}' (nor has benchmark.presses)")
+    import difflib
+
+    known = [n for source in (kvpress, presses) for n in dir(source)
+             if inspect.isclass(getattr(source, n)) and issubclass(getattr(source, n), kvpress.BasePress)]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else " (CONTRIBUTING.md lists the presses that run)"
+    raise ValueError(f"kvpress has no press named '{name}' (nor has benchmark.presses){hint}")
 
 
 def score_depends_on_rho(press) -> bool:

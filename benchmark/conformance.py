@@ -69,6 +69,23 @@ def check_submission(path: str | Path) -> list[str]:
     return problems
 
 
+#: The checks ``validate -v`` lists, in the order they run (tests/test_conformance.py keeps these
+#: equal to the calls in check_submission, _check_press_on_tiny, check_result_file).
+SUBMISSION_CHECKS = (
+    "load_submission", "_check_recipe", "_check_compressor",
+    *(f"{c} (on the tiny {', '.join(CONFORMANCE_MODELS)} models)" for c in (
+        "check_cache_untouched", "check_score_shape", "check_eviction_budget", "check_deterministic",
+        "check_declared_rho_dependence")),
+    "check_sandboxed_plans (a press of the submission's own code)",
+)
+RESULT_CHECKS = (
+    "load_result", "_pinned_questions", "check_spec_hash", "problems_of_place", "check_header_keys", "check_dates",
+    "check_model_name", "check_environment", "check_answers_against_digest (data absent)",
+    "check_predictions_extracted", "check_predictions_against_dataset", "check_prediction_scores", "check_cells",
+    "check_kv_budget", "check_document_adapters", "_check_grid", "_check_protocol (full protocol)",
+    "_named_submission", "check_submission_hash", "check_submission_sections",
+)
+
 #: seconds ``validate`` gives one submission's checks in the sandbox
 VALIDATE_TIMEOUT_S = 60.0
 

@@ -135,7 +135,7 @@ def _read_documents(path: Path, expected_sha256: str | None, stop_at_first: bool
                 if doc.doc_id in seen_docs:
                     raise DataError(f"{where}: field 'doc_id': duplicate doc_id '{doc.doc_id}'")
                 for i, q in enumerate(doc.questions):
-                    if q.id in seen_q:
+                    if q.id in seen_q or any(q.id == p.id for p in doc.questions[:i]):
                         raise DataError(f"{where}: field 'questions/{i}/id': duplicate question id '{q.id}'")
             except UnicodeDecodeError as exc:
                 problems.append(f"{where}: not UTF-8 (byte {exc.start} of the line is {raw[exc.start]:#04x})")
@@ -151,6 +151,52 @@ def _read_documents(path: Path, expected_sha256: str | None, stop_at_first: bool
     if not docs and not problems:
         problems.append(f"{path}: no documents")
     return docs, problems
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def check_leaks(path: str | Path) -> list[str]:
+    """Training pairs that give an evaluation question away, one message per leak naming
+    file:line and field (run on a file :func:`check_documents` accepts):
+
+    * a train_qa question equal to an evaluation question of its document (lowercase, whitespace
+      collapsed): the adapter would be trained on the test question itself;
+    * an evaluation question tagged ``uncovered`` whose gold answer a train_qa pair mentions: the
+      tag promises no training text contains it.
+
+    A train_qa answer equal to a covered question's gold answer is the design, not a leak: covered
+    questions ask, in other words, about the fact a pair trains on."""
+    import re
+
+    leaks = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            train = obj.get("train_qa", [])
+            where = f"{path}:{lineno}"
+            asked = {_normalised(q["question"]): q["id"] for q in obj["questions"]}
+            for j, pair in enumerate(train):
+                qid = asked.get(_normalised(pair["question"]))
+                if qid is not None:
+                    leaks.append(f"{where}: field 'train_qa/{j}/question': leak: it is evaluation question '{qid}' "
+                                 "(the adapter would train on the test question)")
+            texts = [_normalised(t) for pair in train for t in (pair["question"], pair["answer"])]
+            for i, q in enumerate(obj["questions"]):
+                if "uncovered" not in q.get("tags", ()):
+                    continue
+                for a in q["answers"]:
+                    word = re.compile(rf"(?<!\w){re.escape(_normalised(a))}(?!\w)")
+                    k = next((k for k, t in enumerate(texts) if word.search(t)), None)
+                    if k is not None:
+                        leaks.append(f"{where}: field 'questions/{i}/tags': leak: question '{q['id']}' is tagged "
+                                     f"uncovered but train_qa/{k // 2}/{('question', 'answer')[k % 2]} mentions its "
+                                     f"gold answer {a!r}")
+                        break
+    return leaks
 
 
 def load_split(data_file: DataFile) -> list[Document]:

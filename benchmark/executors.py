@@ -108,7 +108,6 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
         merged.append(merge_shards(sorted(paths), result_path(out, sub_name, spec.tier, model_spec.id, stem)))
         for p in paths:
             p.unlink()
-            p.with_name(p.name + ".lock").unlink(missing_ok=True)  # the shard's write lock (results.file_lock)
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(units)} work units failed (shards kept for resume):\n  "
                            + "\n  ".join(line for line, _ in failed)) from failed[0][1]

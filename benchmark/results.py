@@ -168,29 +168,64 @@ def _identity(data: dict, key: str):
 
 @contextlib.contextmanager
 def file_lock(path: Path):
-    """An exclusive advisory lock on ``<path>.lock`` (held until the block ends; released if the
-    process dies)."""
+    """An exclusive advisory lock on ``<path>.lock``, held until the block ends (released if the
+    process dies); the lock file is removed on release, so none is left beside the result.
+
+    Removal is safe because only the holder removes it, before unlocking: a process that was
+    waiting on the removed file (or opened it just before) finds, once it holds it, that the path
+    no longer names that file, and locks the current one instead."""
     import fcntl
 
     path = Path(path)
+    lock = path.with_name(path.name + ".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    while True:
+        f = open(lock, "a")
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                current = os.path.samestat(os.fstat(f.fileno()), os.stat(lock))
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            f.close()
+            raise
+        if current:
+            break
+        f.close()  # a lock on a removed file excludes nobody: take the one the path names now
+    try:
+        yield
+    finally:
+        try:
+            lock.unlink(missing_ok=True)
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (another thread may be
+    creating files); elsewhere set and restored at once."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so readers see the old or the new file, never a partial one:
-    a unique temporary file in the same folder, fsync, rename, fsync of the folder."""
+    a unique temporary file in the same folder, fsync, rename, fsync of the folder. The file gets
+    the mode ``open()`` would give it (0644 under the usual umask), not mkstemp's private 0600:
+    result files are shared and published."""
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

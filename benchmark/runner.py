@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,6 +364,10 @@ def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalReq
         result = ResultFile(path, header)
         done = result.done()
         active = [c for c in conditions if submission.recipe.enabled or c == "base"]
+        finished = sum(all((d.doc_id, rho, c) in done for rho in rhos for c in active) for d in documents)
+        if finished and req.progress:
+            print(f"{ds.id}: skipping {finished} of {len(documents)} documents, already done in {path}",
+                  file=sys.stderr, flush=True)
         bar = tqdm(documents, desc=f"{model_spec.id} {ds.id}", disable=not req.progress)
         for doc in bar:
             qs = list(doc.questions)[:questions]

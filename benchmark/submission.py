@@ -144,6 +144,12 @@ def _check_code_refs(yml: Path, raw: dict) -> None:
     if "compression_ratio" in (raw["compressor"].get("kwargs") or {}):
         raise SpecError(f"{yml}: field 'compressor/kwargs': compression_ratio is set by the framework at every rho "
                         "of the grid; remove it")
+    from .compression import check_press_kwargs
+
+    try:
+        check_press_kwargs(press, raw["compressor"].get("kwargs"))
+    except ValueError as exc:
+        raise SpecError(f"{yml}: {exc}") from None
     trains = {"adapter/train": raw["adapter"].get("train") or {}}
     trains |= {f"adapter/per_model/{m}": t for m, t in (raw["adapter"].get("per_model") or {}).items()}
     for where, train in trains.items():

@@ -39,6 +39,27 @@ def test_bad_evaluate_flags_fail_before_any_work(flags, named, monkeypatch, tmp_
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("command, flags, named", [
+    (["evaluate", str(ROOT / "submissions" / "snapkv-noadapter")], ["--conditions", "base", "adapter_all"],
+     "--conditions adapter_all"),
+    (["evaluate", str(ROOT / "submissions" / "snapkv")], ["--device", "cuda"], "--device cuda"),
+    (["evaluate", str(ROOT / "submissions" / "snapkv")], ["--device", "gpu"], "--device gpu"),
+    (["verify", "any.json"], ["--device", "cuda"], "--device cuda"),
+], ids=["adapter-condition-without-adapter", "cuda-without-cuda", "not-a-device", "verify-cuda-without-cuda"])
+def test_flags_the_submission_or_machine_cannot_honour(command, flags, named, monkeypatch, tmp_path, capsys):
+    import torch
+
+    import benchmark.runner as R
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only torch
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad flag"))
+    assert main([*command, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and named in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def _line(doc_id="d", text="Some text.", answers=("Tollervik",), question="Where?") -> str:
     return json.dumps({"doc_id": doc_id, "text": text,
                        "questions": [{"id": f"{doc_id}-q", "question": question, "answers": list(answers)}]})
@@ -78,7 +99,7 @@ def test_validate_data_reports_every_bad_line(tmp_path, capsys):
     for lineno, words in ((2, "not valid JSON"), (3, "blank"), (5, "duplicate doc_id"), (6, "normalises")):
         assert any(f"{f}:{lineno}:" in line and words in line for line in err.splitlines()), (lineno, err)
     assert f"{f}:1:" not in err and f"{f}:4:" not in err
-    assert "4 problem(s)" in err
+    assert f"INVALID {f}: 4 problems" in err
 
 
 def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch, capsys):
@@ -97,3 +118,59 @@ def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and "cannot resume" in err, err
     assert path.read_text().endswith("[")
+
+
+@pytest.mark.parametrize("compressor, field, words", [
+    ("{press: SnapKVPres}", "field 'compressor/press'", "did you mean SnapKVPress"),
+    ("{press: SnapKVPress, kwargs: {windw_size: 8}}", "field 'compressor/kwargs/windw_size'",
+     "(its kwargs: window_size, kernel_size)"),
+    ("{press: CriticalKVPress, kwargs: {press: {press: SnapKVPress, kwargs: {kernel: 3}}}}",
+     "field 'compressor/kwargs/press/kwargs/kernel'", "(its kwargs: window_size, kernel_size)"),
+    ("{press: AdaKVPress, kwargs: {press: {press: ExpectedAtention}}}", "field 'compressor/kwargs/press/press'",
+     "did you mean ExpectedAttentionPress"),
+], ids=["press-typo", "kwarg-typo", "nested-kwarg-typo", "nested-press-typo"])
+def test_press_typo_suggests_names_and_lists_kwargs(tmp_path, monkeypatch, capsys, compressor, field, words):
+    import benchmark.runner as R
+
+    sub = tmp_path / "submissions" / "typo"
+    sub.mkdir(parents=True)
+    (sub / "submission.yaml").write_text(f"name: typo\nauthors: [t]\ndescription: t\ncompressor: {compressor}\n"
+                                         "adapter: {recipe: none}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad submission"))
+    assert main(["evaluate", str(sub), "--docs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {sub / 'submission.yaml'}: {field}") and "\n" not in err and words in err, err
+
+
+def test_duplicate_question_id_within_a_document(tmp_path, capsys):
+    row = json.loads(_line("a"))
+    row["questions"].append(dict(row["questions"][0], question="Who?"))
+    f = tmp_path / "docs.jsonl"
+    f.write_text(json.dumps(row) + "\n")
+    assert main(["validate-data", str(f)]) == 1
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"INVALID {f}:1: field 'questions/1/id'") and "duplicate question id 'a-q'" in first
+
+
+def test_train_qa_that_gives_an_evaluation_question_away_is_a_leak(tmp_path, capsys):
+    ok = json.loads(_line("a", question="Where did Maren open her bakery?"))
+    ok["questions"][0]["tags"] = ["covered"]
+    ok["train_qa"] = [{"question": "In which town is the bakery?", "answer": "Tollervik"}]  # covered: the design
+    asked = dict(ok, doc_id="b", questions=[dict(ok["questions"][0], id="b-q")],
+                 train_qa=[{"question": "  where did MAREN open her\tbakery? ", "answer": "In Tollervik."}])
+    tagged = dict(ok, doc_id="c", questions=[dict(ok["questions"][0], id="c-q", tags=["uncovered"])])
+    f = tmp_path / "docs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in (ok, asked, tagged)))
+    assert main(["validate-data", str(f)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"INVALID {f}:2: field 'train_qa/0/question': leak") and "'b-q'" in err[0], err
+    assert err[1].startswith(f"INVALID {f}:3: field 'questions/0/tags': leak") and "'Tollervik'" in err[1], err
+    assert err[2:] == [f"INVALID {f}: 2 problems"]
+
+
+def test_committed_mini_data_has_no_leaks():
+    from benchmark.datasets import check_documents, check_leaks
+
+    for f in sorted((ROOT / "benchmark" / "data" / "mini").glob("*.jsonl")):
+        assert check_documents(f)[1] == [] and check_leaks(f) == [], f

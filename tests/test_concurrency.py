@@ -65,6 +65,7 @@ def test_two_processes_writing_one_result_file_lose_nothing(tmp_path):
     assert sorted(d["doc_id"] for d in data["documents"]) == sorted(f"{w}-{i:02d}" for w in "ab" for i in range(n))
     assert len(data["predictions"]) == 2 * n * 2
     assert not list(path.parent.glob("*.tmp"))  # no temporary file left behind
+    assert not list(path.parent.glob("*.lock"))  # each writer removes the lock it held
 
 
 TRAINER = textwrap.dedent("""
@@ -97,7 +98,47 @@ def test_two_processes_training_the_same_adapter_key(tmp_path):
     assert cached == [False, True]  # one trained it, the other waited and loaded it
     adapters = tmp_path / "cache" / "adapters"
     assert (adapters / "shared-key" / "adapter_model.safetensors").exists()
-    assert not [p for p in adapters.iterdir() if ".tmp" in p.name]
+    assert not [p for p in adapters.iterdir() if ".tmp" in p.name or p.name.endswith(".lock")]
+
+
+def test_result_file_is_world_readable_and_leaves_no_lock(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "runs" / "r.json"
+        ResultFile(path, header()).add_document(*document("a"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone would make it 0600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
+
+
+def test_lock_removed_by_its_holder_still_excludes(tmp_path):
+    """A process waiting on a lock file that its holder removes locks the file that replaces it,
+    so two holders never overlap."""
+    import threading
+    import time
+
+    from benchmark.results import file_lock
+
+    path = tmp_path / "r.json"
+    inside, overlaps = [], []
+
+    def hold(who: str) -> None:
+        for _ in range(30):
+            with file_lock(path):
+                if inside:
+                    overlaps.append((who, list(inside)))
+                inside.append(who)
+                time.sleep(0.001)
+                inside.remove(who)
+
+    threads = [threading.Thread(target=hold, args=(w,)) for w in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlaps
+    assert not path.with_name("r.json.lock").exists()
 
 
 @pytest.mark.parametrize("change, field", [

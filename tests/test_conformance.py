@@ -615,3 +615,29 @@ def test_publish_refuses_a_bad_run(valid_result, tmp_path, capsys, mutate, field
     assert main(["publish", str(run), "--results", str(results), "--submissions", str(subs)]) == 1
     assert f"field '{field}" in capsys.readouterr().err
     assert not results.exists() or not any(results.rglob("*.json"))
+
+
+def test_listed_checks_are_the_checks_that_run():
+    """``validate -v`` lists conformance.SUBMISSION_CHECKS / RESULT_CHECKS: each the name of a
+    function the entry point calls, in the order it calls them, none left out."""
+    import ast
+    import inspect
+
+    import benchmark.conformance as C
+
+    def calls(*functions) -> list[str]:
+        names = []
+        for f in functions:
+            found = [n for n in ast.walk(ast.parse(inspect.getsource(f)))
+                     if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+            for node in sorted(found, key=lambda n: (n.lineno, n.col_offset)):  # source order
+                if node.func.id not in names:
+                    names.append(node.func.id)
+        return [n for n in names if n.startswith(("check_", "_check_", "load_", "problems_", "_pinned", "_named"))]
+
+    def listed(labels) -> list[str]:
+        return [label.split(" ")[0] for label in labels]
+
+    submission = calls(C.check_submission, C._check_press_on_tiny) + ["check_sandboxed_plans"]
+    assert listed(C.SUBMISSION_CHECKS) == [c for c in submission if c != "_check_press_on_tiny"]
+    assert listed(C.RESULT_CHECKS) == calls(C.check_result_file)

@@ -71,6 +71,14 @@ def test_jsonl_path_evaluates_end_to_end(tmp_path, user_file, submission, tiny, 
     assert data["environment"]["dtype"] == "float32" and tiny == [None]
 
 
+def test_resumed_run_says_how_many_documents_it_skips(tmp_path, user_file, submission, tiny, capsys):
+    assert _evaluate(submission, tmp_path / "out", "--dataset", str(user_file)) == 0
+    assert "skipping" not in capsys.readouterr().err
+    assert _evaluate(submission, tmp_path / "out", "--dataset", str(user_file)) == 0
+    [path] = (tmp_path / "out").rglob("*.json")
+    assert f"my_docs: skipping 1 of 1 documents, already done in {path}" in capsys.readouterr().err
+
+
 def test_dtype_is_passed_and_recorded(tmp_path, user_file, submission, tiny):
     assert _evaluate(submission, tmp_path / "out", "--dataset", str(user_file), "--dtype", "bfloat16") == 0
     [path] = (tmp_path / "out").rglob("*.json")
