@@ -15,8 +15,12 @@ the sandbox, :mod:`benchmark.worker`):
 The sample is drawn with a seed the submitter cannot choose: ``--seed`` (CI passes the pull
 request's base commit), else fresh randomness; either way it is printed, so anyone can re-run the
 same sample. K is the smallest sample that catches a file with ``tampered`` altered ranked pairs
-with probability ``detect`` (:func:`detection_probability`), unless ``--sample`` fixes it. Greedy
-decoding on one device kind and dtype is deterministic, so a single differing token is a mismatch.
+with probability ``detect`` (:func:`detection_probability`), unless ``--sample`` fixes it.
+
+The re-run uses the result's dtype and must run on the same kind of device (a result made on CUDA is
+verified on CUDA): greedy decoding on one device kind and dtype is deterministic, so a single
+differing token is a mismatch, while across devices or dtypes kernels differ and generations with
+them.
 """
 
 from __future__ import annotations
@@ -130,6 +134,10 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
     if spec.hash != data["spec_hash"]:
         raise SpecError(f"{path}: field 'spec_hash': {data['spec_hash']}, this version's {data['tier']} spec is "
                         f"{spec.hash}; verify needs the spec the result was produced under")
+    made_on = str(data["environment"].get("device", "cpu")).split(":")[0]
+    if device.split(":")[0] != made_on:  # greedy decoding is exact within one device kind and dtype only
+        raise SpecError(f"{path}: field 'environment/device': the result was made on {made_on}; verify re-runs it "
+                        f"on the same kind of device (--device {made_on}), not on {device}")
     ds = spec.dataset(data["dataset"]["id"])
     docs = {d.doc_id: d for d in runner.load_split(ds.split(data["dataset"]["split"]))}
     seed = seed or new_seed()

@@ -111,3 +111,14 @@ def test_the_leaderboard_shows_what_verify_re_ran_of_this_exact_file(tiny_result
     path.write_text(path.read_text() + " ")  # the record is of these bytes only
     [entry] = load_entries(runs)
     assert entry.rerun.startswith("not re-run (the record is of another version")
+
+
+def test_a_result_made_on_another_kind_of_device_is_not_compared(tiny_result):
+    from benchmark.spec import SpecError
+
+    path, subs = tiny_result
+    data = json.loads(path.read_text())
+    data["environment"]["device"] = "cuda:0"
+    path.write_text(json.dumps(data, indent=1))
+    with pytest.raises(SpecError, match=r"made on cuda; verify re-runs it on the same kind of device \(--device cuda\)"):
+        verify_result(path, 1, submissions_dir=subs, device="cpu")
