@@ -33,11 +33,11 @@ from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_e
                        training_diverged)
 from .compression import evict_planned, kv_bytes, kv_entries, n_kept, prefill
 from .config import EvalRequest, as_request
-from .plan import PlanError, check_plan, digest, full_plan, plan_from_scores
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
 from .metrics import EXTRACTORS, score_prediction_with
 from .models import PromptRenderer, load_model, pick_device
+from .plan import PlanError, check_plan, digest, full_plan, plan_from_scores
 from .results import ResultFile, environment, result_path
 from .spec import CONDITIONS, Spec, load_spec
 from .submission import Submission, load_submission
@@ -91,6 +91,11 @@ class DocumentRun:
             model_key = f"{model_key}|{dtype}"
         return cls(model=model, tokenizer=tokenizer, renderer=renderer, spec=spec, submission=submission,
                    model_key=model_key, press=press, code=code, **options)
+
+    @property
+    def press_in_sandbox(self) -> bool:
+        """The press is the submission's own code: its plans come from the sandbox."""
+        return self.press is None and self.code is not None
 
     @property
     def sandbox(self) -> str:
@@ -164,7 +169,7 @@ class DocumentRun:
         chosen = [r for r, p in plans.items() if p is None]  # rhos where the press chooses
         if not chosen:
             return plans
-        if self.press is None and self.code is not None:
+        if self.press_in_sandbox:
             got = self.code.plan(ids, span, chosen, budget, adapter_dir if weights == "adapter" else None,
                                  where=f"the press's plan for {weights} weights")
             try:
@@ -185,7 +190,6 @@ class DocumentRun:
         """The full cache of each weights in ``prefills`` and the checked plan at every rho of each
         in ``scorers`` (a trusted press scores in the same prefill; the submission's own press plans
         in the sandbox)."""
-        sandboxed = self.press is None and self.code is not None
         kv, plans = {}, {}
         # Presses that draw from torch's global RNG (RandomPress without a seed) start from seed 0 at every
         # prefill, so results do not depend on what ran before; forked, so the caller's RNG is left as it was.
@@ -193,7 +197,7 @@ class DocumentRun:
             for weights in sorted(prefills):
                 torch.manual_seed(0)
                 with adapter_state(self.model, weights == "adapter"):
-                    kv[weights], scores = prefill(self.model, ids, span, None if sandboxed else self.press, rhos,
+                    kv[weights], scores = prefill(self.model, ids, span, None if self.press_in_sandbox else self.press, rhos,
                                                   tokenizer=self.tokenizer)
                 self.stats["prefills"] += 1
                 if weights in scorers:
