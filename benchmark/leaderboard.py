@@ -710,14 +710,14 @@ def data_rows(entries: list[Entry], ranks: dict[GroupKey, list[tuple[Entry, Rank
         ranked = {id(e): r for e, r in ranks[key]}
         for e in group:
             r = ranked.get(id(e))
-            vs = None if r is None else versus_top(r)
+            vs = (None, None, None) if r is None or versus_top(r) is None else versus_top(r)
             row = {
                 "submission": e.name, "tier": e.tier, "dataset": e.dataset, "model": e.model,
                 "model_name": e.model_name, "dtype": e.dtype, "hardware": e.hardware,
                 "rank": None if r is None else r.rank, "unranked_reason": unranked_reason(e) if r is None else None,
                 "headline_condition": e.headline, "compressor": e.compressor, "adapter": e.recipe,
                 "mean": _num(e.ranked_mean()), "mean_ci95_lo": _num(e.ci[0]), "mean_ci95_hi": _num(e.ci[1]),
-                "vs_top": _num(vs and vs[0]), "vs_top_ci95_lo": _num(vs and vs[1]), "vs_top_ci95_hi": _num(vs and vs[2]),
+                "vs_top": _num(vs[0]), "vs_top_ci95_lo": _num(vs[1]), "vs_top_ci95_hi": _num(vs[2]),
                 "base_mean": _num(e.base_mean()),
                 "rho0": _num(e.rouge(0.0) if 0.0 in e.rhos else None),
                 "rho1": _num(e.rouge(1.0) if 1.0 in e.rhos else None),
