@@ -759,17 +759,23 @@ def data_csv(rows: list[dict]) -> str:
 
 @contextlib.contextmanager
 def _plot_style():
-    """matplotlib's defaults (whatever the user's matplotlibrc says) and reproducible SVG ids."""
+    """matplotlib's defaults (whatever the user's matplotlibrc says) and reproducible SVG ids. Text
+    stays text (``<text>`` elements, not glyph outlines), so labels can be searched, selected and
+    read by a screen reader."""
     import matplotlib
     import matplotlib.style
 
-    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": SVG_SALT, "svg.fonttype": "path"}):
+    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": SVG_SALT, "svg.fonttype": "none"}):
         yield
 
 
-def _svg(fig, path: Path) -> None:
+def _svg(fig, path: Path, title: str) -> None:
+    """Write ``fig`` with ``title`` as the SVG's ``<title>``; no date and no matplotlib version, so
+    the bytes depend on the results only. ``title`` is plot text, whose ``$`` is escaped for mathtext;
+    the SVG title is plain text."""
     with _plot_style():
-        fig.savefig(path, format="svg", metadata={"Date": None, "Creator": "lorakv-bench"})
+        fig.savefig(path, format="svg",
+                    metadata={"Title": title.replace("\\$", "$"), "Date": None, "Creator": "lorakv-bench"})
 
 
 def _new_figure():
@@ -838,7 +844,7 @@ def plot_rho(group: list[Entry], title: str, path: Path) -> None:
     if handles:
         ax.legend(handles, labels, fontsize=7, loc="best")
     fig.tight_layout()
-    _svg(fig, path)
+    _svg(fig, path, f"ROUGE-L vs ρ, {title}")
 
 
 def _byte_ticks(ax, lo: float, hi: float) -> None:
@@ -888,7 +894,7 @@ def plot_memory(group: list[Entry], title: str, path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    _svg(fig, path)
+    _svg(fig, path, f"ROUGE-L vs memory, {title}")
 
 
 # ---------------------------------------------------------------- render / check

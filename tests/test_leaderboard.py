@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -372,19 +373,30 @@ def test_plots_linked_and_written(rendered):
         svg = (where / "plots" / name).read_text()
         assert svg.startswith("<?xml") and "<dc:date>" not in svg
     rho_svg = (where / "plots" / stem.format("mini-narrative", "rho")).read_text()
-    for label in ("gamma: adapter_all", "alpha: base_kv_adapter_decode", "beta: base",
-                  "dashed: same compressor, no adapter"):
-        assert f"<!-- {label} -->" in rho_svg  # one legend entry per submission, one for the dashed base curves
+    assert _legend_labels(rho_svg) == ["gamma: adapter_all", "alpha: base_kv_adapter_decode", "beta: base",
+                                       "dashed: same compressor, no adapter"]  # one per submission, one for dashed
     assert "base (no adapter)" not in rho_svg
     assert rho_svg.count("PolyCollection") >= 3  # a CI band per headline curve
     mem_svg = (where / "plots" / stem.format("mini-narrative", "memory")).read_text()
-    assert "<!-- frontier (all entries) -->" in mem_svg
+    assert "frontier (all entries)" in _svg_texts(mem_svg)
+
+
+def test_plot_text_is_text(rendered):
+    """Labels are SVG <text> (searchable, readable by a screen reader), each figure has a <title>."""
+    svg = (rendered[0] / "plots" / "mini__mini-narrative__smollm2-135m__not_recorded__rho.svg").read_text()
+    assert "<title>ROUGE-L vs ρ, mini-narrative · smollm2-135m · not recorded (mini)</title>" in svg
+    assert "mini-narrative · smollm2-135m · not recorded (mini)" in _svg_texts(svg)  # the axes' title
+    assert "ρ (fraction of document KV entries evicted)" in _svg_texts(svg)
+
+
+def _svg_texts(svg: str) -> list[str]:
+    """The <text> elements of an SVG, as the text they show."""
+    return [html.unescape(t) for t in re.findall(r"<text\b[^>]*>(.*?)</text>", svg, flags=re.S)]
 
 
 def _legend_labels(svg: str) -> list[str]:
     """Texts drawn inside the legend group of a matplotlib SVG."""
-    legend = svg.split('<g id="legend_1">', 1)[1]
-    return re.findall(r"<!-- (.+?) -->", legend)
+    return _svg_texts(svg.split('<g id="legend_1">', 1)[1])
 
 
 def test_plots_stay_readable_with_many_entries(tmp_path):
@@ -403,7 +415,7 @@ def test_plots_stay_readable_with_many_entries(tmp_path):
     assert f"top {leaderboard.MAX_CURVES} of 8" in rho_svg
     mem_svg = (plots / "mini__mini-narrative__smollm2-135m__not_recorded__memory.svg").read_text()
     assert len(_legend_labels(mem_svg)) == leaderboard.MAX_CURVES + 1  # + the frontier
-    ticks = re.findall(r'<g id="xtick_\d+">.*?<!-- (.+?) -->', mem_svg, flags=re.S)
+    ticks = re.findall(r'<g id="xtick_\d+">.*?<text\b[^>]*>(.+?)</text>', mem_svg, flags=re.S)
     assert 2 <= len(ticks) <= 8 and all(re.fullmatch(r"\d+ (B|KiB|MiB|GiB)", t) for t in ticks), ticks
 
 
