@@ -683,7 +683,7 @@ def _group_points(group: list[Entry]) -> list[tuple[float, float, str]]:
 DATA_JSON = "leaderboard.json"
 DATA_CSV = "leaderboard.csv"
 DATA_FORMAT_VERSION = 1
-DATA_DIGITS = 4  # floats rounded here, so a re-render writes the same bytes
+DATA_DIGITS = 4  # beyond the page's 1 decimal, short of float noise that could differ across platforms
 
 
 def _num(x):
