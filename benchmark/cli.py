@@ -357,7 +357,9 @@ def cmd_verify(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import render, stale_files
+    from .leaderboard import DATA_CSV, DATA_JSON, render, stale_files
+
+    data = ", ".join(str(Path(args.out).parent / n) for n in (DATA_JSON, DATA_CSV))
 
     if args.check:
         stale = stale_files(args.results, args.out, args.plots)
@@ -366,10 +368,10 @@ def cmd_leaderboard(args) -> int:
         if stale:
             print("run `lorakv-bench leaderboard` to regenerate", file=sys.stderr)
         else:
-            print(f"up to date: {args.out} and {args.plots}/ match {args.results}")
+            print(f"up to date: {args.out}, {data} and {args.plots}/ match {args.results}")
         return int(bool(stale))
     render(args.results, args.out, args.plots)
-    print(f"wrote {args.out} and {args.plots}/")
+    print(f"wrote {args.out}, {data} and {args.plots}/")
     return 0
 
 
@@ -494,9 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
     ver.set_defaults(func=cmd_verify)
 
-    lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md and plots from the result files")
+    lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md, its plots and "
+                        "its data (leaderboard.json, leaderboard.csv) from the result files")
     lb.add_argument("--results", default="leaderboard/results")
-    lb.add_argument("--out", default="leaderboard/README.md")
+    lb.add_argument("--out", default="leaderboard/README.md",
+                    help="the page; leaderboard.json and leaderboard.csv are written beside it")
     lb.add_argument("--plots", default="leaderboard/plots")
     lb.add_argument("--check", action="store_true", help="only report whether the leaderboard is up to date")
     lb.set_defaults(func=cmd_leaderboard)

@@ -1,5 +1,6 @@
-"""The leaderboard: ``leaderboard/README.md`` and ``leaderboard/plots/*.svg``, regenerated from
-the result files under ``leaderboard/results/`` and nothing else.
+"""The leaderboard: ``leaderboard/README.md``, ``leaderboard/plots/*.svg`` and the same numbers as
+data (``leaderboard/leaderboard.json`` and ``.csv``), regenerated from the result files under
+``leaderboard/results/`` and nothing else.
 
 Rendering is deterministic: no clock is read, every list is sorted, the bootstrap is seeded and
 the SVG plots are written with a fixed hash salt and no date, so rendering twice gives
@@ -19,8 +20,11 @@ pools the datasets.
 from __future__ import annotations
 
 import contextlib
+import csv
 import html
+import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -102,6 +106,10 @@ class Entry:
     def mean(self, cond: str | None = None, rhos: list[float] | None = None) -> float | None:
         vals = [self.rouge(r, cond) for r in (self.rhos if rhos is None else rhos)]
         return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)
+
+    def base_mean(self) -> float | None:
+        """Mean base (KV-only) ROUGE-L over the cells at 0 < rho < 1: the same compressor without an adapter."""
+        return self.mean("base", self.ranked_rhos) if self.ranked_rhos else None
 
     def memory(self, rho: float) -> float | None:
         cell = self.cells.get((rho, self.headline))
@@ -251,6 +259,11 @@ def rank_group(group: list[Entry]) -> list[tuple[Entry, Ranked]]:
     return list(zip(ranked, tiered_ranks([e.scores() for e in ranked])))
 
 
+def rank_groups(entries: list[Entry]) -> dict[GroupKey, list[tuple[Entry, Ranked]]]:
+    """:func:`rank_group` of every group: computed once, read by the page and the data files alike."""
+    return {key: rank_group(group) for key, group in group_entries(entries).items()}
+
+
 @dataclass
 class Overall:
     """One submission on every dataset of a (tier, model, dtype): questions pooled across datasets."""
@@ -384,23 +397,35 @@ def _table(rows: list[list], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _sub_url(name: str, submissions_link: str) -> str:
+    return f"{submissions_link}/{urllib.parse.quote(name, safe='')}/"
+
+
 def _sub_link(name: str, submissions_link: str) -> str:
-    return f"[{escape_md(name)}]({submissions_link}/{urllib.parse.quote(name, safe='')}/)"
+    return f"[{escape_md(name)}]({_sub_url(name, submissions_link)})"
+
+
+def versus_top(r: Ranked) -> tuple[float, float, float] | None:
+    """This entry minus #1 with its paired 95% CI (diff, lo, hi); None for #1 itself and when the
+    two share no question."""
+    c = r.versus_top
+    if c is None or c.n_questions == 0:
+        return None
+    return -c.diff, -c.hi, -c.lo
 
 
 def _versus(r: Ranked) -> str:
-    c = r.versus_top
-    if c is None:
-        return DASH
-    if c.n_questions == 0:
+    if r.versus_top is not None and r.versus_top.n_questions == 0:
         return "no shared questions"
-    return f"{-c.diff:+.1f} {fmt_ci(-c.hi, -c.lo, signed=True)}"
+    v = versus_top(r)
+    return DASH if v is None else f"{v[0]:+.1f} {fmt_ci(v[1], v[2], signed=True)}"
 
 
-def main_table(group: list[Entry], submissions_link: str) -> str:
-    """The compact ranking: shared ranks, the ranked mean (0 < ρ < 1) and ρ = 0 / ρ = 1 apart."""
+def main_table(group: list[Entry], submissions_link: str, ranked: list[tuple[Entry, Ranked]] | None = None) -> str:
+    """The compact ranking: shared ranks, the ranked mean (0 < ρ < 1) and ρ = 0 / ρ = 1 apart.
+    ``ranked``: :func:`rank_group` of ``group`` when the caller has it already."""
     rows = []
-    for e, r in rank_group(group):
+    for e, r in rank_group(group) if ranked is None else ranked:
         rows.append([r.rank, f"**{_sub_link(e.name, submissions_link)}**",
                      f"**{fmt_score(e.ranked_mean())}**", fmt_ci(*e.ci), _versus(r),
                      fmt_score(e.rouge(0.0)) if 0.0 in e.rhos else DASH,
@@ -426,7 +451,7 @@ def details_table(group: list[Entry]) -> str:
         rows.append(
             [escape_md(e.name), code_md(e.compressor), escape_md(e.recipe), e.headline]
             + [fmt_score(e.rouge(r)) if r in e.rhos else DASH for r in rhos]
-            + [fmt_score(e.mean("base", e.ranked_rhos) if e.ranked_rhos else None),
+            + [fmt_score(e.base_mean()),
                fmt_score(e.margin_at_1(), signed=True), DASH if best is None else f"{best[0]} ({best[1]:.1f})",
                escape_md(e.spec_version), escape_md(e.date), escape_md(e.rerun)]
         )
@@ -583,7 +608,10 @@ are stale). How to submit: [CONTRIBUTING.md]({contributing}).
 
 
 def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, str]], contributing: str,
-                    submissions_link: str = "../submissions") -> str:
+                    submissions_link: str = "../submissions",
+                    ranks: dict[GroupKey, list[tuple[Entry, Ranked]]] | None = None) -> str:
+    """The page. ``ranks``: :func:`rank_groups` of ``entries`` when the caller has it already."""
+    ranks = rank_groups(entries) if ranks is None else ranks
     conditions = "\n".join(f"  * `{c}`: {h}" for c, h in CONDITION_HELP.items())
     out = [HEADER.format(conditions=conditions, contributing=contributing)]
     groups = group_entries(entries)
@@ -618,8 +646,8 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
                    f"({escape_md(group[0].model_name)}), dtype **{escape_md(dtype)}**; spec "
                    f"{', '.join(escape_md(v) for v in specs)}.\n")
         out.append("### Ranking (ROUGE-L, headline condition)\n")
-        if rank_group(group):
-            out.append(main_table(group, submissions_link) + "\n")
+        if ranks[key]:
+            out.append(main_table(group, submissions_link, ranks[key]) + "\n")
         apart = unranked_lines(group, submissions_link)
         if apart:
             out.append("**Not ranked:**\n")
@@ -650,22 +678,104 @@ def _group_points(group: list[Entry]) -> list[tuple[float, float, str]]:
             for e in group for r in e.rhos if e.memory(r) is not None and e.rouge(r) is not None]
 
 
+# ---------------------------------------------------------------- data files
+
+DATA_JSON = "leaderboard.json"
+DATA_CSV = "leaderboard.csv"
+DATA_FORMAT_VERSION = 1
+DATA_DIGITS = 4  # beyond the page's 1 decimal, short of float noise that could differ across platforms
+
+
+def _num(x):
+    """A number for the data files: floats rounded to DATA_DIGITS, NaN and infinities as None."""
+    if x is None or isinstance(x, (bool, int)):
+        return x
+    x = float(x)
+    return round(x, DATA_DIGITS) + 0.0 if math.isfinite(x) else None  # + 0.0: no '-0.0'
+
+
+def _memory_column(rho: float) -> str:
+    return f"memory_bytes_rho={fmt_rho(rho)}"
+
+
+def data_rows(entries: list[Entry], ranks: dict[GroupKey, list[tuple[Entry, Ranked]]], results_link: str,
+              submissions_link: str) -> list[dict]:
+    """One row per entry, in the page's order (group by group, ranked best first, then the unranked),
+    read from the same Entry and Ranked objects as the page's tables; strings are as in the result
+    file (no Markdown escaping). Memory has one column per rho of any entry (None where the entry has
+    no such rho), so every row has the same keys."""
+    all_rhos = sorted({r for e in entries for r in e.rhos})
+    rows = []
+    for key, group in group_entries(entries).items():
+        ranked = {id(e): r for e, r in ranks[key]}
+        for e in group:
+            r = ranked.get(id(e))
+            vs = (None, None, None) if r is None or versus_top(r) is None else versus_top(r)
+            row = {
+                "submission": e.name, "tier": e.tier, "dataset": e.dataset, "model": e.model,
+                "model_name": e.model_name, "dtype": e.dtype, "hardware": e.hardware,
+                "rank": None if r is None else r.rank, "unranked_reason": unranked_reason(e) if r is None else None,
+                "headline_condition": e.headline, "compressor": e.compressor, "adapter": e.recipe,
+                "mean": _num(e.ranked_mean()), "mean_ci95_lo": _num(e.ci[0]), "mean_ci95_hi": _num(e.ci[1]),
+                "vs_top": _num(vs[0]), "vs_top_ci95_lo": _num(vs[1]), "vs_top_ci95_hi": _num(vs[2]),
+                "base_mean": _num(e.base_mean()),
+                "rho0": _num(e.rouge(0.0) if 0.0 in e.rhos else None),
+                "rho1": _num(e.rouge(1.0) if 1.0 in e.rhos else None),
+                "adapter_bytes": _num(e.adapter_bytes if e.headline != "base" else None),
+                **{_memory_column(rho): _num(e.memory(rho) if rho in e.rhos else None) for rho in all_rhos},
+                "documents": e.n_documents, "questions": e.n_questions, "spec_version": e.spec_version,
+                "date": e.date, "rerun": e.rerun, "result": f"{results_link}/{e.source}",
+                "submission_link": _sub_url(e.name, submissions_link),
+            }
+            rows.append(row)
+    return rows
+
+
+def data_columns(rows: list[dict]) -> list[str]:
+    """The columns of :func:`data_rows` (every row has the same keys); none without rows."""
+    return list(rows[0]) if rows else []
+
+
+def data_json(rows: list[dict]) -> str:
+    doc = {"format": "lorakv-bench leaderboard", "format_version": DATA_FORMAT_VERSION,
+           "columns": data_columns(rows), "rows": rows}
+    return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def data_csv(rows: list[dict]) -> str:
+    """The rows as CSV (a header row, then one line per row; None as an empty field)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = data_columns(rows)
+    if columns:
+        writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row[c] is None else row[c] for c in columns])
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------- plots
 
 
 @contextlib.contextmanager
 def _plot_style():
-    """matplotlib's defaults (whatever the user's matplotlibrc says) and reproducible SVG ids."""
+    """matplotlib's defaults (whatever the user's matplotlibrc says) and reproducible SVG ids. Text
+    stays text (``<text>`` elements, not glyph outlines), so labels can be searched, selected and
+    read by a screen reader."""
     import matplotlib
     import matplotlib.style
 
-    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": SVG_SALT, "svg.fonttype": "path"}):
+    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": SVG_SALT, "svg.fonttype": "none"}):
         yield
 
 
-def _svg(fig, path: Path) -> None:
+def _svg(fig, path: Path, title: str) -> None:
+    """Write ``fig`` with ``title`` as the SVG's ``<title>``; no date and no matplotlib version, so
+    the bytes depend on the results only. ``title`` is plot text, whose ``$`` is escaped for mathtext;
+    the SVG title is plain text."""
     with _plot_style():
-        fig.savefig(path, format="svg", metadata={"Date": None, "Creator": "lorakv-bench"})
+        fig.savefig(path, format="svg",
+                    metadata={"Title": title.replace("\\$", "$"), "Date": None, "Creator": "lorakv-bench"})
 
 
 def _new_figure():
@@ -734,7 +844,7 @@ def plot_rho(group: list[Entry], title: str, path: Path) -> None:
     if handles:
         ax.legend(handles, labels, fontsize=7, loc="best")
     fig.tight_layout()
-    _svg(fig, path)
+    _svg(fig, path, f"ROUGE-L vs ρ, {title}")
 
 
 def _byte_ticks(ax, lo: float, hi: float) -> None:
@@ -784,7 +894,7 @@ def plot_memory(group: list[Entry], title: str, path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    _svg(fig, path)
+    _svg(fig, path, f"ROUGE-L vs memory, {title}")
 
 
 # ---------------------------------------------------------------- render / check
@@ -795,10 +905,13 @@ def _link(target: Path, md_dir: Path) -> str:
 
 
 def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contributing: str,
-            submissions: str = "../submissions") -> str:
+            submissions: str = "../submissions", results_link: str = "results") -> str:
+    """Write the page, its plots and the data files (beside the page). The links are relative to
+    where the page is published, which differs from ``out_md`` when checking in a scratch folder."""
     require("matplotlib", "the leaderboard's plots")
     entries = load_entries(results_root)
     groups = group_entries(entries)
+    ranks = rank_groups(entries)
     plots_dir.mkdir(parents=True, exist_ok=True)
     links: dict[GroupKey, dict[str, str]] = {}
     written = set()
@@ -814,9 +927,12 @@ def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contri
     for stale in sorted(plots_dir.glob("*.svg")):  # plots of groups that no longer have results
         if stale.name not in written:
             stale.unlink()
-    text = render_markdown(entries, links, contributing, submissions)
+    text = render_markdown(entries, links, contributing, submissions, ranks)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text, encoding="utf-8")
+    rows = data_rows(entries, ranks, results_link, submissions)
+    (out_md.parent / DATA_JSON).write_text(data_json(rows), encoding="utf-8")
+    (out_md.parent / DATA_CSV).write_text(data_csv(rows), encoding="utf-8", newline="")
     return text
 
 
@@ -832,11 +948,12 @@ def _submissions_link(out_md: Path) -> str:
 
 def render(results_root: str | Path = "leaderboard/results", out_md: str | Path = "leaderboard/README.md",
            plots_dir: str | Path = "leaderboard/plots") -> str:
-    """Regenerate the Markdown leaderboard and its plots from the result files; returns the Markdown."""
+    """Regenerate the Markdown leaderboard, its plots and the data files (``leaderboard.json`` and
+    ``leaderboard.csv`` beside the Markdown) from the result files; returns the Markdown."""
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     return _render(results_root, out_md, plots_dir, _link(plots_dir, out_md.parent), _contributing_link(out_md),
-                   _submissions_link(out_md))
+                   _submissions_link(out_md), _link(Path(results_root), out_md.parent))
 
 
 def stale_files(results_root: str | Path = "leaderboard/results", out_md: str | Path = "leaderboard/README.md",
@@ -846,10 +963,13 @@ def stale_files(results_root: str | Path = "leaderboard/results", out_md: str | 
     link = _link(plots_dir, out_md.parent)
     with tempfile.TemporaryDirectory(prefix="lorakv-leaderboard-") as tmp:
         tmp_md, tmp_plots = Path(tmp) / "README.md", Path(tmp) / "plots"
-        _render(results_root, tmp_md, tmp_plots, link, _contributing_link(out_md), _submissions_link(out_md))
+        _render(results_root, tmp_md, tmp_plots, link, _contributing_link(out_md), _submissions_link(out_md),
+                _link(Path(results_root), out_md.parent))
         stale = []
-        if not out_md.exists() or out_md.read_bytes() != tmp_md.read_bytes():
-            stale.append(str(out_md))
+        for name in (out_md.name, DATA_JSON, DATA_CSV):
+            ours, new = out_md.parent / name, Path(tmp) / (tmp_md.name if name == out_md.name else name)
+            if not ours.exists() or ours.read_bytes() != new.read_bytes():
+                stale.append(str(ours))
         if plots:
             fresh = {p.name: p.read_bytes() for p in tmp_plots.glob("*.svg")}
             have = {p.name: p.read_bytes() for p in plots_dir.glob("*.svg")} if plots_dir.exists() else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -198,6 +200,10 @@ def test_diverged_adapter_listed_apart(tmp_path):
     assert "[blown](../submissions/blown/)" in apart and "d1: final loss 9.40 ≥ first 2.00" in apart
     assert "diverged on 1 of 2 documents" in apart
     assert "[nan](../submissions/nan/)" in apart and "d0: loss not finite" in apart
+    rows = {r["submission"]: r for r in _data(tmp_path / "lb")}
+    assert rows["good"]["rank"] == 1 and rows["good"]["unranked_reason"] is None
+    assert rows["blown"]["rank"] is None and "d1: final loss 9.40 ≥ first 2.00" in rows["blown"]["unranked_reason"]
+    assert rows["blown"]["mean"] == 90.0 and rows["blown"]["vs_top"] is None
 
 
 def test_dtypes_ranked_apart_and_hardware_shown(tmp_path):
@@ -367,19 +373,30 @@ def test_plots_linked_and_written(rendered):
         svg = (where / "plots" / name).read_text()
         assert svg.startswith("<?xml") and "<dc:date>" not in svg
     rho_svg = (where / "plots" / stem.format("mini-narrative", "rho")).read_text()
-    for label in ("gamma: adapter_all", "alpha: base_kv_adapter_decode", "beta: base",
-                  "dashed: same compressor, no adapter"):
-        assert f"<!-- {label} -->" in rho_svg  # one legend entry per submission, one for the dashed base curves
+    assert _legend_labels(rho_svg) == ["gamma: adapter_all", "alpha: base_kv_adapter_decode", "beta: base",
+                                       "dashed: same compressor, no adapter"]  # one per submission, one for dashed
     assert "base (no adapter)" not in rho_svg
     assert rho_svg.count("PolyCollection") >= 3  # a CI band per headline curve
     mem_svg = (where / "plots" / stem.format("mini-narrative", "memory")).read_text()
-    assert "<!-- frontier (all entries) -->" in mem_svg
+    assert "frontier (all entries)" in _svg_texts(mem_svg)
+
+
+def test_plot_text_is_text(rendered):
+    """Labels are SVG <text> (searchable, readable by a screen reader), each figure has a <title>."""
+    svg = (rendered[0] / "plots" / "mini__mini-narrative__smollm2-135m__not_recorded__rho.svg").read_text()
+    assert "<title>ROUGE-L vs ρ, mini-narrative · smollm2-135m · not recorded (mini)</title>" in svg
+    assert "mini-narrative · smollm2-135m · not recorded (mini)" in _svg_texts(svg)  # the axes' title
+    assert "ρ (fraction of document KV entries evicted)" in _svg_texts(svg)
+
+
+def _svg_texts(svg: str) -> list[str]:
+    """The <text> elements of an SVG, as the text they show."""
+    return [html.unescape(t) for t in re.findall(r"<text\b[^>]*>(.*?)</text>", svg, flags=re.S)]
 
 
 def _legend_labels(svg: str) -> list[str]:
     """Texts drawn inside the legend group of a matplotlib SVG."""
-    legend = svg.split('<g id="legend_1">', 1)[1]
-    return re.findall(r"<!-- (.+?) -->", legend)
+    return _svg_texts(svg.split('<g id="legend_1">', 1)[1])
 
 
 def test_plots_stay_readable_with_many_entries(tmp_path):
@@ -398,7 +415,7 @@ def test_plots_stay_readable_with_many_entries(tmp_path):
     assert f"top {leaderboard.MAX_CURVES} of 8" in rho_svg
     mem_svg = (plots / "mini__mini-narrative__smollm2-135m__not_recorded__memory.svg").read_text()
     assert len(_legend_labels(mem_svg)) == leaderboard.MAX_CURVES + 1  # + the frontier
-    ticks = re.findall(r'<g id="xtick_\d+">.*?<!-- (.+?) -->', mem_svg, flags=re.S)
+    ticks = re.findall(r'<g id="xtick_\d+">.*?<text\b[^>]*>(.+?)</text>', mem_svg, flags=re.S)
     assert 2 <= len(ticks) <= 8 and all(re.fullmatch(r"\d+ (B|KiB|MiB|GiB)", t) for t in ticks), ticks
 
 
@@ -409,8 +426,14 @@ def test_deterministic(results, rendered, tmp_path):
     _render(results, b)  # and elsewhere
     again = {p.relative_to(a): p.read_bytes() for p in sorted(a.rglob("*")) if p.is_file()}
     other = {p.relative_to(b): p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()}
-    assert first == again == other
-    assert len(first) == 5  # README + 4 plots
+    assert first == again
+    # elsewhere, only the data files' result paths differ: they are relative to the output folder
+    from_a, from_b = (leaderboard._link(results, d) for d in (a, b))
+    data = {leaderboard.DATA_JSON, leaderboard.DATA_CSV}
+    assert {p: v for p, v in first.items() if p.name not in data} == {p: v for p, v in other.items() if p.name not in data}
+    for name in data:
+        assert first[Path(name)].decode().replace(from_a, "R") == other[Path(name)].decode().replace(from_b, "R")
+    assert len(first) == 7  # README, leaderboard.json, leaderboard.csv and 4 plots
 
 
 def test_check_up_to_date(tmp_path):
@@ -434,12 +457,19 @@ def test_check_up_to_date(tmp_path):
     assert not (plots / "extra.svg").exists()
     md_path.write_text(md_path.read_text() + "edited\n")
     assert leaderboard.stale_files(results, md_path, plots) == [str(md_path)]
+    # so do stale or missing data files
+    leaderboard.render(results, md_path, plots)
+    data_json, data_csv = where / leaderboard.DATA_JSON, where / leaderboard.DATA_CSV
+    data_json.write_text(data_json.read_text().replace('"mean": 70.0', '"mean": 71.0'))
+    data_csv.unlink()
+    assert leaderboard.stale_files(results, md_path, plots) == [str(data_json), str(data_csv)]
 
 
 def test_no_results(tmp_path):
     md = leaderboard.render(tmp_path / "none", tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
     assert "No results yet" in md and "rho" in md
     assert list((tmp_path / "lb" / "plots").iterdir()) == []
+    assert _data(tmp_path / "lb") == [] and (tmp_path / "lb" / leaderboard.DATA_CSV).read_text() == ""
 
 
 def test_recipe_label_shows_the_rate_the_model_was_trained_with():
@@ -450,3 +480,63 @@ def test_recipe_label_shows_the_rate_the_model_was_trained_with():
     assert _recipe_label(adapter, "qwen2.5-0.5b") == "qa (r=16, DoRA, lr 0.0003 x 6 ep)"
     assert _recipe_label(adapter, "smollm2-135m") == "qa (r=16, DoRA, lr 0.003 x 6 ep)"
     assert _recipe_label({"recipe": "none"}, "qwen2.5-0.5b") == "none"
+
+
+def _data(where: Path) -> list[dict]:
+    doc = json.loads((where / leaderboard.DATA_JSON).read_text(encoding="utf-8"))
+    assert doc["format_version"] == leaderboard.DATA_FORMAT_VERSION
+    assert all(list(row) == doc["columns"] for row in doc["rows"])
+    return doc["rows"]
+
+
+def _data_csv(where: Path) -> list[list[str]]:
+    with open(where / leaderboard.DATA_CSV, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_data_rows_match_the_page(rendered):
+    """leaderboard.json holds, for each ranked entry, the numbers the Ranking table shows (rounded
+    there to one decimal), and the unrounded-to-4 details the page shows elsewhere."""
+    where, md = rendered
+    rows = [r for r in _data(where) if (r["tier"], r["dataset"], r["model"], r["dtype"]) == tuple(NARR.split(" · "))]
+    table = _table(md, NARR, "Ranking")
+    assert [r["submission"] for r in rows] == list(table) == ["gamma", "alpha", "beta"]
+    for r in rows:
+        cells = table[r["submission"]]
+        assert cells["#"] == str(r["rank"])
+        assert cells["mean 0<ρ<1"] == f"**{leaderboard.fmt_score(r['mean'])}**"
+        assert cells["95% CI"] == leaderboard.fmt_ci(r["mean_ci95_lo"], r["mean_ci95_hi"])
+        shown = leaderboard.DASH if r["vs_top"] is None else (
+            f"{r['vs_top']:+.1f} {leaderboard.fmt_ci(r['vs_top_ci95_lo'], r['vs_top_ci95_hi'], signed=True)}")
+        assert cells["vs #1 (95% CI)"] == shown
+        assert (cells["ρ=0"], cells["ρ=1"]) == (leaderboard.fmt_score(r["rho0"]), leaderboard.fmt_score(r["rho1"]))
+        assert cells["dtype · hardware"] == f"{r['dtype']} · {r['hardware']}"
+    alpha = {r["submission"]: r for r in rows}["alpha"]
+    assert (alpha["mean"], alpha["vs_top"], alpha["base_mean"]) == (70.0, -20.0, 50.0)
+    assert alpha["headline_condition"] == "base_kv_adapter_decode" and alpha["unranked_reason"] is None
+    assert alpha["adapter_bytes"] == ADAPTER_BYTES
+    assert [alpha[f"memory_bytes_rho={r:g}"] for r in RHOS] == [kv_bytes(r) + ADAPTER_BYTES for r in RHOS]
+    assert (alpha["documents"], alpha["questions"], alpha["spec_version"], alpha["date"]) == (2, 4, "mini-1.0", "2026-03-01")
+    assert alpha["rerun"] == "not re-run"
+    assert alpha["result"].endswith("results/alpha/mini/smollm2-135m/mini-narrative.json")
+    assert (where / alpha["result"]).is_file()
+    assert alpha["submission_link"] == "../submissions/alpha/"
+    assert {r["submission"]: r for r in rows}["beta"]["adapter_bytes"] is None  # no adapter: '–' on the page
+
+
+def test_data_csv_has_the_json_rows(rendered):
+    where = rendered[0]
+    rows = _data(where)
+    header, *lines = _data_csv(where)
+    assert header == list(rows[0])
+    assert lines == [["" if v is None else str(v) for v in r.values()] for r in rows]
+    assert len(rows) == 4  # alpha on both datasets, beta, gamma; not the dev split
+
+
+def test_data_result_path_is_relative_to_the_leaderboard_folder(tmp_path):
+    write_result(tmp_path / "leaderboard" / "results", "alpha", "base", {"base": [80, 50, 10]})
+    lb = tmp_path / "leaderboard"
+    leaderboard.render(lb / "results", lb / "README.md", lb / "plots")
+    (row,) = _data(lb)
+    assert row["result"] == "results/alpha/mini/smollm2-135m/mini-narrative.json"
+    assert (lb / row["result"]).is_file()

@@ -6,7 +6,8 @@ A refactoring that changes a number, a hash or a rendered byte fails here:
 - every committed result file's ``submission.hash`` is what its committed submission folder hashes
   to now, and the hash function itself is pinned on a fixed folder;
 - ``lorakv-bench leaderboard`` writes, into a temporary copy of the layout, exactly the committed
-  ``leaderboard/README.md`` and ``leaderboard/plots/*.svg``.
+  ``leaderboard/README.md``, ``leaderboard/leaderboard.json``, ``leaderboard/leaderboard.csv`` and
+  ``leaderboard/plots/*.svg``; the committed data files hold the committed page's ranking.
 ``tests/test_conformance.py`` checks the same files with tolerances (what a submitter must meet);
 this file checks exact equality (what a refactoring must keep).
 """
@@ -14,11 +15,13 @@ this file checks exact equality (what a refactoring must keep).
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from benchmark import cli
+from benchmark import cli, leaderboard
 from benchmark.metrics import extract_answer, score_prediction
 from benchmark.results import aggregate
 from benchmark.spec import load_spec
@@ -76,13 +79,43 @@ PINNED_HASH = "a70d8cb8c1382f2c"  # recorded before the issue-17 refactoring
 
 @pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
 def test_leaderboard_command_regenerates_byte_for_byte(tmp_path, capsys):
+    # a copy of the layout (results/ and verified/ inside leaderboard/), so that the data files' result
+    # paths, relative to their folder, are the committed ones
     out = tmp_path / "leaderboard"
-    rc = cli.main(["leaderboard", "--results", str(RESULTS_ROOT), "--out", str(out / "README.md"),
+    for name in ("results", "verified"):
+        if (ROOT / "leaderboard" / name).exists():
+            shutil.copytree(ROOT / "leaderboard" / name, out / name)
+    rc = cli.main(["leaderboard", "--results", str(out / "results"), "--out", str(out / "README.md"),
                    "--plots", str(out / "plots")])
     assert rc == 0
     committed = ROOT / "leaderboard"
-    assert (out / "README.md").read_bytes() == (committed / "README.md").read_bytes()
+    for name in ("README.md", leaderboard.DATA_JSON, leaderboard.DATA_CSV):
+        assert (out / name).read_bytes() == (committed / name).read_bytes(), name
     fresh = sorted(p.name for p in (out / "plots").glob("*.svg"))
     assert fresh == sorted(p.name for p in (committed / "plots").glob("*.svg"))
     for name in fresh:
         assert (out / "plots" / name).read_bytes() == (committed / "plots" / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
+def test_committed_data_holds_the_committed_ranking():
+    """Each ranking table of the committed page, row by row, against the committed leaderboard.json."""
+    md = (ROOT / "leaderboard" / "README.md").read_text(encoding="utf-8")
+    rows = json.loads((ROOT / "leaderboard" / leaderboard.DATA_JSON).read_text(encoding="utf-8"))["rows"]
+    checked = 0
+    for section in re.split(r"^## ", md, flags=re.M)[1:]:
+        title = section.split("\n", 1)[0]
+        if "### Ranking" not in section:
+            continue
+        key = tuple(title.split(" · "))
+        ranked = [r for r in rows if (r["tier"], r["dataset"], r["model"], r["dtype"]) == key and r["rank"] is not None]
+        table = [line for line in section.split("### Ranking", 1)[1].split("\n\n", 2)[1].splitlines()
+                 if line.startswith("|")][2:]
+        assert len(table) == len(ranked), title
+        for line, r in zip(table, ranked):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[0] == str(r["rank"]) and f"({r['submission_link']})" in cells[1], (title, r["submission"])
+            assert cells[2] == f"**{leaderboard.fmt_score(r['mean'])}**"
+            assert cells[3] == leaderboard.fmt_ci(r["mean_ci95_lo"], r["mean_ci95_hi"])
+            checked += 1
+    assert checked == sum(r["rank"] is not None for r in rows) > 0

@@ -243,6 +243,33 @@ def test_every_string_on_the_page_is_escaped(result, tmp_path):
         assert "<script>" not in svg.read_text()
 
 
+def test_data_files_hold_the_strings_as_they_are(result, tmp_path):
+    """leaderboard.json and leaderboard.csv are data, not a page: a hostile string comes back from
+    them exactly as the result file holds it (no Markdown escaping), and the CSV keeps one row per
+    entry however many newlines, quotes or separators the strings carry."""
+    import csv
+
+    path = tampered(result, tmp_path / "in", _everything_injected)
+    data = json.loads(path.read_text())
+    data["submission"]["name"] = 'x|y*_z, "q"\n<script>'
+    other = tmp_path / "in" / "leaderboard" / "results" / "x-y" / "mini" / MODEL_ID / "mini-narrative.json"
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    md = leaderboard.render(tmp_path / "in" / "leaderboard" / "results", out / "README.md", out / "plots")
+    assert "<script>" not in md  # the page still escapes
+    rows = json.loads((out / leaderboard.DATA_JSON).read_text(encoding="utf-8"))["rows"]
+    assert sorted(r["submission"] for r in rows) == sorted(["adapted", data["submission"]["name"]])
+    for r in rows:
+        assert r["model_name"] == data["model"]["name"] and r["dtype"] == data["environment"]["dtype"]
+        assert r["hardware"] == data["environment"]["gpu_name"] and r["spec_version"] == data["spec_version"]
+        assert r["date"] == data["updated"][:10]
+    with open(out / leaderboard.DATA_CSV, newline="", encoding="utf-8") as f:
+        header, *lines = csv.reader(f)
+    assert [dict(zip(header, line)) for line in lines] == [
+        {k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+
+
 def test_plot_text_with_dollar_signs_renders(result, tmp_path):
     """matplotlib reads $...$ as mathtext; a model id with an unbalanced one must not stop the render."""
     path = tampered(result, tmp_path / "in", _set("model", "id", "m$\\frac{$x"))
