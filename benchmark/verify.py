@@ -35,8 +35,10 @@ from pathlib import Path
 TAMPERED = 3
 #: ... with at least this probability
 DETECT = 0.95
-#: losses of a re-trained adapter may differ from the recorded ones by this much (rounding in the record)
-LOSS_TOL = 1e-4
+#: a re-trained adapter's losses may differ from the recorded ones by this fraction: the same fp32
+#: training on another CPU's kernels (AVX2 vs AVX-512) ends 0.13% apart on a committed SmolLM2 adapter
+#: with identical generations; an edited loss (a diverged run passed off as trained) is far outside it
+LOSS_REL_TOL = 0.01
 
 
 @dataclass
@@ -210,6 +212,6 @@ def _adapter_mismatches(path: Path, doc_id: str, old: dict | None, new: dict | N
                        f"{new.get(k)}")
     for k in ("first_loss", "final_loss"):
         a, b = old.get(k), new.get(k)
-        if (a is None) != (b is None) or (a is not None and not abs(a - b) <= LOSS_TOL):
+        if (a is None) != (b is None) or (a is not None and not abs(a - b) <= LOSS_REL_TOL * max(abs(a), abs(b))):
             out.append(f"{path}: document {doc_id}, field 'adapter/{k}': recorded {a}, the re-run's is {b}")
     return out

@@ -122,3 +122,13 @@ def test_a_result_made_on_another_kind_of_device_is_not_compared(tiny_result):
     path.write_text(json.dumps(data, indent=1))
     with pytest.raises(SpecError, match=r"made on cuda; verify re-runs it on the same kind of device \(--device cuda\)"):
         verify_result(path, 1, submissions_dir=subs, device="cpu")
+
+
+def test_verify_detects_an_edited_adapter_loss(tiny_result):
+    path, subs = tiny_result
+    data = json.loads(path.read_text())
+    doc = data["documents"][0]
+    doc["adapter"]["final_loss"] = doc["adapter"]["first_loss"] * 0.5  # a run that learned more than it did
+    path.write_text(json.dumps(data, indent=1))
+    v = verify_result(path, 2, seed="x", submissions_dir=subs)
+    assert not v.ok and any("field 'adapter/final_loss'" in m for m in v.mismatches), v.mismatches
