@@ -168,3 +168,20 @@ def test_console_script_on_smollm2(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"\|\s*rougeL\s*\|", proc.stdout), proc.stdout[-3000:]
+
+
+def test_every_task_generates_as_its_spec_says():
+    """A non-lorakv model (``lm_eval --model hf``) decodes with the task's generation_kwargs: they are
+    the tier spec's generation (its max_new_tokens and stop strings), for every shipped task."""
+    import yaml
+
+    from benchmark.spec import load_spec
+
+    tasks = sorted(Path(TASK_DIR).glob("lorakv_*.yaml"))
+    assert len(tasks) == 4
+    for path in tasks:
+        task = yaml.safe_load(path.read_text())
+        gen = load_spec(task["dataset_kwargs"]["lorakv_tier"]).generation
+        kwargs = task["generation_kwargs"]
+        assert (kwargs["max_gen_toks"], kwargs["until"], kwargs["do_sample"]) == (
+            gen.max_new_tokens, list(gen.stop), False), path.name
