@@ -263,14 +263,14 @@ def _language_model(model):
 
 @torch.no_grad()
 def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, rhos=(),
-            tokenizer=None) -> tuple[KV, DocumentScores | None]:
+            tokenizer=None, budget: str = "kvpress") -> tuple[KV, DocumentScores | None]:
     """Run the prefix+document through the model once; return its full KV and, if a press is
     given, the press's scores of the document entries (for every rho it needs). A context-replay
     press (KVzip, see ``replay``) then replays the document on that cache and needs ``tokenizer``."""
     doc_start, doc_end = doc_span
     if press is not None and is_replay(press):
         kv, _ = prefill(model, input_ids, doc_span)
-        return kv, _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv)
+        return kv, _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv, budget)
     headwise = press is not None and is_headwise(press)
     gated = press is not None and is_gated(press)  # FastKVzip: per-layer gate scores, one budget for all layers
     scores = DocumentScores(doc_start, doc_end, headwise=headwise or gated) if press is not None else None
@@ -326,11 +326,11 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
         press.score_val = None
         for r in rhos:
             if 0 < r < 1:
-                scores.by_rho[r] = keep_masks(s, r, press.layerwise)
+                scores.by_rho[r] = keep_masks(s, n_kept(doc_end - doc_start, r, budget), press.layerwise)
     return kv, scores
 
 
-def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV) -> DocumentScores:
+def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV, budget: str) -> DocumentScores:
     """Keep masks per rho from KVzip's replay of the document on the prefill's cache."""
     doc_start, doc_end = doc_span
     scores = DocumentScores(doc_start, doc_end, headwise=True)
@@ -346,7 +346,8 @@ def _replay_prefill(model, tokenizer, input_ids, doc_span, press, rhos, kv: KV) 
             s = replay_scores(model, tokenizer, cache, input_ids, doc_span, press)
         for r in rhos:
             if 0 < r < 1:
-                scores.by_rho[r] = [m.to(kv[0][0].device) for m in keep_masks(s, r, press.layerwise)]
+                scores.by_rho[r] = [m.to(kv[0][0].device)
+                                    for m in keep_masks(s, n_kept(doc_end - doc_start, r, budget), press.layerwise)]
     return scores
 
 

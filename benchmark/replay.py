@@ -13,8 +13,8 @@ Scoped here the way every press is: the replayed context is the document only (k
 and never scored), the replay runs on the very cache of our prefill (KVzip's ``forward_hook``
 cuts the replay tokens back off after every layer, KVgrad reads the cache read-only: either way
 the cache is left as it was),
-and the budget is applied to document entries only: ``kv_heads * n_layers * compute_n_kept(n_doc,
-rho)`` entries kept in all, split across layers and heads by score (``layerwise: true``: the same
+and the budget is applied to document entries only: ``kv_heads * n_layers * n_kept(n_doc,
+rho)`` entries kept in all (the spec's budget), split across layers and heads by score (``layerwise: true``: the same
 number per layer, split across its heads). The result is one keep mask per layer and rho, evicted
 by ``compression.evict`` like any head-wise budget.
 """
@@ -22,7 +22,6 @@ by ``compression.evict`` like any head-wise budget.
 from __future__ import annotations
 
 import torch
-from kvpress.utils import compute_n_kept
 
 REPLAY_PRESSES = ("KVzipPress", "KVgradPress")
 
@@ -75,11 +74,11 @@ def replay_scores(model, tokenizer, cache, input_ids: list[int], doc_span: tuple
         press._reset_internal_parameters()
 
 
-def keep_masks(scores: torch.Tensor, rho: float, layerwise: bool) -> list[torch.Tensor]:
+def keep_masks(scores: torch.Tensor, n_keep: int, layerwise: bool) -> list[torch.Tensor]:
     """Per layer (kv_heads, n_doc) keep masks (1.0 = kept): the top entries by score, kv_heads *
-    n_layers * compute_n_kept(n_doc, rho) in all (per layer when ``layerwise``)."""
+    n_layers * ``n_keep`` in all (per layer when ``layerwise``); ``n_keep`` is the spec's budget per
+    head (``compression.n_kept``)."""
     n_layers, heads, n_doc = scores.shape
-    n_keep = compute_n_kept(n_doc, rho)
     keep = torch.zeros_like(scores)
     if layerwise:
         flat = scores.reshape(n_layers, -1)

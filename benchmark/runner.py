@@ -198,7 +198,7 @@ class DocumentRun:
                 torch.manual_seed(0)
                 with adapter_state(self.model, weights == "adapter"):
                     kv[weights], scores = prefill(self.model, ids, span, None if self.press_in_sandbox else self.press, rhos,
-                                                  tokenizer=self.tokenizer)
+                                                  tokenizer=self.tokenizer, budget=self.spec.budget)
                 self.stats["prefills"] += 1
                 if weights in scorers:
                     plans[weights] = self._plans(weights, scores, ids, span, rhos, kv[weights], adapter_dir)

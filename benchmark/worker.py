@@ -376,7 +376,7 @@ class _Child:
             torch.manual_seed(0)
             with adapter_state(self.model, bool(self.adapter)):
                 _, scores = prefill(self.model, req["input_ids"], (start, end), self.press, rhos,
-                                    tokenizer=self.tokenizer)
+                                    tokenizer=self.tokenizer, budget=req["budget"])
         budget = req["budget"]
         return {"plans": {repr(r): encode(plan_from_scores(scores, end - start, r, budget)) for r in rhos}}
 

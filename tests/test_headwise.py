@@ -193,3 +193,17 @@ def test_fastkvzip_gates_score_the_document(layerwise, qa_prompt, document):
         assert per_layer == [cfg.num_key_value_heads * n_keep] * cfg.num_hidden_layers
     rows = [Row(pruned, span[1], r.suffix_ids(q.question)) for q in document.questions]
     assert len(greedy_decode(model, tok, rows, max_new_tokens=4)) == len(rows)
+
+
+@pytest.mark.parametrize("budget,per_head", [("kvpress", 2), ("paper_floor", 3)])
+def test_replay_keeps_the_specs_budget(budget, per_head, qa_prompt, document):
+    """KVzip's masks keep the spec's budget: 30 entries at rho 0.9 are 2 per head by kvpress's
+    int(30 * 0.0999...) and 3 by the paper's floor with its 1e-6."""
+    press = build_compressor("KVzipPress", {"layerwise": False})
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, qa_prompt)
+    ids = r.prefix_ids + r.doc_ids(document.text)[:30]
+    span = (len(r.prefix_ids), len(ids))
+    _, scores = prefill(model, ids, span, press, [0.9], tokenizer=tok, budget=budget)
+    heads, layers = model.config.num_key_value_heads, model.config.num_hidden_layers
+    assert sum(int(m.sum()) for m in scores.for_rho(0.9)) == layers * heads * per_head
