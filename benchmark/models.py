@@ -236,6 +236,14 @@ class PromptRenderer:
         self.prefix_ids = self._encode(self.template.prefix)
         # The prompt at rho = 1: the spec's no-context prompt if it has one, else this one without the document.
         self.no_context = build_template(tokenizer, prompt, prompt.no_context) if prompt.no_context else None
+        # Its text before the question ("Question: ") is tokenized with the question, as the paper's
+        # code encodes the whole prompt: apart, "Question: " + "Who" gives a lone space token that
+        # ": Who" does not. The shared prefix then ends at the chat template's user header.
+        self._nc_lead = ""
+        if self.no_context is not None:
+            lead = prompt.no_context.split("{question}")[0]
+            if lead and self.no_context.prefix.endswith(lead):
+                self._nc_lead = lead
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -254,11 +262,13 @@ class PromptRenderer:
 
     @property
     def no_doc_prefix_ids(self) -> list[int]:
-        return self._encode(self.no_context.prefix) if self.no_context else self.prefix_ids
+        if not self.no_context:
+            return self.prefix_ids
+        return self._encode(self.no_context.prefix[:len(self.no_context.prefix) - len(self._nc_lead)])
 
     def no_doc_suffix_ids(self, question: str) -> list[int]:
         if self.no_context:
-            return self._encode(question + self.no_context.tail)
+            return self._encode(self._nc_lead + question + self.no_context.tail)
         return self.suffix_ids(question)
 
     def no_doc_ids(self, question: str) -> list[int]:

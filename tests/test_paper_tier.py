@@ -189,6 +189,19 @@ def test_paper_prompt_whitespace_and_no_context_prompt():
     assert "Here is a context" not in nc and "<|user|>\nQuestion: Q? \nAnswer the question" in nc
 
 
+def test_no_context_prompt_is_tokenized_as_one_string():
+    """The paper's code encodes the no-context prompt whole: ': Who' is one token pair, never ':', ' ',
+    'Who' as encoding 'Question: ' apart from the question gives (every rho = 1 prompt and every
+    paper-format QA training example)."""
+    _, tok = tiny_model("llama")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    for q in ("Who opened the bakery?", "Where did Maren open her bakery?"):
+        assert r.no_doc_ids(q) == r.encode(r.no_context.prefix + q + r.no_context.tail)
+    # the split it replaces: 'Question: ' apart from 'Where...' ends in a lone 'Ġ' the whole string merges
+    q = "Where did Maren open her bakery?"
+    assert r.encode(r.no_context.prefix) + r.encode(q + r.no_context.tail) != r.no_doc_ids(q)
+
+
 def test_chat_template_is_called_without_thinking():
     _, tok = tiny_model("llama")
     tok = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>", pad_token="<pad>")
@@ -351,7 +364,7 @@ def test_runner_answers_rho_1_from_the_no_context_prompt_and_scores_the_papers_w
     q = document.questions[0].question
     rho1 = [row for row in seen if row.suffix_ids == renderer.no_doc_suffix_ids(q)]
     assert len(rho1) == 1 and rho1[0].position_offset == len(renderer.no_doc_prefix_ids)
-    assert tok.decode(renderer.no_doc_prefix_ids).endswith("<|user|>\nQuestion: ")
+    assert tok.decode(renderer.no_doc_prefix_ids).endswith("<|user|>\n")  # "Question: " goes with the question
     n = len(renderer.no_doc_prefix_ids)
     expected, _ = prefill(model, renderer.no_doc_prefix_ids, (n, n))
     assert all(torch.equal(k, ek) and torch.equal(v, ev) for (k, v), (ek, ev) in zip(rho1[0].kv, expected))
