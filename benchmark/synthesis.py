@@ -49,6 +49,7 @@ class SynthesisSettings:
     neighbours: int = 2
     temperature: float = 0.4
     top_p: float = 0.9
+    top_k: int = 0  # 0 = no top-k cut (vLLM's default, which the paper ran), whatever the model's generation_config says
     retries: int = 3
     seed: int = 0
     max_new_tokens: int = 2048
@@ -406,7 +407,8 @@ def _generate_text(model: Any, tokenizer: Any, prompt: str, templated: bool, set
         from vllm import SamplingParams
 
         params = SamplingParams(
-            temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens, seed=seed
+            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or -1,
+            max_tokens=settings.max_new_tokens, seed=seed
         )
         return model.generate([prompt], params, use_tqdm=False)[0].outputs[0].text
 
@@ -421,6 +423,8 @@ def _generate_text(model: Any, tokenizer: Any, prompt: str, templated: bool, set
             do_sample=True,
             temperature=settings.temperature,
             top_p=settings.top_p,
+            top_k=settings.top_k,  # 0: none, as vLLM's SamplingParams (the paper's); HF would take generation_config's
+            repetition_penalty=1.0,
             max_new_tokens=settings.max_new_tokens,
             pad_token_id=pad_id,
         )

@@ -293,3 +293,19 @@ def test_corrupt_cache_file_is_regenerated(tmp_path, monkeypatch):
     pairs = cached_synthesize(None, tok, DOC, cache_dir=tmp_path, generator_id="g", progress=False)
     assert pairs == [{"question": "Who?", "answer": "Mara"}]  # one 64-token chunk
     assert json.loads(path.read_text())["pairs"] == pairs
+
+
+def test_sampling_ignores_the_models_top_k():
+    """The paper samples with vLLM, which has no top-k unless asked; HF's generate would apply the
+    model's generation_config top_k. With it set to 1 (greedy), seeds still give different text."""
+    import torch
+
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    model.generation_config.top_k = 1
+    settings = SynthesisSettings(temperature=1.0, top_p=1.0, max_new_tokens=8)
+    texts = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        texts.add(synthesis._generate_text(model, tok, "Question: who", False, settings, seed))
+    assert len(texts) > 1
