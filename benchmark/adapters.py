@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,33 +240,63 @@ def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = Tr
     return loss, n
 
 
+#: The paper's shared A matrices, kept with the model they were computed from (see :func:`shared_a_matrices`).
+_SHARED_A: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: The seed the paper's code sets before its shared-A computation.
+SHARED_A_SEED = 42
+
+
+def _lora_layers(model, name: str) -> list[tuple[str, torch.nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer) and name in m.lora_A]
+
+
+def shared_a_matrices(model, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s shared A per LoRA layer (module name -> float16 (r, d_in)), as the paper's
+    code computes it: seed 42, then for each target weight in module order (layer by layer),
+    ``torch.svd_lowrank(W, q=r, niter=4)`` on the weight read in bf16 (the paper loads the model in
+    bf16 for it) as float32; A = ``V^T`` (the top-r right singular vectors, not scaled), stored float16.
+
+    The randomised SVD draws from one seeded stream across all layers, so a layer's A depends on the
+    layers before it: the whole set is computed at once. The paper computes it once per model and
+    reuses it for every document; so does this, cached with the model under its LoRA layers' names,
+    ranks and base weights (storage, shape, in-place version). The seed is set in a forked RNG, so
+    the caller's random streams are untouched."""
+    layers = _lora_layers(model, name)
+    if not layers:
+        raise RuntimeError(f"shared_svd_a: adapter '{name}' has no LoRA layers")
+    weights = [(n, m.lora_A[name].weight.shape[0], m.get_base_layer().weight) for n, m in layers]
+    key = tuple((n, r, w.data_ptr(), tuple(w.shape), w.dtype, str(w.device), w._version) for n, r, w in weights)
+    cache = _SHARED_A.setdefault(model, {})
+    if key not in cache:
+        out = {}
+        with _forked_rng(weights[0][2].device):
+            torch.manual_seed(SHARED_A_SEED)
+            for n, r, w in weights:
+                _, _, v = torch.svd_lowrank(w.detach().to(torch.bfloat16).float(), q=r, niter=4)
+                out[n] = v.T.contiguous().to(torch.float16)
+        cache[key] = out
+    return cache[key]
+
+
 def init_shared_svd_a(model, name: str) -> int:
-    """Set adapter ``name``'s A of every LoRA layer to the top-r right singular vectors of its base
-    weight (``V_r^T``, shape (r, d_in)) and freeze it; B stays 0, so the adapter starts as a no-op.
+    """Set adapter ``name``'s A of every LoRA layer to the paper's shared A (:func:`shared_a_matrices`:
+    the top-r right singular vectors of its base weight, shape (r, d_in), by a seeded randomised SVD,
+    float16) and freeze it; B stays 0, so the adapter starts as a no-op.
 
     The paper's shared-A init: A depends only on the base weights, so it is the same matrix for
     every document (only B is trained per document). Unlike peft's PiSSA, the base weight is read,
-    never rewritten, so the base conditions stay the base model. An exact SVD in float32 (the
-    paper's code uses ``torch.svd_lowrank(W, q=r, niter=4)``, a randomised estimate of the same
-    subspace). Returns the number of layers set."""
-    from peft.tuners.lora import LoraLayer
-
-    n = 0
-    for module in model.modules():
-        if not isinstance(module, LoraLayer) or name not in module.lora_A:
-            continue
+    never rewritten, so the base conditions stay the base model. Returns the number of layers set."""
+    shared = shared_a_matrices(model, name)
+    for n, module in _lora_layers(model, name):
         a = module.lora_A[name].weight
         if not torch.equal(module.lora_B[name].weight, torch.zeros_like(module.lora_B[name].weight)):
             raise RuntimeError("shared_svd_a needs B = 0 (peft's gaussian init)")
-        w = module.get_base_layer().weight.detach().float()
-        _, _, vh = torch.linalg.svd(w, full_matrices=False)  # rows of vh: right singular vectors, by singular value
         with torch.no_grad():
-            a.copy_(vh[: a.shape[0]].to(a.dtype))
+            a.copy_(shared[n].to(a.dtype))
         a.requires_grad_(False)
-        n += 1
-    if n == 0:
-        raise RuntimeError(f"shared_svd_a: adapter '{name}' has no LoRA layers")
-    return n
+    return len(shared)
 
 
 def _schedule(opt, s: TrainSettings, total_steps: int):

@@ -154,6 +154,8 @@ class Recipe:
     def fingerprint(self) -> dict:
         train = {k: v for k, v in self.train.__dict__.items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
         fp = {"lora": self.lora.__dict__, "train": train}
+        if self.lora.init == "shared_svd_a":  # how A is computed decides the adapter, so it keys the cache too
+            fp["shared_a"] = "svd_lowrank-seed42-bf16-fp16"
         if self.train.hook and self.code_dir:  # every file the hook can import is part of the recipe
             fp["hook_code"] = stable_hash(folder_files(Path(self.code_dir), skip=("submission.yaml",)))
         return fp

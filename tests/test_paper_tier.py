@@ -10,7 +10,7 @@ import torch
 
 from benchmark import metrics
 from benchmark.adapters import (AdapterStore, LoraSettings, Recipe, TrainSettings, _LATER_OPTIONS, adapter_key,
-                                build_examples, train_adapter)
+                                build_examples, init_shared_svd_a, shared_a_matrices, train_adapter)
 from benchmark.compression import build_compressor, evict, n_kept, prefill, score_depends_on_rho
 from benchmark.models import PromptRenderer
 from benchmark.spec import load_spec
@@ -233,12 +233,67 @@ def test_shared_svd_a_leaves_base_weights_bit_identical_and_a_frozen(document, q
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     assert layers
-    for m in layers:
+    shared = shared_a_matrices(model, "doc")
+    for n, m in model.named_modules():
+        if m not in layers:
+            continue
         a = m.lora_A["doc"].weight
-        _, _, vh = torch.linalg.svd(m.get_base_layer().weight.float(), full_matrices=False)
-        assert torch.allclose(a, vh[:4], atol=1e-6)  # unchanged by training: frozen
+        assert torch.equal(a, shared[n].float())  # unchanged by training: frozen
         assert not a.requires_grad
         assert m.lora_B["doc"].weight.abs().sum() > 0  # B trained
+
+
+def _paper_shared_a(model, svd_lowrank=torch.svd_lowrank):
+    """The paper's computation written out: seed 42 once, then per target weight in module order
+    (read in bf16, as float32) ``svd_lowrank(W, q=r, niter=4)``, A = V^T in float16."""
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(42)
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, LoraLayer):
+            w = m.get_base_layer().weight.detach().bfloat16().float()
+            _, _, v = svd_lowrank(w, q=m.r["doc"], niter=4)
+            out[n] = v.T.to(torch.float16).float()
+    return out
+
+
+def test_shared_a_is_the_papers_seeded_svd_lowrank_in_fp16_computed_once(monkeypatch):
+    from peft.tuners.lora import LoraLayer
+
+    model, _ = tiny_model("llama")
+    recipe = Recipe("qa", LoraSettings(r=4, alpha=8, use_dora=True, init="shared_svd_a",
+                                       target_modules=("q_proj", "v_proj", "gate_proj", "down_proj")))
+    model.add_adapter(recipe.lora.peft_config(), adapter_name="doc")
+    calls = []
+    real = torch.svd_lowrank
+    monkeypatch.setattr(torch, "svd_lowrank", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    n = init_shared_svd_a(model, "doc")
+    assert torch.equal(torch.get_rng_state(), before)  # the seed was set in a fork
+    assert n == len(calls) == 8  # 2 layers x 4 targets
+    expected = _paper_shared_a(model, real)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert expected.keys() == layers.keys()
+    for name, m in layers.items():
+        a = m.lora_A["doc"].weight
+        assert torch.equal(a, expected[name]), name
+        assert a.dtype == torch.float32 and not a.requires_grad
+        _, _, vh = torch.linalg.svd(m.get_base_layer().weight.float(), full_matrices=False)
+        assert not torch.allclose(a, vh[:4], atol=1e-3)  # not the exact SVD
+    # a second adapter on the same model reuses the matrices: no new SVD
+    model.add_adapter(recipe.lora.peft_config(), adapter_name="doc2")
+    assert init_shared_svd_a(model, "doc2") == 8 and len(calls) == 8
+    for m in layers.values():
+        assert torch.equal(m.lora_A["doc2"].weight, m.lora_A["doc"].weight)
+    # another model (different weights) gets its own
+    other, _ = tiny_model("llama", seed=1)
+    other.add_adapter(recipe.lora.peft_config(), adapter_name="doc")
+    init_shared_svd_a(other, "doc")
+    assert len(calls) == 16
+    first = next(m for m in other.modules() if isinstance(m, LoraLayer))
+    assert not torch.equal(first.lora_A["doc"].weight, next(iter(layers.values())).lora_A["doc"].weight)
 
 
 def test_peft_pissa_is_still_refused():
