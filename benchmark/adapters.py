@@ -323,6 +323,42 @@ def _token_accuracy(model, batch: list[Example], pad_id: int) -> tuple[int, int]
     return int((pred.eq(gold) & valid).sum()), int(valid.sum())
 
 
+@dataclass
+class PaperEarlyStop:
+    """The paper's NTP early stop (``early_stop: paper``), as its trainer runs it: the token accuracy
+    is logged at step 1 and every ``every`` steps, each log over the steps since the previous one;
+    logs before step ``min_step`` are not counted; training stops at the log that makes
+    ``patience`` consecutive counted logs reach ``threshold``."""
+
+    threshold: float
+    every: int = 10
+    min_step: int = 50
+    patience: int = 2
+    hits: int = 0
+    correct: int = 0
+    total: int = 0
+
+    def _logs_at(self, step: int) -> bool:
+        return step == 1 or step % self.every == 0
+
+    def wants_accuracy(self, step: int) -> bool:
+        """Whether step ``step``'s accuracy is read by a counted log (earlier steps need no forward)."""
+        first_counted = -(-self.min_step // self.every) * self.every
+        return step > first_counted - self.every
+
+    def after_step(self, step: int, correct: int, total: int) -> bool:
+        """Add step ``step``'s (correct, total); True when training stops here."""
+        self.correct, self.total = self.correct + correct, self.total + total
+        if not self._logs_at(step):
+            return False
+        acc = self.correct / self.total if self.total else None
+        self.correct = self.total = 0
+        if step < self.min_step or acc is None:
+            return False
+        self.hits = self.hits + 1 if acc >= self.threshold else 0
+        return self.hits >= self.patience
+
+
 @contextlib.contextmanager
 def direct_dora_lora_weight():
     """Within the block, peft's DoRA layers form their update ``B @ A`` directly.
@@ -439,6 +475,8 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
     # events, about ten per run; a stop takes effect at a check.
     check_every = max(1, steps // 10)
     correct = total = 0
+    paper_stop = PaperEarlyStop(s.early_stop_accuracy) if s.early_stop_accuracy is not None and s.early_stop == "paper" \
+        else None
     stopped_early = False
     bar = tqdm(total=steps, desc=f"train {name}", leave=False, disable=not progress)
     try:
@@ -447,7 +485,15 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
                 for batch in _batches(examples, s.batch_size, rng):
                     if len(losses) >= steps:
                         break
-                    if s.early_stop_accuracy is not None:  # on the weights this step's loss is computed with
+                    if paper_stop is not None:
+                        c = t = 0
+                        if paper_stop.wants_accuracy(len(losses) + 1):
+                            # The paper reads the accuracy off the training forward itself: the same
+                            # forward, in a forked RNG, draws the dropout masks the training forward
+                            # then draws, and leaves the training's random stream where it was.
+                            with _forked_rng(model.device), autocast():
+                                c, t = _token_accuracy(model, batch, pad_id)
+                    elif s.early_stop_accuracy is not None:  # on the weights this step's loss is computed with
                         with autocast():
                             c, t = _token_accuracy(model, batch, pad_id)
                         correct, total = correct + c, total + t
@@ -464,7 +510,11 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
                     n_forward += ran
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                    if s.early_stop_accuracy is not None and len(losses) % check_every == 0:
+                    if paper_stop is not None:
+                        if paper_stop.after_step(len(losses), c, t):
+                            stopped_early = True
+                            break
+                    elif s.early_stop_accuracy is not None and len(losses) % check_every == 0:
                         if total and correct / total >= s.early_stop_accuracy:
                             stopped_early = True
                             break

@@ -366,6 +366,53 @@ def test_max_steps_and_early_stop_on_token_accuracy(document, qa_prompt):
     assert info["stopped_early"] and info["steps"] < 1000 and info["steps"] % 100 == 0
 
 
+@pytest.mark.parametrize("high_logs, stop_step", [((3, 4), None), ((3, 4, 5), None), ((5, 6), 60), ((5, 7), None), ((6, 7), 70)])
+def test_paper_early_stop_every_10_steps_2_in_a_row_from_step_50(document, qa_prompt, monkeypatch, high_logs,
+                                                                   stop_step):
+    """The paper's NTP rule: a log every 10 steps, each over the steps since the last; logs before step
+    50 do not count; it stops at the second consecutive counted log with accuracy >= 0.95."""
+    from benchmark import adapters as A
+
+    model, tok = tiny_model("llama")
+    steps = [0]
+    real_loss = A.batch_loss
+
+    def counted(*a, **k):
+        steps[0] += 1
+        return real_loss(*a, **k)
+
+    def accuracy(model, batch, pad_id):  # step s belongs to log ceil(s / 10)
+        log = -(-(steps[0] + 1) // 10)
+        return (96, 100) if log in high_logs else (94, 100)
+
+    monkeypatch.setattr(A, "batch_loss", counted)
+    monkeypatch.setattr(A, "_token_accuracy", accuracy)
+    recipe = Recipe("ntp", LoraSettings(r=2, alpha=4),
+                    TrainSettings(objective="ntp", lr=1e-3, batch_size=1, ntp_format="document", max_steps=90,
+                                  early_stop_accuracy=0.95, early_stop="paper"))
+    ex = build_examples(document.training_view(), recipe, PromptRenderer(tok, qa_prompt))
+    ex = [A.Example(e.input_ids[:32], e.labels[:32]) for e in ex]
+    info = train_adapter(model, "doc", ex, recipe, tok.pad_token_id, progress=False)
+    assert info["steps"] == (stop_step or 90) and info["stopped_early"] == (stop_step is not None)
+
+
+def test_paper_early_stop_reads_accuracy_only_for_counted_logs():
+    from benchmark.adapters import PaperEarlyStop
+
+    rule = PaperEarlyStop(0.95)
+    assert [s for s in range(1, 61) if rule.wants_accuracy(s)] == list(range(41, 61))  # log 50 reads steps 41-50
+    assert not PaperEarlyStop(0.95).after_step(1, 100, 100)  # the first-step log, before step 50
+
+
+def test_early_stop_option_leaves_existing_fingerprints_alone():
+    plain = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", early_stop_accuracy=0.95))
+    assert "early_stop" not in plain.fingerprint()["train"]
+    paper = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", early_stop_accuracy=0.95, early_stop="paper"))
+    assert paper.fingerprint()["train"]["early_stop"] == "paper" and paper.hash() != plain.hash()
+    with pytest.raises(ValueError, match="early_stop"):
+        TrainSettings(early_stop="sometimes")
+
+
 # ---------------------------------------------------------------- training formats
 
 
