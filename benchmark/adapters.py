@@ -202,7 +202,37 @@ def shared_prefix_len(batch: list[Example]) -> int:
     return k
 
 
-def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = True) -> tuple[torch.Tensor, int]:
+#: Positions whose logits are formed at once by :func:`chunked_lm_loss` (at a 152k vocabulary, 0.6 GB in float32).
+LOGIT_CHUNK = 1024
+
+
+def _chunk_ce_sum(head: torch.nn.Module, hidden: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(head(hidden).float(), gold, reduction="sum")
+
+
+def chunked_lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                    chunk: int = LOGIT_CHUNK) -> torch.Tensor:
+    """The causal-LM loss of ``model(ids, attention_mask=mask, labels=labels)`` (mean over labelled
+    tokens, logits in float32) without the [positions, vocab] logits tensor: the decoder's hidden
+    states go through the output head ``chunk`` labelled positions at a time, each chunk under
+    activation checkpointing, so backward keeps only the hidden states and recomputes each chunk's
+    logits. On a whole raw document (ntp_format document) the full logits would be the largest
+    tensor of the step. Loss and gradients equal the plain computation's up to rounding
+    (``tests/test_paper_tier.py``)."""
+    from torch.utils.checkpoint import checkpoint
+
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    gold = labels[:, 1:]
+    keep = gold != -100
+    h, gold = hidden[:, :-1][keep], gold[keep]  # token t is predicted by the hidden state at t - 1
+    head = model.get_output_embeddings()
+    total = sum(checkpoint(_chunk_ce_sum, head, h[i:i + chunk], gold[i:i + chunk], use_reentrant=False)
+                for i in range(0, len(gold), chunk))
+    return total / len(gold)
+
+
+def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = True,
+               chunk_logits: bool = False) -> tuple[torch.Tensor, int]:
     """Mean answer-token loss of one batch, and the number of tokens the forward pass ran.
 
     Every QA example starts with the same chat prefix (about 60% of a short example). With
@@ -211,10 +241,13 @@ def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = Tr
     itself, at the positions it would have in its own example. No padding, the prefix once,
     and logits only where a loss is read. The loss and gradients equal those of the plain
     padded batch (the prefix's hidden states are the same in every example; autograd sums what
-    flows back into the one copy), up to floating-point rounding: ``tests/test_adapters.py``."""
+    flows back into the one copy), up to floating-point rounding: ``tests/test_adapters.py``.
+    ``chunk_logits``: the plain batch's loss by :func:`chunked_lm_loss`."""
     k = shared_prefix_len(batch) if share_prefix and len(batch) > 1 else 0
     if k < 2:  # nothing worth sharing (ntp chunks): the plain padded batch
         ids, labels, mask = _collate([(e.input_ids, e.labels) for e in batch], pad_id, model.device)
+        if chunk_logits:
+            return chunked_lm_loss(model, ids, labels, mask), int(mask.sum())
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss, int(mask.sum())
     ids, positions, read_at, targets = list(batch[0].input_ids[:k]), list(range(k)), [], []
     blocks = []
@@ -443,9 +476,30 @@ def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad
         return _train_adapter(model, name, examples, recipe, pad_id, progress, share_prefix)
 
 
+def _checkpoint_activations(model, s: TrainSettings) -> bool:
+    """Whether training runs with transformers' gradient checkpointing: a whole raw document
+    (ntp_format document) on CUDA, as the paper's trainer does (``gradient_checkpointing=True``), where
+    a long document's activations would not fit otherwise. Elsewhere the examples are short and the
+    checkpointing would only cost a second forward."""
+    return model.device.type == "cuda" and s.objective == "ntp" and s.ntp_format == "document"
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(model, on: bool):
+    if not on:
+        yield
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.gradient_checkpointing_disable()
+
+
 def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool,
                    share_prefix: bool) -> dict:
     s = recipe.train
+    chunk_logits = s.objective == "ntp" and s.ntp_format == "document"  # one long sequence: no [seq, vocab] logits
     half = model.dtype if model.dtype in HALF_DTYPES else None  # the base's dtype, read before an adapter exists
     torch.manual_seed(s.seed)
     model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
@@ -480,7 +534,8 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
     stopped_early = False
     bar = tqdm(total=steps, desc=f"train {name}", leave=False, disable=not progress)
     try:
-        with direct_dora_lora_weight():  # the same update, without a d_in x d_in identity per forward
+        # DoRA's update without a d_in x d_in identity per forward
+        with direct_dora_lora_weight(), _gradient_checkpointing(model, _checkpoint_activations(model, s)):
             for _ in range(s.epochs) if s.max_steps is None else itertools.count():
                 for batch in _batches(examples, s.batch_size, rng):
                     if len(losses) >= steps:
@@ -498,7 +553,8 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
                             c, t = _token_accuracy(model, batch, pad_id)
                         correct, total = correct + c, total + t
                     with autocast():
-                        loss, ran = batch_loss(model, batch, pad_id, share_prefix)
+                        loss, ran = (batch_loss(model, batch, pad_id, share_prefix, chunk_logits=True) if chunk_logits
+                                     else batch_loss(model, batch, pad_id, share_prefix))
                     loss.backward()
                     if s.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)

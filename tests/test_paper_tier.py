@@ -413,6 +413,61 @@ def test_early_stop_option_leaves_existing_fingerprints_alone():
         TrainSettings(early_stop="sometimes")
 
 
+def test_chunked_document_loss_equals_the_plain_loss_and_gradients(document, qa_prompt):
+    from benchmark import adapters as A
+
+    model, tok = tiny_model("llama")
+    recipe = Recipe("ntp", LoraSettings(r=4, alpha=8, use_dora=True),
+                    TrainSettings(objective="ntp", ntp_format="document", batch_size=1))
+    model.add_adapter(recipe.lora.peft_config(), adapter_name="doc")
+    with torch.no_grad():  # a non-zero update, so the adapter's gradients are all non-trivial
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    ex = build_examples(document.training_view(), recipe, PromptRenderer(tok, qa_prompt))
+    ids, labels, mask = A._collate([(e.input_ids, e.labels) for e in ex], tok.pad_token_id, model.device)
+    labels[0, :5] = -100  # some unlabelled positions too
+    params = [p for n, p in model.named_parameters() if ".doc." in n]
+
+    def run(fn):
+        for p in params:
+            p.grad = None
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    ref, ref_grads = run(lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+    got, grads = run(lambda: A.chunked_lm_loss(model, ids, labels, mask, chunk=7))
+    assert ids.shape[1] > 7 * 3
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_document_training_with_gradient_checkpointing_has_the_same_losses(document, qa_prompt, monkeypatch):
+    """A CPU smoke test of the CUDA setting: training with checkpointing on gives the same losses."""
+    from benchmark import adapters as A
+
+    recipe = Recipe("ntp", LoraSettings(r=4, alpha=8, dropout=0.1, use_dora=True),
+                    TrainSettings(objective="ntp", ntp_format="document", batch_size=1, lr=1e-2, max_steps=3))
+    losses, seen, real_loss = {}, [], A.chunked_lm_loss
+
+    def watched(*a, **k):
+        seen.append(a[0].is_gradient_checkpointing)
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(A, "chunked_lm_loss", watched)
+    for on in (False, True):
+        monkeypatch.setattr(A, "_checkpoint_activations", lambda model, s: on)
+        model, tok = tiny_model("llama")
+        seen.clear()
+        ex = build_examples(document.training_view(), recipe, PromptRenderer(tok, qa_prompt))
+        info = train_adapter(model, "doc", ex, recipe, tok.pad_token_id, progress=False)
+        assert seen == [on] * 3 and not model.is_gradient_checkpointing  # switched off again
+        losses[on] = (info["first_loss"], info["final_loss"])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
+
+
 # ---------------------------------------------------------------- training formats
 
 
