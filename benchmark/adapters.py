@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +202,37 @@ def shared_prefix_len(batch: list[Example]) -> int:
     return k
 
 
-def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = True) -> tuple[torch.Tensor, int]:
+#: Positions whose logits are formed at once by :func:`chunked_lm_loss` (at a 152k vocabulary, 0.6 GB in float32).
+LOGIT_CHUNK = 1024
+
+
+def _chunk_ce_sum(head: torch.nn.Module, hidden: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(head(hidden).float(), gold, reduction="sum")
+
+
+def chunked_lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                    chunk: int = LOGIT_CHUNK) -> torch.Tensor:
+    """The causal-LM loss of ``model(ids, attention_mask=mask, labels=labels)`` (mean over labelled
+    tokens, logits in float32) without the [positions, vocab] logits tensor: the decoder's hidden
+    states go through the output head ``chunk`` labelled positions at a time, each chunk under
+    activation checkpointing, so backward keeps only the hidden states and recomputes each chunk's
+    logits. On a whole raw document (ntp_format document) the full logits would be the largest
+    tensor of the step. Loss and gradients equal the plain computation's up to rounding
+    (``tests/test_paper_tier.py``)."""
+    from torch.utils.checkpoint import checkpoint
+
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    gold = labels[:, 1:]
+    keep = gold != -100
+    h, gold = hidden[:, :-1][keep], gold[keep]  # token t is predicted by the hidden state at t - 1
+    head = model.get_output_embeddings()
+    total = sum(checkpoint(_chunk_ce_sum, head, h[i:i + chunk], gold[i:i + chunk], use_reentrant=False)
+                for i in range(0, len(gold), chunk))
+    return total / len(gold)
+
+
+def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = True,
+               chunk_logits: bool = False) -> tuple[torch.Tensor, int]:
     """Mean answer-token loss of one batch, and the number of tokens the forward pass ran.
 
     Every QA example starts with the same chat prefix (about 60% of a short example). With
@@ -210,10 +241,13 @@ def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = Tr
     itself, at the positions it would have in its own example. No padding, the prefix once,
     and logits only where a loss is read. The loss and gradients equal those of the plain
     padded batch (the prefix's hidden states are the same in every example; autograd sums what
-    flows back into the one copy), up to floating-point rounding: ``tests/test_adapters.py``."""
+    flows back into the one copy), up to floating-point rounding: ``tests/test_adapters.py``.
+    ``chunk_logits``: the plain batch's loss by :func:`chunked_lm_loss`."""
     k = shared_prefix_len(batch) if share_prefix and len(batch) > 1 else 0
     if k < 2:  # nothing worth sharing (ntp chunks): the plain padded batch
         ids, labels, mask = _collate([(e.input_ids, e.labels) for e in batch], pad_id, model.device)
+        if chunk_logits:
+            return chunked_lm_loss(model, ids, labels, mask), int(mask.sum())
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss, int(mask.sum())
     ids, positions, read_at, targets = list(batch[0].input_ids[:k]), list(range(k)), [], []
     blocks = []
@@ -239,33 +273,63 @@ def batch_loss(model, batch: list[Example], pad_id: int, share_prefix: bool = Tr
     return loss, n
 
 
+#: The paper's shared A matrices, kept with the model they were computed from (see :func:`shared_a_matrices`).
+_SHARED_A: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: The seed the paper's code sets before its shared-A computation.
+SHARED_A_SEED = 42
+
+
+def _lora_layers(model, name: str) -> list[tuple[str, torch.nn.Module]]:
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer) and name in m.lora_A]
+
+
+def shared_a_matrices(model, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name``'s shared A per LoRA layer (module name -> float16 (r, d_in)), as the paper's
+    code computes it: seed 42, then for each target weight in module order (layer by layer),
+    ``torch.svd_lowrank(W, q=r, niter=4)`` on the weight read in bf16 (the paper loads the model in
+    bf16 for it) as float32; A = ``V^T`` (the top-r right singular vectors, not scaled), stored float16.
+
+    The randomised SVD draws from one seeded stream across all layers, so a layer's A depends on the
+    layers before it: the whole set is computed at once. The paper computes it once per model and
+    reuses it for every document; so does this, cached with the model under its LoRA layers' names,
+    ranks and base weights (storage, shape, in-place version). The seed is set in a forked RNG, so
+    the caller's random streams are untouched."""
+    layers = _lora_layers(model, name)
+    if not layers:
+        raise RuntimeError(f"shared_svd_a: adapter '{name}' has no LoRA layers")
+    weights = [(n, m.lora_A[name].weight.shape[0], m.get_base_layer().weight) for n, m in layers]
+    key = tuple((n, r, w.data_ptr(), tuple(w.shape), w.dtype, str(w.device), w._version) for n, r, w in weights)
+    cache = _SHARED_A.setdefault(model, {})
+    if key not in cache:
+        out = {}
+        with _forked_rng(weights[0][2].device):
+            torch.manual_seed(SHARED_A_SEED)
+            for n, r, w in weights:
+                _, _, v = torch.svd_lowrank(w.detach().to(torch.bfloat16).float(), q=r, niter=4)
+                out[n] = v.T.contiguous().to(torch.float16)
+        cache[key] = out
+    return cache[key]
+
+
 def init_shared_svd_a(model, name: str) -> int:
-    """Set adapter ``name``'s A of every LoRA layer to the top-r right singular vectors of its base
-    weight (``V_r^T``, shape (r, d_in)) and freeze it; B stays 0, so the adapter starts as a no-op.
+    """Set adapter ``name``'s A of every LoRA layer to the paper's shared A (:func:`shared_a_matrices`:
+    the top-r right singular vectors of its base weight, shape (r, d_in), by a seeded randomised SVD,
+    float16) and freeze it; B stays 0, so the adapter starts as a no-op.
 
     The paper's shared-A init: A depends only on the base weights, so it is the same matrix for
     every document (only B is trained per document). Unlike peft's PiSSA, the base weight is read,
-    never rewritten, so the base conditions stay the base model. An exact SVD in float32 (the
-    paper's code uses ``torch.svd_lowrank(W, q=r, niter=4)``, a randomised estimate of the same
-    subspace). Returns the number of layers set."""
-    from peft.tuners.lora import LoraLayer
-
-    n = 0
-    for module in model.modules():
-        if not isinstance(module, LoraLayer) or name not in module.lora_A:
-            continue
+    never rewritten, so the base conditions stay the base model. Returns the number of layers set."""
+    shared = shared_a_matrices(model, name)
+    for n, module in _lora_layers(model, name):
         a = module.lora_A[name].weight
         if not torch.equal(module.lora_B[name].weight, torch.zeros_like(module.lora_B[name].weight)):
             raise RuntimeError("shared_svd_a needs B = 0 (peft's gaussian init)")
-        w = module.get_base_layer().weight.detach().float()
-        _, _, vh = torch.linalg.svd(w, full_matrices=False)  # rows of vh: right singular vectors, by singular value
         with torch.no_grad():
-            a.copy_(vh[: a.shape[0]].to(a.dtype))
+            a.copy_(shared[n].to(a.dtype))
         a.requires_grad_(False)
-        n += 1
-    if n == 0:
-        raise RuntimeError(f"shared_svd_a: adapter '{name}' has no LoRA layers")
-    return n
+    return len(shared)
 
 
 def _schedule(opt, s: TrainSettings, total_steps: int):
@@ -290,6 +354,42 @@ def _token_accuracy(model, batch: list[Example], pad_id: int) -> tuple[int, int]
     pred, gold = logits[:, :-1].argmax(-1), labels[:, 1:]
     valid = gold != -100
     return int((pred.eq(gold) & valid).sum()), int(valid.sum())
+
+
+@dataclass
+class PaperEarlyStop:
+    """The paper's NTP early stop (``early_stop: paper``), as its trainer runs it: the token accuracy
+    is logged at step 1 and every ``every`` steps, each log over the steps since the previous one;
+    logs before step ``min_step`` are not counted; training stops at the log that makes
+    ``patience`` consecutive counted logs reach ``threshold``."""
+
+    threshold: float
+    every: int = 10
+    min_step: int = 50
+    patience: int = 2
+    hits: int = 0
+    correct: int = 0
+    total: int = 0
+
+    def _logs_at(self, step: int) -> bool:
+        return step == 1 or step % self.every == 0
+
+    def wants_accuracy(self, step: int) -> bool:
+        """Whether step ``step``'s accuracy is read by a counted log (earlier steps need no forward)."""
+        first_counted = -(-self.min_step // self.every) * self.every
+        return step > first_counted - self.every
+
+    def after_step(self, step: int, correct: int, total: int) -> bool:
+        """Add step ``step``'s (correct, total); True when training stops here."""
+        self.correct, self.total = self.correct + correct, self.total + total
+        if not self._logs_at(step):
+            return False
+        acc = self.correct / self.total if self.total else None
+        self.correct = self.total = 0
+        if step < self.min_step or acc is None:
+            return False
+        self.hits = self.hits + 1 if acc >= self.threshold else 0
+        return self.hits >= self.patience
 
 
 @contextlib.contextmanager
@@ -376,9 +476,30 @@ def train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad
         return _train_adapter(model, name, examples, recipe, pad_id, progress, share_prefix)
 
 
+def _checkpoint_activations(model, s: TrainSettings) -> bool:
+    """Whether training runs with transformers' gradient checkpointing: a whole raw document
+    (ntp_format document) on CUDA, as the paper's trainer does (``gradient_checkpointing=True``), where
+    a long document's activations would not fit otherwise. Elsewhere the examples are short and the
+    checkpointing would only cost a second forward."""
+    return model.device.type == "cuda" and s.objective == "ntp" and s.ntp_format == "document"
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(model, on: bool):
+    if not on:
+        yield
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.gradient_checkpointing_disable()
+
+
 def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pad_id: int, progress: bool,
                    share_prefix: bool) -> dict:
     s = recipe.train
+    chunk_logits = s.objective == "ntp" and s.ntp_format == "document"  # one long sequence: no [seq, vocab] logits
     half = model.dtype if model.dtype in HALF_DTYPES else None  # the base's dtype, read before an adapter exists
     torch.manual_seed(s.seed)
     model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
@@ -408,20 +529,32 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
     # events, about ten per run; a stop takes effect at a check.
     check_every = max(1, steps // 10)
     correct = total = 0
+    paper_stop = PaperEarlyStop(s.early_stop_accuracy) if s.early_stop_accuracy is not None and s.early_stop == "paper" \
+        else None
     stopped_early = False
     bar = tqdm(total=steps, desc=f"train {name}", leave=False, disable=not progress)
     try:
-        with direct_dora_lora_weight():  # the same update, without a d_in x d_in identity per forward
+        # DoRA's update without a d_in x d_in identity per forward
+        with direct_dora_lora_weight(), _gradient_checkpointing(model, _checkpoint_activations(model, s)):
             for _ in range(s.epochs) if s.max_steps is None else itertools.count():
                 for batch in _batches(examples, s.batch_size, rng):
                     if len(losses) >= steps:
                         break
-                    if s.early_stop_accuracy is not None:  # on the weights this step's loss is computed with
+                    if paper_stop is not None:
+                        c = t = 0
+                        if paper_stop.wants_accuracy(len(losses) + 1):
+                            # The paper reads the accuracy off the training forward itself: the same
+                            # forward, in a forked RNG, draws the dropout masks the training forward
+                            # then draws, and leaves the training's random stream where it was.
+                            with _forked_rng(model.device), autocast():
+                                c, t = _token_accuracy(model, batch, pad_id)
+                    elif s.early_stop_accuracy is not None:  # on the weights this step's loss is computed with
                         with autocast():
                             c, t = _token_accuracy(model, batch, pad_id)
                         correct, total = correct + c, total + t
                     with autocast():
-                        loss, ran = batch_loss(model, batch, pad_id, share_prefix)
+                        loss, ran = (batch_loss(model, batch, pad_id, share_prefix, chunk_logits=True) if chunk_logits
+                                     else batch_loss(model, batch, pad_id, share_prefix))
                     loss.backward()
                     if s.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
@@ -433,7 +566,11 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
                     n_forward += ran
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                    if s.early_stop_accuracy is not None and len(losses) % check_every == 0:
+                    if paper_stop is not None:
+                        if paper_stop.after_step(len(losses), c, t):
+                            stopped_early = True
+                            break
+                    elif s.early_stop_accuracy is not None and len(losses) % check_every == 0:
                         if total and correct / total >= s.early_stop_accuracy:
                             stopped_early = True
                             break

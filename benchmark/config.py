@@ -58,7 +58,7 @@ RECIPES = ("none",) + OBJECTIVES
 #: so existing cache keys (and committed results' adapter keys) stay valid.
 _LATER_OPTIONS = {"qa_source": "train_qa", "schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": None,
                   "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks",
-                  "synthesis": "tokens", "ctx_window": "document"}
+                  "synthesis": "tokens", "ctx_window": "document", "early_stop": "checks"}
 #: LoRA init values: peft's own, plus ours (``shared_svd_a``, see :func:`init_shared_svd_a`).
 LORA_INITS = ("default", "gaussian", "shared_svd_a")
 SCHEDULES = ("constant", "cosine")
@@ -67,6 +67,9 @@ NTP_FORMATS = ("chunks", "chunk_next", "document")
 QA_SOURCES = ("train_qa", "synthesize")
 SYNTHESES = ("tokens", "paper")
 CTX_WINDOWS = ("document", "neighbours")
+#: How ``early_stop_accuracy`` is applied. "checks": about ten checks per run, each on the accuracy since
+#: the previous one; "paper": the paper's NTP rule (see :class:`benchmark.adapters.PaperEarlyStop`).
+EARLY_STOPS = ("checks", "paper")
 #: LoRA inits that rewrite the base weights: the base conditions would no longer be the base model.
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq")
 
@@ -119,6 +122,7 @@ class TrainSettings:
     max_grad_norm: float | None = None  # clip the LoRA gradients' global norm; None = no clipping
     max_steps: int | None = None  # as in transformers: when set, train exactly this many steps, epochs ignored
     early_stop_accuracy: float | None = None  # stop once the answer-token accuracy since the last check reaches it
+    early_stop: str = "checks"  # "checks" (~10 per run) | "paper" (every 10 steps, 2 in a row, from step 50)
     # Example formats (see build_examples): the paper's QA format, ntp's variant.
     qa_format: str = "spec"  # "spec" | "paper"
     synthesis: str = "tokens"  # qa_source synthesize: "tokens" (64-token chunks, our prompt) | "paper" (its sections, prompt)
@@ -127,7 +131,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS),
-                              ("synthesis", SYNTHESES), ("ctx_window", CTX_WINDOWS)):
+                              ("synthesis", SYNTHESES), ("ctx_window", CTX_WINDOWS),
+                              ("early_stop", EARLY_STOPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} '{getattr(self, name)}': choose from {allowed}")
         if self.ctx_window == "neighbours" and (self.objective != "ctx_qa" or self.synthesis != "paper"
@@ -154,6 +159,8 @@ class Recipe:
     def fingerprint(self) -> dict:
         train = {k: v for k, v in self.train.__dict__.items() if not (k in _LATER_OPTIONS and v == _LATER_OPTIONS[k])}
         fp = {"lora": self.lora.__dict__, "train": train}
+        if self.lora.init == "shared_svd_a":  # how A is computed decides the adapter, so it keys the cache too
+            fp["shared_a"] = "svd_lowrank-seed42-bf16-fp16"
         if self.train.hook and self.code_dir:  # every file the hook can import is part of the recipe
             fp["hook_code"] = stable_hash(folder_files(Path(self.code_dir), skip=("submission.yaml",)))
         return fp

@@ -56,6 +56,7 @@ ENUMS = [
     ("submission.schema.json", ("$defs", "train", "properties", "synthesis", "enum"), config.SYNTHESES),
     ("submission.schema.json", ("$defs", "train", "properties", "ctx_window", "enum"), config.CTX_WINDOWS),
     ("submission.schema.json", ("$defs", "train", "properties", "ntp_format", "enum"), config.NTP_FORMATS),
+    ("submission.schema.json", ("$defs", "train", "properties", "early_stop", "enum"), config.EARLY_STOPS),
     ("spec.schema.json", ("properties", "tier", "enum"), config.TIERS),
     ("spec.schema.json", ("properties", "conditions", "items", "enum"), config.CONDITION_NAMES),
     ("spec.schema.json", ("properties", "budget", "enum"), config.BUDGETS),

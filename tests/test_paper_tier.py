@@ -10,7 +10,7 @@ import torch
 
 from benchmark import metrics
 from benchmark.adapters import (AdapterStore, LoraSettings, Recipe, TrainSettings, _LATER_OPTIONS, adapter_key,
-                                build_examples, train_adapter)
+                                build_examples, init_shared_svd_a, shared_a_matrices, train_adapter)
 from benchmark.compression import build_compressor, evict, n_kept, prefill, score_depends_on_rho
 from benchmark.models import PromptRenderer
 from benchmark.spec import load_spec
@@ -233,12 +233,67 @@ def test_shared_svd_a_leaves_base_weights_bit_identical_and_a_frozen(document, q
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     assert layers
-    for m in layers:
+    shared = shared_a_matrices(model, "doc")
+    for n, m in model.named_modules():
+        if m not in layers:
+            continue
         a = m.lora_A["doc"].weight
-        _, _, vh = torch.linalg.svd(m.get_base_layer().weight.float(), full_matrices=False)
-        assert torch.allclose(a, vh[:4], atol=1e-6)  # unchanged by training: frozen
+        assert torch.equal(a, shared[n].float())  # unchanged by training: frozen
         assert not a.requires_grad
         assert m.lora_B["doc"].weight.abs().sum() > 0  # B trained
+
+
+def _paper_shared_a(model, svd_lowrank=torch.svd_lowrank):
+    """The paper's computation written out: seed 42 once, then per target weight in module order
+    (read in bf16, as float32) ``svd_lowrank(W, q=r, niter=4)``, A = V^T in float16."""
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(42)
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, LoraLayer):
+            w = m.get_base_layer().weight.detach().bfloat16().float()
+            _, _, v = svd_lowrank(w, q=m.r["doc"], niter=4)
+            out[n] = v.T.to(torch.float16).float()
+    return out
+
+
+def test_shared_a_is_the_papers_seeded_svd_lowrank_in_fp16_computed_once(monkeypatch):
+    from peft.tuners.lora import LoraLayer
+
+    model, _ = tiny_model("llama")
+    recipe = Recipe("qa", LoraSettings(r=4, alpha=8, use_dora=True, init="shared_svd_a",
+                                       target_modules=("q_proj", "v_proj", "gate_proj", "down_proj")))
+    model.add_adapter(recipe.lora.peft_config(), adapter_name="doc")
+    calls = []
+    real = torch.svd_lowrank
+    monkeypatch.setattr(torch, "svd_lowrank", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    n = init_shared_svd_a(model, "doc")
+    assert torch.equal(torch.get_rng_state(), before)  # the seed was set in a fork
+    assert n == len(calls) == 8  # 2 layers x 4 targets
+    expected = _paper_shared_a(model, real)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert expected.keys() == layers.keys()
+    for name, m in layers.items():
+        a = m.lora_A["doc"].weight
+        assert torch.equal(a, expected[name]), name
+        assert a.dtype == torch.float32 and not a.requires_grad
+        _, _, vh = torch.linalg.svd(m.get_base_layer().weight.float(), full_matrices=False)
+        assert not torch.allclose(a, vh[:4], atol=1e-3)  # not the exact SVD
+    # a second adapter on the same model reuses the matrices: no new SVD
+    model.add_adapter(recipe.lora.peft_config(), adapter_name="doc2")
+    assert init_shared_svd_a(model, "doc2") == 8 and len(calls) == 8
+    for m in layers.values():
+        assert torch.equal(m.lora_A["doc2"].weight, m.lora_A["doc"].weight)
+    # another model (different weights) gets its own
+    other, _ = tiny_model("llama", seed=1)
+    other.add_adapter(recipe.lora.peft_config(), adapter_name="doc")
+    init_shared_svd_a(other, "doc")
+    assert len(calls) == 16
+    first = next(m for m in other.modules() if isinstance(m, LoraLayer))
+    assert not torch.equal(first.lora_A["doc"].weight, next(iter(layers.values())).lora_A["doc"].weight)
 
 
 def test_peft_pissa_is_still_refused():
@@ -309,6 +364,108 @@ def test_max_steps_and_early_stop_on_token_accuracy(document, qa_prompt):
                                 early_stop_accuracy=0.3))
     info = train_adapter(model, "b", ex, stop, tok.pad_token_id, progress=False)
     assert info["stopped_early"] and info["steps"] < 1000 and info["steps"] % 100 == 0
+
+
+@pytest.mark.parametrize("high_logs, stop_step", [((3, 4), None), ((3, 4, 5), None), ((5, 6), 60), ((5, 7), None), ((6, 7), 70)])
+def test_paper_early_stop_every_10_steps_2_in_a_row_from_step_50(document, qa_prompt, monkeypatch, high_logs,
+                                                                   stop_step):
+    """The paper's NTP rule: a log every 10 steps, each over the steps since the last; logs before step
+    50 do not count; it stops at the second consecutive counted log with accuracy >= 0.95."""
+    from benchmark import adapters as A
+
+    model, tok = tiny_model("llama")
+    steps = [0]
+    real_loss = A.batch_loss
+
+    def counted(*a, **k):
+        steps[0] += 1
+        return real_loss(*a, **k)
+
+    def accuracy(model, batch, pad_id):  # step s belongs to log ceil(s / 10)
+        log = -(-(steps[0] + 1) // 10)
+        return (96, 100) if log in high_logs else (94, 100)
+
+    monkeypatch.setattr(A, "batch_loss", counted)
+    monkeypatch.setattr(A, "_token_accuracy", accuracy)
+    recipe = Recipe("ntp", LoraSettings(r=2, alpha=4),
+                    TrainSettings(objective="ntp", lr=1e-3, batch_size=1, ntp_format="document", max_steps=90,
+                                  early_stop_accuracy=0.95, early_stop="paper"))
+    ex = build_examples(document.training_view(), recipe, PromptRenderer(tok, qa_prompt))
+    ex = [A.Example(e.input_ids[:32], e.labels[:32]) for e in ex]
+    info = train_adapter(model, "doc", ex, recipe, tok.pad_token_id, progress=False)
+    assert info["steps"] == (stop_step or 90) and info["stopped_early"] == (stop_step is not None)
+
+
+def test_paper_early_stop_reads_accuracy_only_for_counted_logs():
+    from benchmark.adapters import PaperEarlyStop
+
+    rule = PaperEarlyStop(0.95)
+    assert [s for s in range(1, 61) if rule.wants_accuracy(s)] == list(range(41, 61))  # log 50 reads steps 41-50
+    assert not PaperEarlyStop(0.95).after_step(1, 100, 100)  # the first-step log, before step 50
+
+
+def test_early_stop_option_leaves_existing_fingerprints_alone():
+    plain = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", early_stop_accuracy=0.95))
+    assert "early_stop" not in plain.fingerprint()["train"]
+    paper = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", early_stop_accuracy=0.95, early_stop="paper"))
+    assert paper.fingerprint()["train"]["early_stop"] == "paper" and paper.hash() != plain.hash()
+    with pytest.raises(ValueError, match="early_stop"):
+        TrainSettings(early_stop="sometimes")
+
+
+def test_chunked_document_loss_equals_the_plain_loss_and_gradients(document, qa_prompt):
+    from benchmark import adapters as A
+
+    model, tok = tiny_model("llama")
+    recipe = Recipe("ntp", LoraSettings(r=4, alpha=8, use_dora=True),
+                    TrainSettings(objective="ntp", ntp_format="document", batch_size=1))
+    model.add_adapter(recipe.lora.peft_config(), adapter_name="doc")
+    with torch.no_grad():  # a non-zero update, so the adapter's gradients are all non-trivial
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    ex = build_examples(document.training_view(), recipe, PromptRenderer(tok, qa_prompt))
+    ids, labels, mask = A._collate([(e.input_ids, e.labels) for e in ex], tok.pad_token_id, model.device)
+    labels[0, :5] = -100  # some unlabelled positions too
+    params = [p for n, p in model.named_parameters() if ".doc." in n]
+
+    def run(fn):
+        for p in params:
+            p.grad = None
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params]
+
+    ref, ref_grads = run(lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+    got, grads = run(lambda: A.chunked_lm_loss(model, ids, labels, mask, chunk=7))
+    assert ids.shape[1] > 7 * 3
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_document_training_with_gradient_checkpointing_has_the_same_losses(document, qa_prompt, monkeypatch):
+    """A CPU smoke test of the CUDA setting: training with checkpointing on gives the same losses."""
+    from benchmark import adapters as A
+
+    recipe = Recipe("ntp", LoraSettings(r=4, alpha=8, dropout=0.1, use_dora=True),
+                    TrainSettings(objective="ntp", ntp_format="document", batch_size=1, lr=1e-2, max_steps=3))
+    losses, seen, real_loss = {}, [], A.chunked_lm_loss
+
+    def watched(*a, **k):
+        seen.append(a[0].is_gradient_checkpointing)
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(A, "chunked_lm_loss", watched)
+    for on in (False, True):
+        monkeypatch.setattr(A, "_checkpoint_activations", lambda model, s: on)
+        model, tok = tiny_model("llama")
+        seen.clear()
+        ex = build_examples(document.training_view(), recipe, PromptRenderer(tok, qa_prompt))
+        info = train_adapter(model, "doc", ex, recipe, tok.pad_token_id, progress=False)
+        assert seen == [on] * 3 and not model.is_gradient_checkpointing  # switched off again
+        losses[on] = (info["first_loss"], info["final_loss"])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-6)
 
 
 # ---------------------------------------------------------------- training formats
