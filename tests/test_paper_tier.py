@@ -497,6 +497,50 @@ def test_ntp_chunk_next_is_a_chat_turn_per_chunk_with_loss_on_the_next_chunk(doc
     assert target == tok.decode(ids[16:32]).strip() + "<|end|>\n"
 
 
+def _long_story(sentences: int = 120) -> str:
+    return " ".join(f"Sentence {i} tells of the keeper and the lamp number {i} by the sea." for i in range(sentences))
+
+
+def test_chunk_next_paper_data_is_the_sections_read_back_from_string_sorted_files(tmp_path):
+    """The paper writes section i to <md5 stub>_chunk<i>.txt, reads the folder back with
+    sorted(glob("*.txt")) and pairs each file with the next one in that order."""
+    from benchmark.adapters import chunk_next_chunks, file_name_order
+    from benchmark.datasets import Document
+    from benchmark.synthesis import paper_sections
+
+    _, tok = tiny_model("llama")
+    text = _long_story()
+    sections = paper_sections(text, 64)
+    assert len(sections) > 20
+    for i, section in enumerate(sections):  # the paper's materialisation, then its load_cluster_chunks
+        (tmp_path / f"0123456789ab_chunk{i}.txt").write_text(section)
+    read_back = [p.read_text().strip() for p in sorted(tmp_path.glob("*.txt"))]
+    paper = chunk_next_chunks(text, TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"), tok)
+    assert paper == read_back
+    assert file_name_order(12) == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
+    in_order = chunk_next_chunks(text, TrainSettings(objective="ntp", ntp_format="chunk_next",
+                                                     chunk_next_data="sections"), tok)
+    assert in_order == [s.strip() for s in sections] and sorted(in_order) == sorted(paper) and in_order != paper
+
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    recipe = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
+    ex = build_examples(Document("story", text, ()).training_view(), recipe, r)
+    assert len(ex) == len(sections) - 1
+    # the second example: chunk1 -> chunk10, not chunk1 -> chunk2
+    user = tok.decode(ex[1].input_ids)
+    target = tok.decode([t for t, lab in zip(ex[1].input_ids, ex[1].labels) if lab != -100])
+    assert tok.decode(r.encode(sections[1].strip())) in user and target == tok.decode(r.encode(sections[10].strip())) + "<|end|>\n"
+
+
+def test_chunk_next_data_needs_chunk_next_and_tokens_keeps_the_fingerprint():
+    with pytest.raises(ValueError, match="chunk_next_data"):
+        TrainSettings(objective="ntp", ntp_format="document", chunk_next_data="paper")
+    base = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next"))
+    assert "chunk_next_data" not in base.fingerprint()["train"]
+    paper = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
+    assert paper.hash() != base.hash()
+
+
 # ---------------------------------------------------------------- the runner under the paper spec
 
 
