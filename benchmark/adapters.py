@@ -87,9 +87,9 @@ def _synthesized(view: TrainingView, recipe: Recipe, model, tokenizer, model_key
 
     if model is None:
         raise ValueError("qa_source 'synthesize' needs the generator model")
-    chunking = {"chunking": "paper"} if recipe.train.synthesis == "paper" else {}
+    options = {"chunking": "paper", "parser": "paper"} if recipe.train.synthesis == "paper" else {}
     return cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key,
-                             **chunking)
+                             batch_size=recipe.train.synthesis_batch_size, **options)
 
 
 def file_name_order(n: int) -> list[int]:

@@ -635,12 +635,12 @@ def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monke
     _, tok = tiny_model("llama")
     prompts = []
 
-    def fake_generate(model, tokenizer, prompt, templated, settings, seed):
-        prompts.append(prompt)
-        target = prompt.split("[Target passage]\n")[1].split("\n\n")[0]
-        return '[{"question": "What is first?", "answer": "%s"}]' % target.split()[2]
+    def fake_generate(model, tokenizer, batch, templated, settings, seeds):
+        prompts.extend(batch)
+        targets = [prompt.split("[Target passage]\n")[1].split("\n\n")[0] for prompt in batch]
+        return ['[{"question": "What is first?", "answer": "%s"}]' % target.split()[2] for target in targets]
 
-    monkeypatch.setattr(S, "_generate_text", fake_generate)
+    monkeypatch.setattr(S, "_generate_texts", fake_generate)
     pairs = S.cached_synthesize(None, tok, STORY, cache_dir=tmp_path, generator_id="tiny", chunking="paper",
                                 progress=False)
     sections = S.paper_sections(STORY)
@@ -658,18 +658,36 @@ def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monke
     import hashlib
     import json
 
-    old = {k: v for k, v in dataclasses.asdict(S.SynthesisSettings()).items() if k not in ("chunking", "unit_words")}
+    old = {k: v for k, v in dataclasses.asdict(S.SynthesisSettings()).items()
+           if k not in ("chunking", "unit_words", "parser", "batch_size")}
     key = json.dumps(["g", hashlib.sha256(b"text").hexdigest(), old], sort_keys=True, separators=(",", ":"))
     assert S.synthesis_cache_path(tmp_path, "g", "text", S.SynthesisSettings()).name == \
         hashlib.sha256(key.encode()).hexdigest() + ".json"
+
+
+def test_paper_synthesis_recipe_batches_sections_and_parses_the_papers_way(tmp_path, monkeypatch):
+    from benchmark import synthesis as S
+    from benchmark.datasets import Document
+
+    batches = []
+    dup = '[{"question": "Who?", "answer": "Mara"}, {"question": "Who?", "answer": "Mara"}]'
+    monkeypatch.setattr(S, "_generate_texts", lambda m, t, prompts, *a: batches.append(len(prompts)) or [dup] * len(prompts))
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    train = TrainSettings(objective="qa", qa_source="synthesize", synthesis="paper", qa_format="paper",
+                          synthesis_batch_size=3)
+    ex = build_examples(Document("s", STORY, (), ()).training_view(), Recipe("qa", LoraSettings(), train), r, model, "tiny")
+    n = len(S.paper_sections(STORY))
+    assert n > 3 and batches == [3] * (n // 3) + ([n % 3] if n % 3 else [])
+    assert len(ex) == 2 * n  # the paper's parser keeps both copies of a pair
 
 
 def test_ctx_qa_neighbours_context_is_the_pairs_section_and_one_either_side(tmp_path, monkeypatch):
     from benchmark import synthesis as S
     from benchmark.datasets import Document
 
-    monkeypatch.setattr(S, "_generate_text",
-                        lambda m, t, prompt, *a: '[{"question": "Q%d?", "answer": "A"}]' % len(prompt))
+    monkeypatch.setattr(S, "_generate_texts",
+                        lambda m, t, prompts, *a: ['[{"question": "Q%d?", "answer": "A"}]' % len(p) for p in prompts])
     model, tok = tiny_model("llama")
     r = PromptRenderer(tok, load_spec("paper").prompt)
     doc = Document("s", STORY, (), ())
