@@ -376,11 +376,15 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_prepare_data(args) -> int:
-    from .paper_data import prepare_data
+    from .paper_data import PaperDataError, prepare_data
     from .paths import cache_dir
 
     out = args.out or cache_dir() / "data" / f"{args.name}.jsonl"
-    summary = prepare_data(args.name, args.source, out, selection=args.selection)
+    try:
+        summary = prepare_data(args.name, args.source, out, selection=args.selection)
+    except PaperDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(summary)
     rc = _record_prepared_sha256(args.name, Path(summary["out"]), summary["sha256"])
     if rc == 0:
@@ -507,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pd = sub.add_parser("prepare-data", help="convert a paper-tier dataset to the benchmark's JSONL")
     pd.add_argument("name", choices=["narrativeqa", "longhealth"])
-    pd.add_argument("--source", help="local files in the original format (NarrativeQA parquet dir, LongHealth json)")
+    pd.add_argument("--source", help="local files in the original format: NarrativeQA's parquet dir, or its "
+                    "narrativeqa_full_text.zip with narrativeqa-master.zip beside it (the paper's route, checked "
+                    "against the paper's rebuilt JSONL); LongHealth's benchmark_v5.json")
     pd.add_argument("--selection", help="selection JSON (default: the paper's, shipped in the package)")
     pd.add_argument("--out", help="output JSONL (default: $LORAKV_CACHE/data/<name>.jsonl, where the paper spec looks)")
     pd.set_defaults(func=cmd_prepare_data)
