@@ -360,8 +360,10 @@ def cmd_leaderboard(args) -> int:
     from .leaderboard import DATA_CSV, DATA_JSON, render, stale_files
     from .page import PAGE_HTML, load_rows, summary_markdown
 
-    if args.summary:
-        print(summary_markdown(load_rows(args.summary), load_rows(Path(args.out).parent / DATA_JSON)), end="")
+    if args.summary:  # regenerate, then print only the summary: stdout is the summary's Markdown
+        base = load_rows(args.summary)
+        render(args.results, args.out, args.plots)
+        print(summary_markdown(base, load_rows(Path(args.out).parent / DATA_JSON)), end="")
         return 0
     data = ", ".join(str(Path(args.out).parent / n) for n in (DATA_JSON, DATA_CSV, PAGE_HTML))
 
@@ -506,10 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", default="leaderboard/README.md",
                     help="the page; leaderboard.json and leaderboard.csv are written beside it")
     lb.add_argument("--plots", default="leaderboard/plots")
-    lb.add_argument("--check", action="store_true", help="only report whether the leaderboard is up to date")
-    lb.add_argument("--summary", metavar="BASE_JSON", help="only print, as Markdown, the entries that are new or "
-                    "changed in the leaderboard.json beside --out against BASE_JSON (another leaderboard.json), "
-                    "with their rank and paired difference with the leader")
+    only = lb.add_mutually_exclusive_group()
+    only.add_argument("--check", action="store_true", help="only report whether the leaderboard is up to date")
+    only.add_argument("--summary", metavar="BASE_JSON", help="regenerate, then print as Markdown only the entries "
+                      "that are new or changed against BASE_JSON (an earlier leaderboard.json), with their rank and "
+                      "paired difference with the leader (a pull request's job summary)")
     lb.set_defaults(func=cmd_leaderboard)
 
     pd = sub.add_parser("prepare-data", help="convert a paper-tier dataset to the benchmark's JSONL")

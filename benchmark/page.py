@@ -301,8 +301,7 @@ def write_page(folder: Path, rows: list[dict], plot_links: dict[tuple, dict[str,
 
 #: fields of a row that belong to its result file alone (rank and "vs #1" move when others change)
 _OWN_FIELDS = ("mean", "mean_ci95_lo", "mean_ci95_hi", "base_mean", "rho0", "rho1", "headline_condition",
-               "compressor", "adapter", "documents", "questions", "spec_version", "date", "hardware", "result",
-               "unranked_reason")
+               "compressor", "adapter", "documents", "questions", "spec_version", "date", "hardware", "unranked_reason")
 
 
 def _entry_key(row: dict) -> tuple:
