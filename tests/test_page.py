@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "leaderboard"
 EVIL = '<script>alert(1)</script>"\'&<img src=x onerror=alert(2)>'
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="chromium is not installed (Debian: apt-get install chromium)")
 
 SCORES = {
     "alpha": {"base": [80, 50, 10], "base_kv_adapter_decode": [90, 70, 40]},
@@ -45,7 +46,8 @@ def _write_results(root: Path) -> None:
     write_result(root, "beta", "base", SCORES["beta"])
     write_result(root, "alpha", "base_kv_adapter_decode", SCORES["alpha"], dataset="mini-health", model="qwen2.5-0.5b")
     # a result whose strings try to reach the page as markup
-    evil = write_result(root, EVIL, "base_kv_adapter_decode", {"base": [60, 30, 0], "base_kv_adapter_decode": [70, 60, 30]},
+    evil = write_result(root, EVIL, "base_kv_adapter_decode",
+                        {"base": [60, 30, 0], "base_kv_adapter_decode": [70, 60, 30]},
                         env={"device": "cuda", "gpu_name": EVIL, "dtype": "float32"})
     data = json.loads(evil.read_text())
     data["model"]["name"] = EVIL
@@ -60,6 +62,12 @@ def site(tmp_path_factory) -> Path:
     _write_results(lb / "results")
     leaderboard.render(lb / "results", lb / "README.md", lb / "plots")
     return lb
+
+
+def _args(lb: Path) -> list[str]:
+    """`lorakv-bench leaderboard` on the layout ``lb/results``, ``lb/README.md``, ``lb/plots``."""
+    return ["leaderboard", "--results", str(lb / "results"), "--out", str(lb / "README.md"),
+            "--plots", str(lb / "plots")]
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -121,7 +129,8 @@ def _table(section: dict) -> list[tuple[str, str, str]]:
 
 
 def _expected(rows: list[dict]) -> list[tuple[str, str, str]]:
-    return [(r["submission"], "unranked" if r["rank"] is None else str(r["rank"]), page._score(r["mean"])) for r in rows]
+    return [(r["submission"], "unranked" if r["rank"] is None else str(r["rank"]), page._score(r["mean"]))
+            for r in rows]
 
 
 def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -196,7 +205,7 @@ def test_committed_page_links_resolve_from_the_repository_root():
 def test_page_is_covered_by_check(tmp_path, capsys):
     lb = tmp_path / "leaderboard"
     write_result(lb / "results", "alpha", "base_kv_adapter_decode", SCORES["alpha"])
-    args = ["leaderboard", "--results", str(lb / "results"), "--out", str(lb / "README.md"), "--plots", str(lb / "plots")]
+    args = _args(lb)
     assert cli.main(args) == 0
     assert "index.html" in capsys.readouterr().out
     assert cli.main([*args, "--check"]) == 0
@@ -359,7 +368,8 @@ class _DevTools:
 
 def _equals(expression: str, value: list) -> str:
     """JavaScript: ``expression``'s value once it equals ``value`` (a JSON list), else false."""
-    return f"(function (v) {{ return JSON.stringify(v) === {json.dumps(json.dumps(value, separators=(',', ':')))} && v; }})({expression})"
+    want = json.dumps(json.dumps(value, separators=(",", ":")))
+    return f"(function (v) {{ return JSON.stringify(v) === {want} && v; }})({expression})"
 
 
 @needs_chromium
@@ -382,7 +392,8 @@ def test_clicking_a_header_sorts_the_tables(site, tmp_path):
         want = [r["submission"] for r in _sorted_rows(rows[narr], "mean", False)]
         assert browser.wait_for(_equals(order, want)) == want
         assert browser.js("location.hash") == "#sort=mean&dir=asc"
-        assert browser.js(f"document.querySelector('{table} th[data-key=\"mean\"]').getAttribute('aria-sort')") == "ascending"
+        mean_head = f"document.querySelector('{table} th[data-key=\"mean\"]')"
+        assert browser.js(f"{mean_head}.getAttribute('aria-sort')") == "ascending"
     finally:
         browser.close()
 
@@ -425,8 +436,9 @@ def test_summary_lists_new_and_changed_entries_against_the_leader(site, tmp_path
     shutil.copytree(site / "results", head / "results")
     # delta takes the lead; alpha's result changes; beta and gamma do not change (their ranks may)
     write_result(head / "results", "delta", "adapter_all", {"base": [70, 40, 10], "adapter_all": [99, 99, 90]})
-    write_result(head / "results", "alpha", "base_kv_adapter_decode", {"base": [80, 50, 10], "base_kv_adapter_decode": [90, 75, 40]})
-    args = ["leaderboard", "--results", str(head / "results"), "--out", str(head / "README.md"), "--plots", str(head / "plots")]
+    write_result(head / "results", "alpha", "base_kv_adapter_decode",
+                 {"base": [80, 50, 10], "base_kv_adapter_decode": [90, 75, 40]})
+    args = _args(head)
     assert cli.main([*args, "--summary", str(base_json)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("## Leaderboard changes\n") and (head / leaderboard.DATA_JSON).is_file()  # rendered first
