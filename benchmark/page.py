@@ -151,9 +151,12 @@ def _head() -> str:
 
 
 def _row(row: dict, order: int) -> str:
+    """A table row; ``order``: its place in the group (0 is the first ranked entry when there is one)."""
     cells = []
-    for _, cell in COLUMNS:
+    for col, cell in COLUMNS:
         value, shown = cell(row)
+        if col.key == "vs_top" and order == 0 and row["rank"] is not None:
+            value = "0"  # the first's difference with itself: sorts among the others, not with the empty cells
         cells.append(f'<td data-value="{value}">{shown}</td>')
     cls = ' class="unranked"' if row["rank"] is None else ""
     return f'<tr data-order="{order}"{cls}>' + "".join(cells) + "</tr>"
@@ -386,7 +389,7 @@ def summary_markdown(base_rows: list[dict], head_rows: list[dict]) -> str:
         return "\n".join(out) + "\n"
     if changed:
         out.append("<table>")
-        out.append("<tr><th>group</th><th>submission</th><th></th><th>#</th><th>mean 0&lt;ρ&lt;1 (95% CI)</th>"
+        out.append("<tr><th>group</th><th>submission</th><th>status</th><th>#</th><th>mean 0&lt;ρ&lt;1 (95% CI)</th>"
                    "<th>leader</th><th>entry − leader (paired 95% CI)</th></tr>")
         for status, row, leader, diff in changed:
             ranked = sum(r["rank"] is not None for r in head_groups[group_key(row)])

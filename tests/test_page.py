@@ -289,6 +289,11 @@ def test_browser_sorts_and_filters_from_the_address(site):
     assert [attrs.get("value") for tag, attrs in doc.tags if tag == "option" and "selected" in attrs] == []
     assert f"{len(shown)} of {len(groups)} groups shown" in " ".join(doc.text)
 
+    # "vs #1" best first: the first entry (no difference with itself) leads, the unranked come last
+    doc = _dump_dom(site / page.PAGE_HTML, "sort=vs_top&dir=desc")
+    top_first = {k: [{**g[0], "vs_top": 0.0}, *g[1:]] if g[0]["rank"] == 1 else g for k, g in groups.items()}
+    assert _shown(doc) == {k: _expected(_sorted_rows(g, "vs_top", True)) for k, g in top_first.items()}
+
 
 class _DevTools:
     """Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: the
