@@ -29,9 +29,11 @@ from benchmark import cli, leaderboard, page
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "leaderboard"
 EVIL = '<script>alert(1)</script>"\'&<img src=x onerror=alert(2)>'
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None,
-                                    reason="chromium is not installed (Debian: apt-get install chromium)")
+# Debian's chromium first; Chrome takes the same flags (GitHub's Ubuntu runners have it)
+CHROMIUM = next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium, chromium-browser or google-chrome on PATH (Debian: apt-get install chromium)")
 
 SCORES = {
     "alpha": {"base": [80, 50, 10], "base_kv_adapter_decode": [90, 70, 40]},
