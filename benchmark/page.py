@@ -1,7 +1,7 @@
 """The leaderboard as a web page (``leaderboard/index.html``) and a pull request's summary of it.
 
 Both are written from the rows of ``leaderboard.json`` (``leaderboard.data_rows``) and nothing
-else. The page is static and self-contained: one HTML file with inline CSS and vanilla JavaScript
+else (the page adds the links to the plots). The page is static and self-contained: one HTML file with inline CSS and vanilla JavaScript
 (no CDN), its tables in rank order without JavaScript; with it, the tables sort by any column and
 filter by tier, dataset, model and dtype. The state lives in the URL's fragment
 (``index.html#sort=mean&dir=desc&model=qwen2.5-0.5b``), so a sorted, filtered view can be linked,
@@ -367,8 +367,8 @@ def _neg(x):
 def summary_markdown(base_rows: list[dict], head_rows: list[dict]) -> str:
     """What a change to the result files does to the leaderboard, for a pull request's job summary:
     each new or changed entry (by its result-file fields) with its rank, mean, and paired difference
-    with its group's leader. The leader is the entry ranked first before the change; when the entry
-    itself is now first, the difference is with that previous leader (else the runner-up).
+    with its group's leader: the entry ranked first after the change (the rows' "vs #1"), or, for an
+    entry that is now first itself, the entry that was first before (else the runner-up).
     An HTML table (GitHub renders it in Markdown) whose strings are escaped by :func:`_text`."""
     base = {_entry_key(r): r for r in base_rows}
     base_leaders = {key: g[0]["submission"] for key, g in _groups(base_rows).items()
