@@ -12,14 +12,15 @@ ranked together. Each group opens with a compact ranking on the rho values where
 acts (0 < rho < 1; at rho = 0 and rho = 1 every compressor is the same by construction, so those
 are shown apart), with shared ranks where the paired bootstrap cannot separate entries
 (``ranking``). Entries whose adapter training diverged are listed apart, unranked, with the
-reason. Details, memory (one row per distinct memory profile), the paper's findings, findings by
-question stratum (``strata``) and two plots follow. An overall table per (tier, model, dtype)
-pools the datasets.
+reason. Details, memory (one row per distinct memory profile), the compressors' own effect over
+random eviction (``compressors``), the paper's findings, findings by question stratum (``strata``),
+two plots and the paper's figures (``figures``) follow. An overall table per (tier, model, dtype)
+pools the datasets. Each table of paired comparisons is followed by its detectable difference
+(``metrics.detectable_difference``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import io
@@ -33,17 +34,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import strata
+from . import compressors, figures, strata
 from .extras import require
+from .figures import band, colors, new_figure, plot_style, plot_text, save_svg
 from .metrics import clustered_bootstrap_ci
 from .page import PAGE_HTML, write_page
 from .paths import sha256_file
-from .ranking import Ranked, divergence_reason, tiered_ranks
+from .ranking import Ranked, compare, divergence_reason, tiered_ranks
 from .results import load_result
 from .spec import CONDITION_HELP, TIERS
 
 DASH = "–"
-SVG_SALT = "lorakv-bench-leaderboard"
 UNRECORDED = "not recorded"
 MAX_CURVES = 4  # submissions drawn per plot (the top ranked): more legend entries are unreadable
 
@@ -337,12 +338,6 @@ def code_md(text) -> str:
     return f"`{text}`" if _CODE_SAFE.fullmatch(text) else escape_md(text)
 
 
-def _plot_text(text) -> str:
-    """Text from a result file for a plot title or legend: one line, and ``$`` escaped, which
-    matplotlib would otherwise read as mathtext (and fail on). The SVG writer escapes XML itself."""
-    return " ".join(str(text).split()).replace("$", "\\$")
-
-
 def fmt_rho(rho: float) -> str:
     return f"{rho:g}"
 
@@ -422,6 +417,26 @@ def _versus(r: Ranked) -> str:
     return DASH if v is None else f"{v[0]:+.1f} {fmt_ci(v[1], v[2], signed=True)}"
 
 
+def detectable_note(what: str, mdes: list[float]) -> list[str]:
+    """One line under a table: the detectable difference (``metrics.detectable_difference``) of its
+    paired comparisons ``what``, as a range over them; nothing when none can be computed."""
+    vals = sorted(round(m, 1) + 0.0 for m in mdes if m == m)
+    if not vals:
+        return []
+    span = f"{vals[0]:.1f}" if vals[0] == vals[-1] else f"{vals[0]:.1f}–{vals[-1]:.1f}"
+    return [f"_Detectable difference_ ({what}): {span} points.\n"]
+
+
+def margin_at_1_mde(e: Entry) -> float:
+    """The detectable difference of the LoRA margin @ρ=1 (headline − base, paired on each question);
+    NaN without an adapter or without those rows."""
+    if e.headline == "base":
+        return float("nan")
+    rows = {c: {(p["doc_id"], p["question_id"], p["rho"]): p["rouge_l"] for p in e.predictions
+                if p["condition"] == c and p["rho"] == 1.0} for c in (e.headline, "base")}
+    return compare(rows[e.headline], rows["base"]).mde
+
+
 def main_table(group: list[Entry], submissions_link: str, ranked: list[tuple[Entry, Ranked]] | None = None) -> str:
     """The compact ranking: shared ranks, the ranked mean (0 < ρ < 1) and ρ = 0 / ρ = 1 apart.
     ``ranked``: :func:`rank_group` of ``group`` when the caller has it already."""
@@ -479,8 +494,9 @@ def overall_table(datasets: list[str], full: list[Overall], submissions_link: st
     for o, r in zip(full, ranks):
         rows.append([r.rank, f"**{_sub_link(o.name, submissions_link)}**", f"**{fmt_score(o.mean())}**", _versus(r)]
                     + [fmt_score(e.ranked_mean()) for e in o.entries])
-    return _table(rows, ["#", "submission", "mean 0<ρ<1, all questions", "vs #1 (95% CI)"]
-                  + [escape_md(ds) for ds in datasets])
+    table = _table(rows, ["#", "submission", "mean 0<ρ<1, all questions", "vs #1 (95% CI)"]
+                   + [escape_md(ds) for ds in datasets])
+    return "\n\n".join([table, *detectable_note("vs #1", [r.versus_top.mde for r in ranks[1:]])]).rstrip("\n")
 
 
 def _pair_text(p: strata.Paired | None) -> str:
@@ -493,13 +509,14 @@ def strata_section(group: list[Entry]) -> list[str]:
     if not tagged:
         return []
     rhos = sorted({r for e in tagged for r in e.rhos})
-    rows = []
+    rows, mdes = [], []
     for e in tagged:
         for s in strata.STRATA:
             at = {r: strata.paired(e.predictions, e.headline, s, r) for r in rhos}
             if not any(at.values()):
                 continue
             effect = at.get(0.0)
+            mdes.append(float("nan") if effect is None else effect.mde)
             n = max(p.n for p in at.values() if p)
             rows.append([escape_md(e.name), s, n] + [_pair_text(at[r]) for r in rhos]
                         + [DASH if effect is None else f"{effect.diff:+.1f} {fmt_ci(effect.lo, effect.hi, signed=True)}"])
@@ -509,7 +526,7 @@ def strata_section(group: list[Entry]) -> list[str]:
            "**Adapter effect @ρ=0** is headline − base with the full document in the cache (paired, "
            "document-clustered 95% CI).\n",
            _table(rows, ["submission", "stratum", "questions"] + [f"ρ={fmt_rho(r)}" for r in rhos]
-                  + ["adapter effect @ρ=0"]) + "\n"]
+                  + ["adapter effect @ρ=0"]) + "\n", *detectable_note("adapter effect @ρ=0", mdes)]
     leaks = []
     for e in tagged:
         p = strata.leakage(e.predictions, e.headline)
@@ -525,8 +542,63 @@ def strata_section(group: list[Entry]) -> list[str]:
     return out
 
 
+def _gain_text(c) -> str:
+    return f"{c.diff:+.1f} {fmt_ci(c.lo, c.hi, signed=True)}"
+
+
+def compressor_section(group: list[Entry]) -> list[str]:
+    """The compressors' own effect (:mod:`compressors`): KV-only ROUGE-L minus random eviction's."""
+    sec = compressors.section(group)
+    if sec.reference is None:
+        if any(not c.is_random for c in compressors.configs(group)):
+            return ["### The compressor alone (KV-only gain over random eviction)\n",
+                    f"No random-eviction entry (`{compressors.RANDOM_PRESS}`) in this group: the compressors' own "
+                    "effect is not measured here.\n"]
+        return []
+    if not sec.gains:
+        return []
+    ref = sec.reference
+    rhos = sorted({r for g in sec.gains for r in g.at})
+    rows = [[g.rank, code_md(g.config.label), ", ".join(escape_md(n) for n in g.config.names),
+             fmt_score(g.config.mean())] + [_gain_text(g.at[r]) if r in g.at else DASH for r in rhos]
+            + [f"**{_gain_text(g.pooled)}**"] for g in sec.gains]
+    headers = (["#", "compressor", "entries (same base rows)", "KV-only mean 0<ρ<1"]
+               + [f"gain ρ={fmt_rho(r)}" for r in rhos] + ["gain 0<ρ<1"])
+    out = ["### The compressor alone (KV-only gain over random eviction)\n",
+           f"`base` ROUGE-L (no adapter: the compressor alone) minus random eviction's ({code_md(ref.label)}, the base "
+           f"rows of {', '.join(escape_md(n) for n in ref.names)}) on the same (document, question, ρ), with a "
+           "document-clustered 95% CI. **#** ranks by the gain over all 0 < ρ < 1; configurations whose difference "
+           "cannot be told apart share a rank. Entries that run one compressor configuration with different "
+           "adapters have the same base rows and are counted once.\n",
+           _table(rows, headers) + "\n"]
+    out += detectable_note("gain 0<ρ<1", [g.pooled.mde for g in sec.gains])
+    out += detectable_note("gain at one ρ", [c.mde for g in sec.gains for c in g.at.values()])
+    differ = [f"{code_md(c.label)}: {', '.join(escape_md(n) for n in c.differing)} (the rows of "
+              f"{escape_md(c.source)} are used)" for c in [ref] + [g.config for g in sec.gains] if c.differing]
+    if differ:
+        out.append("**Base rows differ** within one configuration: " + "; ".join(differ) + ".\n")
+    if sec.other_random:
+        out.append("Further random configurations, not compared: "
+                   + ", ".join(code_md(c.label) for c in sec.other_random) + ".\n")
+    return out
+
+
 #: train settings that only one recipe reads: they don't make a QA and an NTP adapter differ otherwise
 _RECIPE_SPECIFIC_TRAIN = ("chunk_tokens", "hook", "qa_source")
+
+
+def qa_ntp_pairs(group: list[Entry]) -> list[tuple[Entry, Entry]]:
+    """(qa entry, ntp entry) pairs with the same compressor, headline condition and adapter settings
+    (settings that only one recipe reads aside), both with a headline mean; sorted by the QA name."""
+    by_setup: dict[tuple, dict[str, Entry]] = defaultdict(dict)
+    for e in group:
+        if e.headline == "base" or not e.rhos:
+            continue
+        train = {k: v for k, v in (e.adapter.get("train") or {}).items() if k not in _RECIPE_SPECIFIC_TRAIN}
+        setup = (e.compressor, e.headline, repr(e.adapter.get("lora")), repr(sorted(train.items())))
+        by_setup[setup][e.adapter.get("recipe")] = e
+    return sorted(((d["qa"], d["ntp"]) for d in by_setup.values() if "qa" in d and "ntp" in d
+                   and d["qa"].mean() is not None and d["ntp"].mean() is not None), key=lambda p: p[0].name)
 
 
 def findings(group: list[Entry]) -> list[str]:
@@ -556,13 +628,7 @@ def findings(group: list[Entry]) -> list[str]:
         out.append(f"**Decoding-time memory**: `base_kv_adapter_decode` ≥ `adapter_all` at {at_least} of {len(pairs)} "
                    f"(submission, ρ) points, {diff:+.1f} ROUGE-L on average (paper: the adapter works best "
                    "while decoding only).")
-    by_setup: dict[tuple, dict[str, Entry]] = defaultdict(dict)
-    for e in adapted:
-        train = {k: v for k, v in (e.adapter.get("train") or {}).items() if k not in _RECIPE_SPECIFIC_TRAIN}
-        setup = (e.compressor, e.headline, repr(e.adapter.get("lora")), repr(sorted(train.items())))
-        by_setup[setup][e.adapter.get("recipe")] = e
-    versus = sorted(((d["qa"], d["ntp"]) for d in by_setup.values() if "qa" in d and "ntp" in d
-                     and d["qa"].mean() is not None and d["ntp"].mean() is not None), key=lambda p: p[0].name)
+    versus = qa_ntp_pairs(adapted)
     if versus:
         higher = sum(qa.mean() > ntp.mean() for qa, ntp in versus)
         out.append("**QA vs NTP recipe** (same compressor and adapter settings, headline mean): "
@@ -602,6 +668,9 @@ KV-cache compressor (a [kvpress](https://github.com/NVIDIA/kvpress) press) plus 
   **base mean**: the same compressor without any adapter (KV-only). **LoRA margin @ρ=1**: headline −
   base at ρ = 1. **best condition**: the condition with the highest mean over the ρ grid.
 * **Memory** per document under the headline condition: kept KV bytes plus the adapter's bytes.
+* **Detectable difference** (under a table): the smallest true difference its paired comparisons
+  find with 80% power in a two-sided test at α = 0.05, (1.96 + 0.84) × the document-clustered
+  standard error of the paired differences. A CI that holds 0 says little about differences below it.
 
 Regenerate after adding results with `lorakv-bench leaderboard` (CI fails when this file or the plots
 are stale). How to submit: [CONTRIBUTING.md]({contributing}).
@@ -649,12 +718,14 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
         out.append("### Ranking (ROUGE-L, headline condition)\n")
         if ranks[key]:
             out.append(main_table(group, submissions_link, ranks[key]) + "\n")
+            out += detectable_note("vs #1", [r.versus_top.mde for _, r in ranks[key][1:]])
         apart = unranked_lines(group, submissions_link)
         if apart:
             out.append("**Not ranked:**\n")
             out.append("\n".join(apart) + "\n")
         out.append("### Details (ROUGE-L at each ρ, headline condition)\n")
         out.append(details_table(group) + "\n")
+        out += detectable_note("LoRA margin @ρ=1", [margin_at_1_mde(e) for e in group])
         out.append("### Memory per document (kept KV + adapter, headline condition)\n")
         out.append(memory_table(group) + "\n")
         front = frontier(_group_points(group))
@@ -662,6 +733,7 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
             out.append("Quality/memory frontier (no other point has higher ROUGE-L for less memory): "
                        + "; ".join(f"{escape_md(label)} ({fmt_bytes(mem)}, {score:.1f})" for mem, score, label in front)
                        + ".\n")
+        out.extend(compressor_section(group))
         found = findings(group)
         if found:
             out.append("### The paper's findings, measured on these results\n")
@@ -671,6 +743,7 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
         if links:
             out.append(f"![ROUGE-L vs rho, {escape_md(group_title(key))}]({links['rho']}) "
                        f"![ROUGE-L vs memory, {escape_md(group_title(key))}]({links['memory']})\n")
+            out.extend(figures.markdown(links, escape_md(group_title(key))))
     return "\n".join(out)
 
 
@@ -758,43 +831,6 @@ def data_csv(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- plots
 
 
-@contextlib.contextmanager
-def _plot_style():
-    """matplotlib's defaults (whatever the user's matplotlibrc says) and reproducible SVG ids. Text
-    stays text (``<text>`` elements, not glyph outlines), so labels can be searched, selected and
-    read by a screen reader."""
-    import matplotlib
-    import matplotlib.style
-
-    with matplotlib.style.context("default"), matplotlib.rc_context({"svg.hashsalt": SVG_SALT, "svg.fonttype": "none"}):
-        yield
-
-
-def _svg(fig, path: Path, title: str) -> None:
-    """Write ``fig`` with ``title`` as the SVG's ``<title>``; no date and no matplotlib version, so
-    the bytes depend on the results only. ``title`` is plot text, whose ``$`` is escaped for mathtext;
-    the SVG title is plain text."""
-    with _plot_style():
-        fig.savefig(path, format="svg",
-                    metadata={"Title": title.replace("\\$", "$"), "Date": None, "Creator": "lorakv-bench"})
-
-
-def _new_figure():
-    from matplotlib.backends.backend_svg import FigureCanvasSVG
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.2))
-    FigureCanvasSVG(fig)
-    return fig
-
-
-def _colors(n: int) -> list:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
-
-
 def _plotted(group: list[Entry]) -> list[Entry]:
     """The entries a plot draws: the top ranked ones (the group is sorted best first)."""
     return [e for e in group if rankable(e)][:MAX_CURVES] or group[:MAX_CURVES]
@@ -804,28 +840,20 @@ def _plot_title(title: str, shown: int, total: int) -> str:
     return title if shown == total else f"{title}: top {shown} of {total}"
 
 
-def _band(ax, e: Entry, cond: str, color, alpha: float) -> None:
-    """The cells' 95% CI (document-clustered) as a shaded band."""
-    pts = [(r, ci) for r in e.rhos if (ci := e.rouge_ci(r, cond)) is not None]
-    if len(pts) > 1:
-        ax.fill_between([r for r, _ in pts], [ci[0] for _, ci in pts], [ci[1] for _, ci in pts], color=color,
-                        alpha=alpha, linewidth=0)
-
-
 def plot_rho(group: list[Entry], title: str, path: Path) -> None:
     """ROUGE-L vs rho for the top entries: headline (solid, CI band) and the same compressor without
     the adapter (dashed); one legend entry per submission plus one for the dashed style."""
     from matplotlib.lines import Line2D
 
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     shown = _plotted(group)
     any_base = False
-    for e, color in zip(shown, _colors(len(shown))):
+    for e, color in zip(shown, colors(len(shown))):
         head = [(r, e.rouge(r)) for r in e.rhos if e.rouge(r) is not None]
         if head:
-            _band(ax, e, e.headline, color, 0.18)
-            ax.plot(*zip(*head), marker="o", markersize=4, color=color, label=_plot_text(f"{e.name}: {e.headline}"))
+            band(ax, e, e.headline, color, 0.18)
+            ax.plot(*zip(*head), marker="o", markersize=4, color=color, label=plot_text(f"{e.name}: {e.headline}"))
         if e.headline != "base":
             base = [(r, e.rouge(r, "base")) for r in e.rhos if e.rouge(r, "base") is not None]
             if base:
@@ -845,7 +873,7 @@ def plot_rho(group: list[Entry], title: str, path: Path) -> None:
     if handles:
         ax.legend(handles, labels, fontsize=7, loc="best")
     fig.tight_layout()
-    _svg(fig, path, f"ROUGE-L vs ρ, {title}")
+    save_svg(fig, path, f"ROUGE-L vs ρ, {title}")
 
 
 def _byte_ticks(ax, lo: float, hi: float) -> None:
@@ -868,18 +896,18 @@ def _byte_ticks(ax, lo: float, hi: float) -> None:
 def plot_memory(group: list[Entry], title: str, path: Path) -> None:
     """ROUGE-L vs memory (kept KV + adapter, log axis) for the top entries, with each cell's 95% CI
     as an error bar and the frontier over all entries."""
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     points = _group_points(group)
     shown = _plotted(group)
-    for e, color in zip(shown, _colors(len(shown))):
+    for e, color in zip(shown, colors(len(shown))):
         pts = sorted((e.memory(r), e.rouge(r), e.rouge_ci(r)) for r in e.rhos
                      if e.memory(r) is not None and e.rouge(r) is not None)
         if not pts:
             continue
         err = [[max(0.0, y - ci[0]) for _, y, ci in pts], [max(0.0, ci[1] - y) for _, y, ci in pts]]
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, marker="o", markersize=4, color=color,
-                    capsize=2, linewidth=1, label=_plot_text(f"{e.name}: {e.headline}"))
+                    capsize=2, linewidth=1, label=plot_text(f"{e.name}: {e.headline}"))
     front = frontier(points)
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linestyle=":",
@@ -895,7 +923,7 @@ def plot_memory(group: list[Entry], title: str, path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    _svg(fig, path, f"ROUGE-L vs memory, {title}")
+    save_svg(fig, path, f"ROUGE-L vs memory, {title}")
 
 
 # ---------------------------------------------------------------- render / check
@@ -918,11 +946,12 @@ def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contri
     written = set()
     for key, group in groups.items():
         tier, ds, model, dtype = key
-        title = _plot_text(f"{ds} · {model} · {dtype} ({tier})")
+        title = plot_text(f"{ds} · {model} · {dtype} ({tier})")
         names = {"rho": _slug(*key) + "__rho.svg", "memory": _slug(*key) + "__memory.svg"}
-        with _plot_style():
+        with plot_style():
             plot_rho(group, title, plots_dir / names["rho"])
             plot_memory(group, title, plots_dir / names["memory"])
+        names |= figures.write(group, qa_ntp_pairs(group), title, plots_dir, _slug(*key))
         written |= set(names.values())
         links[key] = {k: f"{plots_link}/{v}" if plots_link not in ("", ".") else v for k, v in names.items()}
     for stale in sorted(plots_dir.glob("*.svg")):  # plots of groups that no longer have results

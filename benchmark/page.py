@@ -23,6 +23,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .figures import FIGURES
 from .spec import SpecError
 
 PAGE_HTML = "index.html"
@@ -166,6 +167,10 @@ def _slug(key: tuple) -> str:
     return "g-" + "-".join("".join(c if c.isalnum() or c in "._" else "_" for c in part) for part in key)
 
 
+#: plot kind -> what it shows (its images' alt text), in the order the page shows them
+PLOTS = {"rho": "ROUGE-L vs ρ", "memory": "ROUGE-L vs memory", **{k: what for k, (_, what) in FIGURES.items()}}
+
+
 def _group_section(key: tuple, rows: list[dict], plots: dict[str, str]) -> str:
     title = " · ".join(key)
     attrs = " ".join(f'data-{f}="{_text(v)}"' for f, v in zip(FILTERS, key))
@@ -182,8 +187,8 @@ def _group_section(key: tuple, rows: list[dict], plots: dict[str, str]) -> str:
             f"<li>{_text(r['submission'])}: {_text(r['unranked_reason'])}</li>" for r in apart) + "</ul>")
     if plots:
         out.append('<p class="plots">' + "".join(
-            f'<a href="{_href(plots[kind])}"><img src="{_href(plots[kind])}" alt="{_text(alt + title)}"></a>'
-            for kind, alt in (("rho", "ROUGE-L vs ρ, "), ("memory", "ROUGE-L vs memory, ")) if kind in plots) + "</p>")
+            f'<a href="{_href(plots[kind])}"><img src="{_href(plots[kind])}" alt="{_text(f"{alt}, {title}")}"></a>'
+            for kind, alt in PLOTS.items() if kind in plots) + "</p>")
     out.append("</section>")
     return "\n".join(out)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .metrics import paired_bootstrap_ci
+from .metrics import detectable_difference, paired_bootstrap_ci
 
 Key = tuple  # (cluster: str, question_id: str, rho: float)
 
@@ -29,6 +29,7 @@ class Comparison:
     lo: float
     hi: float
     n_questions: int
+    mde: float = float("nan")  # the smallest difference detectable here (metrics.detectable_difference)
 
     @property
     def separable(self) -> bool:
@@ -39,8 +40,10 @@ def compare(ref: dict[Key, float], other: dict[Key, float]) -> Comparison:
     shared = sorted(set(ref) & set(other), key=lambda k: (str(k[0]), str(k[1]), float(k[2])))
     if not shared:  # nothing to pair: they cannot be told apart, so they are not separated
         return Comparison(float("nan"), float("nan"), float("nan"), 0)
-    diff, lo, hi = paired_bootstrap_ci([ref[k] for k in shared], [other[k] for k in shared], [str(k[0]) for k in shared])
-    return Comparison(diff, lo, hi, len(shared))
+    a, b, clusters = [ref[k] for k in shared], [other[k] for k in shared], [str(k[0]) for k in shared]
+    diff, lo, hi = paired_bootstrap_ci(a, b, clusters)
+    mde = detectable_difference([x - y for x, y in zip(a, b)], clusters)
+    return Comparison(diff, lo, hi, len(shared), mde)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .metrics import paired_bootstrap_ci
+from .metrics import detectable_difference, paired_bootstrap_ci
 
 STRATA = ("covered", "uncovered")
 LEAK_LIMIT = 5.0  # points of ROUGE-L; issue 13's threshold
@@ -42,6 +42,7 @@ class Paired:
     lo: float
     hi: float
     n: int
+    mde: float = float("nan")  # the smallest difference detectable here (metrics.detectable_difference)
 
 
 def paired(preds: list[dict], headline: str, stratum: str, rho: float) -> Paired | None:
@@ -50,8 +51,10 @@ def paired(preds: list[dict], headline: str, stratum: str, rho: float) -> Paired
     if not keys:
         return None
     h, b = [head[k] for k in keys], [base[k] for k in keys]
-    diff, lo, hi = paired_bootstrap_ci(h, b, [k[0] for k in keys])
-    return Paired(sum(h) / len(h), sum(b) / len(b), diff, lo, hi, len(keys))
+    clusters = [k[0] for k in keys]
+    diff, lo, hi = paired_bootstrap_ci(h, b, clusters)
+    mde = detectable_difference([x - y for x, y in zip(h, b)], clusters)
+    return Paired(sum(h) / len(h), sum(b) / len(b), diff, lo, hi, len(keys), mde)
 
 
 def has_strata(preds: list[dict]) -> bool:

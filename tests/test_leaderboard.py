@@ -367,7 +367,8 @@ def test_plots_linked_and_written(rendered):
     where, md = rendered
     plots = sorted(p.name for p in (where / "plots").iterdir())
     stem = "mini__{}__smollm2-135m__not_recorded__{}.svg"
-    assert plots == [stem.format(ds, kind) for ds in ("mini-health", "mini-narrative") for kind in ("memory", "rho")]
+    kinds = ("fig2_kv_vs_lora", "fig3_conditions", "memory", "rho")  # no QA/NTP pair: no training-format figure
+    assert plots == [stem.format(ds, kind) for ds in ("mini-health", "mini-narrative") for kind in kinds]
     for name in plots:
         assert f"(plots/{name})" in md
         svg = (where / "plots" / name).read_text()
@@ -433,7 +434,7 @@ def test_deterministic(results, rendered, tmp_path):
     assert {p: v for p, v in first.items() if p.name not in data} == {p: v for p, v in other.items() if p.name not in data}
     for name in data:
         assert first[Path(name)].decode().replace(from_a, "R") == other[Path(name)].decode().replace(from_b, "R")
-    assert len(first) == 8  # README, leaderboard.json, leaderboard.csv, index.html and 4 plots
+    assert len(first) == 12  # README, leaderboard.json, leaderboard.csv, index.html and 4 plots per group (2 groups)
 
 
 def test_check_up_to_date(tmp_path):

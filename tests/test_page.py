@@ -187,7 +187,9 @@ def test_page_links_are_relative_to_its_folder(site):
     local = [unquote(urlsplit(link).path) for link in links if not link.startswith("../submissions/")]
     assert local and all((site / link).is_file() for link in local), [x for x in local if not (site / x).is_file()]
     assert {"leaderboard.json", "leaderboard.csv"} <= set(local)
-    assert sum(link.startswith("plots/") for link in local) == 2 * 2 * len(doc.sections)  # a link and an image
+    # a link and an image per plot: rho, memory and the paper's Fig. 2 and Fig. 3 (each group has an adapted
+    # entry, none a QA/NTP pair)
+    assert sum(link.startswith("plots/") for link in local) == 2 * 4 * len(doc.sections)
     subs = [link for link in links if link.startswith("../submissions/")]
     assert "../submissions/alpha/submission.yaml" in subs
 
@@ -236,10 +238,11 @@ def test_plots_keep_text_as_text_whatever_the_users_matplotlibrc(tmp_path, monke
     leaderboard.render(tmp_path / "results", tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
     doc = _parse((tmp_path / "lb" / page.PAGE_HTML).read_text())
     plots = [attrs["src"] for tag, attrs in doc.tags if tag == "img"]
-    assert len(plots) == 2
+    assert len(plots) == 4  # rho, memory and the paper's Fig. 2 and Fig. 3
     for src in plots:
         svg = (tmp_path / "lb" / src).read_text()
-        assert re.search(r"<title>ROUGE-L vs (ρ|memory), mini-narrative · smollm2-135m", svg)
+        assert re.search(r"<title>(ROUGE-L vs (ρ|memory)|KV-only vs \+LoRA over ρ \(Fig\. 2\)|the conditions over ρ "
+                         r"\(Fig\. 3\)), mini-narrative · smollm2-135m", svg)
         assert "<text" in svg and 'id="DejaVuSans-' not in svg  # no glyph outlines
 
 
