@@ -252,7 +252,6 @@ def cmd_smoke(args) -> int:
     from .compression import evict, prefill
     from .datasets import load_split
     from .generation import Row, greedy_decode
-    from .metrics import extract_answer, score_prediction
     from .models import PromptRenderer, load_model
     from .spec import load_spec
 
@@ -273,9 +272,15 @@ def cmd_smoke(args) -> int:
     kv, _ = evict(kv, None, (len(r.prefix_ids), len(ids)), 0.0)
     text = greedy_decode(model, tok, [Row(kv, len(ids), r.suffix_ids(q.question))],
                          max_new_tokens=spec.generation.max_new_tokens, stop=spec.generation.stop)[0]
-    pred = extract_answer(text, r.prompt.answer_prefix)
-    print(f"Q: {q.question}\nA: {pred!r}  gold: {list(q.answers)}  {score_prediction(pred, q.answers)}")
+    print(smoke_answer(spec, q, text, r.prompt.answer_prefix))
     return 0
+
+
+def smoke_answer(spec, question, generation: str, answer_prefix: str) -> str:
+    """The smoke test's report of one answer, extracted and scored as the spec's results are."""
+    scoring = spec.scoring()
+    pred = scoring.extract(generation, answer_prefix)
+    return f"Q: {question.question}\nA: {pred!r}  gold: {list(question.answers)}  {scoring.score(pred, question.answers)}"
 
 
 def cmd_validate(args) -> int:
