@@ -194,7 +194,7 @@ def check_sandboxed_plans(path: Path, timeout: float = VALIDATE_TIMEOUT_S) -> li
 
 def _check_recipe(sub, yml: Path) -> list[str]:
     from .adapters import OBJECTIVES
-    from .spec import CONDITIONS
+    from .config import BASE, CONDITIONS
 
     problems = []
     headline = sub.headline_condition
@@ -202,9 +202,9 @@ def _check_recipe(sub, yml: Path) -> list[str]:
         problems.append(f"{yml}: field 'headline_condition': unknown condition '{headline}' (have: {sorted(CONDITIONS)})")
     recipe = sub.recipe
     if not recipe.enabled:
-        if headline != "base":
+        if headline not in sub.active_conditions(CONDITIONS):
             problems.append(f"{yml}: field 'headline_condition': '{headline}' needs an adapter, but adapter.recipe is 'none' "
-                            "(only the base condition runs); use 'base' or choose a recipe")
+                            f"(only the {BASE} condition runs); use '{BASE}' or choose a recipe")
         return problems
     if recipe.train.objective not in OBJECTIVES:
         problems.append(f"{yml}: field 'adapter/recipe': unknown objective '{recipe.train.objective}' (have: {OBJECTIVES})")
@@ -599,9 +599,9 @@ def check_spec_hash(path: Path, data: dict) -> list[str]:
 
 def problems_of_place(path: Path, data: dict) -> list[str]:
     """The file sits at ``<results>/<submission>/<tier>/<model>/<dataset>.json``, matching its contents."""
-    split = data["dataset"]["split"]
-    stem = data["dataset"]["id"] + ("" if split == "test" else f".{split}")
-    expected = (data["submission"]["name"], data["tier"], data["model"]["id"], stem + ".json")
+    from .results import result_path_of
+
+    expected = result_path_of("", data).parts
     if tuple(path.parts[-4:]) != expected:
         return [f"{path}: field 'submission/name', 'tier', 'model/id', 'dataset': the file must live at "
                 f"<results>/{'/'.join(expected)}, it is at .../{'/'.join(path.parts[-4:])}"]
@@ -932,11 +932,11 @@ def check_document_adapters(path: Path, data: dict) -> list[str]:
     has one parameter count), and its first and final training loss as numbers (the leaderboard
     lists an entry whose losses are not finite apart, as diverged). Otherwise ``adapter`` is null.
     That the adapter is what its recipe trains is what ``lorakv-bench verify`` re-runs."""
-    from .config import CONDITIONS
+    from .config import uses_adapter
 
     recipe = data["submission"]["adapter"].get("recipe", "none")
     conds = {p["condition"] for p in data["predictions"]}
-    needed = recipe != "none" and any("adapter" in CONDITIONS[c].values() for c in conds)
+    needed = recipe != "none" and any(uses_adapter(c) for c in conds)
     problems, counts, sizes = [], {}, set()
     for i, d in enumerate(data["documents"]):
         ad = d["adapter"]
@@ -948,7 +948,7 @@ def check_document_adapters(path: Path, data: dict) -> list[str]:
             continue
         if ad is None:
             _limited(problems, counts, "adapter", f"{where}': null, but recipe '{recipe}' trains one for conditions "
-                     f"{sorted(conds - {'base'})}")
+                     f"{sorted(c for c in conds if uses_adapter(c))}")
             continue
         size = ad.get("bytes")
         if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
@@ -1048,6 +1048,7 @@ def _check_grid(path: Path, data: dict) -> list[str]:
 
 def _check_protocol(path: Path, data: dict, spec) -> list[str]:
     """What makes results of different submissions comparable on the leaderboard."""
+    from .config import BASE
     from .datasets import load_split
 
     problems = []
@@ -1061,8 +1062,8 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
     if partial:
         problems.append(f"{path}: field 'slice': {partial}; the leaderboard needs a run without --docs / --questions")
     conds = {p["condition"] for p in data["predictions"]}
-    if "base" not in conds:
-        problems.append(f"{path}: field 'predictions': no 'base' condition (the KV-only reference every submission reports)")
+    if BASE not in conds:
+        problems.append(f"{path}: field 'predictions': no '{BASE}' condition (the KV-only reference every submission reports)")
     headline = data["submission"]["headline_condition"]
     if headline not in conds:
         problems.append(f"{path}: field 'submission/headline_condition': no predictions for '{headline}'")

@@ -33,7 +33,7 @@ from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_e
                        direct_dora_lora_weight,
                        training_diverged)
 from .compression import evict_planned, kv_bytes, kv_entries, prefill
-from .config import EvalRequest, as_request
+from .config import EvalRequest, as_request, uses_adapter
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
 from .models import PromptRenderer, load_model, pick_device
@@ -126,8 +126,8 @@ class DocumentRun:
         """Answer ``questions`` (default: all of the document's) for every (rho, condition)."""
         questions = list(questions or doc.questions)
         recipe: Recipe = self.submission.recipe
-        conditions = [c for c in conditions if recipe.enabled or c == "base"]
-        needs_adapter = any(CONDITIONS[c][s] == "adapter" for c in conditions for s in ("prefill", "score", "decode"))
+        conditions = self.submission.active_conditions(conditions)
+        needs_adapter = any(uses_adapter(c) for c in conditions)
         timings: dict[str, float] = {}
         adapter_info = None
         name = None
@@ -367,11 +367,10 @@ def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalReq
         header = result_header(submission, spec, model_spec, ds, split, rhos, conditions,
                                environment(req.device, run.dtype) | {"sandbox": sandbox},
                                slice={"docs": docs, "questions": questions})
-        stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
-        path = result_path(req.out, submission.name, spec.tier, model_spec.id, stem)
+        path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, split, shard)
         result = ResultFile(path, header)
         done = result.done()
-        active = [c for c in conditions if submission.recipe.enabled or c == "base"]
+        active = submission.active_conditions(conditions)
         finished = sum(all((d.doc_id, rho, c) in done for rho in rhos for c in active) for d in documents)
         if finished and req.progress:
             print(f"{ds.id}: skipping {finished} of {len(documents)} documents, already done in {path}",

@@ -35,8 +35,9 @@ import resource
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmark.paths import set_offline  # before transformers is imported
+
+set_offline()
 
 
 def gemm_peak(dtype, n: int = 1024, reps: int = 5) -> float:
