@@ -385,7 +385,9 @@ def n_kept(n_doc: int, rho: float, budget: str = "kvpress") -> int:
     if budget == "paper_floor":
         return min(n_doc, int(math.floor(n_doc * (1.0 - rho) + 1e-6)))
     if budget != "kvpress":
-        raise ValueError(f"unknown budget '{budget}' (choose from kvpress, paper_floor)")
+        from .config import BUDGETS
+
+        raise ValueError(f"unknown budget '{budget}' (choose from {', '.join(BUDGETS)})")
     return compute_n_kept(n_doc, rho)
 
 

@@ -5,8 +5,10 @@ with a submission at one (rho, condition) cell, through the same code path as
 ``lorakv-bench evaluate``: requests are grouped by document, the document is rebuilt (text, the
 requested questions, and its ``train_qa`` from the tier's data files, which the adapter recipe
 trains on) and :meth:`benchmark.runner.DocumentRun.evaluate` answers them. The task's
-``process_results`` then extracts and scores each generation exactly as the runner does, so
-per-question numbers match the result files. Usage::
+``process_results`` then extracts and scores each generation exactly as the runner does (the
+tier spec's :class:`~benchmark.metrics.Scoring`), so per-question numbers match the result files:
+lm-eval reports them on its 0-1 scale, result files hold the same numbers x100 (``metrics.SCALE``,
+applied in ``Scoring.score`` only). Usage::
 
     lorakv-lm-eval --model lorakv \\
         --model_args submission=submissions/snapkv,rho=0.9,condition=base_kv_adapter_decode \\

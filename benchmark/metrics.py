@@ -159,9 +159,12 @@ class Scoring:
     budget: str = "kvpress"
 
     def __post_init__(self) -> None:
-        for name, table in (("normalization", SCORERS), ("extraction", EXTRACTORS)):
-            if getattr(self, name) not in table:
-                raise ValueError(f"metric.{name} '{getattr(self, name)}': choose from {', '.join(table)}")
+        from .config import BUDGETS
+
+        for name, allowed in (("metric.normalization", SCORERS), ("metric.extraction", EXTRACTORS), ("budget", BUDGETS)):
+            value = getattr(self, name.removeprefix("metric."))
+            if value not in allowed:
+                raise ValueError(f"{name} '{value}': choose from {', '.join(allowed)}")
 
     def extract(self, generation: str, answer_prefix: str = "") -> str:
         """The answer the spec's extraction takes from a generation (``answer_prefix`` prefilled)."""
