@@ -167,7 +167,7 @@ def main() -> None:
     ds = resolve_dataset(spec, args.dataset or spec.datasets[0].id)
     docs = load_split(ds.split(args.split))[: args.docs]
     seconds: dict[str, float] = {}
-    conditions = list(spec.conditions) if sub.recipe.enabled else ["base"]
+    conditions = sub.active_conditions(spec.conditions)
     n_rows = n_doc_tokens = 0
     for doc in docs:
         qs = list(doc.questions)[: args.questions]
