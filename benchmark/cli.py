@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,13 +19,6 @@ def _cond_help() -> str:
 def _count(n: int, noun: str) -> str:
     """``1 problem``, ``2 problems``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _offline() -> None:
-    # Nothing in the mini tier touches a hub; make sure no library tries to.
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(var, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def check_evaluate_flags(args) -> None:
@@ -190,7 +182,7 @@ def dry_run(args) -> int:
     for sub_path in subs:
         try:
             sub = load_submission(sub_path)
-            conds = [c for c in (args.conditions or spec.conditions) if sub.recipe.enabled or c == "base"]
+            conds = sub.active_conditions(args.conditions or spec.conditions)
             name, recipe = sub.name, sub.recipe.name
             press = sub.compressor_cfg["press"]
         except ValueError:
@@ -252,7 +244,6 @@ def cmd_smoke(args) -> int:
     from .compression import evict, prefill
     from .datasets import load_split
     from .generation import Row, greedy_decode
-    from .metrics import extract_answer, score_prediction
     from .models import PromptRenderer, load_model
     from .spec import load_spec
 
@@ -273,9 +264,15 @@ def cmd_smoke(args) -> int:
     kv, _ = evict(kv, None, (len(r.prefix_ids), len(ids)), 0.0)
     text = greedy_decode(model, tok, [Row(kv, len(ids), r.suffix_ids(q.question))],
                          max_new_tokens=spec.generation.max_new_tokens, stop=spec.generation.stop)[0]
-    pred = extract_answer(text, r.prompt.answer_prefix)
-    print(f"Q: {q.question}\nA: {pred!r}  gold: {list(q.answers)}  {score_prediction(pred, q.answers)}")
+    print(smoke_answer(spec, q, text, r.prompt.answer_prefix))
     return 0
+
+
+def smoke_answer(spec, question, generation: str, answer_prefix: str) -> str:
+    """The smoke test's report of one answer, extracted and scored as the spec's results are."""
+    scoring = spec.scoring()
+    pred = scoring.extract(generation, answer_prefix)
+    return f"Q: {question.question}\nA: {pred!r}  gold: {list(question.answers)}  {scoring.score(pred, question.answers)}"
 
 
 def cmd_validate(args) -> int:
@@ -302,7 +299,7 @@ def cmd_publish(args) -> int:
     from pathlib import Path
 
     from .conformance import check_result_file
-    from .results import load_result, result_path, write_atomic
+    from .results import load_result, result_path_of, write_atomic
 
     status = 0
     for run_file in args.run_files:
@@ -313,10 +310,7 @@ def cmd_publish(args) -> int:
             print(f"not published: {run_file} ({_count(len(problems), 'problem')})", file=sys.stderr)
             status = 1
             continue
-        data = load_result(run_file)
-        split = data["dataset"]["split"]
-        stem = data["dataset"]["id"] + ("" if split == "test" else f".{split}")
-        dest = result_path(args.results, data["submission"]["name"], data["tier"], data["model"]["id"], stem)
+        dest = result_path_of(args.results, load_result(run_file))
         if Path(run_file).resolve() != dest.resolve():
             write_atomic(dest, Path(run_file).read_text(encoding="utf-8"))
         print(f"published {run_file} -> {dest}")
@@ -431,7 +425,7 @@ def _record_prepared_sha256(name: str, out, actual: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import RUN_DTYPES
+    from .config import EXECUTORS, PAPER_DATASETS, RUN_DTYPES, SPLITS, TIERS
 
     from . import __version__
 
@@ -442,12 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run the protocol for a submission",
                        description=f"{RHO_HELP}. Conditions: {_cond_help()}.")
     e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
-    e.add_argument("--tier", default="mini", help="mini (default, CPU) or paper")
+    e.add_argument("--tier", default=TIERS[0], help=f"{' or '.join(TIERS)} (default {TIERS[0]}, CPU)")
     e.add_argument("--model", help="model id from the spec (default: the spec's default model)")
     e.add_argument("--dataset", action="append", help="dataset id, or a JSONL file in the document format (see "
                    "validate-data; results are named after the file and carry its sha256); repeatable; default: all "
                    "of the tier")
-    e.add_argument("--split", default="test", choices=["test", "dev"])
+    e.add_argument("--split", default=SPLITS[0], choices=SPLITS)
     e.add_argument("--docs", type=int, help="only the first N documents")
     e.add_argument("--questions", type=int, help="only the first N questions per document")
     e.add_argument("--rhos", type=float, nargs="+", help=RHO_HELP)
@@ -460,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs", help="root of the result files (default runs/; `publish` copies a "
                    "complete, validated result into leaderboard/results)")
     e.add_argument("--shard", help="i/n: run documents i, i+n, ... (independent work units); join with `merge`")
-    e.add_argument("--executor", choices=["local", "ray"], default="local",
+    e.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
                    help="ray: one Ray task per (dataset, document) work unit, GPUs declared on cuda, shards merged")
     e.add_argument("--ray-address", help="an existing Ray cluster (default: start a local instance)")
     e.add_argument("--worker-timeout", type=float, default=900.0, metavar="SECONDS",
@@ -520,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.set_defaults(func=cmd_leaderboard)
 
     pd = sub.add_parser("prepare-data", help="convert a paper-tier dataset to the benchmark's JSONL")
-    pd.add_argument("name", choices=["narrativeqa", "longhealth"])
+    pd.add_argument("name", choices=PAPER_DATASETS)
     pd.add_argument("--source", help="local files in the original format: NarrativeQA's parquet dir, or its "
                     "narrativeqa_full_text.zip with narrativeqa-master.zip beside it (the paper's route, checked "
                     "against the paper's rebuilt JSONL); LongHealth's benchmark_v5.json")
@@ -529,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.set_defaults(func=cmd_prepare_data)
 
     s = sub.add_parser("smoke", help="load the tier: data validated, model provisioned, one question answered")
-    s.add_argument("--tier", default="mini")
+    s.add_argument("--tier", default=TIERS[0], help=f"{' or '.join(TIERS)}, or a spec YAML file")
     s.add_argument("--model")
     s.add_argument("--device")
     s.set_defaults(func=cmd_smoke)
@@ -545,10 +539,9 @@ def _uses_hub(args) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if _uses_hub(args):
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    else:
-        _offline()
+    from .paths import set_offline
+
+    set_offline(hub=_uses_hub(args))  # nothing in the mini tier touches a hub; make sure no library tries to
     from .spec import SpecError
     from .worker import WorkerError
 

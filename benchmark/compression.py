@@ -32,8 +32,10 @@ import torch
 from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
+from . import press_catalog
 from .paths import import_from
-from .replay import is_replay, keep_masks, replay_scores
+from .press_catalog import GATED, HEADWISE, REPLAY, SCORE, scoring_mode
+from .replay import keep_masks, replay_scores
 
 #: per layer: (keys, values), each (batch, kv_heads, seq, head_dim)
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -63,7 +65,7 @@ class Compressor(Protocol):
       (``check_eviction_budget``).
     * **score_depends_on_rho, declared.** Whether the ranking reads ``self.compression_ratio``:
       if so it is scored once per rho (``compression_ratio = rho``), else once for all rhos. kvpress
-      presses: :data:`RHO_DEPENDENT_KVPRESS`; others: a class attribute ``score_depends_on_rho``
+      presses: their ``press_catalog.CATALOG`` entry; others: a class attribute ``score_depends_on_rho``
       or the submission's ``compressor.score_depends_on_rho``; undeclared: True (always right,
       only slower). See :func:`score_depends_on_rho` (``check_declared_rho_dependence``).
 
@@ -74,13 +76,6 @@ class Compressor(Protocol):
     compression_ratio: float
 
     def score(self, module, hidden_states, keys, values, attentions, kwargs) -> torch.Tensor: ...
-
-
-#: kvpress 0.5.5 presses (that run here) whose ``score`` reads ``compression_ratio``: scored once per
-#: rho. Every other kvpress press scores the same at any ratio (tests/test_compression.py checks both
-#: on a tiny model, so a kvpress upgrade that changes one fails there). Head-wise, replay and gated
-#: presses allocate their budget per rho by construction (see score_depends_on_rho).
-RHO_DEPENDENT_KVPRESS = frozenset({"CompactorPress", "CriticalKVPress", "StreamingLLMPress"})
 
 
 def _build_nested(value, code_dir):
@@ -150,25 +145,24 @@ def build_compressor(name: str, kwargs: dict | None = None, code_dir=None) -> Co
     ``module:Class`` from a submission's code; kwargs may nest presses. Presses that cannot be
     scoped to the document are refused with the reason (``press_catalog``), never run as
     something else."""
-    from .press_catalog import check_supported
-
     if "compression_ratio" in (kwargs or {}):
         raise ValueError("compression_ratio is set by the framework at every rho of the grid; remove it from kwargs")
     press = _make_press(name, kwargs, code_dir)
-    check_supported(press, name)
-    if not callable(getattr(press, "score", None)) and not (is_headwise(press) or is_replay(press) or is_gated(press)):
+    press_catalog.check_supported(press, name)
+    if not callable(getattr(press, "score", None)) and scoring_mode(press) == SCORE:
         raise TypeError(f"compressor {name} has no score() method; only scorer presses can be scoped to the document")
     return press
 
 
-#: kvpress presses whose compress() allocates the budget across KV heads (the total stays rho's) and
-#: marks the evicted entries in ``module.masked_key_indices`` instead of shrinking the cache.
-HEADWISE_PRESSES = ("AdaKVPress", "CriticalAdaKVPress")
-
-
 def is_headwise(press) -> bool:
-    cls = type(press)
-    return cls.__name__ in HEADWISE_PRESSES and cls.__module__.startswith("kvpress")
+    """A press whose compress() allocates the budget across KV heads (the total stays rho's) and marks
+    the evicted entries in ``module.masked_key_indices`` instead of shrinking the cache (AdaKV)."""
+    return scoring_mode(press) == HEADWISE
+
+
+def is_replay(press) -> bool:
+    """A context-replay press (KVzip, KVgrad): scored by :mod:`benchmark.replay`."""
+    return scoring_mode(press) == REPLAY
 
 
 class RaggedKV(list):
@@ -203,9 +197,8 @@ def _headwise_keep(press, module, hidden, keys, values, attn, kwargs, rho: float
 
 
 def is_gated(press) -> bool:
-    """kvpress FastKVzipPress: learned gates score every layer in the prefill; the budget is global."""
-    cls = type(press)
-    return cls.__name__ == "FastKVzipPress" and cls.__module__.startswith("kvpress")
+    """A press whose learned gates score every layer in the prefill (FastKVzip); the budget is global."""
+    return scoring_mode(press) == GATED
 
 
 def kvpress_press(name: str):
@@ -230,17 +223,16 @@ def kvpress_press(name: str):
 
 def score_depends_on_rho(press) -> bool:
     """Whether each rho needs its own scores (the press's ranking reads ``compression_ratio``), as
-    declared: by the press or the submission (``score_depends_on_rho``), else by
-    :data:`RHO_DEPENDENT_KVPRESS` for a kvpress press, else True (scoring per rho is always right)."""
-    if is_headwise(press) or is_replay(press) or is_gated(press):  # budget allocation is per rho by construction
+    declared: by the press or the submission (``score_depends_on_rho``), else by its
+    ``press_catalog.CATALOG`` entry for a kvpress press, else True (scoring per rho is always right).
+    Head-wise, replay and gated presses allocate their budget per rho by construction."""
+    if scoring_mode(press) != SCORE:
         return True
     declared = getattr(press, "score_depends_on_rho", None)
     if declared is not None:
         return bool(declared)
-    cls = type(press)
-    if cls.__module__.startswith("kvpress"):
-        return cls.__name__ in RHO_DEPENDENT_KVPRESS
-    return True
+    support = press_catalog.entry(press)
+    return support.rho_dependent if support is not None else True
 
 
 @dataclass
@@ -393,7 +385,9 @@ def n_kept(n_doc: int, rho: float, budget: str = "kvpress") -> int:
     if budget == "paper_floor":
         return min(n_doc, int(math.floor(n_doc * (1.0 - rho) + 1e-6)))
     if budget != "kvpress":
-        raise ValueError(f"unknown budget '{budget}' (choose from kvpress, paper_floor)")
+        from .config import BUDGETS
+
+        raise ValueError(f"unknown budget '{budget}' (choose from {', '.join(BUDGETS)})")
     return compute_n_kept(n_doc, rho)
 
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .config import BASE
 from .ranking import Comparison, Key, compare, tiered_ranks
 
 RANDOM_PRESS = "RandomPress"
-KV_ONLY = "base"  # the condition without an adapter: the compressor alone
+KV_ONLY = BASE  # the condition without an adapter: the compressor alone
 
 
 @dataclass(frozen=True)

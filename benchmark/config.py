@@ -16,6 +16,10 @@ from pathlib import Path
 from .paths import folder_files, stable_hash
 
 TIERS = ("mini", "paper")
+#: a dataset's splits; results name the split in the file name unless it is the first (test)
+SPLITS = ("test", "dev")
+#: the datasets of the paper tier that ``prepare-data`` converts (the paper spec's dataset ids; a test checks)
+PAPER_DATASETS = ("narrativeqa", "longhealth")
 
 #: The four conditions as data: which weights prefill the document, which pick the kept
 #: entries (score), which decode the question and answer. "adapter" = base + document LoRA.
@@ -26,6 +30,9 @@ CONDITIONS: dict[str, dict[str, str]] = {
     "base_score_adapter_prefill": {"prefill": "adapter", "score": "base", "decode": "adapter"},
 }
 CONDITION_NAMES = tuple(CONDITIONS)
+BASE, ADAPTER_ALL, BASE_KV_ADAPTER_DECODE, BASE_SCORE_ADAPTER_PREFILL = CONDITION_NAMES
+#: the headline condition of a submission with an adapter, unless it names another
+DEFAULT_ADAPTER_HEADLINE = BASE_KV_ADAPTER_DECODE
 CONDITION_HELP = {
     "base": "no adapter anywhere (KV-only)",
     "adapter_all": "adapter on for prefill, scoring and decoding",
@@ -33,6 +40,20 @@ CONDITION_HELP = {
     "base_score_adapter_prefill": "base scoring picks the kept entries of an adapter prefill; adapter decodes",
 }
 
+
+
+def uses_adapter(condition: str) -> bool:
+    """Whether ``condition`` puts the document's adapter anywhere (every condition but ``base``)."""
+    return "adapter" in CONDITIONS[condition].values()
+
+
+def active_conditions(conditions, has_adapter: bool) -> list[str]:
+    """The conditions that run: all of them with an adapter; without one only those that use none (``base``)."""
+    return [c for c in conditions if has_adapter or not uses_adapter(c)]
+
+
+#: where ``evaluate --executor`` runs the work units: in this process, or one Ray task per document
+EXECUTORS = ("local", "ray")
 #: what ``--dtype`` accepts; a result's ``environment.dtype`` is one of these or its spec model's dtype
 RUN_DTYPES = ("float32", "bfloat16")
 #: bytes of one element of a KV tensor in each dtype a model runs in
@@ -179,6 +200,19 @@ class Recipe:
 
     def hash(self) -> str:
         return stable_hash(self.fingerprint())
+
+
+def train_blocks(adapter: dict) -> dict[str, dict]:
+    """Every ``train`` block of a submission's ``adapter`` section, by field path: ``adapter/train``
+    and each ``adapter/per_model/<model>`` (as written, not merged)."""
+    blocks = {"adapter/train": adapter.get("train") or {}}
+    return blocks | {f"adapter/per_model/{m}": t or {} for m, t in (adapter.get("per_model") or {}).items()}
+
+
+def train_for(adapter: dict, model_id: str) -> dict:
+    """The ``train`` settings of a submission's ``adapter`` section as trained for ``model_id``: its
+    ``per_model`` overrides laid over ``train``. The one place the two are merged."""
+    return (adapter.get("train") or {}) | ((adapter.get("per_model") or {}).get(model_id) or {})
 
 
 # ---------------------------------------------------------------- one evaluation request

@@ -194,7 +194,7 @@ def check_sandboxed_plans(path: Path, timeout: float = VALIDATE_TIMEOUT_S) -> li
 
 def _check_recipe(sub, yml: Path) -> list[str]:
     from .adapters import OBJECTIVES
-    from .spec import CONDITIONS
+    from .config import BASE, CONDITIONS
 
     problems = []
     headline = sub.headline_condition
@@ -202,9 +202,9 @@ def _check_recipe(sub, yml: Path) -> list[str]:
         problems.append(f"{yml}: field 'headline_condition': unknown condition '{headline}' (have: {sorted(CONDITIONS)})")
     recipe = sub.recipe
     if not recipe.enabled:
-        if headline != "base":
+        if headline not in sub.active_conditions(CONDITIONS):
             problems.append(f"{yml}: field 'headline_condition': '{headline}' needs an adapter, but adapter.recipe is 'none' "
-                            "(only the base condition runs); use 'base' or choose a recipe")
+                            f"(only the {BASE} condition runs); use '{BASE}' or choose a recipe")
         return problems
     if recipe.train.objective not in OBJECTIVES:
         problems.append(f"{yml}: field 'adapter/recipe': unknown objective '{recipe.train.objective}' (have: {OBJECTIVES})")
@@ -599,9 +599,9 @@ def check_spec_hash(path: Path, data: dict) -> list[str]:
 
 def problems_of_place(path: Path, data: dict) -> list[str]:
     """The file sits at ``<results>/<submission>/<tier>/<model>/<dataset>.json``, matching its contents."""
-    split = data["dataset"]["split"]
-    stem = data["dataset"]["id"] + ("" if split == "test" else f".{split}")
-    expected = (data["submission"]["name"], data["tier"], data["model"]["id"], stem + ".json")
+    from .results import result_path_of
+
+    expected = result_path_of("", data).parts
     if tuple(path.parts[-4:]) != expected:
         return [f"{path}: field 'submission/name', 'tier', 'model/id', 'dataset': the file must live at "
                 f"<results>/{'/'.join(expected)}, it is at .../{'/'.join(path.parts[-4:])}"]
@@ -802,15 +802,12 @@ def check_answers_against_digest(path: Path, data: dict, spec, full_protocol: bo
 
 def check_predictions_extracted(path: Path, data: dict, answer_prefix: str | None, spec=None) -> list[str]:
     """Each stored ``prediction`` is the answer the spec's extraction takes from its ``generation``."""
-    from .metrics import EXTRACTORS
-    from .spec import MetricSpec
-
     if answer_prefix is None:
         return []
-    extract = EXTRACTORS[(spec.metric if spec is not None else MetricSpec()).extraction]
+    scoring = _scoring(spec)
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
-        extracted = extract(p["generation"], answer_prefix)
+        extracted = scoring.extract(p["generation"], answer_prefix)
         if extracted != p["prediction"]:
             _limited(problems, counts, "prediction",
                      f"{path}: field 'predictions/{i}/prediction': {p['prediction']!r} but the generation extracts "
@@ -849,21 +846,18 @@ def check_prediction_scores(path: Path, data: dict, pinned: dict | None, spec=No
     """``rouge_l`` / ``exact_match`` equal the scores, under the spec's metric, of ``prediction``
     against the pinned gold answers (the answers stored in the file when the pinned data is not on
     this machine: :func:`check_answers_against_digest` vouches for those)."""
-    from .metrics import score_prediction_with
-    from .spec import MetricSpec
-
-    normalization = (spec.metric if spec is not None else MetricSpec()).normalization
+    scoring = _scoring(spec)
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
         q = pinned.get((p["doc_id"], p["question_id"])) if pinned is not None else None
         if pinned is not None and q is None:
             continue  # reported by check_predictions_against_dataset
-        s = score_prediction_with(p["prediction"], q.answers if q is not None else p["answers"], normalization)
+        s = scoring.score(p["prediction"], q.answers if q is not None else p["answers"])
         for metric in ("rouge_l", "exact_match"):
-            if not _close(100 * s[metric], p[metric]):
+            if not _close(s[metric], p[metric]):
                 _limited(problems, counts, metric,
                          f"{path}: field 'predictions/{i}/{metric}': stored {p[metric]!r}, recomputed "
-                         f"{100 * s[metric]!r} from its prediction and the gold answers")
+                         f"{s[metric]!r} from its prediction and the gold answers")
     return problems + _more(path, counts)
 
 
@@ -883,12 +877,17 @@ def check_cells(path: Path, data: dict) -> list[str]:
     return []
 
 
-def kept_per_head(n_prefix: int, n_doc: int, rho: float, budget: str = "kvpress") -> int:
-    """KV entries per layer and KV head after ``compression.evict`` at ``rho``: every prefix entry
-    plus the spec's budget of document entries (the rule ``evict`` applies)."""
-    from .compression import n_kept
+def _scoring(spec):
+    """The spec's :class:`~benchmark.metrics.Scoring`; without a spec, the defaults (the mini tier's)."""
+    from .metrics import Scoring
 
-    return n_prefix + n_kept(n_doc, rho, budget)
+    return spec.scoring() if spec is not None else Scoring()
+
+
+def kept_per_head(n_prefix: int, n_doc: int, rho: float, scoring) -> int:
+    """KV entries per layer and KV head after ``compression.evict`` at ``rho``: every prefix entry
+    plus the spec's budget of document entries (``scoring.kept``, the rule ``evict`` applies)."""
+    return n_prefix + scoring.kept(n_doc, rho)
 
 
 def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
@@ -906,19 +905,19 @@ def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
     heads = layers * kv_heads
     dtype = data["environment"].get("dtype")
     per_entry = 2 * head_dim * DTYPE_BYTES[dtype] if dtype in run_dtypes(spec, model_id) else None
-    budget = spec.budget if spec is not None else "kvpress"
+    scoring = _scoring(spec)
     docs = {d["doc_id"]: d for d in data["documents"]}
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
         d = docs.get(p["doc_id"])
         if d is None:
             continue  # reported by _check_grid
-        kept = kept_per_head(d["n_prefix_tokens"], d["n_doc_tokens"], p["rho"], budget)
+        kept = kept_per_head(d["n_prefix_tokens"], d["n_doc_tokens"], p["rho"], scoring)
         if p["kv_entries"] != heads * kept:
             _limited(problems, counts, "kv_entries",
                      f"{path}: field 'predictions/{i}/kv_entries': {p['kv_entries']} at rho={p['rho']} "
                      f"(document {p['doc_id']}); evict's budget is {kept} entries per layer and head "
-                     f"(prefix + {budget} budget) x {heads} layer-heads of {model_id} = {heads * kept}")
+                     f"(prefix + {scoring.budget} budget) x {heads} layer-heads of {model_id} = {heads * kept}")
         elif per_entry is not None and p["kv_bytes"] != p["kv_entries"] * per_entry:
             _limited(problems, counts, "kv_bytes",
                      f"{path}: field 'predictions/{i}/kv_bytes': {p['kv_bytes']} for {p['kv_entries']} entries; "
@@ -933,11 +932,11 @@ def check_document_adapters(path: Path, data: dict) -> list[str]:
     has one parameter count), and its first and final training loss as numbers (the leaderboard
     lists an entry whose losses are not finite apart, as diverged). Otherwise ``adapter`` is null.
     That the adapter is what its recipe trains is what ``lorakv-bench verify`` re-runs."""
-    from .config import CONDITIONS
+    from .config import uses_adapter
 
     recipe = data["submission"]["adapter"].get("recipe", "none")
     conds = {p["condition"] for p in data["predictions"]}
-    needed = recipe != "none" and any("adapter" in CONDITIONS[c].values() for c in conds)
+    needed = recipe != "none" and any(uses_adapter(c) for c in conds)
     problems, counts, sizes = [], {}, set()
     for i, d in enumerate(data["documents"]):
         ad = d["adapter"]
@@ -949,7 +948,7 @@ def check_document_adapters(path: Path, data: dict) -> list[str]:
             continue
         if ad is None:
             _limited(problems, counts, "adapter", f"{where}': null, but recipe '{recipe}' trains one for conditions "
-                     f"{sorted(conds - {'base'})}")
+                     f"{sorted(c for c in conds if uses_adapter(c))}")
             continue
         size = ad.get("bytes")
         if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
@@ -1049,6 +1048,7 @@ def _check_grid(path: Path, data: dict) -> list[str]:
 
 def _check_protocol(path: Path, data: dict, spec) -> list[str]:
     """What makes results of different submissions comparable on the leaderboard."""
+    from .config import BASE
     from .datasets import load_split
 
     problems = []
@@ -1062,8 +1062,8 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
     if partial:
         problems.append(f"{path}: field 'slice': {partial}; the leaderboard needs a run without --docs / --questions")
     conds = {p["condition"] for p in data["predictions"]}
-    if "base" not in conds:
-        problems.append(f"{path}: field 'predictions': no 'base' condition (the KV-only reference every submission reports)")
+    if BASE not in conds:
+        problems.append(f"{path}: field 'predictions': no '{BASE}' condition (the KV-only reference every submission reports)")
     headline = data["submission"]["headline_condition"]
     if headline not in conds:
         problems.append(f"{path}: field 'submission/headline_condition': no predictions for '{headline}'")

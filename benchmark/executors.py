@@ -104,8 +104,7 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
     for ds, paths in shards.items():
         if ds in failed_ds:
             continue  # keep its shards: a rerun resumes them
-        stem = stems[ds] + ("" if split == "test" else f".{split}")
-        merged.append(merge_shards(sorted(paths), result_path(out, sub_name, spec.tier, model_spec.id, stem)))
+        merged.append(merge_shards(sorted(paths), result_path(out, sub_name, spec.tier, model_spec.id, stems[ds], split)))
         for p in paths:
             p.unlink()
     if failed:

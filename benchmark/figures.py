@@ -22,11 +22,12 @@ import math
 import textwrap
 from pathlib import Path
 
+from .config import BASE
 from .spec import CONDITION_HELP
 
 SVG_SALT = "lorakv-bench-leaderboard"
 MAX_PANELS = 6  # panels per figure (the top entries of the group): more are too small to read
-KV_ONLY = "base"
+KV_ONLY = BASE  # the condition without an adapter: the compressor alone
 FORMAT_CONDITION = "adapter_all"  # the condition the training-format comparison reads
 BAND_ALPHA = 0.18
 

@@ -42,6 +42,7 @@ from .page import PAGE_HTML, write_page
 from .paths import sha256_file
 from .ranking import Ranked, compare, divergence_reason, tiered_ranks
 from .results import load_result
+from .config import ADAPTER_ALL, BASE, BASE_KV_ADAPTER_DECODE, train_for
 from .spec import CONDITION_HELP, TIERS
 
 DASH = "–"
@@ -111,7 +112,7 @@ class Entry:
 
     def base_mean(self) -> float | None:
         """Mean base (KV-only) ROUGE-L over the cells at 0 < rho < 1: the same compressor without an adapter."""
-        return self.mean("base", self.ranked_rhos) if self.ranked_rhos else None
+        return self.mean(BASE, self.ranked_rhos) if self.ranked_rhos else None
 
     def memory(self, rho: float) -> float | None:
         cell = self.cells.get((rho, self.headline))
@@ -119,9 +120,9 @@ class Entry:
 
     def margin(self, rho: float) -> float | None:
         """Headline minus base (KV-only) ROUGE-L at ``rho``: what the adapter adds there."""
-        if self.headline == "base":
+        if self.headline == BASE:
             return None
-        head, base = self.rouge(rho), self.rouge(rho, "base")
+        head, base = self.rouge(rho), self.rouge(rho, BASE)
         return None if head is None or base is None else head - base
 
     def margin_at_1(self) -> float | None:
@@ -145,11 +146,6 @@ def _compressor_label(cfg: dict) -> str:
     args = ", ".join(f"{k}={_compressor_label(v) if isinstance(v, dict) and 'press' in v else kwargs[k]}"
                      for k, v in sorted(kwargs.items()))
     return f"{cfg['press']}({args})" if args else cfg["press"]
-
-
-def train_for(adapter: dict, model_id: str) -> dict:
-    """The ``train`` settings as trained for ``model_id``: its ``per_model`` overrides laid over ``train``."""
-    return (adapter.get("train") or {}) | ((adapter.get("per_model") or {}).get(model_id) or {})
 
 
 def _recipe_label(adapter: dict, model_id: str) -> str:
@@ -191,10 +187,10 @@ def _entry(data: dict, source: str) -> Entry:
         recipe=_recipe_label(sub["adapter"], data["model"]["id"]), spec_version=data["spec_version"], date=data["updated"][:10],
         rhos=sorted(float(r) for r in data["rhos"]), cells=cells, n_documents=len(data["documents"]),
         n_questions=len({(p["doc_id"], p["question_id"]) for p in data["predictions"]}), ci=ci,
-        adapter_bytes=(sum(ad) / len(ad) if ad and headline != "base" else 0.0), source=source,
+        adapter_bytes=(sum(ad) / len(ad) if ad and headline != BASE else 0.0), source=source,
         conditions=[c for c in CONDITION_HELP if c in present], adapter=sub["adapter"],
         dtype=str(env.get("dtype") or UNRECORDED), hardware=_hardware(env),
-        diverged=divergence_reason(data["documents"]) if headline != "base" else None, predictions=preds,
+        diverged=divergence_reason(data["documents"]) if headline != BASE else None, predictions=preds,
     )
 
 
@@ -430,11 +426,11 @@ def detectable_note(what: str, mdes: list[float]) -> list[str]:
 def margin_at_1_mde(e: Entry) -> float:
     """The detectable difference of the LoRA margin @ρ=1 (headline − base, paired on each question);
     NaN without an adapter or without those rows."""
-    if e.headline == "base":
+    if e.headline == BASE:
         return float("nan")
     rows = {c: {(p["doc_id"], p["question_id"], p["rho"]): p["rouge_l"] for p in e.predictions
-                if p["condition"] == c and p["rho"] == 1.0} for c in (e.headline, "base")}
-    return compare(rows[e.headline], rows["base"]).mde
+                if p["condition"] == c and p["rho"] == 1.0} for c in (e.headline, BASE)}
+    return compare(rows[e.headline], rows[BASE]).mde
 
 
 def main_table(group: list[Entry], submissions_link: str, ranked: list[tuple[Entry, Ranked]] | None = None) -> str:
@@ -480,7 +476,7 @@ def memory_table(group: list[Entry]) -> str:
     rhos = sorted({r for e in group for r in e.rhos})
     profiles: dict[tuple, list[str]] = defaultdict(list)
     for e in group:
-        row = (fmt_bytes(e.adapter_bytes) if e.headline != "base" else DASH,
+        row = (fmt_bytes(e.adapter_bytes) if e.headline != BASE else DASH,
                *[fmt_bytes(e.memory(r)) if r in e.rhos else DASH for r in rhos], e.n_documents, e.n_questions)
         profiles[row].append(e.name)
     rows = [[", ".join(escape_md(n) for n in sorted(names)), *row] for row, names in sorted(profiles.items(), key=lambda kv: sorted(kv[1]))]
@@ -505,7 +501,7 @@ def _pair_text(p: strata.Paired | None) -> str:
 
 def strata_section(group: list[Entry]) -> list[str]:
     """Covered / uncovered breakdown of the adapted entries whose predictions carry tags."""
-    tagged = [e for e in group if e.headline != "base" and strata.has_strata(e.predictions)]
+    tagged = [e for e in group if e.headline != BASE and strata.has_strata(e.predictions)]
     if not tagged:
         return []
     rhos = sorted({r for e in tagged for r in e.rhos})
@@ -584,7 +580,7 @@ def compressor_section(group: list[Entry]) -> list[str]:
 
 
 #: train settings that only one recipe reads: they don't make a QA and an NTP adapter differ otherwise
-_RECIPE_SPECIFIC_TRAIN = ("chunk_tokens", "hook", "qa_source")
+_RECIPE_SPECIFIC_TRAIN = ("chunk_tokens", "chunk_next_data", "hook", "qa_source")
 
 
 def qa_ntp_pairs(group: list[Entry]) -> list[tuple[Entry, Entry]]:
@@ -592,9 +588,9 @@ def qa_ntp_pairs(group: list[Entry]) -> list[tuple[Entry, Entry]]:
     (settings that only one recipe reads aside), both with a headline mean; sorted by the QA name."""
     by_setup: dict[tuple, dict[str, Entry]] = defaultdict(dict)
     for e in group:
-        if e.headline == "base" or not e.rhos:
+        if e.headline == BASE or not e.rhos:
             continue
-        train = {k: v for k, v in (e.adapter.get("train") or {}).items() if k not in _RECIPE_SPECIFIC_TRAIN}
+        train = {k: v for k, v in train_for(e.adapter, e.model).items() if k not in _RECIPE_SPECIFIC_TRAIN}
         setup = (e.compressor, e.headline, repr(e.adapter.get("lora")), repr(sorted(train.items())))
         by_setup[setup][e.adapter.get("recipe")] = e
     return sorted(((d["qa"], d["ntp"]) for d in by_setup.values() if "qa" in d and "ntp" in d
@@ -610,7 +606,7 @@ def findings(group: list[Entry]) -> list[str]:
       3. QA supervision beats raw next-token training: a ``qa`` entry against the ``ntp`` entry with
          the same compressor, headline condition and adapter settings.
     """
-    adapted = [e for e in group if e.headline != "base" and e.rhos]
+    adapted = [e for e in group if e.headline != BASE and e.rhos]
     out = []
     margins = [(e, min(e.rhos), e.margin(min(e.rhos)), e.margin(1.0)) for e in adapted if min(e.rhos) < 1.0]
     margins = [(e, lo, m_lo, m_hi) for e, lo, m_lo, m_hi in margins if m_lo is not None and m_hi is not None]
@@ -620,12 +616,12 @@ def findings(group: list[Entry]) -> list[str]:
                    + "; ".join(f"{escape_md(e.name)} {m_lo:+.1f} (ρ={fmt_rho(lo)}) → {m_hi:+.1f}"
                                for e, lo, m_lo, m_hi in margins)
                    + f". Larger at ρ = 1 for {larger} of {len(margins)} (paper: little at ρ = 0, +13–21 at ρ = 1).")
-    pairs = [(e.rouge(r, "base_kv_adapter_decode"), e.rouge(r, "adapter_all")) for e in adapted for r in e.rhos]
+    pairs = [(e.rouge(r, BASE_KV_ADAPTER_DECODE), e.rouge(r, ADAPTER_ALL)) for e in adapted for r in e.rhos]
     pairs = [(dec, every) for dec, every in pairs if dec is not None and every is not None]
     if pairs:
         at_least = sum(dec >= every for dec, every in pairs)
         diff = round(sum(dec - every for dec, every in pairs) / len(pairs), 1) + 0.0  # + 0.0: no '-0.0'
-        out.append(f"**Decoding-time memory**: `base_kv_adapter_decode` ≥ `adapter_all` at {at_least} of {len(pairs)} "
+        out.append(f"**Decoding-time memory**: `{BASE_KV_ADAPTER_DECODE}` ≥ `{ADAPTER_ALL}` at {at_least} of {len(pairs)} "
                    f"(submission, ρ) points, {diff:+.1f} ROUGE-L on average (paper: the adapter works best "
                    "while decoding only).")
     versus = qa_ntp_pairs(adapted)
@@ -795,7 +791,7 @@ def data_rows(entries: list[Entry], ranks: dict[GroupKey, list[tuple[Entry, Rank
                 "base_mean": _num(e.base_mean()),
                 "rho0": _num(e.rouge(0.0) if 0.0 in e.rhos else None),
                 "rho1": _num(e.rouge(1.0) if 1.0 in e.rhos else None),
-                "adapter_bytes": _num(e.adapter_bytes if e.headline != "base" else None),
+                "adapter_bytes": _num(e.adapter_bytes if e.headline != BASE else None),
                 **{_memory_column(rho): _num(e.memory(rho) if rho in e.rhos else None) for rho in all_rhos},
                 "documents": e.n_documents, "questions": e.n_questions, "spec_version": e.spec_version,
                 "date": e.date, "rerun": e.rerun, "result": f"{results_link}/{e.source}",
@@ -854,8 +850,8 @@ def plot_rho(group: list[Entry], title: str, path: Path) -> None:
         if head:
             band(ax, e, e.headline, color, 0.18)
             ax.plot(*zip(*head), marker="o", markersize=4, color=color, label=plot_text(f"{e.name}: {e.headline}"))
-        if e.headline != "base":
-            base = [(r, e.rouge(r, "base")) for r in e.rhos if e.rouge(r, "base") is not None]
+        if e.headline != BASE:
+            base = [(r, e.rouge(r, BASE)) for r in e.rhos if e.rouge(r, BASE) is not None]
             if base:
                 ax.plot(*zip(*base), marker="x", markersize=4, linestyle="--", color=color, linewidth=1,
                         label="_nolegend_")

@@ -5,8 +5,10 @@ with a submission at one (rho, condition) cell, through the same code path as
 ``lorakv-bench evaluate``: requests are grouped by document, the document is rebuilt (text, the
 requested questions, and its ``train_qa`` from the tier's data files, which the adapter recipe
 trains on) and :meth:`benchmark.runner.DocumentRun.evaluate` answers them. The task's
-``process_results`` then extracts and scores each generation exactly as the runner does, so
-per-question numbers match the result files. Usage::
+``process_results`` then extracts and scores each generation exactly as the runner does (the
+tier spec's :class:`~benchmark.metrics.Scoring`), so per-question numbers match the result files:
+lm-eval reports them on its 0-1 scale, result files hold the same numbers x100 (``metrics.SCALE``,
+applied in ``Scoring.score`` only). Usage::
 
     lorakv-lm-eval --model lorakv \\
         --model_args submission=submissions/snapkv,rho=0.9,condition=base_kv_adapter_decode \\
@@ -26,10 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 
 from .extras import require
+from .paths import set_offline
 
 require("lm_eval", "the lm-eval integration")  # a one-line error naming the extra when it is missing
 import lm_eval.models  # noqa: E402,F401  (fills lm-eval's model registry first: lm-eval only does it when empty)
@@ -38,16 +40,9 @@ from lm_eval.api.registry import register_model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 #: lm-eval's own --batch_size / --device defaults, passed to every model whether or not the user gave them.
 _LM_EVAL_DEFAULT_BATCH = 1
 _LM_EVAL_DEFAULT_DEVICE = "cuda:0"
-
-
-def _set_offline() -> None:
-    for var in _OFFLINE_VARS:
-        os.environ.setdefault(var, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _decode_batch_size(model_args_value, lm_eval_value) -> int | None:
@@ -133,15 +128,16 @@ class LorakvLM(LM):
     # ------------------------------------------------------------------ checks
 
     def _check(self) -> None:
-        from .spec import CONDITIONS
+        from .config import BASE, CONDITIONS
 
         if self.condition not in CONDITIONS:
             raise ValueError(f"lorakv: unknown condition '{self.condition}' (choose from {', '.join(CONDITIONS)})")
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"lorakv: rho must be in [0, 1] (fraction of the document's KV entries evicted), got {self.rho}")
         sub = self.run.submission
-        if self.condition != "base" and not sub.recipe.enabled:
-            raise ValueError(f"lorakv: submission {sub.name} has no adapter (recipe: none); only condition=base applies")
+        if not sub.active_conditions([self.condition]):
+            raise ValueError(f"lorakv: submission {sub.name} has no adapter (recipe: none); only condition="
+                             f"{BASE} applies")
         if self.rho not in self.run.spec.rhos:
             log.warning("rho=%s is not on the %s spec's grid %s", self.rho, self.run.spec.tier, list(self.run.spec.rhos))
 
@@ -265,7 +261,7 @@ def _lm_eval_cli(args: list[str], also_our_tasks: bool):
 def cli_main(argv: list[str] | None = None) -> int:
     """``lorakv-lm-eval``: lm-eval's own CLI with the ``lorakv`` model registered (importing this
     module does it), our tasks on the include path, and the Hugging Face hubs switched off."""
-    _set_offline()
+    set_offline()
     from lm_eval.__main__ import cli_evaluate
 
     given = list(sys.argv[1:] if argv is None else argv)

@@ -3,6 +3,10 @@
 ROUGE-L is rouge-score's LCS F1 computed on SQuAD-normalised text (lowercase, punctuation
 and articles removed, whitespace collapsed) with a whitespace tokenizer, so it equals token
 LCS-F1 over the normalised tokens. Both metrics take the max over the gold answers.
+
+:class:`Scoring` is the one place a spec's rules for turning a generation into numbers are
+resolved (``Spec.scoring()``): the extraction, the normalisation, the x100 scale of result files
+and the kept-entries budget. Every stage that extracts, scores or counts kept entries reads it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import re
 import string
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -83,11 +88,6 @@ def exact_match(prediction: str, golds: Sequence[str]) -> float:
     return float(any(pred == normalize_answer(g) for g in golds))
 
 
-def score_prediction(prediction: str, golds: Sequence[str]) -> dict[str, float]:
-    """Both metrics for one (already extracted) prediction."""
-    return {"rouge_l": rouge_l(prediction, golds), "exact_match": exact_match(prediction, golds)}
-
-
 # ---------------------------------------------------------------- the paper's metric and extraction
 # (the paper tier's spec: metric.normalization "paper", metric.extraction "boxed_or_last_line")
 
@@ -141,10 +141,49 @@ NORMALIZERS = {"squad": normalize_answer, "paper": normalize_answer_paper}
 EXTRACTORS = {"boxed_or_first_line": extract_answer, "boxed_or_last_line": extract_answer_paper}
 
 
-def score_prediction_with(prediction: str, golds: Sequence[str], normalization: str = "squad") -> dict[str, float]:
-    """Both metrics for one extracted prediction under the spec's ``metric.normalization``."""
-    rouge, em = SCORERS[normalization]
-    return {"rouge_l": rouge(prediction, golds), "exact_match": em(prediction, golds)}
+#: Result files, cells and the leaderboard hold scores on 0-100; the metric functions return
+#: fractions (0-1), as lm-eval reports them. :meth:`Scoring.score` is where the factor is applied.
+SCALE = 100
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A spec's scoring rules, resolved once (``Spec.scoring()``); the defaults are the mini tier's.
+
+    ``extraction`` (``metric.extraction``) names an :data:`EXTRACTORS` entry, ``normalization``
+    (``metric.normalization``) a :data:`SCORERS` entry, ``budget`` (the spec's ``budget``) the rule
+    of :meth:`kept`."""
+
+    normalization: str = "squad"
+    extraction: str = "boxed_or_first_line"
+    budget: str = "kvpress"
+
+    def __post_init__(self) -> None:
+        from .config import BUDGETS
+
+        for name, allowed in (("metric.normalization", SCORERS), ("metric.extraction", EXTRACTORS), ("budget", BUDGETS)):
+            value = getattr(self, name.removeprefix("metric."))
+            if value not in allowed:
+                raise ValueError(f"{name} '{value}': choose from {', '.join(allowed)}")
+
+    def extract(self, generation: str, answer_prefix: str = "") -> str:
+        """The answer the spec's extraction takes from a generation (``answer_prefix`` prefilled)."""
+        return EXTRACTORS[self.extraction](generation, answer_prefix)
+
+    def fractions(self, prediction: str, golds: Sequence[str]) -> dict[str, float]:
+        """``rouge_l`` and ``exact_match`` of an extracted prediction on 0-1 (lm-eval's scale)."""
+        rouge, em = SCORERS[self.normalization]
+        return {"rouge_l": rouge(prediction, golds), "exact_match": em(prediction, golds)}
+
+    def score(self, prediction: str, golds: Sequence[str]) -> dict[str, float]:
+        """``rouge_l`` and ``exact_match`` of an extracted prediction on 0-100 (result files' scale)."""
+        return {k: SCALE * v for k, v in self.fractions(prediction, golds).items()}
+
+    def kept(self, n_doc: int, rho: float) -> int:
+        """Document entries kept per layer and KV head at ``rho`` (:func:`benchmark.compression.n_kept`)."""
+        from .compression import n_kept
+
+        return n_kept(n_doc, rho, self.budget)
 
 
 def clustered_bootstrap_ci(

@@ -11,6 +11,18 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
+#: what keeps the Hugging Face libraries off the network, and their tokenizers single-threaded
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+TOKENIZERS_ENV = {"TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_offline(hub: bool = False) -> None:
+    """Default the process's environment to offline (``OFFLINE_ENV``) and quiet tokenizers; a value the
+    user set wins. ``hub=True`` (prepare-data, the paper tier, which may download) leaves the hub
+    variables to the user. Call it before transformers or datasets is imported: they read them then."""
+    for var, value in (TOKENIZERS_ENV if hub else OFFLINE_ENV | TOKENIZERS_ENV).items():
+        os.environ.setdefault(var, value)
+
 
 def cache_dir() -> Path:
     """``$LORAKV_CACHE``, else ``$XDG_CACHE_HOME/lorakv-bench``, else ``~/.cache/lorakv-bench``."""

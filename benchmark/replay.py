@@ -1,4 +1,5 @@
-"""Context-replay scoring (kvpress ``KVzipPress``, ``KVgradPress``), scoped to the document.
+"""Context-replay scoring (the ``replay`` presses of ``press_catalog.CATALOG``: kvpress ``KVzipPress``,
+``KVgradPress``), scoped to the document.
 
 KVzip scores a cache entry by how much the model attends to it while *reconstructing* the
 context: after the prefill, the context is fed again behind "Repeat the previous context
@@ -22,14 +23,6 @@ by ``compression.evict`` like any head-wise budget.
 from __future__ import annotations
 
 import torch
-
-REPLAY_PRESSES = ("KVzipPress", "KVgradPress")
-
-
-def is_replay(press) -> bool:
-    cls = type(press)
-    return cls.__name__ in REPLAY_PRESSES and cls.__module__.startswith("kvpress")
-
 
 def _suffix_ids(tokenizer) -> torch.Tensor:
     """The tokens that close a user turn and open the assistant's, as KVzipPress derives them."""

@@ -13,14 +13,26 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
+from .config import uses_adapter
 from .metrics import clustered_bootstrap_ci
 from .spec import SpecError, validate_against
 
 FORMAT = "lorakv-bench-result/1"
 
 
-def result_path(root: str | Path, submission: str, tier: str, model: str, dataset: str) -> Path:
-    return Path(root) / submission / tier / model / f"{dataset}.json"
+def result_path(root: str | Path, submission: str, tier: str, model: str, dataset: str, split: str = "test",
+                shard: tuple[int, int] | None = None) -> Path:
+    """Where a result lives: ``<root>/<submission>/<tier>/<model>/<dataset>[.<split>][.shard-i-of-n].json``,
+    the split named unless it is ``test``, the shard for a shard's own file (``--shard i/n``). The one
+    place the rule is written; :func:`result_path_of` reads it off a result's header."""
+    stem = dataset + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
+    return Path(root) / submission / tier / model / f"{stem}.json"
+
+
+def result_path_of(root: str | Path, data: dict) -> Path:
+    """Where the result ``data`` (a loaded result file, unsharded) lives under ``root``."""
+    return result_path(root, data["submission"]["name"], data["tier"], data["model"]["id"], data["dataset"]["id"],
+                       data["dataset"]["split"])
 
 
 def environment(device: str, dtype: str | None = None) -> dict:
@@ -72,9 +84,8 @@ def aggregate(predictions: list[dict], documents: list[dict]) -> list[dict]:
         per_doc: dict[str, dict] = {}
         for p in preds:
             per_doc[p["doc_id"]] = p
-        uses_adapter = cond != "base"
         kv_bytes = sum(p["kv_bytes"] for p in per_doc.values()) / len(per_doc)
-        ad_bytes = sum(adapter_bytes.get(d, 0) for d in per_doc) / len(per_doc) if uses_adapter else 0
+        ad_bytes = sum(adapter_bytes.get(d, 0) for d in per_doc) / len(per_doc) if uses_adapter(cond) else 0
         cells.append({
             "rho": rho, "condition": cond, "n_questions": len(preds), "n_documents": len(per_doc),
             "rouge_l": sum(rl) / len(rl), "rouge_l_ci95": [lo, hi],

@@ -18,6 +18,7 @@ and returns data: plans, QA pairs).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import sys
 import time
@@ -31,11 +32,10 @@ from tqdm.auto import tqdm
 from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter,
                        direct_dora_lora_weight,
                        training_diverged)
-from .compression import evict_planned, kv_bytes, kv_entries, n_kept, prefill
-from .config import EvalRequest, as_request
+from .compression import evict_planned, kv_bytes, kv_entries, prefill
+from .config import EvalRequest, as_request, uses_adapter
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
-from .metrics import EXTRACTORS, score_prediction_with
 from .models import PromptRenderer, load_model, pick_device
 from .plan import PlanError, check_plan, digest, full_plan, plan_from_scores
 from .results import ResultFile, environment, result_path
@@ -92,6 +92,11 @@ class DocumentRun:
         return cls(model=model, tokenizer=tokenizer, renderer=renderer, spec=spec, submission=submission,
                    model_key=model_key, press=press, code=code, **options)
 
+    @functools.cached_property
+    def scoring(self):
+        """The spec's extraction, metric and budget (:meth:`Spec.scoring`)."""
+        return self.spec.scoring()
+
     @property
     def press_in_sandbox(self) -> bool:
         """The press is the submission's own code: its plans come from the sandbox."""
@@ -121,8 +126,8 @@ class DocumentRun:
         """Answer ``questions`` (default: all of the document's) for every (rho, condition)."""
         questions = list(questions or doc.questions)
         recipe: Recipe = self.submission.recipe
-        conditions = [c for c in conditions if recipe.enabled or c == "base"]
-        needs_adapter = any(CONDITIONS[c][s] == "adapter" for c in conditions for s in ("prefill", "score", "decode"))
+        conditions = self.submission.active_conditions(conditions)
+        needs_adapter = any(uses_adapter(c) for c in conditions)
         timings: dict[str, float] = {}
         adapter_info = None
         name = None
@@ -164,7 +169,7 @@ class DocumentRun:
         from a trusted press's ``scores``, or from the sandbox for the submission's own press."""
         n_layers, kv_heads = len(kv), kv[0][0].shape[1]
         n_doc = span[1] - span[0]
-        budget = self.spec.budget
+        budget = self.scoring.budget
         plans = {r: full_plan(n_layers, kv_heads, n_doc, r, budget) for r in rhos}
         chosen = [r for r, p in plans.items() if p is None]  # rhos where the press chooses
         if not chosen:
@@ -198,7 +203,7 @@ class DocumentRun:
                 torch.manual_seed(0)
                 with adapter_state(self.model, weights == "adapter"):
                     kv[weights], scores = prefill(self.model, ids, span, None if self.press_in_sandbox else self.press, rhos,
-                                                  tokenizer=self.tokenizer, budget=self.spec.budget)
+                                                  tokenizer=self.tokenizer, budget=self.scoring.budget)
                 self.stats["prefills"] += 1
                 if weights in scorers:
                     plans[weights] = self._plans(weights, scores, ids, span, rhos, kv[weights], adapter_dir)
@@ -247,7 +252,7 @@ class DocumentRun:
                 c = CONDITIONS[cond]
                 # When rho keeps all or none of the document the scores choose nothing: one cache object
                 # serves every scorer, and greedy_decode decodes rows on the same cache once.
-                key = (c["prefill"], c["score"] if 0 < n_kept(n_doc, rho, self.spec.budget) < n_doc else None, rho)
+                key = (c["prefill"], c["score"] if 0 < self.scoring.kept(n_doc, rho) < n_doc else None, rho)
                 plan = plans[c["score"]][rho]
                 digests[f"{rho}|{cond}"] = digest(plan)
                 if key not in pruned:
@@ -275,24 +280,23 @@ class DocumentRun:
                                       max_new_tokens=gen.max_new_tokens, stop=gen.stop, batch_size=self.batch_size)
             for (_, meta), text in zip(items, texts):
                 q = meta["question"]
-                prediction = EXTRACTORS[self.spec.metric.extraction](text, r.prompt.answer_prefix)
+                prediction = self.scoring.extract(text, r.prompt.answer_prefix)
                 self.stats["decoded_tokens"] += len(self.tokenizer.encode(text, add_special_tokens=False))
                 preds.append(scored({
                     "doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": meta["rho"],
                     "condition": meta["condition"], "generation": text, "prediction": prediction,
                     "kv_entries": meta["kv_entries"], "kv_bytes": meta["kv_bytes"],
-                }, q, self.spec.metric.normalization))
+                }, q, self.scoring))
         timings["decode_s"] = time.perf_counter() - t0
         return preds, digests
 
 
-def scored(pred: dict, q, normalization: str) -> dict:
-    """The prediction with its gold answers, tags and scores (the spec's metric normalization);
+def scored(pred: dict, q, scoring) -> dict:
+    """The prediction with its gold answers, tags and scores (the spec's :class:`~benchmark.metrics.Scoring`);
     unchanged where the question carries no answers (a question view, as in lm-eval's requests)."""
     if not q.answers:
         return pred
-    s = score_prediction_with(pred["prediction"], q.answers, normalization)
-    return pred | {"answers": list(q.answers), "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"]} | (
+    return pred | {"answers": list(q.answers)} | scoring.score(pred["prediction"], q.answers) | (
         {"tags": list(q.tags)} if q.tags else {})
 
 
@@ -363,11 +367,10 @@ def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalReq
         header = result_header(submission, spec, model_spec, ds, split, rhos, conditions,
                                environment(req.device, run.dtype) | {"sandbox": sandbox},
                                slice={"docs": docs, "questions": questions})
-        stem = ds.id + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
-        path = result_path(req.out, submission.name, spec.tier, model_spec.id, stem)
+        path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, split, shard)
         result = ResultFile(path, header)
         done = result.done()
-        active = [c for c in conditions if submission.recipe.enabled or c == "base"]
+        active = submission.active_conditions(conditions)
         finished = sum(all((d.doc_id, rho, c) in done for rho in rhos for c in active) for d in documents)
         if finished and req.progress:
             print(f"{ds.id}: skipping {finished} of {len(documents)} documents, already done in {path}",

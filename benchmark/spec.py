@@ -94,8 +94,6 @@ class MetricSpec:
     extraction: str = "boxed_or_first_line"  # | "boxed_or_last_line": metrics.EXTRACTORS
 
 
-
-
 @dataclass(frozen=True)
 class Spec:
     spec_version: str
@@ -127,6 +125,12 @@ class Spec:
 
     def prompt_for(self, model: ModelSpec) -> Prompt:
         return model.prompt or self.prompt
+
+    def scoring(self):
+        """The spec's :class:`benchmark.metrics.Scoring`: extraction, metric, scale and kept-entries budget."""
+        from .metrics import Scoring
+
+        return Scoring(normalization=self.metric.normalization, extraction=self.metric.extraction, budget=self.budget)
 
 
 def _resolve_data_path(path: str) -> Path:

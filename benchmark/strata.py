@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import BASE
 from .metrics import detectable_difference, paired_bootstrap_ci
 
 STRATA = ("covered", "uncovered")
@@ -46,7 +47,7 @@ class Paired:
 
 
 def paired(preds: list[dict], headline: str, stratum: str, rho: float) -> Paired | None:
-    head, base = _scores(preds, headline, stratum, rho), _scores(preds, "base", stratum, rho)
+    head, base = _scores(preds, headline, stratum, rho), _scores(preds, BASE, stratum, rho)
     keys = sorted(set(head) & set(base))
     if not keys:
         return None

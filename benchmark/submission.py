@@ -24,7 +24,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LoraSettings, Recipe, TrainSettings
+from .config import (BASE, DEFAULT_ADAPTER_HEADLINE, LoraSettings, Recipe, TrainSettings, active_conditions,
+                     train_blocks, train_for)
 from .paths import folder_files, stable_hash
 from .spec import SpecError, load_yaml
 
@@ -49,8 +50,7 @@ class Submission:
     def has_code(self) -> bool:
         """The submission brings code of its own (a press or a QA hook), which only the sandbox
         (:class:`benchmark.worker.SubmissionProcess`) runs."""
-        trains = [self.raw["adapter"].get("train") or {}, *(self.raw["adapter"].get("per_model") or {}).values()]
-        return self.press_is_code or any(t.get("hook") for t in trains)
+        return self.press_is_code or any(t.get("hook") for t in train_blocks(self.raw["adapter"]).values())
 
     def make_compressor(self):
         """The press the YAML names. A press of the submission's own code is built only in the
@@ -71,17 +71,21 @@ class Submission:
     def headline_condition(self) -> str:
         if "headline_condition" in self.raw:
             return self.raw["headline_condition"]
-        return "base_kv_adapter_decode" if self.recipe.enabled else "base"
+        return DEFAULT_ADAPTER_HEADLINE if self.recipe.enabled else BASE
+
+    def active_conditions(self, conditions) -> list[str]:
+        """Which of ``conditions`` run for this submission: only ``base`` without an adapter."""
+        return active_conditions(conditions, self.recipe.enabled)
 
     def for_model(self, model_id: str) -> "Submission":
-        """This submission with ``adapter.per_model[model_id]`` laid over ``adapter.train``.
+        """This submission with its training settings for ``model_id`` (:func:`benchmark.config.train_for`).
 
         ``raw`` (and so :meth:`hash`) is unchanged: the overrides for every model are part of it.
         """
-        override = self.raw["adapter"].get("per_model", {}).get(model_id)
-        if not override:
+        merged = train_for(self.raw["adapter"], model_id)
+        if merged == (self.raw["adapter"].get("train") or {}):
             return self
-        train = dataclasses.replace(self.recipe.train, **override)
+        train = dataclasses.replace(self.recipe.train, **merged)
         return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, train=train))
 
     def hash(self) -> str:
@@ -150,9 +154,7 @@ def _check_code_refs(yml: Path, raw: dict) -> None:
         check_press_kwargs(press, raw["compressor"].get("kwargs"))
     except ValueError as exc:
         raise SpecError(f"{yml}: {exc}") from None
-    trains = {"adapter/train": raw["adapter"].get("train") or {}}
-    trains |= {f"adapter/per_model/{m}": t for m, t in (raw["adapter"].get("per_model") or {}).items()}
-    for where, train in trains.items():
+    for where, train in train_blocks(raw["adapter"]).items():
         hook = train.get("hook")
         if not hook:
             continue

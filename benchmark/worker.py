@@ -44,7 +44,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import PACKAGE_DIR, SUBMISSION_PROCESS_ENV
+from .paths import OFFLINE_ENV, PACKAGE_DIR, SUBMISSION_PROCESS_ENV, TOKENIZERS_ENV
 
 #: what ``environment.sandbox`` says: submission code ran in bubblewrap, in a plain child process,
 #: or the submission has no code of its own (every press and recipe is the harness's)
@@ -154,8 +154,7 @@ def _child_env() -> dict:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", "TMPDIR": "/tmp",
            "PYTHONPATH": str(PACKAGE_DIR.parent), "PYTHONDONTWRITEBYTECODE": "1",
            "LORAKV_CACHE": "/tmp/lorakv-cache", "HF_HOME": "/tmp/hf", "XDG_CACHE_HOME": "/tmp/cache",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", SUBMISSION_PROCESS_ENV: "1"}
+           **OFFLINE_ENV, **TOKENIZERS_ENV, SUBMISSION_PROCESS_ENV: "1"}
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES"):
         if k in os.environ:
             env[k] = os.environ[k]
@@ -384,8 +383,9 @@ class _Child:
         from .datasets import TrainingView
         from .paths import import_from
 
-        hooks = {t.get("hook") for t in [self.submission.raw["adapter"].get("train") or {},
-                                          *(self.submission.raw["adapter"].get("per_model") or {}).values()]}
+        from .config import train_blocks
+
+        hooks = {t.get("hook") for t in train_blocks(self.submission.raw["adapter"]).values()}
         if req["hook"] not in hooks - {None}:
             raise ValueError(f"'{req['hook']}' is not a hook of this submission")
         v = req["view"]

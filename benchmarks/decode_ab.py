@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmark.paths import set_offline  # before transformers is imported
+
+set_offline()
 
 
 def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):

@@ -11,11 +11,12 @@ ratio, and the largest difference between the two ways' losses (0 when the updat
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from benchmark.paths import set_offline  # before transformers is imported
+
+set_offline()
 
 
 def main() -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmark.paths import set_offline  # before transformers is imported
+
+set_offline()
 
 
 def linear_rate(dtype, rows: int, out_f: int = 4864, in_f: int = 896, reps: int = 3) -> float:

@@ -35,8 +35,9 @@ import resource
 import time
 from dataclasses import dataclass
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmark.paths import set_offline  # before transformers is imported
+
+set_offline()
 
 
 def gemm_peak(dtype, n: int = 1024, reps: int = 5) -> float:
@@ -166,7 +167,7 @@ def main() -> None:
     ds = resolve_dataset(spec, args.dataset or spec.datasets[0].id)
     docs = load_split(ds.split(args.split))[: args.docs]
     seconds: dict[str, float] = {}
-    conditions = list(spec.conditions) if sub.recipe.enabled else ["base"]
+    conditions = sub.active_conditions(spec.conditions)
     n_rows = n_doc_tokens = 0
     for doc in docs:
         qs = list(doc.questions)[: args.questions]

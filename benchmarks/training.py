@@ -13,11 +13,11 @@ the final losses side by side.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmark.paths import set_offline  # before transformers is imported
+
+set_offline()
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from benchmark.adapters import Recipe
+from benchmark.config import BASE
 from benchmark.datasets import load_split
 from benchmark.models import load_model
 from benchmark.runner import DocumentRun, model_key
@@ -51,7 +52,7 @@ def main() -> None:
         for ds in spec.datasets:
             scores = {0.0: [], 1.0: []}
             for doc in load_split(ds.dev):
-                _, preds = run.evaluate(doc, [0.0, 1.0], ["base"])
+                _, preds = run.evaluate(doc, [0.0, 1.0], [BASE])
                 for p in preds:
                     scores[p["rho"]].append(p["rouge_l"])
             rows.append([name, ds.id, sum(scores[0.0]) / len(scores[0.0]), sum(scores[1.0]) / len(scores[1.0]),

@@ -28,6 +28,7 @@ import time
 import numpy as np
 from tabulate import tabulate
 
+from benchmark.config import BASE, DEFAULT_ADAPTER_HEADLINE
 from benchmark.datasets import load_split
 from benchmark.metrics import paired_bootstrap_ci
 from benchmark.models import load_model
@@ -36,7 +37,7 @@ from benchmark.spec import load_spec
 from benchmark.submission import load_submission
 
 RHOS = [0.0, 1.0]
-HEADLINE = "base_kv_adapter_decode"
+HEADLINE = DEFAULT_ADAPTER_HEADLINE
 
 
 def summarise(preds: list[dict]) -> dict:
@@ -48,11 +49,11 @@ def summarise(preds: list[dict]) -> dict:
     def mean(d: dict) -> float:
         return float(np.mean(list(d.values()))) if d else float("nan")
 
-    head0, base0 = scores(HEADLINE, 0.0), scores("base", 0.0)
+    head0, base0 = scores(HEADLINE, 0.0), scores(BASE, 0.0)
     keys = sorted(head0)
     diff, lo, hi = paired_bootstrap_ci([head0[k] for k in keys], [base0[k] for k in keys], [k[0] for k in keys])
     return {"covered_rho1": mean(scores(HEADLINE, 1.0, "covered")),
-            "uncovered_rho1_minus_base": mean(scores(HEADLINE, 1.0, "uncovered")) - mean(scores("base", 1.0, "uncovered")),
+            "uncovered_rho1_minus_base": mean(scores(HEADLINE, 1.0, "uncovered")) - mean(scores(BASE, 1.0, "uncovered")),
             "rho0_minus_base": diff, "rho0_ci": (lo, hi), "reads": hi >= 0}
 
 
@@ -87,7 +88,7 @@ def main() -> None:
                                     progress=False)
             t0, preds, diverged = time.perf_counter(), [], 0
             for doc in docs:
-                record, doc_preds = run.evaluate(doc, RHOS, ["base", HEADLINE])
+                record, doc_preds = run.evaluate(doc, RHOS, [BASE, HEADLINE])
                 preds += doc_preds
                 diverged += bool(record["adapter"] and record["adapter"].get("diverged"))
                 print(f"lr {lr:g} x {epochs} epochs: {doc.doc_id} done, {time.perf_counter() - t0:.0f} s", flush=True)

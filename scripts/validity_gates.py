@@ -25,6 +25,7 @@ from collections import defaultdict
 import numpy as np
 from tabulate import tabulate
 
+from benchmark.config import BASE
 from benchmark.metrics import paired_bootstrap_ci
 from benchmark.runner import evaluate
 from benchmark.spec import load_spec
@@ -51,7 +52,7 @@ def base_scores(data: dict) -> dict[tuple[str, float], dict[str, float]]:
     """(dataset, rho) -> {question key: ROUGE-L} of the base condition of one result file."""
     out: dict = defaultdict(dict)
     for p in data["predictions"]:
-        if p["condition"] == "base":
+        if p["condition"] == BASE:
             out[(data["dataset"]["id"], p["rho"])][(p["doc_id"], p["question_id"])] = p["rouge_l"]
     return out
 
@@ -70,7 +71,7 @@ def main() -> None:
     for name, submission in PRESSES.items():
         # rho 0 and 1 do not depend on the press: run them once, with SnapKV
         rhos = args.rhos if name == "snapkv" else [r for r in args.rhos if 0 < r < 1]
-        paths = evaluate(submission, model_id=model_id, split="dev", rhos=rhos, conditions=["base"], out=args.out)
+        paths = evaluate(submission, model_id=model_id, split="dev", rhos=rhos, conditions=[BASE], out=args.out)
         scores[name] = {}
         for path in paths:
             data = json.loads(path.read_text())

@@ -62,3 +62,18 @@ def test_validate_verbose_lists_the_checks(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"FAIL {r} (1 problem)"
     assert out[1:] == [f"  check: {c}" for c in RESULT_CHECKS] and "  check: check_cells" in out
+
+
+def test_smoke_extracts_and_scores_with_the_spec(capsys):
+    """smoke reports the answer its tier's results would hold: the paper spec takes the last line of
+    a generation that goes on after the answer, where the mini spec takes the first."""
+    from benchmark.cli import smoke_answer
+    from benchmark.datasets import Question
+    from benchmark.spec import load_spec
+
+    q = Question(id="q", question="Where?", answers=("Tollervik",))
+    generation = " Tollervik\nIt is named in the first part."
+    paper, mini = load_spec("paper"), load_spec("mini")
+    assert "A: 'It is named in the first part.'" in smoke_answer(paper, q, generation, paper.prompt.answer_prefix)
+    assert "A: 'Tollervik'" in smoke_answer(mini, q, generation, mini.prompt.answer_prefix)
+    assert "'rouge_l': 100.0" in smoke_answer(mini, q, generation, mini.prompt.answer_prefix)

@@ -4,6 +4,7 @@ enums equal the Python constants they repeat."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,66 @@ def test_schema_enum_equals_python_constant(schema, path, constant):
 
 def test_objectives_are_the_recipes_that_train():
     assert config.RECIPES == ("none",) + config.OBJECTIVES
+
+
+def test_condition_names_and_help_are_one_list():
+    assert (config.BASE, config.ADAPTER_ALL, config.BASE_KV_ADAPTER_DECODE,
+            config.BASE_SCORE_ADAPTER_PREFILL) == config.CONDITION_NAMES == tuple(config.CONDITION_HELP)
+    assert [c for c in config.CONDITION_NAMES if not config.uses_adapter(c)] == [config.BASE]
+
+
+def test_only_base_runs_without_an_adapter():
+    from benchmark.submission import load_submission
+
+    names = list(reversed(config.CONDITION_NAMES))
+    assert config.active_conditions(names, has_adapter=False) == [config.BASE]
+    assert config.active_conditions(names, has_adapter=True) == names
+    assert load_submission(ROOT / "submissions" / "snapkv").active_conditions(names) == names
+    assert load_submission(ROOT / "submissions" / "snapkv-noadapter").active_conditions(names) == [config.BASE]
+
+
+def test_train_for_lays_a_models_overrides_over_train():
+    from benchmark.submission import load_submission
+
+    adapter = {"train": {"lr": 1e-3, "epochs": 6}, "per_model": {"big": {"lr": 5e-4}, "none": None}}
+    assert config.train_for(adapter, "big") == {"lr": 5e-4, "epochs": 6}
+    assert config.train_for(adapter, "other") == config.train_for(adapter, "none") == {"lr": 1e-3, "epochs": 6}
+    assert list(config.train_blocks(adapter)) == ["adapter/train", "adapter/per_model/big", "adapter/per_model/none"]
+    sub = load_submission(ROOT / "submissions" / "snapkv")
+    for model_id in sub.raw["adapter"]["per_model"]:
+        merged = config.train_for(sub.raw["adapter"], model_id)
+        assert all(getattr(sub.for_model(model_id).recipe.train, k) == v for k, v in merged.items())
+
+
+def test_paper_datasets_are_the_paper_specs():
+    from benchmark.spec import load_spec
+
+    assert config.PAPER_DATASETS == tuple(d.id for d in load_spec("paper").datasets)
+
+
+def test_cli_choices_are_the_constants():
+    from benchmark.cli import build_parser
+
+    def choices(command: str, dest: str):
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+        return next(a for a in sub._actions if a.dest == dest).choices
+
+    assert tuple(choices("evaluate", "split")) == config.SPLITS
+    assert tuple(choices("evaluate", "executor")) == config.EXECUTORS
+    assert tuple(choices("evaluate", "dtype")) == config.RUN_DTYPES
+    assert tuple(choices("prepare-data", "name")) == config.PAPER_DATASETS
+
+
+def test_set_offline_defaults_the_hub_variables(monkeypatch):
+    from benchmark.paths import OFFLINE_ENV, set_offline
+
+    for var in OFFLINE_ENV:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the user's value wins
+    set_offline(hub=True)
+    assert [os.environ.get(v) for v in OFFLINE_ENV] == ["0", None, None]
+    set_offline()
+    assert [os.environ.get(v) for v in OFFLINE_ENV] == ["0", "1", "1"]
 
 
 # ---------------------------------------------------------------- EvalRequest: one object from the CLI down

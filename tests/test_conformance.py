@@ -255,13 +255,13 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
     """A result file that passes every check: real mini-tier questions, made-up generations,
     metrics and cells computed the way the runner does. Returns (path, submissions dir)."""
     from benchmark.datasets import load_split
-    from benchmark.metrics import extract_answer, score_prediction
     from benchmark.results import ResultFile, result_path
     from benchmark.submission import load_submission
 
     folder = write_submission(tmp_path, "knorm", yaml_for("knorm"))
     sub = load_submission(folder)
     spec = load_spec("mini")
+    scoring = spec.scoring()
     model = spec.model()
     ds = spec.dataset(dataset)
     prefix = spec.prompt_for(model).answer_prefix
@@ -275,13 +275,13 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
             for rho in sorted(spec.rhos):
                 right = (q_i + d_i) % 3 != 0 and rho < 0.9
                 generation = f" {q.answers[0]}\nQuestion: more" if right else " I am not sure\n"
-                prediction = extract_answer(generation, prefix)
-                s = score_prediction(prediction, q.answers)
-                kept = LAYER_HEADS * kept_per_head(12, 300, rho)  # what evict keeps: prefix + kvpress's budget
+                prediction = scoring.extract(generation, prefix)
+                s = scoring.score(prediction, q.answers)
+                kept = LAYER_HEADS * kept_per_head(12, 300, rho, scoring)  # what evict keeps: prefix + kvpress's budget
                 preds.append({"doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": rho,
                               "condition": "base",
                               "generation": generation, "prediction": prediction, "answers": list(q.answers),
-                              "rouge_l": 100 * s["rouge_l"], "exact_match": 100 * s["exact_match"],
+                              "rouge_l": s["rouge_l"], "exact_match": s["exact_match"],
                               "kv_entries": kept, "kv_bytes": ENTRY_BYTES * kept} | ({"tags": list(q.tags)} if q.tags else {}))
     rf.data["documents"], rf.data["predictions"] = docs, preds
     rf.save()
@@ -369,7 +369,6 @@ def _gold(p):
 def test_predictions_set_to_gold_without_their_generations_are_reported(valid_result):
     """Setting every prediction (and its scores and cells) to the gold answer, generations left alone:
     the extraction check catches it. Gold generations too are caught by re-running (verify)."""
-    from benchmark.metrics import score_prediction
     from benchmark.results import aggregate
 
     path, subs = valid_result
@@ -377,8 +376,7 @@ def test_predictions_set_to_gold_without_their_generations_are_reported(valid_re
     def to_gold(data):
         for p in data["predictions"]:
             p["prediction"] = _gold(p)
-            s = score_prediction(p["prediction"], p["answers"])
-            p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+            p |= load_spec("mini").scoring().score(p["prediction"], p["answers"])
         data["cells"] = aggregate(data["predictions"], data["documents"])
 
     problems = check_result_file(_tamper(path, to_gold), submissions_dir=subs)
@@ -388,7 +386,6 @@ def test_predictions_set_to_gold_without_their_generations_are_reported(valid_re
 def test_changed_gold_answers_are_reported(valid_result):
     """An answer changed inside the file to match a wrong prediction, scores and cells recomputed from
     the file's own answers: the pinned dataset still has the real answer."""
-    from benchmark.metrics import score_prediction
     from benchmark.results import aggregate
 
     path, subs = valid_result
@@ -396,8 +393,7 @@ def test_changed_gold_answers_are_reported(valid_result):
     def rewrite_answers(data):
         for p in data["predictions"]:
             p["answers"] = [p["prediction"] or "x"]
-            s = score_prediction(p["prediction"], p["answers"])
-            p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+            p |= load_spec("mini").scoring().score(p["prediction"], p["answers"])
         data["cells"] = aggregate(data["predictions"], data["documents"])
 
     problems = check_result_file(_tamper(path, rewrite_answers), submissions_dir=subs)

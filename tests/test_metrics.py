@@ -64,3 +64,20 @@ def test_paired_bootstrap_separates_a_constant_shift_and_not_noise():
     assert lo < 0 < hi
     with pytest.raises(ValueError, match="same questions"):
         paired_bootstrap_ci(base[:5], base, clusters)
+
+
+def test_scoring_is_the_specs_rules_on_the_result_scale():
+    from benchmark.metrics import SCALE, Scoring
+    from benchmark.spec import load_spec
+
+    paper, mini = load_spec("paper").scoring(), load_spec("mini").scoring()
+    assert (paper.extraction, paper.normalization, paper.budget) == ("boxed_or_last_line", "paper", "paper_floor")
+    assert mini == Scoring()
+    generation = "Anders}\nHe is named in the first part."
+    assert mini.extract(generation, "The answer is \\boxed{") == "Anders"
+    assert paper.extract(generation, "The answer is \\boxed{") == "He is named in the first part."
+    assert paper.score("the Anders", ["Anders."]) == {"rouge_l": SCALE * 1.0, "exact_match": SCALE * 1.0}
+    assert paper.fractions("Anders Berg", ["Anders"])["rouge_l"] == pytest.approx(2 / 3)
+    assert (mini.kept(10, 0.95), paper.kept(10, 0.95)) == (1, 0)  # kvpress keeps 1, the paper's floor 0
+    with pytest.raises(ValueError, match="budget 'half': choose from kvpress, paper_floor"):
+        Scoring(budget="half")

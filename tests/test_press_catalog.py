@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.compression import build_compressor, evict, prefill
-from benchmark.press_catalog import CATALOG, NOTE, REFUSED, RUNS, PressRefused, check_supported, kvpress_presses, \
-    markdown_table
+from benchmark.press_catalog import CATALOG, MODES, NOTE, REFUSED, RUNS, SCORE, PressRefused, check_supported, \
+    contributing_table, kvpress_presses, markdown_table, scoring_mode, write_contributing
 from benchmark.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +27,31 @@ def test_catalog_lists_exactly_kvpress_exports():
 
 def test_contributing_table_is_the_catalog():
     text = (ROOT / "CONTRIBUTING.md").read_text()
-    table = re.search(r"<!-- press table:.*?-->\n(.*?)\n<!-- end press table -->", text, flags=re.S).group(1)
-    assert table == markdown_table(), "regenerate the table with benchmark.press_catalog.markdown_table()"
+    assert contributing_table(text) == markdown_table(), "regenerate the table: python -m benchmark.press_catalog"
+
+
+def test_the_generator_rewrites_only_the_table(tmp_path):
+    f = tmp_path / "CONTRIBUTING.md"
+    f.write_text("before\n<!-- press table: x -->\n| old |\n<!-- end press table -->\nafter\n")
+    assert write_contributing(f) is True
+    assert f.read_text() == f"before\n<!-- press table: x -->\n{markdown_table()}\n<!-- end press table -->\nafter\n"
+    assert write_contributing(f) is False
+
+
+def test_press_behaviour_is_keyed_only_by_the_catalog():
+    """compression and replay dispatch on the catalog's modes: no press class is named in their code,
+    so a press of a new kvpress release is one catalog entry."""
+    sources = {m: (ROOT / "benchmark" / f"{m}.py").read_text() for m in ("compression", "replay", "runner", "plan")}
+    named = [(m, n) for m, text in sources.items() for n in CATALOG if f'"{n}"' in text or f"'{n}'" in text]
+    assert named == []
+    assert all(s.mode in MODES for s in CATALOG.values())
+
+
+@pytest.mark.parametrize("name, mode", [("SnapKVPress", SCORE), ("AdaKVPress", "head-wise"), ("KVzipPress", "replay")])
+def test_scoring_mode_of_a_built_press_is_its_entry(name, mode):
+    kwargs = {"press": {"press": "SnapKVPress"}} if name == "AdaKVPress" else None
+    press = build_compressor(name, kwargs)
+    assert scoring_mode(press) == mode == CATALOG[name].mode
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in CATALOG.items() if s.status == RUNS))

@@ -2,7 +2,7 @@
 
 A refactoring that changes a number, a hash or a rendered byte fails here:
 - every committed result file re-serialises identically after its scores and cells are recomputed
-  from its predictions (``results.aggregate``, ``metrics.score_prediction``, the writer's format);
+  from its predictions (``results.aggregate``, ``Spec.scoring``, the writer's format);
 - every committed result file's ``submission.hash`` is what its committed submission folder hashes
   to now, and the hash function itself is pinned on a fixed folder;
 - ``lorakv-bench leaderboard`` writes, into a temporary copy of the layout, exactly the committed
@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from benchmark import cli, leaderboard
-from benchmark.metrics import extract_answer, score_prediction
 from benchmark.page import PAGE_HTML
 from benchmark.results import aggregate
 from benchmark.spec import load_spec
@@ -43,11 +42,12 @@ def _serialise(data: dict) -> str:
 def test_result_file_rederives_byte_for_byte(path):
     text = path.read_text(encoding="utf-8")
     data = json.loads(text)
-    answer_prefix = load_spec(data["tier"]).prompt_for(load_spec(data["tier"]).model(data["model"]["id"])).answer_prefix
+    spec = load_spec(data["tier"])
+    scoring, answer_prefix = spec.scoring(), spec.prompt_for(spec.model(data["model"]["id"])).answer_prefix
     for p in data["predictions"]:
-        p["prediction"] = extract_answer(p["generation"], answer_prefix)
-        s = score_prediction(p["prediction"], p["answers"])
-        p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+        p["prediction"] = scoring.extract(p["generation"], answer_prefix)
+        s = scoring.score(p["prediction"], p["answers"])
+        p["rouge_l"], p["exact_match"] = s["rouge_l"], s["exact_match"]
     data["cells"] = aggregate(data["predictions"], data["documents"])
     assert _serialise(data) == text
 

@@ -48,15 +48,14 @@ def test_verify_passes_on_an_honest_result(tiny_result):
 
 
 def test_verify_detects_gold_generations(tiny_result):
-    from benchmark.metrics import score_prediction
     from benchmark.results import aggregate
+    from benchmark.spec import load_spec
 
     path, subs = tiny_result
     data = json.loads(path.read_text())
     for p in data["predictions"]:
         p["generation"], p["prediction"] = " " + p["answers"][0], p["answers"][0]
-        s = score_prediction(p["prediction"], p["answers"])
-        p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
+        p |= load_spec("mini").scoring().score(p["prediction"], p["answers"])
     data["cells"] = aggregate(data["predictions"], data["documents"])
     path.write_text(json.dumps(data, indent=1))
     v = verify_result(path, 1, submissions_dir=subs)

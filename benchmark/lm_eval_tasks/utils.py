@@ -15,7 +15,6 @@ import functools
 import re
 
 from ..datasets import Document, load_split
-from ..metrics import extract_answer, score_prediction
 from ..spec import Spec, load_spec
 
 ROW_FIELDS = ("tier", "dataset", "split", "doc_id", "question_id", "question", "answers", "document", "answer_prefix")
@@ -94,13 +93,14 @@ def doc_to_target(doc: dict) -> str:
 
 
 def extract_answers(resps: list[list[str]], docs: list[dict]) -> list[list[str]]:
-    """The ``extract`` filter: each generation cut to its answer exactly as the runner does
-    (:func:`benchmark.metrics.extract_answer` with the row's answer prefix)."""
-    return [[extract_answer(r, doc["answer_prefix"]) for r in rs] for rs, doc in zip(resps, docs)]
+    """The ``extract`` filter: each generation cut to its answer exactly as the runner does (the
+    row's tier's :meth:`~benchmark.spec.Spec.scoring` with the row's answer prefix)."""
+    return [[_spec(doc["tier"]).scoring().extract(r, doc["answer_prefix"]) for r in rs] for rs, doc in zip(resps, docs)]
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     """Score the (already extracted, see :func:`extract_answers`) answer as the runner does, on
-    lm-eval's 0-1 scale: ``rougeL`` (max ROUGE-L F1 over gold answers) and ``exact_match``."""
-    s = score_prediction(results[0], doc["answers"])
+    lm-eval's 0-1 scale (:meth:`~benchmark.metrics.Scoring.fractions`; result files hold the same
+    numbers x100): ``rougeL`` (max ROUGE-L F1 over gold answers) and ``exact_match``."""
+    s = _spec(doc["tier"]).scoring().fractions(results[0], doc["answers"])
     return {"rougeL": s["rouge_l"], "exact_match": s["exact_match"]}

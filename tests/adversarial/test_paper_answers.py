@@ -16,7 +16,6 @@ import pytest
 from benchmark import cli, paper_data
 from benchmark.conformance import check_result_file, kept_per_head
 from benchmark.datasets import load_documents
-from benchmark.metrics import EXTRACTORS, score_prediction_with
 from benchmark.runner import result_header
 from benchmark.spec import load_spec
 
@@ -59,11 +58,11 @@ def prepared(tmp_path, answers_dir, capsys) -> list:
     return load_documents(out)
 
 
-def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0) -> Path:
+def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0, after: str = "") -> Path:
     """A paper-tier result of paper-tier-default on qwen3-4b and ``docs`` that is right in every
     other respect: paper extraction and metric, paper_floor budget, the model's KV shape. Its
     stored answers are ``answers_of(question, prediction)`` (default: the gold ones); the last
-    ``skip`` questions of the last document are left out."""
+    ``skip`` questions of the last document are left out; ``after`` follows every generation."""
     from benchmark.config import DTYPE_BYTES, KV_SHAPES
     from benchmark.results import ResultFile, result_path
     from benchmark.submission import load_submission
@@ -72,7 +71,7 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0) -> Path
     spec = load_spec("paper")
     model, ds = spec.model(MODEL_ID), spec.dataset("narrativeqa")
     layers, kv_heads, head_dim = KV_SHAPES[MODEL_ID]
-    extract = EXTRACTORS[spec.metric.extraction]
+    scoring = spec.scoring()
     header = result_header(sub, spec, model, ds, "test", sorted(spec.rhos), list(spec.conditions), dict(ENVIRONMENT))
     path = result_path(root / "leaderboard" / "results", sub.name, "paper", model.id, ds.id)
     rf = ResultFile(path, header)
@@ -85,14 +84,15 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0) -> Path
             for rho in sorted(spec.rhos):
                 for cond in ("base", sub.headline_condition):
                     generation = q.answers[0] if (q_i + d_i) % 2 == 0 and rho < 0.99 else "I do not know"
-                    prediction = extract(generation, "")
+                    generation += after
+                    prediction = scoring.extract(generation, "")
                     answers = list(q.answers) if answers_of is None else answers_of(q, prediction)
-                    s = score_prediction_with(prediction, answers, spec.metric.normalization)
-                    entries = layers * kv_heads * kept_per_head(40, 1000, rho, spec.budget)
+                    s = scoring.score(prediction, answers)
+                    entries = layers * kv_heads * kept_per_head(40, 1000, rho, scoring)
                     preds.append({"doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": rho,
                                   "condition": cond, "generation": generation, "prediction": prediction,
-                                  "answers": answers, "rouge_l": 100 * s["rouge_l"],
-                                  "exact_match": 100 * s["exact_match"], "kv_entries": entries,
+                                  "answers": answers, "rouge_l": s["rouge_l"],
+                                  "exact_match": s["exact_match"], "kv_entries": entries,
                                   "kv_bytes": entries * 2 * head_dim * DTYPE_BYTES["bfloat16"]})
     rf.data["documents"], rf.data["predictions"] = records, preds
     rf.save()
@@ -120,6 +120,29 @@ def test_fabricated_paper_result_is_refused_when_no_digest_exists(tmp_path, answ
 def test_gold_answers_pass_against_the_digest(tmp_path, prepared):
     path = paper_result(tmp_path, prepared)
     assert check_result_file(path, submissions_dir=ROOT / "submissions") == []
+
+
+def test_text_after_the_answer_is_scored_the_papers_way(tmp_path, prepared):
+    """A generation that goes on after its answer (``Tollervik}.`` then a line of explanation): the
+    paper's extraction reads the generation alone and takes its last line, the mini tier's would take
+    ``Tollervik`` through the answer prefix. Stored the paper's way, the file passes every check;
+    stored the mini way, the extraction and score checks name the fields."""
+    from benchmark.metrics import Scoring
+
+    path = paper_result(tmp_path, prepared, after="}.\nThe story says so in its second part.")
+    data = json.loads(path.read_text())
+    assert {p["prediction"] for p in data["predictions"]} == {"The story says so in its second part."}
+    assert check_result_file(path, submissions_dir=ROOT / "submissions") == []
+
+    mini_way, prefix = Scoring(), load_spec("paper").prompt.answer_prefix
+    for p in data["predictions"]:
+        p["prediction"] = mini_way.extract(p["generation"], prefix)
+        p |= load_spec("paper").scoring().score(p["prediction"], p["answers"])
+    assert data["predictions"][0]["prediction"] != "The story says so in its second part."
+    path.write_text(json.dumps(data))
+    problems = check_result_file(path, submissions_dir=ROOT / "submissions")
+    assert any("/prediction'" in p and "extracts to 'The story says so in its second part.'" in p
+               for p in problems), problems
 
 
 def test_fabricated_answers_are_refused_against_the_digest(tmp_path, prepared):

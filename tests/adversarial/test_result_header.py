@@ -36,7 +36,6 @@ def write_result(root: Path) -> tuple[Path, Path]:
     """A conformant mini result with a QA adapter (base and base_kv_adapter_decode on every
     question of mini-narrative); returns (path, submissions dir)."""
     from benchmark.datasets import load_split
-    from benchmark.metrics import extract_answer, score_prediction
     from benchmark.results import ResultFile, result_path
     from benchmark.submission import load_submission
 
@@ -60,13 +59,13 @@ def write_result(root: Path) -> tuple[Path, Path]:
                 for cond in ("base", "base_kv_adapter_decode"):
                     right = (q_i + d_i + (cond != "base")) % 3 != 0 and rho < 0.9
                     generation = f" {q.answers[0]}\n" if right else " I am not sure\n"
-                    prediction = extract_answer(generation, prefix)
-                    s = score_prediction(prediction, q.answers)
-                    entries = layers * kv_heads * kept_per_head(12, 300, rho)
+                    prediction = spec.scoring().extract(generation, prefix)
+                    s = spec.scoring().score(prediction, q.answers)
+                    entries = layers * kv_heads * kept_per_head(12, 300, rho, spec.scoring())
                     preds.append({"doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": rho,
                                   "condition": cond, "generation": generation, "prediction": prediction,
-                                  "answers": list(q.answers), "rouge_l": 100 * s["rouge_l"],
-                                  "exact_match": 100 * s["exact_match"], "kv_entries": entries,
+                                  "answers": list(q.answers), "rouge_l": s["rouge_l"],
+                                  "exact_match": s["exact_match"], "kv_entries": entries,
                                   "kv_bytes": entries * 2 * head_dim * DTYPE_BYTES["float32"]}
                                  | ({"tags": list(q.tags)} if q.tags else {}))
     rf.data["documents"], rf.data["predictions"] = docs, preds
