@@ -56,7 +56,9 @@ def check_evaluate_flags(args) -> None:
     _shard(args.shard)
     spec = load_spec(args.tier)
     if args.model:
-        spec.model(args.model)
+        from .models import locate_model
+
+        locate_model(spec, args.model)  # a spec id, a model folder, or a Hub id the Hub gives
     from .datasets import resolve_dataset
 
     for ds in args.dataset or []:
@@ -184,7 +186,12 @@ def dry_run(args) -> int:
             return 2
         print(f"preset {args.preset}: {presets[args.preset]['description']}")
         subs = [str(Path(args.submission).parent / s) for s in presets[args.preset]["submissions"]]
-    models = [spec.model(args.model)] if args.model else list(spec.models)
+    if args.model:
+        from .models import resolve_model
+
+        models = [resolve_model(spec, args.model)]
+    else:
+        models = list(spec.models)
     rhos = args.rhos or list(spec.rhos)
     rows = []
     for sub_path in subs:
@@ -433,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=f"{RHO_HELP}. Conditions: {_cond_help()}.")
     e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
     e.add_argument("--tier", default="mini", help="mini (default, CPU) or paper")
-    e.add_argument("--model", help="model id from the spec (default: the spec's default model)")
+    e.add_argument("--model", help="model id from the spec (default: the spec's default model), or a model of your "
+                   "own: a local transformers folder (config.json, weights, tokenizer) or a Hugging Face Hub id "
+                   "(ORG/NAME, where the Hub is reachable), run with the spec's data, prompt and generation")
     e.add_argument("--dataset", action="append", help="dataset id, or a JSONL file in the document format (see "
                    "validate-data; results are named after the file and carry its sha256); repeatable; default: all "
                    "of the tier")
@@ -521,10 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _uses_hub(args) -> bool:
-    """prepare-data and the paper tier may download (weights, datasets): leave HF's offline mode to
-    the user's environment there. Everything else (the mini tier, validation, the leaderboard)
-    never needs a hub."""
-    return args.command == "prepare-data" or getattr(args, "tier", "mini") != "mini"
+    """prepare-data, the paper tier and ``--model ORG/NAME`` (a Hub id, no local folder) may
+    download (weights, datasets): leave HF's offline mode to the user's environment there.
+    Everything else (the mini tier, validation, the leaderboard) never needs a hub."""
+    if args.command == "prepare-data" or getattr(args, "tier", "mini") != "mini":
+        return True
+    model = getattr(args, "model", None)
+    return bool(model) and "/" in model and not Path(model).expanduser().exists()
 
 
 def main(argv: list[str] | None = None) -> int:

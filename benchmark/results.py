@@ -20,7 +20,12 @@ FORMAT = "lorakv-bench-result/1"
 
 
 def result_path(root: str | Path, submission: str, tier: str, model: str, dataset: str) -> Path:
-    return Path(root) / submission / tier / model / f"{dataset}.json"
+    return Path(root) / submission / tier / model_dir(model) / f"{dataset}.json"
+
+
+def model_dir(model_id: str) -> str:
+    """The folder of a model's results: its id, with a Hub id's "/" written "--" (as the HF cache does)."""
+    return model_id.replace("/", "--")
 
 
 def environment(device: str, dtype: str | None = None) -> dict:
