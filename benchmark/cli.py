@@ -363,6 +363,15 @@ def cmd_verify(args) -> int:
     return status
 
 
+def cmd_export_adapter(args) -> int:
+    from .export import METADATA, export_adapter
+
+    out = export_adapter(args.result, args.doc_id, args.out, args.model)
+    print(f"wrote {out} (adapter_config.json, adapter_model.safetensors, {METADATA}); load it with "
+          f"peft.PeftModel.from_pretrained(base_model, '{out}')")
+    return 0
+
+
 def cmd_leaderboard(args) -> int:
     from .leaderboard import DATA_CSV, DATA_JSON, render, stale_files
 
@@ -504,6 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--device", default="cpu", help="cpu (default: generations are reproducible there) or cuda")
     ver.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
     ver.set_defaults(func=cmd_verify)
+
+    ex = sub.add_parser("export-adapter", help="write one document's adapter of a result as a peft folder "
+                        "(adapter_config.json + weights, lorakv.json naming document, recipe, submission, spec)")
+    ex.add_argument("result", metavar="RESULT", help="a result file of a submission that trains adapters")
+    ex.add_argument("doc_id", metavar="DOC_ID", help="the document whose adapter to export")
+    ex.add_argument("out", metavar="OUT", help="the folder to write (new or empty)")
+    ex.add_argument("--model", help="the model folder, for a result of a local model of one's own (`evaluate "
+                    "--model PATH`); it becomes the adapter's base_model_name_or_path")
+    ex.set_defaults(func=cmd_export_adapter)
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md, its plots and "
                         "its data (leaderboard.json, leaderboard.csv) from the result files")
