@@ -111,6 +111,11 @@ def test_tiny_folder_end_to_end_validates(tiny_folder, tmp_path):
                              "revision": data["model"]["revision"], "dtype": "float32", "kv_shape": [2, 2, 16],
                              "chat_template_sha256": chat_template_sha256(tiny_tokenizer())}
     assert check_result_file(path, submissions_dir=REPO / "submissions", full_protocol=False) == []
+    from benchmark.spec import SpecError
+    from benchmark.verify import verify_result
+
+    with pytest.raises(SpecError, match="verify re-runs results of the spec's models only"):
+        verify_result(path, 1, seed="1", submissions_dir=REPO / "submissions", device="cpu")
 
     # the checks read the recorded shape: another shape makes every kv_entries wrong ...
     data["model"]["kv_shape"] = [3, 2, 16]
