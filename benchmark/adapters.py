@@ -87,25 +87,49 @@ def _synthesized(view: TrainingView, recipe: Recipe, model, tokenizer, model_key
 
     if model is None:
         raise ValueError("qa_source 'synthesize' needs the generator model")
-    chunking = {"chunking": "paper"} if recipe.train.synthesis == "paper" else {}
+    options = {"chunking": "paper", "parser": "paper"} if recipe.train.synthesis == "paper" else {}
     return cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key,
-                             **chunking)
+                             batch_size=recipe.train.synthesis_batch_size, **options)
+
+
+def file_name_order(n: int) -> list[int]:
+    """The order in which the paper's code reads ``n`` sections back: it writes section i to
+    ``<id>_chunk<i>.txt`` and lists the folder with ``sorted(glob("*.txt"))``, a string sort, so
+    chunk1 is followed by chunk10, chunk100, ..., chunk11, and chunk2 comes after chunk19x."""
+    return sorted(range(n), key=lambda i: f"chunk{i}.txt")
+
+
+def chunk_next_chunks(text: str, train: TrainSettings, tokenizer) -> list[str]:
+    """The chunks whose consecutive pairs make ``chunk_next``'s examples (``train.chunk_next_data``):
+    ``tokens`` = ``chunk_tokens``-token chunks decoded; ``sections`` = the paper's synthesis sections
+    (two 64-word units, overlapping by one) in document order; ``paper`` = those sections as the
+    paper's code reads them back from its files (newlines as text-mode reading gives them, in
+    :func:`file_name_order`), so most "next" chunks are not the section that follows."""
+    if train.chunk_next_data == "tokens":
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        n = train.chunk_tokens
+        return [tokenizer.decode(ids[i:i + n]).strip() for i in range(0, len(ids), n)]
+    from .synthesis import SynthesisSettings, paper_sections
+
+    sections = paper_sections(text, SynthesisSettings().unit_words)
+    if train.chunk_next_data == "paper":
+        sections = [sections[i].replace("\r\n", "\n").replace("\r", "\n") for i in file_name_order(len(sections))]
+    return [s.strip() for s in sections]
 
 
 def _ntp_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer) -> list[Example]:
     """ntp's three formats: ``chunks`` (raw chunks of ``chunk_tokens``, loss everywhere),
     ``document`` (the whole document as one raw sequence, the paper's raw variant), and
     ``chunk_next`` (the paper's chat variant: user = one chunk, assistant = the next chunk plus
-    end of turn, loss on the assistant part only)."""
-    ids = renderer.doc_ids(view.text)
+    end of turn, loss on the assistant part only; the chunks: :func:`chunk_next_chunks`)."""
     n = recipe.train.chunk_tokens
     fmt = recipe.train.ntp_format
-    if fmt == "document":
-        return [Example(ids, ids)] if len(ids) > 1 else []
-    if fmt == "chunks":
+    if fmt in ("document", "chunks"):
+        ids = renderer.doc_ids(view.text)
+        if fmt == "document":
+            return [Example(ids, ids)] if len(ids) > 1 else []
         return [Example(ids[i:i + n], ids[i:i + n]) for i in range(0, len(ids), n) if len(ids[i:i + n]) > 1]
-    tok = renderer.tokenizer
-    chunks = [tok.decode(ids[i:i + n]).strip() for i in range(0, len(ids), n)]
+    chunks = chunk_next_chunks(view.text, recipe.train, renderer.tokenizer)
     examples = []
     for cur, nxt in zip(chunks, chunks[1:]):
         if not cur or not nxt:

@@ -374,8 +374,14 @@ def cmd_export_adapter(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from .leaderboard import DATA_CSV, DATA_JSON, render, stale_files
+    from .page import PAGE_HTML, load_rows, summary_markdown
 
-    data = ", ".join(str(Path(args.out).parent / n) for n in (DATA_JSON, DATA_CSV))
+    if args.summary:  # regenerate, then print only the summary: stdout is the summary's Markdown
+        base = load_rows(args.summary)
+        render(args.results, args.out, args.plots)
+        print(summary_markdown(base, load_rows(Path(args.out).parent / DATA_JSON)), end="")
+        return 0
+    data = ", ".join(str(Path(args.out).parent / n) for n in (DATA_JSON, DATA_CSV, PAGE_HTML))
 
     if args.check:
         stale = stale_files(args.results, args.out, args.plots)
@@ -392,11 +398,15 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_prepare_data(args) -> int:
-    from .paper_data import prepare_data
+    from .paper_data import PaperDataError, prepare_data
     from .paths import cache_dir
 
     out = args.out or cache_dir() / "data" / f"{args.name}.jsonl"
-    summary = prepare_data(args.name, args.source, out, selection=args.selection)
+    try:
+        summary = prepare_data(args.name, args.source, out, selection=args.selection)
+    except PaperDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(summary)
     rc = _record_prepared_sha256(args.name, Path(summary["out"]), summary["sha256"])
     if rc == 0:
@@ -523,18 +533,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "--model PATH`); it becomes the adapter's base_model_name_or_path")
     ex.set_defaults(func=cmd_export_adapter)
 
-    lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md, its plots and "
-                        "its data (leaderboard.json, leaderboard.csv) from the result files")
+    lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md, its plots, "
+                        "its data (leaderboard.json, leaderboard.csv) and its web page (index.html) from the result files")
     lb.add_argument("--results", default="leaderboard/results")
     lb.add_argument("--out", default="leaderboard/README.md",
                     help="the page; leaderboard.json and leaderboard.csv are written beside it")
     lb.add_argument("--plots", default="leaderboard/plots")
-    lb.add_argument("--check", action="store_true", help="only report whether the leaderboard is up to date")
+    only = lb.add_mutually_exclusive_group()
+    only.add_argument("--check", action="store_true", help="only report whether the leaderboard is up to date")
+    only.add_argument("--summary", metavar="BASE_JSON", help="regenerate, then print as Markdown only the entries "
+                      "that are new or changed against BASE_JSON (an earlier leaderboard.json), with their rank and "
+                      "paired difference with the leader (a pull request's job summary)")
     lb.set_defaults(func=cmd_leaderboard)
 
     pd = sub.add_parser("prepare-data", help="convert a paper-tier dataset to the benchmark's JSONL")
     pd.add_argument("name", choices=["narrativeqa", "longhealth"])
-    pd.add_argument("--source", help="local files in the original format (NarrativeQA parquet dir, LongHealth json)")
+    pd.add_argument("--source", help="local files in the original format: NarrativeQA's parquet dir, or its "
+                    "narrativeqa_full_text.zip with narrativeqa-master.zip beside it (the paper's route, checked "
+                    "against the paper's rebuilt JSONL); LongHealth's benchmark_v5.json")
     pd.add_argument("--selection", help="selection JSON (default: the paper's, shipped in the package)")
     pd.add_argument("--out", help="output JSONL (default: $LORAKV_CACHE/data/<name>.jsonl, where the paper spec looks)")
     pd.set_defaults(func=cmd_prepare_data)

@@ -69,12 +69,17 @@ RECIPES = ("none",) + OBJECTIVES
 #: so existing cache keys (and committed results' adapter keys) stay valid.
 _LATER_OPTIONS = {"qa_source": "train_qa", "schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": None,
                   "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks",
-                  "synthesis": "tokens", "ctx_window": "document", "early_stop": "checks"}
+                  "synthesis": "tokens", "ctx_window": "document", "early_stop": "checks",
+                  "chunk_next_data": "tokens", "synthesis_batch_size": 1}
 #: LoRA init values: peft's own, plus ours (``shared_svd_a``, see :func:`init_shared_svd_a`).
 LORA_INITS = ("default", "gaussian", "shared_svd_a")
 SCHEDULES = ("constant", "cosine")
 QA_FORMATS = ("spec", "paper")  # spec: the eval prompt without the document; paper: see adapters.build_examples
 NTP_FORMATS = ("chunks", "chunk_next", "document")
+#: ntp_format chunk_next's chunks. "tokens": ``chunk_tokens``-token chunks in document order; "sections": the
+#: paper's synthesis sections in document order; "paper": those sections in the order the paper's code reads
+#: them back from files named ``<id>_chunk<i>.txt`` sorted as strings (chunk1, chunk10, chunk11, ..., chunk2).
+CHUNK_NEXT_DATA = ("tokens", "sections", "paper")
 QA_SOURCES = ("train_qa", "synthesize")
 SYNTHESES = ("tokens", "paper")
 CTX_WINDOWS = ("document", "neighbours")
@@ -139,17 +144,24 @@ class TrainSettings:
     synthesis: str = "tokens"  # qa_source synthesize: "tokens" (64-token chunks, our prompt) | "paper" (its sections, prompt)
     ctx_window: str = "document"  # ctx_qa: "document" | "neighbours" (the pair's section +/- one; synthesis "paper")
     ntp_format: str = "chunks"  # "chunks" | "chunk_next" (chat: chunk -> next chunk) | "document" (raw, whole)
+    chunk_next_data: str = "tokens"  # chunk_next: "tokens" | "sections" | "paper" (see CHUNK_NEXT_DATA)
+    synthesis_batch_size: int = 1  # qa_source synthesize: sections generated together (left-padded batches)
 
     def __post_init__(self) -> None:
         for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS),
                               ("synthesis", SYNTHESES), ("ctx_window", CTX_WINDOWS),
-                              ("early_stop", EARLY_STOPS)):
+                              ("early_stop", EARLY_STOPS), ("chunk_next_data", CHUNK_NEXT_DATA)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} '{getattr(self, name)}': choose from {allowed}")
         if self.ctx_window == "neighbours" and (self.objective != "ctx_qa" or self.synthesis != "paper"
                                                 or self.qa_source != "synthesize"):
             raise ValueError("train.ctx_window 'neighbours' needs recipe ctx_qa with qa_source 'synthesize' and "
                              "synthesis 'paper' (pairs that know their section)")
+        if self.chunk_next_data != "tokens" and not (self.objective == "ntp" and self.ntp_format == "chunk_next"):
+            raise ValueError(f"train.chunk_next_data '{self.chunk_next_data}' needs recipe ntp with ntp_format "
+                             "'chunk_next'")
+        if self.synthesis_batch_size < 1:
+            raise ValueError(f"train.synthesis_batch_size must be >= 1, got {self.synthesis_batch_size}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 

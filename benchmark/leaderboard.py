@@ -36,6 +36,7 @@ from pathlib import Path
 from . import strata
 from .extras import require
 from .metrics import clustered_bootstrap_ci
+from .page import PAGE_HTML, write_page
 from .paths import sha256_file
 from .ranking import Ranked, divergence_reason, tiered_ranks
 from .results import load_result
@@ -933,6 +934,7 @@ def _render(results_root, out_md: Path, plots_dir: Path, plots_link: str, contri
     rows = data_rows(entries, ranks, results_link, submissions)
     (out_md.parent / DATA_JSON).write_text(data_json(rows), encoding="utf-8")
     (out_md.parent / DATA_CSV).write_text(data_csv(rows), encoding="utf-8", newline="")
+    write_page(out_md.parent, rows, links)
     return text
 
 
@@ -966,7 +968,7 @@ def stale_files(results_root: str | Path = "leaderboard/results", out_md: str | 
         _render(results_root, tmp_md, tmp_plots, link, _contributing_link(out_md), _submissions_link(out_md),
                 _link(Path(results_root), out_md.parent))
         stale = []
-        for name in (out_md.name, DATA_JSON, DATA_CSV):
+        for name in (out_md.name, DATA_JSON, DATA_CSV, PAGE_HTML):
             ours, new = out_md.parent / name, Path(tmp) / (tmp_md.name if name == out_md.name else name)
             if not ours.exists() or ours.read_bytes() != new.read_bytes():
                 stale.append(str(ours))

@@ -10,13 +10,21 @@ our JSONL format, one document per line::
 
 * NarrativeQA -- the 20 full stories the paper's code selected
   (``data/selection/narrativeqa.json`` of LittleDijkstraZ/lora-kv-cache; the ids
-  are copied to ``benchmark/specs/paper_selection.json``), read from the
-  Hugging Face ``deepmind/narrativeqa`` parquet files (one row per question).
+  are copied to ``benchmark/specs/paper_selection.json``), read either from the
+  Hugging Face ``deepmind/narrativeqa`` parquet files (one row per question), or,
+  as the paper did, from the dataset's original archives ``narrativeqa_full_text.zip``
+  (``<document id>.content`` story files at its root, some gzip-compressed) and
+  ``narrativeqa-master.zip`` (``narrativeqa-master/documents.csv`` and ``qaps.csv``).
+  From the archives the paper's own JSONL is rebuilt and checked against the
+  sha256 the paper's ``scripts/prepare_data.py`` pins before it is converted.
   The paper drew its documents from *all* splits (e.g. 01aa10d7... is a
   ``train`` story), so every split is searched.
-* LongHealth -- all 20 patients x 20 questions of ``benchmark_v5.json``
-  (kbressem/LongHealth @ 513ab30); the gold answer is the TEXT of the correct
-  option, the five options are kept as ``options`` metadata.
+* LongHealth -- all 20 patients x 20 questions of ``benchmark_v5.json``; the gold
+  answer is the TEXT of the correct option, the five options are kept as
+  ``options`` metadata.
+
+Revisions and sha256s come from one place, the ``source`` block of each dataset in
+``benchmark/specs/paper.yaml`` (:func:`spec_source`).
 
 Nothing here downloads anything unless :func:`convert_narrativeqa` is called
 without a source (then ``datasets.load_dataset`` is tried, and a clear
@@ -25,10 +33,14 @@ without a source (then ``datasets.load_dataset`` is tried, and a clear
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
+import io
 import json
 import logging
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -39,14 +51,6 @@ log = logging.getLogger(__name__)
 
 SPEC_PATH = Path(__file__).resolve().parent / "specs" / "paper_selection.json"
 
-NARRATIVEQA_HF_ID = "deepmind/narrativeqa"
-# The revision the paper's scripts/prepare_data.py pins for deepmind/narrativeqa.
-NARRATIVEQA_REVISION = "2e643e7363944af1c33a652d1c87320d0871c4e4"
-NARRATIVEQA_SPLITS = ("test", "validation", "train")
-
-LONGHEALTH_COMMIT = "513ab3088a5ecf91b3967f8c47ae373d1b87378f"
-# sha256 of data/benchmark_v5.json at LONGHEALTH_COMMIT (from the paper's prepare_data.py).
-LONGHEALTH_SHA256 = "82d34d9da47ab279d7aa89a6bdf298c0ac79f1e506e1dd0a3ea69a1ad5e2cb45"
 LONGHEALTH_OPTION_KEYS = ("answer_a", "answer_b", "answer_c", "answer_d", "answer_e")
 
 _PAPER = object()  # sentinel: "use the value recorded in the paper spec"
@@ -62,6 +66,26 @@ class DataSourceError(PaperDataError):
 
 class DataIntegrityError(PaperDataError):
     """A file or a converted dataset differs from what the paper documents."""
+
+
+# ----------------------------------------------------------------------- the spec
+
+
+def spec_source(name: str) -> dict:
+    """The ``source`` block of dataset ``name`` in the paper spec: the one place its revision and
+    sha256s are written down."""
+    from .spec import load_spec
+
+    for dataset in load_spec("paper").datasets:
+        if dataset.id == name:
+            return dict(dataset.source)
+    raise DataSourceError(f"benchmark/specs/paper.yaml: no dataset {name!r}")
+
+
+def _source_field(sources: dict, key: str, name: str) -> Any:
+    if key not in sources:
+        raise DataSourceError(f"benchmark/specs/paper.yaml: datasets[{name}].source has no field '{key}'")
+    return sources[key]
 
 
 # --------------------------------------------------------------------------- files
@@ -356,7 +380,7 @@ def _string_array(values: Iterable[str]):
     return pa.array(sorted(values), type=pa.string())
 
 
-def _rows_from_hub(wanted: set[str], revision: str, splits: Sequence[str]) -> Iterator[dict]:
+def _rows_from_hub(wanted: set[str], repo: str, revision: str, splits: Sequence[str]) -> Iterator[dict]:
     """Rows of the selected documents from the Hub copy of deepmind/narrativeqa."""
     import pyarrow.compute as pc
 
@@ -364,14 +388,15 @@ def _rows_from_hub(wanted: set[str], revision: str, splits: Sequence[str]) -> It
         import datasets
 
         loaded = [
-            datasets.load_dataset(NARRATIVEQA_HF_ID, revision=revision, split=split)
+            datasets.load_dataset(repo, revision=revision, split=split)
             for split in splits
         ]
     except Exception as exc:  # noqa: BLE001 -- offline, auth, missing revision...
         raise DataSourceError(
-            f"could not load {NARRATIVEQA_HF_ID}@{revision[:7]} from the Hugging Face Hub "
+            f"could not load {repo}@{revision[:7]} from the Hugging Face Hub "
             f"({type(exc).__name__}: {exc}). Download the dataset's parquet files "
-            "(data/*.parquet of that revision) and pass --source DIR."
+            "(data/*.parquet of that revision) or its narrativeqa_full_text.zip and narrativeqa-master.zip, "
+            "and pass --source DIR."
         ) from exc
     for split in loaded:
         table = split.data.table if hasattr(split.data, "table") else split.data
@@ -385,8 +410,8 @@ def convert_narrativeqa(
     source: str | Path | None,
     doc_ids: Sequence[str],
     *,
-    revision: str = NARRATIVEQA_REVISION,
-    splits: Sequence[str] = NARRATIVEQA_SPLITS,
+    sources: dict | None = None,
+    check_reconstruction: bool = False,
 ) -> list[dict]:
     """Convert the selected NarrativeQA stories to our document records.
 
@@ -394,8 +419,11 @@ def convert_narrativeqa(
     deepmind/narrativeqa parquet files -- one row per question with columns
     ``document`` (struct: id, kind, url, file_size, word_count, start, end,
     summary, text), ``question`` {text, tokens} and ``answers`` [{text, tokens}, x2].
-    ``source=None`` loads ``deepmind/narrativeqa`` at ``revision`` from the Hub
-    (every split in ``splits``; the paper's 20 stories come from all three).
+    ``source=None`` loads the repo at the revision of ``sources`` (default: the paper
+    spec's, :func:`spec_source`) from the Hub, every split it lists (the paper's 20
+    stories come from all three). The original archives are read by
+    :func:`convert_narrativeqa_archives` (``check_reconstruction``: ``doc_ids`` is the paper's
+    selection, so the rebuilt paper JSONL is checked).
 
     Documents are returned in ``doc_ids`` order. ``text`` is the story between the
     ``start``/``end`` markers (:func:`extract_story_span`); questions keep the
@@ -406,10 +434,16 @@ def convert_narrativeqa(
     doc_ids = [str(d) for d in doc_ids]
     if len(set(doc_ids)) != len(doc_ids):
         raise DataSourceError("convert_narrativeqa: a document id is selected twice")
+    archives = None if source is None else narrativeqa_archives(Path(source))
+    if archives is not None:
+        return convert_narrativeqa_archives(*archives, doc_ids, sources=sources, check_reconstruction=check_reconstruction)
     wanted = set(doc_ids)
     if source is None:
-        where = f"{NARRATIVEQA_HF_ID}@{revision[:7]} ({', '.join(splits)})"
-        rows = _rows_from_hub(wanted, revision, splits)
+        sources = spec_source("narrativeqa") if sources is None else sources
+        repo, revision = _source_field(sources, "repo", "narrativeqa"), _source_field(sources, "revision", "narrativeqa")
+        splits = _source_field(sources, "splits", "narrativeqa")
+        where = f"{repo}@{revision[:7]} ({', '.join(splits)})"
+        rows = _rows_from_hub(wanted, repo, revision, splits)
     else:
         files = _narrativeqa_parquet_files(Path(source))
         where = f"{source} ({len(files)} parquet file(s))"
@@ -443,6 +477,135 @@ def convert_narrativeqa(
             + ", ".join(missing)
         )
     return [{"doc_id": d, "text": stories[d], "questions": questions[d]} for d in doc_ids]
+
+
+# ------------------------------------------------------- NarrativeQA, the original archives
+
+FULL_TEXT_ZIP = "narrativeqa_full_text.zip"
+MASTER_ZIP = "narrativeqa-master.zip"
+MASTER_DIR = "narrativeqa-master"
+#: the paper's convert_narrativeqa.py ran with --seed 0; its records carry it as metadata
+PAPER_SUBSET_SEED = 0
+
+
+def narrativeqa_archives(source: Path) -> tuple[Path, Path] | None:
+    """``(full_text_zip, master_zip)`` when ``source`` is ``narrativeqa_full_text.zip`` (with
+    ``narrativeqa-master.zip`` beside it) or a folder holding both; None for a parquet source."""
+    if source.is_file() and source.suffix == ".zip":
+        full_text, folder = source, source.parent
+    elif source.is_dir() and (source / FULL_TEXT_ZIP).is_file():
+        full_text, folder = source / FULL_TEXT_ZIP, source
+    else:
+        return None
+    master = folder / MASTER_ZIP
+    if not master.is_file():
+        raise DataSourceError(f"{master} not found: the questions of {full_text} are in {MASTER_ZIP} "
+                              f"({MASTER_DIR}/documents.csv, {MASTER_DIR}/qaps.csv) of the same revision")
+    return full_text, master
+
+
+def _read_zip_member(archive: Path, member: str) -> bytes:
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            return bundle.read(member)
+    except KeyError:
+        raise DataSourceError(f"{archive}: no member {member!r}") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataSourceError(f"{archive}: not a readable zip archive ({exc})") from None
+
+
+def _csv_rows(archive: Path, member: str) -> list[dict[str, str]]:
+    """The rows of a CSV in ``archive``, decoded as the paper reads them (UTF-8, text-mode newlines)."""
+    raw = _read_zip_member(archive, member)
+    try:
+        text = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8").read()
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(f"{archive}: {member} is not UTF-8 ({exc})") from None
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def decode_story_bytes(raw: bytes) -> str:
+    """A ``.content`` file's text as the paper decodes it: gunzip when gzip-compressed, then UTF-8,
+    else Latin-1."""
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def narrativeqa_reconstruction(full_text_zip: Path, master_zip: Path, doc_ids: Sequence[str]) -> list[dict]:
+    """The paper's ``narrativeqa.jsonl`` rows for ``doc_ids``, in that order (its
+    ``records_for_document``): per question of ``qaps.csv`` (file order) ``_id``
+    ``narrativeqa_<doc>_q<k:03d>``, the story as ``context``, the question and the non-empty
+    stripped answers (duplicates kept), and the document's metadata with its rank in the selection
+    and its word count."""
+    documents = {row["document_id"]: row for row in _csv_rows(master_zip, f"{MASTER_DIR}/documents.csv")}
+    qaps: dict[str, list[dict[str, str]]] = {}
+    for row in _csv_rows(master_zip, f"{MASTER_DIR}/qaps.csv"):
+        qaps.setdefault(str(row["document_id"]), []).append(row)
+    missing = [d for d in doc_ids if d not in documents or d not in qaps]
+    if missing:
+        raise DataSourceError(f"{len(missing)} selected NarrativeQA document id(s) not found in {master_zip} "
+                              f"({MASTER_DIR}/documents.csv and qaps.csv): " + ", ".join(missing))
+    rows = []
+    for rank, doc_id in enumerate(doc_ids):
+        document = documents[doc_id]
+        raw = _read_zip_member(full_text_zip, f"{doc_id}.content")
+        story = extract_story_span(decode_story_bytes(raw), document.get("story_start"), document.get("story_end"))
+        if not story:
+            raise DataIntegrityError(f"{full_text_zip}: document {doc_id} has an empty story text")
+        metadata = {"document_id": doc_id, "set": document.get("set"), "kind": document.get("kind"),
+                    "wiki_title": document.get("wiki_title"), "story_url": document.get("story_url"),
+                    "story_word_count_official": document.get("story_word_count"),
+                    "subset_seed": PAPER_SUBSET_SEED, "subset_doc_rank": rank, "story_words": len(story.split())}
+        for k, row in enumerate(qaps[doc_id]):
+            answers = [str(row[key]).strip() for key in ("answer1", "answer2") if str(row.get(key, "")).strip()]
+            rows.append({"_id": f"narrativeqa_{doc_id}_q{k:03d}", "context": story,
+                         "question": str(row["question"]).strip(), "answers": answers, "metadata": metadata})
+    return rows
+
+
+def reconstruction_bytes(rows: list[dict]) -> bytes:
+    """The bytes the paper's ``write_jsonl`` writes for ``rows``."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
+def convert_narrativeqa_archives(full_text_zip: Path, master_zip: Path, doc_ids: Sequence[str], *,
+                                 sources: dict | None = None, check_reconstruction: bool = True) -> list[dict]:
+    """Convert the selected stories from the original archives, as :func:`convert_narrativeqa` does
+    from parquet (same records). Both archives' sha256 and, with ``check_reconstruction`` (for the
+    paper's own selection), the sha256 of the rebuilt paper JSONL are checked against ``sources``
+    (default: the paper spec's); a pin of None skips its check with a warning."""
+    sources = spec_source("narrativeqa") if sources is None else sources
+    archives = _source_field(sources, "archives", "narrativeqa")
+    for path, name in ((full_text_zip, FULL_TEXT_ZIP), (master_zip, MASTER_ZIP)):
+        pin = _source_field(archives, name, "narrativeqa.archives")
+        verify_sha256(path, pin, f"NarrativeQA {name}")
+    rows = narrativeqa_reconstruction(full_text_zip, master_zip, doc_ids)
+    expected = _source_field(sources, "reconstruction_sha256", "narrativeqa")
+    actual = hashlib.sha256(reconstruction_bytes(rows)).hexdigest()
+    if not check_reconstruction:
+        log.info("NarrativeQA: a selection other than the paper's; its rebuilt JSONL (sha256 %s) is not checked", actual)
+    elif expected is None:
+        warnings.warn(f"NarrativeQA: no reconstruction sha256 given; the rebuilt paper JSONL is not checked "
+                      f"(actual sha256 {actual})", stacklevel=2)
+    elif actual != expected:
+        raise DataIntegrityError(
+            f"{full_text_zip}: the paper's narrativeqa.jsonl rebuilt from the archives has sha256 {actual}, "
+            f"expected {expected} (the paper's scripts/prepare_data.py); the selection or the archives differ")
+    records: dict[str, dict] = {}
+    for row in rows:
+        doc_id = row["metadata"]["document_id"]
+        record = records.setdefault(doc_id, {"doc_id": doc_id, "text": row["context"], "questions": []})
+        answers = _dedupe(row["answers"])
+        if not row["question"] or not answers:
+            raise DataIntegrityError(f"{master_zip}: document {doc_id} has a question with an empty text or no "
+                                     "non-empty answer1/answer2")
+        k = len(record["questions"])
+        record["questions"].append({"id": f"{doc_id}-q{k}", "question": row["question"], "answers": answers})
+    return [records[d] for d in doc_ids]
 
 
 # --------------------------------------------------------------------- LongHealth
@@ -488,8 +651,8 @@ def convert_longhealth(
         benchmark = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise DataSourceError(
-            f"LongHealth source not found: {path} (download data/benchmark_v5.json of "
-            f"kbressem/LongHealth@{LONGHEALTH_COMMIT[:7]} and pass --source FILE)"
+            f"LongHealth source not found: {path} (download data/benchmark_v5.json of the revision "
+            "benchmark/specs/paper.yaml names and pass --source FILE)"
         ) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataSourceError(f"{path} is not valid UTF-8 JSON: {exc}") from exc
@@ -563,7 +726,7 @@ def prepare_data(
     selection: str | Path | None = None,
     *,
     source_sha256: Any = _PAPER,
-    revision: str = NARRATIVEQA_REVISION,
+    sources: dict | None = None,
 ) -> dict:
     """Build the paper-tier JSONL for ``name`` and return a summary.
 
@@ -571,7 +734,9 @@ def prepare_data(
     [--out FILE] [--selection FILE]``.
 
     * ``narrativeqa``: ``source`` is a directory of the deepmind/narrativeqa
-      parquet files, or None to load them from the Hub (needs network). The 20
+      parquet files, the original ``narrativeqa_full_text.zip`` (``narrativeqa-master.zip``
+      beside it) or a directory holding both, or None to load the parquet files from the
+      Hub (needs network). The 20
       document ids come from ``benchmark/specs/paper_selection.json`` unless a
       ``selection`` file is given; per-document question counts recorded there
       (the paper's 596 questions) are checked.
@@ -579,6 +744,9 @@ def prepare_data(
       against the paper's (``source_sha256=None`` skips that with a warning, a
       string overrides it). Without ``selection`` all patients are used and the
       paper's 20 documents / 400 questions are checked.
+
+    ``sources`` is the dataset's ``source`` block of the paper spec (revisions, sha256s), read
+    from ``benchmark/specs/paper.yaml`` unless given.
 
     Returns ``{"documents": int, "questions": int, "sha256": str, "out": str}``
     (sha256 of the written JSONL). Raises :class:`DataSourceError` for
@@ -588,14 +756,16 @@ def prepare_data(
     name = name.strip().lower()
     if name == "narrativeqa":
         sel = load_selection(selection, name) if selection is not None else paper_selection(name)
-        records = convert_narrativeqa(source, sel.doc_ids or [], revision=revision)
+        records = convert_narrativeqa(source, sel.doc_ids or [], sources=sources,
+                                      check_reconstruction=selection is None)
     elif name == "longhealth":
+        sources = spec_source(name) if sources is None else sources
         if source is None:
             raise DataSourceError(
-                "longhealth needs --source FILE: data/benchmark_v5.json of "
-                f"kbressem/LongHealth@{LONGHEALTH_COMMIT[:7]}"
+                f"longhealth needs --source FILE: {sources.get('file')} of "
+                f"{sources.get('repo')}@{str(sources.get('revision'))[:7]}"
             )
-        expected = LONGHEALTH_SHA256 if source_sha256 is _PAPER else source_sha256
+        expected = _source_field(sources, "sha256", name) if source_sha256 is _PAPER else source_sha256
         verify_sha256(source, expected, "LongHealth benchmark_v5.json")
         sel = load_selection(selection, name) if selection is not None else paper_selection(name)
         records = convert_longhealth(source, sel.doc_ids)

@@ -10,13 +10,15 @@ Recipe (arXiv 2606.05698; ``synthesize:`` block of the paper's conf/*.yaml):
    and the ``neighbours`` (2) chunks on each side as background, asking for
    ``pairs_per_chunk`` (4) question/answer pairs as a JSON array of
    ``{"question", "answer"}`` with short answers in the passage's words;
-3. sample (``temperature`` 0.4, ``top_p`` 0.9), seeded per chunk; a chunk whose
+3. sample (``temperature`` 0.4, ``top_p`` 0.9; 0 = greedy), seeded per batch of
+   ``batch_size`` chunks (left-padded, generated together); a chunk whose
    output has no usable pair is generated again, ``retries`` (3) attempts in all
    (the paper's one try + ``max_retries: 2``); at most ``pairs_per_chunk``
    pairs are kept per chunk.
 
 :func:`parse_qa_pairs` turns realistic model output (code fences, prose, trailing
 commas, single quotes, truncation, wrapper objects ...) into clean pairs;
+:func:`parse_qa_pairs_paper` is the paper's own, stricter parser (``parser="paper"``);
 :func:`cached_synthesize` stores results under
 ``cache_dir/synth/<sha256>.json`` keyed by generator, document and settings.
 Generation uses ``transformers`` ``model.generate``; a vLLM ``LLM`` is used
@@ -59,11 +61,20 @@ class SynthesisSettings:
     # and the paper's prompt. Part of the cache key only when not "tokens" (older keys stay valid).
     chunking: str = "tokens"
     unit_words: int = 64
+    # "lenient": parse_qa_pairs; "paper": parse_qa_pairs_paper (the paper's parse_output, stricter, no dedup)
+    parser: str = "lenient"
+    # chunks generated together (left-padded); with sampling a batch draws from one RNG stream, so it
+    # changes the pairs and is part of the cache key when not 1
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         if self.chunking not in ("tokens", "paper"):
             raise ValueError(f"SynthesisSettings.chunking must be 'tokens' or 'paper', got {self.chunking!r}")
-        for name in ("chunk_tokens", "pairs_per_chunk", "retries", "max_new_tokens", "unit_words"):
+        if self.parser not in PARSERS:
+            raise ValueError(f"SynthesisSettings.parser must be one of {tuple(PARSERS)}, got {self.parser!r}")
+        if self.temperature < 0:
+            raise ValueError(f"SynthesisSettings.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        for name in ("chunk_tokens", "pairs_per_chunk", "retries", "max_new_tokens", "unit_words", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SynthesisSettings.{name} must be >= 1, got {getattr(self, name)}")
         if self.neighbours < 0:
@@ -390,6 +401,65 @@ def parse_qa_pairs(text: str) -> list[dict]:
     return _parse_region(text)
 
 
+def _paper_items(text: str) -> list[dict] | None:
+    """The paper's ``_loads_qa_items``: strict ``json.loads``; None unless it parses; a parsed
+    non-array gives None; array items need string ``question`` and ``answer`` keys, non-empty once
+    stripped (others are skipped)."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(parsed, list):
+        return None
+    return [{"question": item["question"].strip(), "answer": item["answer"].strip()} for item in parsed
+            if isinstance(item, dict) and isinstance(item.get("question"), str) and item["question"].strip()
+            and isinstance(item.get("answer"), str) and item["answer"].strip()]
+
+
+def _paper_repairs(text: str) -> list[str]:
+    """The paper's ``_candidate_json_repairs``: drop one trailing comma, then close with ``]``,
+    ``}]`` or ``"}]``."""
+    stripped = text.rstrip()
+    if stripped.endswith(","):
+        stripped = stripped[:-1].rstrip()
+    if not stripped:
+        return []
+    out: list[str] = []
+    for candidate in (stripped + "]", stripped + "}]", stripped + '"}]'):
+        if candidate != text and candidate not in out:
+            out.append(candidate)
+    return out
+
+
+def parse_qa_pairs_paper(text: str) -> list[dict]:
+    """The paper's parser (its ``parse_output``), rule for rule: strip; drop a leading ```` ```json ````
+    and then a leading ```` ``` ````, and one trailing ```` ``` ````; cut at the first ``[``; parse the
+    rest as strict JSON, else its three repairs (:func:`_paper_repairs`), the first that parses
+    winning. Unlike :func:`parse_qa_pairs` it keeps duplicates and rejects prose after the array,
+    trailing commas inside it, single quotes, a lone object, numeric answers and other key names.
+    An array that parses but holds no valid item gives ``[]`` without trying the repairs."""
+    if not isinstance(text, str):
+        return []
+    text = text.strip()
+    for fence in ("```json", "```"):
+        if text.startswith(fence):
+            text = text[len(fence):]
+    if text.endswith("```"):
+        text = text[:-3]
+    text = text.strip()
+    bracket = text.find("[")
+    if bracket != -1:
+        text = text[bracket:]
+    for candidate in (text, *_paper_repairs(text)):
+        items = _paper_items(candidate)
+        if items is not None:
+            return items
+    return []
+
+
+PARSERS = {"lenient": parse_qa_pairs, "paper": parse_qa_pairs_paper}
+
+
 # ------------------------------------------------------------------- generation
 
 
@@ -401,69 +471,86 @@ def _is_vllm(model: Any) -> bool:
     return isinstance(model, LLM)
 
 
-def _generate_text(model: Any, tokenizer: Any, prompt: str, templated: bool, settings: SynthesisSettings, seed: int) -> str:
-    """One sampled completion for ``prompt`` (the RNG is seeded by the caller)."""
+def _generate_texts(model: Any, tokenizer: Any, prompts: list[str], templated: bool, settings: SynthesisSettings,
+                    seeds: list[int]) -> list[str]:
+    """One completion per prompt, generated together (the RNG is seeded by the caller): prompts are
+    left-padded, so every row's new tokens start at the same column; ``temperature`` 0 is greedy."""
     if _is_vllm(model):  # pragma: no cover -- vLLM is not installed in CI
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or -1,
-            max_tokens=settings.max_new_tokens, seed=seed
-        )
-        return model.generate([prompt], params, use_tqdm=False)[0].outputs[0].text
+        params = [SamplingParams(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k or -1,
+                                 max_tokens=settings.max_new_tokens, seed=seed) for seed in seeds]
+        return [out.outputs[0].text for out in model.generate(prompts, params, use_tqdm=False)]
 
     import torch
 
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    inputs = _left_padded(tokenizer, prompts, add_special_tokens=not templated, pad_id=pad_id)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    sampling = (dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
+                     top_k=settings.top_k)  # 0: none, as vLLM's SamplingParams (the paper's); HF would take generation_config's
+                if settings.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     with torch.no_grad():
-        output = model.generate(
-            **inputs,
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=settings.top_k,  # 0: none, as vLLM's SamplingParams (the paper's); HF would take generation_config's
-            repetition_penalty=1.0,
-            max_new_tokens=settings.max_new_tokens,
-            pad_token_id=pad_id,
-        )
-    new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+        output = model.generate(**inputs, **sampling, repetition_penalty=1.0, max_new_tokens=settings.max_new_tokens,
+                                pad_token_id=pad_id)
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+
+
+def _left_padded(tokenizer: Any, prompts: list[str], *, add_special_tokens: bool, pad_id: int) -> dict:
+    """``input_ids`` and ``attention_mask`` of ``prompts``, each tokenized on its own (as unbatched)
+    and padded on the left with ``pad_id``."""
+    import torch
+
+    rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _synthesize(model: Any, tokenizer: Any, text: str, settings: SynthesisSettings, progress: bool) -> tuple[list[dict], SynthesisStats]:
     import torch
 
     paper = settings.chunking == "paper"
+    parse = PARSERS[settings.parser]
     chunks = paper_sections(text, settings.unit_words) if paper else chunk_document(text, tokenizer, settings.chunk_tokens)
     stats = SynthesisStats(chunks=len(chunks))
-    pairs: list[dict] = []
-    iterator: Any = range(len(chunks))
+    got: dict[int, list[dict]] = {}
+    starts: Any = range(0, len(chunks), settings.batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="synthesizing QA", unit="chunk")
-    for index in iterator:
-        prompt, templated = (build_paper_prompt if paper else build_prompt)(
-            tokenizer, chunks, index, pairs_per_chunk=settings.pairs_per_chunk, neighbours=settings.neighbours
-        )
-        chunk_seed = settings.seed + index
-        torch.manual_seed(chunk_seed)  # retries continue this chunk's RNG stream
-        got: list[dict] = []
+        starts = tqdm(starts, desc="synthesizing QA", unit="batch")
+    for start in starts:
+        batch = list(range(start, min(start + settings.batch_size, len(chunks))))
+        built = [(build_paper_prompt if paper else build_prompt)(
+            tokenizer, chunks, index, pairs_per_chunk=settings.pairs_per_chunk, neighbours=settings.neighbours)
+            for index in batch]
+        prompts = {index: prompt for index, (prompt, _) in zip(batch, built)}
+        templated = built[0][1]
+        torch.manual_seed(settings.seed + start)  # retries continue this batch's RNG stream
+        pending = batch
         for attempt in range(settings.retries):
-            raw = _generate_text(model, tokenizer, prompt, templated, settings, chunk_seed * 1000 + attempt)
-            stats.generate_calls += 1
-            got = parse_qa_pairs(raw)
-            if got:
+            seeds = [(settings.seed + index) * 1000 + attempt for index in pending]
+            raws = _generate_texts(model, tokenizer, [prompts[i] for i in pending], templated, settings, seeds)
+            stats.generate_calls += len(pending)
+            for index, raw in zip(pending, raws):
+                got[index] = parse(raw)
+                if not got[index]:
+                    log.debug("chunk %d attempt %d: no usable pair in %r", index, attempt + 1, raw[:200])
+            pending = [index for index in pending if not got[index]]
+            if not pending:
                 break
-            log.debug("chunk %d attempt %d: no usable pair in %r", index, attempt + 1, raw[:200])
-        if not got:
+    pairs: list[dict] = []
+    for index in range(len(chunks)):
+        found = got.get(index, [])
+        if not found:
             stats.failed_chunks += 1
             stats.failures.append(index)
-        stats.extra_pairs_dropped += max(0, len(got) - settings.pairs_per_chunk)
+        stats.extra_pairs_dropped += max(0, len(found) - settings.pairs_per_chunk)
         # paper sections: each pair remembers its section (ctx_qa's context is built around it)
-        pairs.extend({**p, "section": index} if paper else p for p in got[: settings.pairs_per_chunk])
+        pairs.extend({**p, "section": index} if paper else p for p in found[: settings.pairs_per_chunk])
     stats.pairs = len(pairs)
     if stats.failed_chunks:
         log.warning(
@@ -488,6 +575,7 @@ def synthesize_qa(
     retries: int = 3,
     seed: int = 0,
     max_new_tokens: int = 2048,
+    batch_size: int = 1,
     progress: bool = True,
 ) -> list[dict]:
     """Synthesize training QA pairs for one document (see the module docstring).
@@ -506,6 +594,7 @@ def synthesize_qa(
         retries=retries,
         seed=seed,
         max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
     return _synthesize(model, tokenizer, text, settings, progress)[0]
 
@@ -520,6 +609,9 @@ def synthesis_cache_path(cache_dir: str | Path, generator_id: str, text: str, se
     if settings.chunking == "tokens":  # options added later enter the key only when used
         fields.pop("chunking")
         fields.pop("unit_words")
+    for name, default in (("parser", "lenient"), ("batch_size", 1)):
+        if fields[name] == default:
+            fields.pop(name)
     key = json.dumps([generator_id, doc_sha, fields], sort_keys=True, separators=(",", ":"))
     return Path(cache_dir) / "synth" / f"{hashlib.sha256(key.encode('utf-8')).hexdigest()}.json"
 

@@ -57,6 +57,7 @@ ENUMS = [
     ("submission.schema.json", ("$defs", "train", "properties", "ctx_window", "enum"), config.CTX_WINDOWS),
     ("submission.schema.json", ("$defs", "train", "properties", "ntp_format", "enum"), config.NTP_FORMATS),
     ("submission.schema.json", ("$defs", "train", "properties", "early_stop", "enum"), config.EARLY_STOPS),
+    ("submission.schema.json", ("$defs", "train", "properties", "chunk_next_data", "enum"), config.CHUNK_NEXT_DATA),
     ("spec.schema.json", ("properties", "tier", "enum"), config.TIERS),
     ("spec.schema.json", ("properties", "conditions", "items", "enum"), config.CONDITION_NAMES),
     ("spec.schema.json", ("properties", "budget", "enum"), config.BUDGETS),

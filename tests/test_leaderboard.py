@@ -427,13 +427,13 @@ def test_deterministic(results, rendered, tmp_path):
     again = {p.relative_to(a): p.read_bytes() for p in sorted(a.rglob("*")) if p.is_file()}
     other = {p.relative_to(b): p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()}
     assert first == again
-    # elsewhere, only the data files' result paths differ: they are relative to the output folder
+    # elsewhere, only the result paths of the data files and the page differ: they are relative to the output folder
     from_a, from_b = (leaderboard._link(results, d) for d in (a, b))
-    data = {leaderboard.DATA_JSON, leaderboard.DATA_CSV}
+    data = {leaderboard.DATA_JSON, leaderboard.DATA_CSV, leaderboard.PAGE_HTML}
     assert {p: v for p, v in first.items() if p.name not in data} == {p: v for p, v in other.items() if p.name not in data}
     for name in data:
         assert first[Path(name)].decode().replace(from_a, "R") == other[Path(name)].decode().replace(from_b, "R")
-    assert len(first) == 7  # README, leaderboard.json, leaderboard.csv and 4 plots
+    assert len(first) == 8  # README, leaderboard.json, leaderboard.csv, index.html and 4 plots
 
 
 def test_check_up_to_date(tmp_path):

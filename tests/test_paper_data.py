@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,10 +25,11 @@ from benchmark.paper_data import (
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NQA_DIR = FIXTURES / "narrativeqa"
+NQA_ZIP_DIR = FIXTURES / "narrativeqa_zip"
 LH_JSON = FIXTURES / "longhealth" / "benchmark_v5.json"
 
 sys.path.insert(0, str(FIXTURES))
-from make_fixtures import doc_id  # noqa: E402
+from make_fixtures import MOVIE, doc_id  # noqa: E402
 
 LAMP, ORCHARD, FOX = doc_id("The Lamp Keeper"), doc_id("The Orchard"), doc_id("The Fox and the Crow")
 
@@ -229,7 +231,7 @@ def test_prepare_longhealth_checks_source_hash(tmp_path):
     with pytest.raises(DataIntegrityError) as err:
         prepare_data("longhealth", LH_JSON, tmp_path / "lh.jsonl")
     msg = str(err.value)
-    assert str(LH_JSON) in msg and paper_data.LONGHEALTH_SHA256 in msg and sha256_file(LH_JSON) in msg
+    assert str(LH_JSON) in msg and paper_data.spec_source("longhealth")["sha256"] in msg and sha256_file(LH_JSON) in msg
 
 
 def test_prepare_longhealth_counts_checked_against_paper(tmp_path):
@@ -261,3 +263,104 @@ def test_fixture_generator_is_reproducible(tmp_path):
     lh = make_fixtures.write_longhealth(tmp_path / "lh")
     assert lh.read_bytes() == LH_JSON.read_bytes()
     shutil.rmtree(tmp_path / "nqa")
+
+
+# ------------------------------------------------------- NarrativeQA, the original archives
+
+
+def _zip_sources(**over):
+    pins = {"narrativeqa_full_text.zip": sha256_file(NQA_ZIP_DIR / "narrativeqa_full_text.zip"),
+            "narrativeqa-master.zip": sha256_file(NQA_ZIP_DIR / "narrativeqa-master.zip")}
+    return {**paper_data.spec_source("narrativeqa"), "archives": pins, **over}
+
+
+def test_archives_give_the_same_records_as_the_parquet_files():
+    ids = [LAMP, ORCHARD, FOX]
+    from_zip = convert_narrativeqa(NQA_ZIP_DIR, ids, sources=_zip_sources())
+    assert from_zip == convert_narrativeqa(NQA_DIR, ids)
+    # the full-text zip itself as --source, the master zip beside it
+    assert convert_narrativeqa(NQA_ZIP_DIR / "narrativeqa_full_text.zip", [FOX], sources=_zip_sources()) == from_zip[2:]
+
+
+def test_archives_rebuild_the_papers_jsonl_row_for_row():
+    rows = paper_data.narrativeqa_reconstruction(NQA_ZIP_DIR / "narrativeqa_full_text.zip",
+                                                 NQA_ZIP_DIR / "narrativeqa-master.zip", [ORCHARD, LAMP])
+    assert len(rows) == 5
+    story = convert_narrativeqa(NQA_DIR, [ORCHARD])[0]["text"]  # gunzipped, cut at the markers
+    # the paper's records_for_document, written out: key order, _id format, answers not deduplicated
+    assert rows[0] == {
+        "_id": f"narrativeqa_{ORCHARD}_q000", "context": story, "question": "What colour is Lena's basket?",
+        "answers": ["blue", "It is blue."],
+        "metadata": {"document_id": ORCHARD, "set": "train", "kind": "movie", "wiki_title": "The Orchard",
+                     "story_url": "http://example.org/The_Orchard", "story_word_count_official": str(len(MOVIE.split())),
+                     "subset_seed": 0, "subset_doc_rank": 0, "story_words": len(story.split())}}
+    assert list(rows[0]) == ["_id", "context", "question", "answers", "metadata"]
+    assert list(rows[0]["metadata"])[-3:] == ["subset_seed", "subset_doc_rank", "story_words"]
+    assert rows[3]["_id"] == f"narrativeqa_{LAMP}_q001" and rows[3]["metadata"]["subset_doc_rank"] == 1
+    assert rows[3]["answers"] == ["one hundred and twelve", "one hundred and twelve"]
+    assert paper_data.reconstruction_bytes(rows[:1]) == (json.dumps(rows[0], ensure_ascii=False) + "\n").encode()
+
+
+def test_archives_check_the_reconstruction_and_archive_sha256():
+    full, master = NQA_ZIP_DIR / "narrativeqa_full_text.zip", NQA_ZIP_DIR / "narrativeqa-master.zip"
+    ids = [LAMP, ORCHARD, FOX]
+    import hashlib
+
+    rebuilt = hashlib.sha256(paper_data.reconstruction_bytes(paper_data.narrativeqa_reconstruction(full, master, ids)))
+    ok = _zip_sources(reconstruction_sha256=rebuilt.hexdigest())
+    assert len(paper_data.convert_narrativeqa_archives(full, master, ids, sources=ok)) == 3
+    with pytest.raises(DataIntegrityError, match=f"{rebuilt.hexdigest()}, expected 91bc5e49"):
+        paper_data.convert_narrativeqa_archives(full, master, ids, sources=_zip_sources())  # the spec's pin
+    # another selection is not the paper's: nothing to compare the rebuilt file with
+    assert len(paper_data.convert_narrativeqa_archives(full, master, ids, sources=_zip_sources(),
+                                                       check_reconstruction=False)) == 3
+    with pytest.raises(DataIntegrityError, match="narrativeqa_full_text.zip: sha256 mismatch"):
+        paper_data.convert_narrativeqa_archives(full, master, ids, sources=paper_data.spec_source("narrativeqa"))
+
+
+def test_prepare_data_from_the_archives_and_their_errors(tmp_path):
+    selection = tmp_path / "sel.json"
+    selection.write_text(json.dumps({"selected_documents": [{"document_id": FOX, "questions": 2},
+                                                            {"document_id": LAMP, "questions": 3}]}))
+    out = tmp_path / "nqa.jsonl"
+    summary = prepare_data("narrativeqa", NQA_ZIP_DIR, out, selection=selection, sources=_zip_sources())
+    assert (summary["documents"], summary["questions"]) == (2, 5)
+    assert out.read_bytes() == write_jsonl(convert_narrativeqa(NQA_DIR, [FOX, LAMP]), tmp_path / "p.jsonl").read_bytes()
+    with pytest.raises(DataSourceError, match="1 selected NarrativeQA document id.*: " + "f" * 40):
+        convert_narrativeqa(NQA_ZIP_DIR, [LAMP, "f" * 40], sources=_zip_sources())
+    absent = doc_id("A story without a file")  # in documents.csv and qaps.csv, no .content file
+    with pytest.raises(DataSourceError, match=f"narrativeqa_full_text.zip: no member '{absent}.content'"):
+        convert_narrativeqa(NQA_ZIP_DIR, [absent], sources=_zip_sources())
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(NQA_ZIP_DIR / "narrativeqa_full_text.zip", lonely)
+    with pytest.raises(DataSourceError, match="narrativeqa-master.zip not found"):
+        convert_narrativeqa(lonely, [LAMP])
+
+
+def test_the_paper_spec_is_the_one_record_of_revisions_and_hashes():
+    spec = json.loads(paper_data.SPEC_PATH.read_text())
+    text = paper_data.SPEC_PATH.read_text()
+    nqa, lh = paper_data.spec_source("narrativeqa"), paper_data.spec_source("longhealth")
+    for pin in (nqa["revision"], lh["revision"], lh["sha256"], nqa["reconstruction_sha256"], *nqa["archives"].values()):
+        assert pin not in text  # the selection file does not repeat them
+        assert pin not in Path(paper_data.__file__).read_text()  # nor does the code
+    assert not {"revision", "dataset", "commit", "source_sha256"} & (set(spec["narrativeqa"]) | set(spec["longhealth"]))
+    assert re.fullmatch(r"[0-9a-f]{40}", nqa["revision"]) and re.fullmatch(r"[0-9a-f]{40}", lh["revision"])
+    assert nqa["reconstruction_sha256"].startswith("91bc5e49")
+
+
+def test_fixture_archives_are_reproducible(tmp_path):
+    import make_fixtures
+
+    for path in make_fixtures.write_narrativeqa_archives(tmp_path):
+        assert path.read_bytes() == (NQA_ZIP_DIR / path.name).read_bytes()
+
+
+def test_prepare_data_cli_reports_a_wrong_archive_in_one_error(tmp_path, capsys):
+    from benchmark.cli import main
+
+    rc = main(["prepare-data", "narrativeqa", "--source", str(NQA_ZIP_DIR), "--out", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: NarrativeQA narrativeqa_full_text.zip: sha256 mismatch for ")
+    assert "Traceback" not in err and not (tmp_path / "o.jsonl").exists()

@@ -497,6 +497,50 @@ def test_ntp_chunk_next_is_a_chat_turn_per_chunk_with_loss_on_the_next_chunk(doc
     assert target == tok.decode(ids[16:32]).strip() + "<|end|>\n"
 
 
+def _long_story(sentences: int = 120) -> str:
+    return " ".join(f"Sentence {i} tells of the keeper and the lamp number {i} by the sea." for i in range(sentences))
+
+
+def test_chunk_next_paper_data_is_the_sections_read_back_from_string_sorted_files(tmp_path):
+    """The paper writes section i to <md5 stub>_chunk<i>.txt, reads the folder back with
+    sorted(glob("*.txt")) and pairs each file with the next one in that order."""
+    from benchmark.adapters import chunk_next_chunks, file_name_order
+    from benchmark.datasets import Document
+    from benchmark.synthesis import paper_sections
+
+    _, tok = tiny_model("llama")
+    text = _long_story()
+    sections = paper_sections(text, 64)
+    assert len(sections) > 20
+    for i, section in enumerate(sections):  # the paper's materialisation, then its load_cluster_chunks
+        (tmp_path / f"0123456789ab_chunk{i}.txt").write_text(section)
+    read_back = [p.read_text().strip() for p in sorted(tmp_path.glob("*.txt"))]
+    paper = chunk_next_chunks(text, TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"), tok)
+    assert paper == read_back
+    assert file_name_order(12) == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
+    in_order = chunk_next_chunks(text, TrainSettings(objective="ntp", ntp_format="chunk_next",
+                                                     chunk_next_data="sections"), tok)
+    assert in_order == [s.strip() for s in sections] and sorted(in_order) == sorted(paper) and in_order != paper
+
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    recipe = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
+    ex = build_examples(Document("story", text, ()).training_view(), recipe, r)
+    assert len(ex) == len(sections) - 1
+    # the second example: chunk1 -> chunk10, not chunk1 -> chunk2
+    user = tok.decode(ex[1].input_ids)
+    target = tok.decode([t for t, lab in zip(ex[1].input_ids, ex[1].labels) if lab != -100])
+    assert tok.decode(r.encode(sections[1].strip())) in user and target == tok.decode(r.encode(sections[10].strip())) + "<|end|>\n"
+
+
+def test_chunk_next_data_needs_chunk_next_and_tokens_keeps_the_fingerprint():
+    with pytest.raises(ValueError, match="chunk_next_data"):
+        TrainSettings(objective="ntp", ntp_format="document", chunk_next_data="paper")
+    base = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next"))
+    assert "chunk_next_data" not in base.fingerprint()["train"]
+    paper = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
+    assert paper.hash() != base.hash()
+
+
 # ---------------------------------------------------------------- the runner under the paper spec
 
 
@@ -591,12 +635,12 @@ def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monke
     _, tok = tiny_model("llama")
     prompts = []
 
-    def fake_generate(model, tokenizer, prompt, templated, settings, seed):
-        prompts.append(prompt)
-        target = prompt.split("[Target passage]\n")[1].split("\n\n")[0]
-        return '[{"question": "What is first?", "answer": "%s"}]' % target.split()[2]
+    def fake_generate(model, tokenizer, batch, templated, settings, seeds):
+        prompts.extend(batch)
+        targets = [prompt.split("[Target passage]\n")[1].split("\n\n")[0] for prompt in batch]
+        return ['[{"question": "What is first?", "answer": "%s"}]' % target.split()[2] for target in targets]
 
-    monkeypatch.setattr(S, "_generate_text", fake_generate)
+    monkeypatch.setattr(S, "_generate_texts", fake_generate)
     pairs = S.cached_synthesize(None, tok, STORY, cache_dir=tmp_path, generator_id="tiny", chunking="paper",
                                 progress=False)
     sections = S.paper_sections(STORY)
@@ -614,18 +658,36 @@ def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monke
     import hashlib
     import json
 
-    old = {k: v for k, v in dataclasses.asdict(S.SynthesisSettings()).items() if k not in ("chunking", "unit_words")}
+    old = {k: v for k, v in dataclasses.asdict(S.SynthesisSettings()).items()
+           if k not in ("chunking", "unit_words", "parser", "batch_size")}
     key = json.dumps(["g", hashlib.sha256(b"text").hexdigest(), old], sort_keys=True, separators=(",", ":"))
     assert S.synthesis_cache_path(tmp_path, "g", "text", S.SynthesisSettings()).name == \
         hashlib.sha256(key.encode()).hexdigest() + ".json"
+
+
+def test_paper_synthesis_recipe_batches_sections_and_parses_the_papers_way(tmp_path, monkeypatch):
+    from benchmark import synthesis as S
+    from benchmark.datasets import Document
+
+    batches = []
+    dup = '[{"question": "Who?", "answer": "Mara"}, {"question": "Who?", "answer": "Mara"}]'
+    monkeypatch.setattr(S, "_generate_texts", lambda m, t, prompts, *a: batches.append(len(prompts)) or [dup] * len(prompts))
+    model, tok = tiny_model("llama")
+    r = PromptRenderer(tok, load_spec("paper").prompt)
+    train = TrainSettings(objective="qa", qa_source="synthesize", synthesis="paper", qa_format="paper",
+                          synthesis_batch_size=3)
+    ex = build_examples(Document("s", STORY, (), ()).training_view(), Recipe("qa", LoraSettings(), train), r, model, "tiny")
+    n = len(S.paper_sections(STORY))
+    assert n > 3 and batches == [3] * (n // 3) + ([n % 3] if n % 3 else [])
+    assert len(ex) == 2 * n  # the paper's parser keeps both copies of a pair
 
 
 def test_ctx_qa_neighbours_context_is_the_pairs_section_and_one_either_side(tmp_path, monkeypatch):
     from benchmark import synthesis as S
     from benchmark.datasets import Document
 
-    monkeypatch.setattr(S, "_generate_text",
-                        lambda m, t, prompt, *a: '[{"question": "Q%d?", "answer": "A"}]' % len(prompt))
+    monkeypatch.setattr(S, "_generate_texts",
+                        lambda m, t, prompts, *a: ['[{"question": "Q%d?", "answer": "A"}]' % len(p) for p in prompts])
     model, tok = tiny_model("llama")
     r = PromptRenderer(tok, load_spec("paper").prompt)
     doc = Document("s", STORY, (), ())

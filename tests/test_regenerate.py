@@ -6,8 +6,8 @@ A refactoring that changes a number, a hash or a rendered byte fails here:
 - every committed result file's ``submission.hash`` is what its committed submission folder hashes
   to now, and the hash function itself is pinned on a fixed folder;
 - ``lorakv-bench leaderboard`` writes, into a temporary copy of the layout, exactly the committed
-  ``leaderboard/README.md``, ``leaderboard/leaderboard.json``, ``leaderboard/leaderboard.csv`` and
-  ``leaderboard/plots/*.svg``; the committed data files hold the committed page's ranking.
+  ``leaderboard/README.md``, ``leaderboard/leaderboard.json``, ``leaderboard/leaderboard.csv``,
+  ``leaderboard/index.html`` and ``leaderboard/plots/*.svg``; the committed data files hold the committed page's ranking.
 ``tests/test_conformance.py`` checks the same files with tolerances (what a submitter must meet);
 this file checks exact equality (what a refactoring must keep).
 """
@@ -23,6 +23,7 @@ import pytest
 
 from benchmark import cli, leaderboard
 from benchmark.metrics import extract_answer, score_prediction
+from benchmark.page import PAGE_HTML
 from benchmark.results import aggregate
 from benchmark.spec import load_spec
 from benchmark.submission import load_submission
@@ -89,7 +90,7 @@ def test_leaderboard_command_regenerates_byte_for_byte(tmp_path, capsys):
                    "--plots", str(out / "plots")])
     assert rc == 0
     committed = ROOT / "leaderboard"
-    for name in ("README.md", leaderboard.DATA_JSON, leaderboard.DATA_CSV):
+    for name in ("README.md", leaderboard.DATA_JSON, leaderboard.DATA_CSV, PAGE_HTML):
         assert (out / name).read_bytes() == (committed / name).read_bytes(), name
     fresh = sorted(p.name for p in (out / "plots").glob("*.svg"))
     assert fresh == sorted(p.name for p in (committed / "plots").glob("*.svg"))

@@ -206,11 +206,11 @@ def test_retries_until_parseable_and_caps_pairs(monkeypatch):
     script = iter(["garbage", "[{", five, five])
     seen = []
 
-    def fake_generate(model, tokenizer, prompt, templated, settings, seed):
-        seen.append(seed)
-        return next(script)
+    def fake_generate(model, tokenizer, prompts, templated, settings, seeds):
+        seen.extend(seeds)
+        return [next(script) for _ in prompts]
 
-    monkeypatch.setattr(synthesis, "_generate_text", fake_generate)
+    monkeypatch.setattr(synthesis, "_generate_texts", fake_generate)
     text = " ".join(["mara kept the lamp"] * 4)  # 16 tokens -> 2 chunks of 8
     pairs = synthesize_qa(None, tok, text, chunk_tokens=8, pairs_per_chunk=4, progress=False)
     assert len(seen) == 4  # chunk 0: 3 attempts, chunk 1: 1 attempt
@@ -220,7 +220,7 @@ def test_retries_until_parseable_and_caps_pairs(monkeypatch):
 def test_hopeless_chunk_gives_up_after_retries(monkeypatch):
     tok = make_tokenizer()
     calls = []
-    monkeypatch.setattr(synthesis, "_generate_text", lambda *a: calls.append(1) or "no json at all")
+    monkeypatch.setattr(synthesis, "_generate_texts", lambda m, t, prompts, *a: calls.append(1) or ["no json"] * len(prompts))
     assert synthesize_qa(None, tok, "mara kept the lamp", retries=2, progress=False) == []
     assert len(calls) == 2
 
@@ -270,14 +270,14 @@ def test_same_seed_same_output(monkeypatch):
     tok = make_tokenizer()
     model = make_model(len(tok))
     outputs = []
-    original = synthesis._generate_text
+    original = synthesis._generate_texts
 
     def recording(*args):
         out = original(*args)
-        outputs.append(out)
+        outputs.extend(out)
         return out
 
-    monkeypatch.setattr(synthesis, "_generate_text", recording)
+    monkeypatch.setattr(synthesis, "_generate_texts", recording)
     synthesize_qa(model, tok, DOC, chunk_tokens=16, retries=1, max_new_tokens=5, progress=False)
     first, outputs[:] = list(outputs), []
     synthesize_qa(model, tok, DOC, chunk_tokens=16, retries=1, max_new_tokens=5, progress=False)
@@ -286,7 +286,7 @@ def test_same_seed_same_output(monkeypatch):
 
 def test_corrupt_cache_file_is_regenerated(tmp_path, monkeypatch):
     tok = make_tokenizer()
-    monkeypatch.setattr(synthesis, "_generate_text", lambda *a: '[{"question": "Who?", "answer": "Mara"}]')
+    monkeypatch.setattr(synthesis, "_generate_texts", lambda m, t, prompts, *a: ['[{"question": "Who?", "answer": "Mara"}]'] * len(prompts))
     path = synthesis_cache_path(tmp_path, "g", DOC, SynthesisSettings())
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
@@ -307,5 +307,114 @@ def test_sampling_ignores_the_models_top_k():
     texts = set()
     for seed in range(4):
         torch.manual_seed(seed)
-        texts.add(synthesis._generate_text(model, tok, "Question: who", False, settings, seed))
+        texts.add(synthesis._generate_texts(model, tok, ["Question: who"], False, settings, [seed])[0])
     assert len(texts) > 1
+
+
+# ------------------------------------------------------------ the paper's parser
+
+PAIR_A, PAIR_B = {"question": "Who kept the lamp?", "answer": "Mara"}, {"question": "How many steps?", "answer": "112"}
+AB = json.dumps([PAIR_A, PAIR_B])
+
+# (model output, what the paper's parse_output returns): crafted from its rules
+PAPER_CASES = {
+    "plain array": (AB, [PAIR_A, PAIR_B]),
+    "json fence": ("```json\n" + AB + "\n```", [PAIR_A, PAIR_B]),
+    "bare fence": ("```\n" + AB + "```", [PAIR_A, PAIR_B]),
+    "prose before the array": ("Here are the pairs:\n" + AB, [PAIR_A, PAIR_B]),
+    "prose after the array": (AB + "\nI hope this helps.", []),
+    "cut after a complete object": (AB[:-1] + ",", [PAIR_A, PAIR_B]),
+    "cut inside the last answer": (AB[:-4], [PAIR_A, {"question": "How many steps?", "answer": "11"}]),
+    "cut inside a key": ('[{"question": "Who kept the lamp?", "answer": "Mara"}, {"quest', []),
+    "trailing comma inside": ('[{"question": "Who?", "answer": "Mara"},]', []),
+    "single quotes": ("[{'question': 'Who?', 'answer': 'Mara'}]", []),
+    "lone object": ('{"question": "Who?", "answer": "Mara"}', []),
+    "wrapper object": ('{"pairs": [{"question": "Who?", "answer": "Mara"}]}', []),
+    "numeric answer": ('[{"question": "How many?", "answer": 112}, {"question": "Who?", "answer": " Mara "}]',
+                       [{"question": "Who?", "answer": "Mara"}]),
+    "other key names": ('[{"q": "Who?", "a": "Mara"}]', []),
+    "fence in the middle": ("Sure!\n```json\n" + AB + "\n```", [PAIR_A, PAIR_B]),  # cut at the first [
+    "think block": ("<think>\nplan [1]\n</think>\n" + AB, []),
+    "duplicates kept": (json.dumps([PAIR_A, PAIR_A, {"question": "who kept the lamp?", "answer": "mara"}]),
+                        [PAIR_A, PAIR_A, {"question": "who kept the lamp?", "answer": "mara"}]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CASES))
+def test_paper_parser_accepts_and_rejects_as_the_papers(name):
+    text, expected = PAPER_CASES[name]
+    assert synthesis.parse_qa_pairs_paper(text) == expected
+
+
+def test_lenient_parser_differs_from_the_papers_where_documented():
+    dup = PAPER_CASES["duplicates kept"][0]
+    assert parse_qa_pairs(dup) == [PAIR_A]  # ours dedupes case- and whitespace-insensitively
+    for name in ("prose after the array", "trailing comma inside", "single quotes", "lone object", "think block",
+                 "wrapper object"):
+        assert parse_qa_pairs(PAPER_CASES[name][0]), name  # ours recovers what the paper's drops
+    assert parse_qa_pairs('[{"question": "How many?", "answer": 112}]') == [{"question": "How many?", "answer": "112"}]
+
+
+def test_paper_synthesis_uses_the_papers_parser_and_keeps_duplicates(monkeypatch):
+    tok = make_tokenizer()
+    dup = PAPER_CASES["duplicates kept"][0]
+    monkeypatch.setattr(synthesis, "_generate_texts", lambda m, t, prompts, *a: [dup] * len(prompts))
+    settings = SynthesisSettings(chunking="paper", parser="paper")
+    pairs, stats = synthesis._synthesize(None, tok, DOC, settings, progress=False)
+    assert [{"question": p["question"], "answer": p["answer"]} for p in pairs] == json.loads(dup)
+    lenient, _ = synthesis._synthesize(None, tok, DOC, SynthesisSettings(chunking="paper"), progress=False)
+    assert len(lenient) == 1
+    assert synthesis_cache_path("c", "g", DOC, settings) != synthesis_cache_path("c", "g", DOC, SynthesisSettings(
+        chunking="paper"))
+    with pytest.raises(ValueError, match="parser"):
+        SynthesisSettings(parser="strict")
+
+
+# ------------------------------------------------------------- batched generation
+
+
+def test_batched_greedy_generation_equals_unbatched_in_fp32():
+    """Left-padded batches give every prompt the tokens it gets alone (greedy, float32)."""
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    assert next(model.parameters()).dtype == torch_float32()
+    chunks = chunk_document(DOC, tok, 5)
+    prompts = [synthesis.build_prompt(tok, chunks, i, neighbours=1)[0] for i in range(len(chunks))]
+    lengths = {len(tok(p)["input_ids"]) for p in prompts}
+    assert len(lengths) > 1  # the batch really is padded
+    greedy = SynthesisSettings(temperature=0, max_new_tokens=12)
+    alone = [synthesis._generate_texts(model, tok, [p], False, greedy, [0])[0] for p in prompts]
+    together = synthesis._generate_texts(model, tok, prompts, False, greedy, list(range(len(prompts))))
+    assert together == alone and len(set(alone)) > 1
+
+
+def test_batch_size_groups_chunks_into_generate_calls(monkeypatch):
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    batches = []
+    original = synthesis._generate_texts
+
+    def recording(m, t, prompts, *args):
+        out = original(m, t, prompts, *args)
+        batches.append(dict(zip(prompts, out)))
+        return out
+
+    monkeypatch.setattr(synthesis, "_generate_texts", recording)
+    kwargs = dict(chunk_tokens=5, retries=1, max_new_tokens=6, temperature=0, progress=False)
+    synthesize_qa(model, tok, DOC, batch_size=1, **kwargs)
+    one = dict(pair for batch in batches for pair in batch.items())
+    n = len(batches)
+    batches.clear()
+    synthesize_qa(model, tok, DOC, batch_size=4, **kwargs)
+    assert [len(b) for b in batches] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    assert dict(pair for batch in batches for pair in batch.items()) == one
+    assert synthesis_cache_path("c", "g", DOC, SynthesisSettings(batch_size=4)) != \
+        synthesis_cache_path("c", "g", DOC, SynthesisSettings())
+    with pytest.raises(ValueError, match="batch_size"):
+        SynthesisSettings(batch_size=0)
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
