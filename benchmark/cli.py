@@ -48,7 +48,9 @@ def check_evaluate_flags(args) -> None:
     _shard(args.shard)
     spec = load_spec(args.tier)
     if args.model:
-        spec.model(args.model)
+        from .models import locate_model
+
+        locate_model(spec, args.model)  # a spec id, a model folder, or a Hub id the Hub gives
     from .datasets import resolve_dataset
 
     for ds in args.dataset or []:
@@ -176,7 +178,12 @@ def dry_run(args) -> int:
             return 2
         print(f"preset {args.preset}: {presets[args.preset]['description']}")
         subs = [str(Path(args.submission).parent / s) for s in presets[args.preset]["submissions"]]
-    models = [spec.model(args.model)] if args.model else list(spec.models)
+    if args.model:
+        from .models import resolve_model
+
+        models = [resolve_model(spec, args.model)]
+    else:
+        models = list(spec.models)
     rhos = args.rhos or list(spec.rhos)
     rows = []
     for sub_path in subs:
@@ -350,6 +357,15 @@ def cmd_verify(args) -> int:
     return status
 
 
+def cmd_export_adapter(args) -> int:
+    from .export import METADATA, export_adapter
+
+    out = export_adapter(args.result, args.doc_id, args.out, args.model)
+    print(f"wrote {out} (adapter_config.json, adapter_model.safetensors, {METADATA}); load it with "
+          f"peft.PeftModel.from_pretrained(base_model, '{out}')")
+    return 0
+
+
 def cmd_leaderboard(args) -> int:
     from .leaderboard import DATA_CSV, DATA_JSON, render, stale_files
     from .page import PAGE_HTML, load_rows, summary_markdown
@@ -437,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=f"{RHO_HELP}. Conditions: {_cond_help()}.")
     e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
     e.add_argument("--tier", default=TIERS[0], help=f"{' or '.join(TIERS)} (default {TIERS[0]}, CPU)")
-    e.add_argument("--model", help="model id from the spec (default: the spec's default model)")
+    e.add_argument("--model", help="model id from the spec (default: the spec's default model), or a model of your "
+                   "own: a local transformers folder (config.json, weights, tokenizer) or a Hugging Face Hub id "
+                   "(ORG/NAME, where the Hub is reachable), run with the spec's data, prompt and generation")
     e.add_argument("--dataset", action="append", help="dataset id, or a JSONL file in the document format (see "
                    "validate-data; results are named after the file and carry its sha256); repeatable; default: all "
                    "of the tier")
@@ -500,6 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--submissions", help="submissions folder (default: the nearest submissions/ above the file)")
     ver.set_defaults(func=cmd_verify)
 
+    ex = sub.add_parser("export-adapter", help="write one document's adapter of a result as a peft folder "
+                        "(adapter_config.json + weights, lorakv.json naming document, recipe, submission, spec)")
+    ex.add_argument("result", metavar="RESULT", help="a result file of a submission that trains adapters")
+    ex.add_argument("doc_id", metavar="DOC_ID", help="the document whose adapter to export")
+    ex.add_argument("out", metavar="OUT", help="the folder to write (new or empty)")
+    ex.add_argument("--model", help="the model folder, for a result of a local model of one's own (`evaluate "
+                    "--model PATH`); it becomes the adapter's base_model_name_or_path")
+    ex.set_defaults(func=cmd_export_adapter)
+
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md, its plots, "
                         "its data (leaderboard.json, leaderboard.csv) and its web page (index.html) from the result files")
     lb.add_argument("--results", default="leaderboard/results")
@@ -531,10 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _uses_hub(args) -> bool:
-    """prepare-data and the paper tier may download (weights, datasets): leave HF's offline mode to
-    the user's environment there. Everything else (the mini tier, validation, the leaderboard)
-    never needs a hub."""
-    return args.command == "prepare-data" or getattr(args, "tier", "mini") != "mini"
+    """prepare-data, the paper tier and ``--model ORG/NAME`` (a Hub id, no local folder) may
+    download (weights, datasets): leave HF's offline mode to the user's environment there.
+    Everything else (the mini tier, validation, the leaderboard) never needs a hub."""
+    if args.command == "prepare-data" or getattr(args, "tier", "mini") != "mini":
+        return True
+    model = getattr(args, "model", None)
+    return bool(model) and "/" in model and not Path(model).expanduser().exists()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ equal. ``adapters.py`` and ``spec.py`` re-export these names, so their old impor
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,16 @@ KV_SHAPES = {
     "llama-3.1-8b": (32, 8, 128),
     "qwen3-4b": (36, 8, 128),
 }
+
+#: ``source.kind`` of a model the spec does not name, given as ``--model PATH`` (a local folder) or
+#: ``--model ORG/NAME`` (a Hub id); its KV shape and dtype come from its config.json and are recorded
+#: in the result's ``model`` (:data:`OWN_MODEL_KEYS`), where the checks read them.
+OWN_SOURCES = ("local", "hub")
+#: such a model's id: a folder name, or a Hub id ``org/name`` (it names the result's folder, with
+#: "/" written "--", and is shown on the leaderboard)
+OWN_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+#: what a result's ``model`` holds for such a model, beyond ``id`` and ``name``
+OWN_MODEL_KEYS = ("source", "revision", "chat_template_sha256", "dtype", "kv_shape")
 
 #: budget: how many of n document entries rho keeps. "kvpress": max(1, int(n (1 - rho))) for rho < 1;
 #: "paper_floor": floor(n (1 - rho) + 1e-6), which may be 0 (the paper's context-only count).

@@ -548,7 +548,7 @@ def check_result_file(path: str | Path, *, submissions_dir: str | Path | None = 
     pinned, pinned_problems = _pinned_questions(path, data, spec)
     problems += check_spec_hash(path, data)
     problems += problems_of_place(path, data)
-    problems += check_header_keys(path, data)
+    problems += check_header_keys(path, data, spec)
     problems += check_dates(path, data)
     problems += check_model_name(path, data, spec)
     problems += check_environment(path, data, spec)
@@ -578,9 +578,20 @@ def _result_spec(path: Path, data: dict):
 
     try:
         spec = load_spec(data["tier"])
+        if is_own_model(data, spec):  # a model of one's own runs with the spec's prompt
+            return spec, spec.prompt.answer_prefix, []
         return spec, spec.prompt_for(spec.model(data["model"]["id"])).answer_prefix, []
     except SpecError as exc:
         return None, None, [f"{path}: field 'model/id': {exc}"]
+
+
+def is_own_model(data: dict, spec) -> bool:
+    """The file is of a model the spec does not name (``evaluate --model PATH`` or a Hub id): its
+    ``model`` says where it came from (``source``). The checks then read the model's KV shape and
+    dtype from the file's ``model`` (:data:`benchmark.config.OWN_MODEL_KEYS`), as the run derived
+    them from the model's config; a spec model's come from the spec and ``config.KV_SHAPES`` only."""
+    return (spec is not None and isinstance(data["model"], dict) and "source" in data["model"]
+            and data["model"]["id"] not in {m.id for m in spec.models})
 
 
 def check_spec_hash(path: Path, data: dict) -> list[str]:
@@ -620,10 +631,18 @@ GPU_NAME_PATTERN = re.compile(r"[A-Za-z0-9 ._()\-]{1,64}")
 TIMESTAMP_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\+00:00")  # results.now(): UTC, whole seconds
 
 
-def check_header_keys(path: Path, data: dict) -> list[str]:
-    """``model``, ``dataset`` and ``submission`` hold only the fields the writer writes."""
-    return [f"{path}: field '{section}/{key}': not a field of a result file (have: {', '.join(keys)})"
-            for section, keys in HEADER_KEYS.items() for key in sorted(set(data[section]) - set(keys))]
+def check_header_keys(path: Path, data: dict, spec=None) -> list[str]:
+    """``model``, ``dataset`` and ``submission`` hold only the fields the writer writes (``model``
+    also :data:`~benchmark.config.OWN_MODEL_KEYS`, all of them, for a model the spec does not name)."""
+    from .config import OWN_MODEL_KEYS
+
+    allowed = HEADER_KEYS | ({"model": HEADER_KEYS["model"] + OWN_MODEL_KEYS} if is_own_model(data, spec) else {})
+    problems = [f"{path}: field '{section}/{key}': not a field of a result file (have: {', '.join(keys)})"
+                for section, keys in allowed.items() for key in sorted(set(data[section]) - set(keys))]
+    if is_own_model(data, spec):
+        problems += [f"{path}: field 'model/{key}': missing (a model of one's own records it)"
+                     for key in OWN_MODEL_KEYS if key not in data["model"]]
+    return problems
 
 
 def check_dates(path: Path, data: dict) -> list[str]:
@@ -651,6 +670,8 @@ def check_model_name(path: Path, data: dict, spec) -> list[str]:
 
     if spec is None:
         return []
+    if is_own_model(data, spec):
+        return check_own_model(path, data["model"])
     try:
         name = spec.model(data["model"]["id"]).name
     except SpecError:
@@ -661,11 +682,58 @@ def check_model_name(path: Path, data: dict, spec) -> list[str]:
     return []
 
 
-def run_dtypes(spec, model_id: str) -> tuple[str, ...]:
-    """The dtypes a model of ``spec`` runs in: ``--dtype``'s choices or the spec's own dtype."""
-    from .config import RUN_DTYPES
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def check_own_model(path: Path, model: dict) -> list[str]:
+    """The ``model`` of a model the spec does not name, as :func:`benchmark.models.model_header`
+    writes it: an id of :data:`~benchmark.config.OWN_MODEL_ID` (shown on the leaderboard), the
+    name equal to it, a source, a revision (a commit or a sha256), the chat template's sha256 or
+    null, a dtype and the (layers, KV heads, head_dim) the KV checks use."""
+    from .config import DTYPE_BYTES, OWN_MODEL_ID, OWN_SOURCES
+
+    where, problems = f"{path}: field 'model", []
+    mid = model["id"]
+    if not _matches(OWN_MODEL_ID, mid):
+        problems.append(f"{where}/id': {mid!r:.80} is not a model folder's name or a Hub id (letters, digits, '.', "
+                        "'_', '-', one '/')")
+    if model["name"] != mid:
+        problems.append(f"{where}/name': {model['name']!r:.80}; a model of one's own is named by its id {mid!r:.80}")
+    if model.get("source") not in OWN_SOURCES:
+        problems.append(f"{where}/source': {model.get('source')!r:.40}; expected one of {', '.join(OWN_SOURCES)}")
+    rev = model.get("revision")
+    if not (_matches(_SHA256, rev) or _matches(_COMMIT, rev)):
+        problems.append(f"{where}/revision': {rev!r:.80} is neither a Hub commit (40 hex) nor a sha256 (64 hex)")
+    tpl = model.get("chat_template_sha256")
+    if tpl is not None and not _matches(_SHA256, tpl):
+        problems.append(f"{where}/chat_template_sha256': {tpl!r:.80} is not a sha256 (or null: no template)")
+    if model.get("dtype") not in DTYPE_BYTES:
+        problems.append(f"{where}/dtype': {model.get('dtype')!r:.40}; expected one of {', '.join(DTYPE_BYTES)}")
+    if own_kv_shape(model) is None:
+        problems.append(f"{where}/kv_shape': {model.get('kv_shape')!r:.80}; expected [layers, KV heads, head_dim], "
+                        "positive integers")
+    return problems
+
+
+def own_kv_shape(model: dict) -> tuple[int, int, int] | None:
+    """A model of one's own's recorded (layers, KV heads, head_dim), or None when it is not that."""
+    shape = model.get("kv_shape")
+    if (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape)):
+        return tuple(shape)
+    return None
+
+
+def run_dtypes(spec, model_id: str, data: dict | None = None) -> tuple[str, ...]:
+    """The dtypes a model of ``spec`` runs in: ``--dtype``'s choices or the spec's own dtype (for a
+    model of one's own, the dtype of its config, recorded in ``data``'s ``model``)."""
+    from .config import DTYPE_BYTES, RUN_DTYPES
     from .spec import SpecError
 
+    if data is not None and is_own_model(data, spec):
+        dtype = data["model"].get("dtype")
+        return tuple(dict.fromkeys(RUN_DTYPES + ((dtype,) if dtype in DTYPE_BYTES else ())))
     try:
         own = (spec.model(model_id).dtype,) if spec is not None else ()
     except SpecError:
@@ -695,7 +763,7 @@ def check_environment(path: Path, data: dict, spec) -> list[str]:
     threads = env.get("torch_threads", 1)
     if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
         problems.append(f"{where}/torch_threads': {threads!r:.80} is not a positive integer")
-    dtypes = run_dtypes(spec, data["model"]["id"])
+    dtypes = run_dtypes(spec, data["model"]["id"], data)
     if "dtype" in env and env["dtype"] not in dtypes:
         problems.append(f"{where}/dtype': {env['dtype']!r:.80}; the model runs in {', '.join(dtypes)}")
     if "sandbox" in env and env["sandbox"] not in SANDBOXES:
@@ -893,18 +961,25 @@ def kept_per_head(n_prefix: int, n_doc: int, rho: float, scoring) -> int:
 def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
     """Every prediction's ``kv_entries`` is (layers x KV heads) x the entries ``evict`` keeps per head
     at its rho, and its ``kv_bytes`` what ``compression.kv_bytes`` counts for them: a key and a value
-    of head_dim elements per entry, in the dtype the model ran in. The shape is the model's
-    (``config.KV_SHAPES``), so neither is read off the file itself."""
+    of head_dim elements per entry, in the dtype the model ran in. The shape of a spec model is the
+    model's (``config.KV_SHAPES``), so neither is read off the file itself; a model of one's own has
+    no entry there, and its shape is the one the run derived from its config and recorded."""
     from .config import DTYPE_BYTES, KV_SHAPES
 
     model_id = data["model"]["id"]
-    if model_id not in KV_SHAPES:
+    if is_own_model(data, spec):  # derived from the model's config by the run (see is_own_model)
+        shape = own_kv_shape(data["model"])
+        if shape is None:
+            return []  # reported by check_own_model
+    elif model_id not in KV_SHAPES:
         return [f"{path}: field 'model/id': no KV shape known for model '{model_id}', so kv_entries and kv_bytes "
                 "cannot be checked; add its (layers, KV heads, head_dim) to config.KV_SHAPES"]
-    layers, kv_heads, head_dim = KV_SHAPES[model_id]
+    else:
+        shape = KV_SHAPES[model_id]
+    layers, kv_heads, head_dim = shape
     heads = layers * kv_heads
     dtype = data["environment"].get("dtype")
-    per_entry = 2 * head_dim * DTYPE_BYTES[dtype] if dtype in run_dtypes(spec, model_id) else None
+    per_entry = 2 * head_dim * DTYPE_BYTES[dtype] if dtype in run_dtypes(spec, model_id, data) else None
     scoring = _scoring(spec)
     docs = {d["doc_id"]: d for d in data["documents"]}
     problems, counts = [], {}

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from . import runner
 from .config import EvalRequest, as_request
 from .datasets import is_data_file, load_split, resolve_dataset
+from .models import resolve_model
 from .results import merge_shards, result_path
 from .submission import load_submission
 
@@ -56,7 +57,9 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
         raise ImportError("the Ray executor needs Ray: pip install 'lorakv-bench[ray]'") from None
 
     spec = runner.load_spec(tier)
-    model_spec = spec.model(model_id)
+    model_spec = resolve_model(spec, model_id)  # a spec id, or a model folder / Hub id of one's own
+    if model_id is not None and Path(model_id).expanduser().is_dir():
+        model_id = str(Path(model_id).expanduser().resolve())  # a Ray worker may start elsewhere
     sub_name = load_submission(req.submission).name
     units = []  # (dataset id, i, n)
     stems = {}  # unit dataset (an id, or a JSONL file's absolute path for the workers) -> result file stem
@@ -79,7 +82,7 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
         task = ray.remote(num_cpus=1, num_gpus=gpus)(_unit)
         # what every unit shares: absolute paths (a Ray worker may start elsewhere), no progress bar
         common = dataclasses.replace(req, submission=str(Path(req.submission).resolve()), out=str(Path(out).resolve()),
-                                     progress=False)
+                                     model_id=model_id, progress=False)
         refs = {task.remote(dataclasses.replace(common, datasets=[ds], shard=(i, n)), runner_hook): (ds, i, n)
                 for ds, i, n in units}
         shards: dict[str, list[Path]] = {}

@@ -709,7 +709,7 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
         out.append(f"## {escape_md(group_title(key))}\n")
         specs = sorted({e.spec_version for e in group})
         out.append(f"Tier **{tier}**, dataset **{escape_md(ds)}** (test split), model **{escape_md(model)}** "
-                   f"({escape_md(group[0].model_name)}), dtype **{escape_md(dtype)}**; spec "
+                   f"([{escape_md(group[0].model_name)}](../docs/tiers.md#models)), dtype **{escape_md(dtype)}**; spec "
                    f"{', '.join(escape_md(v) for v in specs)}.\n")
         out.append("### Ranking (ROUGE-L, headline condition)\n")
         if ranks[key]:

@@ -16,8 +16,20 @@ applied in ``Scoring.score`` only). Usage::
 
 model_args: ``submission`` (folder), ``rho`` (fraction of the document's KV entries evicted),
 ``condition`` (one of :data:`benchmark.spec.CONDITIONS`), optional ``tier`` (mini), ``model`` (a
-model id of the tier's spec; default: the spec's default), ``device`` (default: cuda when present),
-``batch_size`` (rows decoded together; default: the runner's, as ``lorakv-bench evaluate``).
+model id of the tier's spec, default the spec's default; or a model folder / Hub id of one's own, as
+``lorakv-bench evaluate --model``), ``device`` (default: cuda when present), ``batch_size`` (rows
+decoded together; default: the runner's, as ``lorakv-bench evaluate``).
+
+One ``lorakv-lm-eval`` call sweeps several cells: ``rho=0.5|0.9,condition=base|adapter_all`` runs
+lm-eval once per (rho, condition) on the model loaded once (:class:`Sweep`), each cell's results
+under ``<output_path>/<submission>/rho-<rho>_<condition>/<model>/``, with the device actually used
+as lm-eval's ``config.device``. The model_args are checked before any model loads.
+
+Plain ``lm_eval --model lorakv`` does not find the model: lm-eval 0.4.13 registers its own
+``MODEL_MAPPING`` and the classes that the running process imported, and reads no entry-point group
+(its registry stores ``EntryPoint`` placeholders, but nothing discovers them). ``lorakv-lm-eval``
+is lm-eval's CLI with this module imported; ``tests/test_lm_eval.py`` fails when an lm-eval
+release starts discovering entry points, so the model can be declared there instead.
 
 The model renders the spec's prompt itself (token segments, the document span compressed), so the
 task's text prompt and its ``until``/``max_gen_toks`` are ignored: the spec's generation settings
@@ -27,8 +39,11 @@ apply. Only ``generate_until`` is supported; log-likelihood requests raise ``Not
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from .extras import require
 from .paths import set_offline
@@ -68,9 +83,22 @@ def _device(device: str | None) -> str:
     return pick_device(device)
 
 
+def _open(tier: str, submission, model, device: str, batch_size: int | None, progress: bool):
+    from .runner import open_run
+    from .spec import load_spec
+    from .submission import load_submission
+
+    return open_run(load_spec(tier), load_submission(submission), model, device, progress=progress,
+                    **({} if batch_size is None else {"batch_size": batch_size}))
+
+
 @register_model("lorakv")
 class LorakvLM(LM):
     """One submission at one (rho, condition) on one tier's model; see the module docstring."""
+
+    #: runs opened during a sweep (:func:`shared_runs`), by (tier, submission, model, device, batch
+    #: size): each cell of ``lorakv-lm-eval``'s sweep is a model lm-eval makes anew, on one loaded model
+    shared_runs: dict | None = None
 
     def __init__(self, submission=None, rho=None, condition=None, tier: str = "mini", model: str | None = None,
                  device: str | None = None, batch_size=None, max_batch_size=None, progress: bool = True,
@@ -84,15 +112,12 @@ class LorakvLM(LM):
             raise ValueError("lorakv needs model_args submission=<folder>,rho=<0..1>,condition=<condition> "
                              "(e.g. submission=submissions/snapkv,rho=0.9,condition=base_kv_adapter_decode)")
         if run is None:
-            from .runner import open_run
-            from .spec import load_spec
-            from .submission import load_submission
-
-            spec = load_spec(tier)
-            sub = load_submission(submission)
             device = _device(device)
             bs = _decode_batch_size(lorakv_batch_size, batch_size)
-            run = open_run(spec, sub, model, device, progress=progress, **({} if bs is None else {"batch_size": bs}))
+            key = (tier, str(submission), model, device, bs)
+            run = (LorakvLM.shared_runs or {}).get(key) or _open(tier, submission, model, device, bs, progress)
+            if LorakvLM.shared_runs is not None:  # a sweep: the next cell reuses the loaded model
+                LorakvLM.shared_runs[key] = run
         self.run = run
         self._device = str(getattr(run.model, "device", device))
         self.rho = float(rho)
@@ -149,7 +174,8 @@ class LorakvLM(LM):
         sub = self.run.submission
         return {"lorakv": {"submission": sub.name, "submission_hash": sub.hash(), "tier": self.tier,
                            "spec_version": self.run.spec.spec_version, "spec_hash": self.run.spec.hash,
-                           "model_key": self.run.model_key, "rho": self.rho, "condition": self.condition}}
+                           "model_key": self.run.model_key, "rho": self.rho, "condition": self.condition,
+                           "device": str(getattr(self.run.model, "device", self._device))}}
 
     # ------------------------------------------------------------------ requests
 
@@ -258,15 +284,147 @@ def _lm_eval_cli(args: list[str], also_our_tasks: bool):
         sys.argv, lm_eval.tasks.TaskManager = argv, base
 
 
+# ---------------------------------------------------------------------- sweeps
+
+#: joins the values of a swept model_arg: ``rho=0.5|0.9,condition=base|adapter_all``
+SWEEP_SEP = "|"
+MODEL_ARGS = ("submission", "rho", "condition", "tier", "model", "device", "batch_size")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A ``lorakv-lm-eval --model lorakv`` call: every (rho, condition) cell of ``model_args``, each
+    one lm-eval run of the other arguments (``rest``) on the device resolved once (``device``),
+    each written under ``<output_path>/<submission>/rho-<rho>_<condition>/``."""
+
+    rest: list[str]
+    model_args: dict
+    rhos: list[float]
+    conditions: list[str]
+    device: str
+    submission_name: str
+    output_path: str | None = None
+
+    def cells(self) -> list[tuple[float, str]]:
+        return [(rho, cond) for rho in self.rhos for cond in self.conditions]
+
+    def out_dir(self, rho: float, condition: str) -> Path | None:
+        """Where lm-eval writes the cell's results (it adds ``<model>/results_<date>.json``)."""
+        if self.output_path is None:
+            return None
+        root = Path(self.output_path)
+        root = root.with_suffix("") if root.suffix == ".json" else root
+        return root / self.submission_name / f"rho-{rho:g}_{condition}"
+
+    def argv(self, rho: float, condition: str) -> list[str]:
+        """lm-eval's arguments for one cell: model_args as JSON (paths with commas stay whole), the
+        resolved device as lm-eval's ``--device`` too, so its results record the device used."""
+        args = self.model_args | {"rho": rho, "condition": condition, "device": self.device}
+        out = self.out_dir(rho, condition)
+        return [*self.rest, "--model", "lorakv", "--model_args", json.dumps(args), "--device", self.device,
+                *(["--output_path", str(out)] if out is not None else [])]
+
+
+def _split(value) -> list[str]:
+    return [v.strip() for v in str(value).split(SWEEP_SEP) if v.strip()]
+
+
+def _model_args(values: list[str]) -> dict:
+    from lm_eval.utils import simple_parse_args_string
+
+    args: dict = {}
+    for v in values:
+        args |= json.loads(v) if v.strip().startswith("{") else simple_parse_args_string(v)
+    return args
+
+
+def parse_sweep(argv: list[str]) -> Sweep | None:
+    """The sweep of a ``--model lorakv`` call, every argument checked before a model loads (a
+    SpecError naming the model_arg); None for any other model (lm-eval's arguments unchanged)."""
+    import argparse
+
+    from .cli import check_device
+    from .config import CONDITIONS
+    from .models import locate_model, pick_device
+    from .spec import SpecError, load_spec
+    from .submission import load_submission
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--model")
+    parser.add_argument("--model_args", "-a", nargs="+", action="extend", default=[])
+    parser.add_argument("--device")
+    parser.add_argument("--output_path", "-o")
+    known, rest = parser.parse_known_args(argv)
+    if known.model != "lorakv":
+        return None
+    args = _model_args(known.model_args)
+    unknown = sorted(set(args) - set(MODEL_ARGS) - {"trust_remote_code"})
+    if unknown:
+        raise SpecError(f"--model_args {', '.join(unknown)}: not a lorakv model_arg (accepted: {', '.join(MODEL_ARGS)})")
+    for key, example in (("submission", "submission=submissions/snapkv"), ("rho", "rho=0.9 or rho=0.5|0.9"),
+                         ("condition", "condition=base or condition=base|adapter_all")):
+        if key not in args or not _split(args[key]):
+            raise SpecError(f"--model_args: {key} is missing ({example})")
+    try:
+        rhos = [float(r) for r in _split(args.pop("rho"))]
+    except ValueError:
+        raise SpecError(f"--model_args rho: not numbers separated by '{SWEEP_SEP}'") from None
+    bad = [r for r in rhos if not 0.0 <= r <= 1.0]
+    if bad or len(set(rhos)) != len(rhos):
+        raise SpecError(f"--model_args rho {bad or rhos}: each rho once, in [0, 1] (the fraction of the document's "
+                        "KV entries evicted)")
+    conditions = _split(args.pop("condition"))
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown or len(set(conditions)) != len(conditions):
+        raise SpecError(f"--model_args condition {SWEEP_SEP.join(unknown or conditions)}: each condition once, of "
+                        f"{', '.join(CONDITIONS)}")
+    sub = load_submission(args["submission"])
+    needs_adapter = [c for c in conditions if "adapter" in CONDITIONS[c].values()]
+    if needs_adapter and not sub.recipe.enabled:
+        raise SpecError(f"--model_args condition {SWEEP_SEP.join(needs_adapter)}: {sub.path / 'submission.yaml'} has "
+                        "recipe: none, so only condition=base applies")
+    spec = load_spec(str(args.get("tier", "mini")))
+    model = locate_model(spec, None if args.get("model") is None else str(args["model"]))
+    args["model"] = str(args["model"]) if args.get("model") is not None else model.id  # names lm-eval's output folder
+    device = known.device or args.get("device")
+    check_device(device)
+    return Sweep(rest=rest, model_args=args, rhos=rhos, conditions=conditions, device=pick_device(device),
+                 submission_name=sub.name, output_path=known.output_path)
+
+
+@contextlib.contextmanager
+def shared_runs():
+    """Within it, ``lorakv`` models opened with the same arguments share one loaded run; closed on exit."""
+    LorakvLM.shared_runs = {}
+    try:
+        yield
+    finally:
+        runs, LorakvLM.shared_runs = LorakvLM.shared_runs, None
+        for run in runs.values():
+            run.close()
+
+
 def cli_main(argv: list[str] | None = None) -> int:
     """``lorakv-lm-eval``: lm-eval's own CLI with the ``lorakv`` model registered (importing this
-    module does it), our tasks on the include path, and the Hugging Face hubs switched off."""
+    module does it), our tasks on the include path, and the Hugging Face hubs switched off. With
+    ``--model lorakv`` its model_args are checked first, and each (rho, condition) of a sweep
+    (``rho=0.5|0.9,condition=base|adapter_all``) is one lm-eval run on the model loaded once."""
     set_offline()
     from lm_eval.__main__ import cli_evaluate
 
+    from .spec import SpecError
+
     given = list(sys.argv[1:] if argv is None else argv)
-    with _lm_eval_cli(_with_task_dir(given), also_our_tasks=_user_include_path(given)):
-        cli_evaluate()
+    try:
+        sweep = parse_sweep(given)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    calls = [given] if sweep is None else [sweep.argv(rho, cond) for rho, cond in sweep.cells()]
+    with shared_runs():
+        for args in calls:
+            with _lm_eval_cli(_with_task_dir(args), also_our_tasks=_user_include_path(args)):
+                cli_evaluate()
     return 0
 
 

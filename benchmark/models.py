@@ -22,6 +22,7 @@ import importlib.metadata as md
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from . import attention
+from .config import OWN_MODEL_ID, OWN_SOURCES
 from .config import RUN_DTYPES  # noqa: F401 - re-exported: what ``--dtype`` accepts
 from .paths import cache_dir, sha256_file, stable_hash
 from .spec import ModelSpec, Prompt, SpecError
@@ -68,10 +70,13 @@ def _wheel_file(name: str, version: str, rel: str, all_wheels: list[dict]) -> Pa
 
 
 def provision(model: ModelSpec, *, force: bool = False) -> Path | str:
-    """Return something ``from_pretrained`` loads quickly: a cache dir (GGUF wheels) or an HF id."""
+    """Return something ``from_pretrained`` loads quickly: a cache dir (GGUF wheels), an HF id, or
+    the folder of a model brought with ``--model PATH`` (see :func:`resolve_model`)."""
     src = model.source
     if src["kind"] == "hf":
         return src["repo"]
+    if src["kind"] in OWN_SOURCES:
+        return Path(src["path"])
     key = stable_hash({"wheels": src["wheels"], "sha256": src["sha256"]}, 12)
     out = cache_dir() / "models" / f"{model.id}-{key}"
     if (out / "lorakv-converted.json").exists() and not force:
@@ -119,6 +124,135 @@ def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
     tok.save_pretrained(out)
 
 
+# ---------------------------------------------------------------- a model of the researcher's own
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _hub_reachable_folder(spec, arg: str) -> Path:
+    """The local snapshot of Hub id ``arg`` (downloaded when the Hub is reachable); a one-line
+    SpecError naming ``--model`` otherwise."""
+    ids = ", ".join(m.id for m in spec.models)
+    head = f"--model {arg}: neither a model id of spec {spec.spec_version} ({ids}) nor a local folder"
+    if not OWN_MODEL_ID.fullmatch(arg) or "/" not in arg:
+        raise SpecError(f"{head} (a Hub id is ORG/NAME)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise SpecError(f"{head}, and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1), so it cannot be a Hub id "
+                        "either; download it on a connected machine and pass its folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(arg))
+    except Exception as exc:  # noqa: BLE001 - connection, 404, auth: one line with the cause
+        cause = " ".join(str(exc).split())[:200]
+        raise SpecError(f"{head}, and the Hugging Face Hub did not give it (offline or unknown: "
+                        f"{type(exc).__name__}: {cause})") from None
+
+
+def locate_model(spec, arg: str | None) -> ModelSpec | Path:
+    """``--model``: the spec's model of that id (None: the default), else the folder it names (a
+    local folder, or the snapshot of a Hub id). Nothing is hashed or loaded."""
+    if arg is None or any(m.id == arg for m in spec.models):
+        return spec.model(arg)
+    folder = Path(arg).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise SpecError(f"--model {arg}: a folder without config.json; pass a transformers model folder "
+                            "(config.json, weights, tokenizer)")
+        return folder
+    return _hub_reachable_folder(spec, arg)
+
+
+def resolve_model(spec, arg: str | None) -> ModelSpec:
+    """The :class:`ModelSpec` that ``--model`` names: the spec's own, or one derived from a folder's
+    config (:func:`own_model`)."""
+    found = locate_model(spec, arg)
+    if isinstance(found, ModelSpec):
+        return found
+    return own_model(spec, found, hub_id=None if Path(arg).expanduser().is_dir() else arg)
+
+
+def _snapshot_commit(folder: Path) -> str | None:
+    """The commit of a Hugging Face cache snapshot (``.../snapshots/<40 hex>/``), if it is one."""
+    name = folder.resolve().name
+    return name if folder.resolve().parent.name == "snapshots" and re.fullmatch(r"[0-9a-f]{40}", name) else None
+
+
+def folder_revision(folder: Path) -> str:
+    """A model folder's revision: the Hub commit of a cache snapshot, else the sha256 of its
+    config.json and of the listing of its weight files (name and each file's sha256)."""
+    commit = _snapshot_commit(folder)
+    if commit:
+        return commit
+    listing = {"config.json": sha256_file(folder / "config.json")}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES):
+            listing[p.name] = sha256_file(p)
+    if len(listing) == 1:
+        raise SpecError(f"--model {folder}: no weight files ({', '.join(_WEIGHT_SUFFIXES)}) in the folder")
+    return stable_hash(listing, 64)
+
+
+def kv_shape_of(config) -> tuple[int, int, int]:
+    """(layers, KV heads, head_dim) of a transformers config: what ``config.KV_SHAPES`` holds for
+    the spec's models, read here from the config of a model brought with ``--model``."""
+    text = getattr(config, "get_text_config", lambda: config)()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return int(text.num_hidden_layers), int(kv_heads), int(head_dim)
+
+
+def own_model(spec, folder: Path, hub_id: str | None = None) -> ModelSpec:
+    """A model the spec does not name, from its folder: id (the folder's name, or the Hub id it was
+    downloaded as), revision (:func:`folder_revision`), dtype and KV shape from its config.json.
+    It runs with the spec's prompt, data and generation."""
+    from transformers import AutoConfig
+
+    model_id = hub_id or folder.resolve().name
+    if not OWN_MODEL_ID.fullmatch(model_id):
+        raise SpecError(f"--model {folder}: the model's id '{model_id}' (the folder's name) must be letters, digits, "
+                        "'.', '_' and '-' (at most 96); rename the folder")
+    if any(m.id == model_id for m in spec.models):
+        raise SpecError(f"--model {folder}: '{model_id}' is a model id of spec {spec.spec_version}; rename the "
+                        "folder so its results are not taken for the spec's model")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"--model {folder}: config.json does not load: {' '.join(str(exc).split())[:200]}") from None
+    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    dtype = dtype.removeprefix("torch.")
+    if dtype not in _DTYPES:
+        dtype = "float32"
+    source = {"kind": "hub" if hub_id else "local",
+              "path": str(folder.resolve()), "revision": folder_revision(folder), "kv_shape": list(kv_shape_of(config))}
+    return ModelSpec(id=model_id, name=model_id, dtype=dtype, source=source)
+
+
+def chat_template_sha256(tokenizer) -> str | None:
+    """The sha256 of the tokenizer's chat template (None: no template, the prompt is plain text)."""
+    import hashlib
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    if not isinstance(template, str):  # several named templates: the one apply_chat_template uses
+        template = template.get("default") if isinstance(template, dict) else str(template)
+    return hashlib.sha256(str(template).encode()).hexdigest()
+
+
+def model_header(model: ModelSpec, tokenizer) -> dict:
+    """A result's ``model``: the spec's id and name, and for a model of one's own also where it came
+    from, its revision, the chat template that rendered the prompts, its dtype and KV shape (what
+    the result's checks read for it in place of the spec)."""
+    header = {"id": model.id, "name": model.name}
+    if model.source["kind"] in OWN_SOURCES:
+        header |= {"source": model.source["kind"], "revision": model.source["revision"],
+                   "chat_template_sha256": chat_template_sha256(tokenizer), "dtype": model.dtype,
+                   "kv_shape": model.source["kv_shape"]}
+    return header
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -154,6 +288,9 @@ def load_model(model: ModelSpec, device: str | None = None, dtype: str | None = 
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
         lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attention.register(), **kwargs)
     except OSError as exc:
+        if model.source["kind"] in OWN_SOURCES:
+            raise SpecError(f"--model {where}: does not load as a transformers model: "
+                            f"{' '.join(str(exc).split())[:200]}") from None
         if model.source["kind"] == "hf":
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise ModelUnavailable(

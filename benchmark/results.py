@@ -26,13 +26,18 @@ def result_path(root: str | Path, submission: str, tier: str, model: str, datase
     the split named unless it is ``test``, the shard for a shard's own file (``--shard i/n``). The one
     place the rule is written; :func:`result_path_of` reads it off a result's header."""
     stem = dataset + ("" if split == "test" else f".{split}") + (f".shard-{shard[0]}-of-{shard[1]}" if shard else "")
-    return Path(root) / submission / tier / model / f"{stem}.json"
+    return Path(root) / submission / tier / model_dir(model) / f"{stem}.json"
 
 
 def result_path_of(root: str | Path, data: dict) -> Path:
     """Where the result ``data`` (a loaded result file, unsharded) lives under ``root``."""
     return result_path(root, data["submission"]["name"], data["tier"], data["model"]["id"], data["dataset"]["id"],
                        data["dataset"]["split"])
+
+
+def model_dir(model_id: str) -> str:
+    """The folder of a model's results: its id, with a Hub id's "/" written "--" (as the HF cache does)."""
+    return model_id.replace("/", "--")
 
 
 def environment(device: str, dtype: str | None = None) -> dict:

@@ -36,7 +36,7 @@ from .compression import evict_planned, kv_bytes, kv_entries, prefill
 from .config import EvalRequest, as_request, uses_adapter
 from .datasets import Document, load_split, resolve_dataset
 from .generation import Row, greedy_decode
-from .models import PromptRenderer, load_model, pick_device
+from .models import ModelSpec, PromptRenderer, load_model, model_header, pick_device, resolve_model
 from .plan import PlanError, check_plan, digest, full_plan, plan_from_scores
 from .results import ResultFile, environment, result_path
 from .spec import CONDITIONS, Spec, load_spec
@@ -305,10 +305,12 @@ def model_key(model_spec) -> str:
     return f"{model_spec.id}@{src.get('sha256') or src.get('revision')}"
 
 
-def open_run(spec: Spec, submission: Submission, model_id: str | None = None, device: str | None = None,
+def open_run(spec: Spec, submission: Submission, model: str | ModelSpec | None = None, device: str | None = None,
              dtype: str | None = None, **kwargs) -> DocumentRun:
-    """A :class:`DocumentRun` of the spec's model (its per-model recipe and prompt); close it when done."""
-    model_spec = spec.model(model_id)
+    """A :class:`DocumentRun` of ``model`` (a spec model id, default the spec's default; a model
+    folder or Hub id, see :func:`benchmark.models.resolve_model`; or a resolved ModelSpec) with its
+    per-model recipe and prompt; close it when done."""
+    model_spec = model if isinstance(model, ModelSpec) else resolve_model(spec, model)
     submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
     model, tok = load_model(model_spec, device, dtype)
     return DocumentRun.build(model, tok, spec, submission, model_key=model_key(model_spec),
@@ -335,21 +337,22 @@ def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
     req = dataclasses.replace(req, device=pick_device(req.device), rhos=sorted(req.rhos if req.rhos is not None else spec.rhos),
                               conditions=list(req.conditions or spec.conditions))
     datasets = [resolve_dataset(spec, d) for d in req.datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
-    model_spec = spec.model(req.model_id)
-    with open_run(spec, submission, req.model_id, req.device, req.dtype, batch_size=req.batch_size,
+    model_spec = resolve_model(spec, req.model_id)  # a spec id, or a model folder / Hub id of one's own
+    with open_run(spec, submission, model_spec, req.device, req.dtype, batch_size=req.batch_size,
                   progress=req.progress, worker_timeout=req.worker_timeout) as run:
         return _evaluate_datasets(run, spec, submission, model_spec, datasets, req, run.sandbox)
 
 
 def result_header(submission: Submission, spec: Spec, model_spec, ds, split: str, rhos, conditions, env: dict,
-                  slice: dict | None = None) -> dict:
+                  slice: dict | None = None, tokenizer=None) -> dict:
     """A result file's header: what was evaluated, under which spec, on which data and machine.
-    ``slice`` (``--docs``/``--questions``) is part of the file's identity: a run resumes only the same slice."""
+    ``slice`` (``--docs``/``--questions``) is part of the file's identity: a run resumes only the same slice.
+    ``tokenizer``: its chat template is recorded for a model of one's own (:func:`benchmark.models.model_header`)."""
     header = {
         "submission": {"name": submission.name, "hash": submission.hash(), "compressor": submission.compressor_cfg,
                        "adapter": submission.raw["adapter"], "headline_condition": submission.headline_condition},
         "tier": spec.tier, "spec_version": spec.spec_version, "spec_hash": spec.hash,
-        "model": {"id": model_spec.id, "name": model_spec.name},
+        "model": model_header(model_spec, tokenizer),
         "dataset": {"id": ds.id, "split": split, "sha256": ds.split(split).sha256},
         "rhos": rhos, "conditions": conditions, "environment": env,
     }
@@ -366,7 +369,7 @@ def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalReq
             documents = documents[shard[0]::shard[1]]
         header = result_header(submission, spec, model_spec, ds, split, rhos, conditions,
                                environment(req.device, run.dtype) | {"sandbox": sandbox},
-                               slice={"docs": docs, "questions": questions})
+                               slice={"docs": docs, "questions": questions}, tokenizer=run.tokenizer)
         path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, split, shard)
         result = ResultFile(path, header)
         done = result.done()

@@ -77,6 +77,23 @@ class ModelSpec:
     source: dict
     default: bool = False
     prompt: Prompt | None = None
+    description: str | None = None  # where the weights come from, exactly (docs)
+    upstream: str | None = None  # the Hub id of the model the weights were made from
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hub id this model is known by: ``upstream``, else an ``hf`` source's repo."""
+        return self.upstream or (self.source.get("repo") if self.source.get("kind") == "hf" else None)
+
+
+#: fields of a spec's model entries that document it and change no result: left out of the spec hash
+DESCRIPTIVE_MODEL_FIELDS = ("description", "upstream")
+
+
+def spec_hash(raw: dict) -> str:
+    """The hash every result records: the whole spec but :data:`DESCRIPTIVE_MODEL_FIELDS`."""
+    models = [{k: v for k, v in m.items() if k not in DESCRIPTIVE_MODEL_FIELDS} for m in raw["models"]]
+    return stable_hash(raw | {"models": models})
 
 
 @dataclass(frozen=True)
@@ -230,7 +247,8 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
     models = tuple(
         ModelSpec(
             id=m["id"], name=m["name"], dtype=m["dtype"], source=m["source"], default=m.get("default", False),
-            prompt=_prompt(m["prompt"]) if "prompt" in m else None,
+            prompt=_prompt(m["prompt"]) if "prompt" in m else None, description=m.get("description"),
+            upstream=m.get("upstream"),
         )
         for m in raw["models"]
     )
@@ -244,7 +262,7 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
         conditions=tuple(raw["conditions"]),
         prompt=_prompt(raw["prompt"]),
         generation=GenerationSpec(max_new_tokens=gen["max_new_tokens"], stop=tuple(gen.get("stop", ()))),
-        hash=stable_hash(raw),
+        hash=spec_hash(raw),
         raw=raw,
         metric=MetricSpec(normalization=raw["metric"].get("normalization", "squad"),
                           extraction=raw["metric"].get("extraction", "boxed_or_first_line")),

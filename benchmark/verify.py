@@ -136,6 +136,9 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
     if spec.hash != data["spec_hash"]:
         raise SpecError(f"{path}: field 'spec_hash': {data['spec_hash']}, this version's {data['tier']} spec is "
                         f"{spec.hash}; verify needs the spec the result was produced under")
+    if data["model"]["id"] not in {m.id for m in spec.models}:
+        raise SpecError(f"{path}: field 'model/id': '{data['model']['id']}' is a model of one's own (evaluate --model "
+                        "PATH); verify re-runs results of the spec's models only")
     made_on = str(data["environment"].get("device", "cpu")).split(":")[0]
     if device.split(":")[0] != made_on:  # greedy decoding is exact within one device kind and dtype only
         raise SpecError(f"{path}: field 'environment/device': the result was made on {made_on}; verify re-runs it "

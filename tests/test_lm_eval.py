@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -185,3 +186,111 @@ def test_every_task_generates_as_its_spec_says():
         kwargs = task["generation_kwargs"]
         assert (kwargs["max_gen_toks"], kwargs["until"], kwargs["do_sample"]) == (
             gen.max_new_tokens, list(gen.stop), False), path.name
+
+
+# ---------------------------------------------------------------------- sweeps (lorakv-lm-eval)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: argument errors must come first."""
+    import benchmark.runner
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(benchmark.runner, "load_model", refuse)
+
+
+@pytest.mark.parametrize("model_args, says", [
+    ("submission={sub},condition=base", "--model_args: rho is missing"),
+    ("submission={sub},rho=0.5", "--model_args: condition is missing"),
+    ("submission={sub},rho=0.5|2,condition=base", "--model_args rho [2.0]: each rho once, in [0, 1]"),
+    ("submission={sub},rho=0.5|x,condition=base", "--model_args rho: not numbers"),
+    ("submission={sub},rho=0.5,condition=base|nope", "--model_args condition nope: each condition once, of base,"),
+    ("submission={sub},rho=0.5,condition=base,colour=red", "--model_args colour: not a lorakv model_arg"),
+    ("submission={nosub},rho=0.5,condition=base", "no-adapter"),
+    ("submission={nosub},rho=0.5,condition=base|adapter_all",
+     "--model_args condition adapter_all: {nosub}/submission.yaml has recipe: none"),
+    ("submission={sub},rho=0.5,condition=base,model=nope", "--model nope: neither a model id of spec"),
+])
+def test_sweep_argument_errors_come_first(model_args, says, tmp_path, no_model_loads, capsys):
+    from benchmark.lm_eval_model import cli_main
+
+    sub = write_submission(tmp_path / "submissions")
+    nosub = tmp_path / "submissions" / "no-adapter"
+    nosub.mkdir()
+    (nosub / "submission.yaml").write_text(SUBMISSION.format(name="no-adapter").split("adapter:")[0]
+                                          + "adapter: {recipe: none}\n")
+    args = model_args.format(sub=sub, nosub=nosub)
+    if says == "no-adapter":  # a valid call: the checks pass it
+        from benchmark.lm_eval_model import parse_sweep
+
+        assert parse_sweep(["--model", "lorakv", "--model_args", args]).cells() == [(0.5, "base")]
+        return
+    assert cli_main(["--model", "lorakv", "--model_args", args, "--tasks", TASK]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and says.format(nosub=nosub) in err, err
+
+
+def test_sweep_cells_paths_and_device(tmp_path):
+    from benchmark.lm_eval_model import parse_sweep
+
+    sub = write_submission(tmp_path / "submissions")
+    sweep = parse_sweep(["--model", "lorakv", "-a", f"submission={sub},rho=0.5|0.9", "condition=base|adapter_all",
+                         "--tasks", TASK, "--output_path", str(tmp_path / "out")])
+    assert sweep.cells() == [(0.5, "base"), (0.5, "adapter_all"), (0.9, "base"), (0.9, "adapter_all")]
+    assert sweep.device == "cpu"  # no CUDA here: the device used, not lm-eval's default cuda:0
+    argv = sweep.argv(0.9, "adapter_all")
+    assert argv[:2] == ["--tasks", TASK] and argv[argv.index("--device") + 1] == "cpu"
+    assert argv[argv.index("--output_path") + 1] == str(tmp_path / "out" / "tiny-snapkv" / "rho-0.9_adapter_all")
+    assert json.loads(argv[argv.index("--model_args") + 1]) == {
+        "submission": str(sub), "rho": 0.9, "condition": "adapter_all", "device": "cpu", "model": "qwen2.5-0.5b"}
+    assert parse_sweep(["--model", "hf", "--tasks", TASK]) is None  # other models: lm-eval's arguments as given
+
+
+@pytest.mark.slow  # lm-eval indexes its task folders once per cell: about 40 s on 2 cores
+def test_sweep_end_to_end_on_a_model_folder(tmp_path, monkeypatch):
+    """One call, 2 rhos x 2 conditions, on a tiny model folder (``model=PATH``): four lm-eval result
+    files named by submission, rho and condition, the model loaded once, the device recorded."""
+    import benchmark.lm_eval_model as M
+    from benchmark.tiny import tiny_model
+
+    model, tok = tiny_model("llama")
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    sub = write_submission(tmp_path / "submissions")
+    opened = []
+    real_open = M._open
+    monkeypatch.setattr(M, "_open", lambda *a: opened.append(a) or real_open(*a))
+    out = tmp_path / "out"
+    assert M.cli_main(["--model", "lorakv", "--model_args",
+                       f"submission={sub},rho=0.5|0.9,condition=base|adapter_all,model={folder}",
+                       "--tasks", TASK, "--limit", "2", "--output_path", str(out)]) == 0
+    assert len(opened) == 1
+    files = sorted(out.rglob("results_*.json"))
+    assert [f.relative_to(out).parts[:2] for f in files] == [
+        ("tiny-snapkv", "rho-0.5_adapter_all"), ("tiny-snapkv", "rho-0.5_base"),
+        ("tiny-snapkv", "rho-0.9_adapter_all"), ("tiny-snapkv", "rho-0.9_base")]
+    for f in files:
+        config = json.loads(f.read_text())["config"]
+        rho, cond = f.relative_to(out).parts[1].removeprefix("rho-").split("_", 1)
+        assert (config["lorakv"]["rho"], config["lorakv"]["condition"]) == (float(rho), cond)
+        assert config["device"] == "cpu" and config["lorakv"]["device"] == "cpu"
+        assert config["lorakv"]["model_key"].startswith("tiny-llama@")
+    assert M.LorakvLM.shared_runs is None  # the sweep's runs are closed and forgotten
+
+
+def test_plain_lm_eval_discovers_no_entry_points():
+    """Why ``lorakv-lm-eval`` exists: lm-eval finds no model a package declares (it reads no
+    entry-point group). When a release starts to, declare ``lorakv`` there and say so in docs/usage.md."""
+    import lm_eval
+
+    root = Path(lm_eval.__file__).parent
+    calls = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+             if "tasks" not in p.relative_to(root).parts and "entry_points(" in p.read_text(encoding="utf-8")]
+    assert calls == [], f"lm-eval now reads entry points ({calls}): register the lorakv model through one"
+    code = "from lm_eval.api.registry import get_model\ntry:\n    get_model('lorakv')\nexcept ValueError:\n    print('absent')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "absent", proc.stderr[-2000:]
