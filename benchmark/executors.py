@@ -77,8 +77,8 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
             gpus = int((req.device or "").startswith("cuda") or (req.device is None and has_gpus))
         task = ray.remote(num_cpus=1, num_gpus=gpus)(_unit)
         # what every unit shares: absolute paths (a Ray worker may start elsewhere), no progress bar
-        common = dataclasses.replace(req, submission=str(Path(req.submission).resolve()), out=str(Path(req.out).resolve()),
-                                     model_id=model_id, progress=False)
+        common = dataclasses.replace(req, submission=str(Path(req.submission).resolve()),
+                                     out=str(Path(req.out).resolve()), model_id=model_id, progress=False)
         refs = {task.remote(dataclasses.replace(common, datasets=[ds], shard=(i, n)), loaders): (ds, i, n)
                 for ds, i, n in units}
         shards: dict[str, list[Path]] = {}

@@ -138,8 +138,9 @@ def main() -> None:
     if args.max_steps:
         train = dataclasses.replace(sub.recipe.train, max_steps=args.max_steps)
         sub = dataclasses.replace(sub, recipe=dataclasses.replace(sub.recipe, train=train))
-    run = open_run(spec, sub, EvalRequest(submission=args.submission, model_id=args.model, device="cpu", dtype=args.dtype,
-                                          batch_size=args.batch_size, progress=False))
+    request = EvalRequest(submission=args.submission, model_id=args.model, device="cpu", dtype=args.dtype,
+                          batch_size=args.batch_size, progress=False)
+    run = open_run(spec, sub, request)
     sub = run.submission  # with the model's train overrides, if any
     model, rhos = run.model, sorted(args.rhos or spec.rhos)
     dtype = str(model.dtype).removeprefix("torch.")

@@ -244,3 +244,12 @@ def test_open_run_loads_the_requests_model_with_the_loaders_given(tmp_path):
         assert (run.model, run.batch_size, run.progress, run.sandbox) == (model, 3, False, "no code")
     [(model_spec, device, dtype)] = asked
     assert (model_spec.id, device, dtype) == ("smollm2-135m", "cpu", "float32")
+
+
+def test_the_real_loaders_pickle_as_references_for_ray_tasks():
+    import pickle
+
+    from benchmark.evaluator import LOADERS
+    from benchmark.models import load_model
+
+    assert pickle.loads(pickle.dumps(LOADERS)) == LOADERS and LOADERS.load_model is load_model

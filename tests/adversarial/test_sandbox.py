@@ -144,8 +144,6 @@ KW = dict(rhos=[0.0, 0.5], conditions=["base", "base_kv_adapter_decode"], progre
 @pytest.fixture()
 def data(tmp_path, document):
     """A one-document dataset whose first question's gold answer is SECRET."""
-    from benchmark.spec import DataFile, load_spec
-
     path = tmp_path / "data" / "docs.jsonl"
     path.parent.mkdir()
     row = {"doc_id": "d0", "text": document.text,
