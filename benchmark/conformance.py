@@ -155,41 +155,49 @@ def _check_in_sandbox(paths: list, timeout: float) -> dict[str, list[str]]:
 
 def check_sandboxed_plans(path: Path, timeout: float = VALIDATE_TIMEOUT_S) -> list[str]:
     """For a press of the submission's own: the plans the sandbox returns on the tiny models, checked
-    here (shape, exact budget per layer and KV head), and the same on a second request."""
-    from .models import PromptRenderer
-    from .plan import PlanError, check_plan
-    from .spec import load_spec
+    here (shape, exact budget per layer and KV head), and the same on a second request. The tiny
+    models' sandboxed processes run side by side (one thread each waits on its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .submission import load_submission
     from .tiny import tiny_model
-    from .worker import SubmissionProcess, WorkerError
 
     sub = load_submission(path)
     if not sub.press_is_code:
         return []
+    models = [(kind, *tiny_model(kind)) for kind in CONFORMANCE_MODELS]  # here: each seeds torch's global RNG
+    with ThreadPoolExecutor(max_workers=len(models)) as pool:
+        per_model = list(pool.map(lambda m: _check_sandboxed_plan(sub, *m, timeout), models))
+    return [p for problems in per_model for p in problems]
+
+
+def _check_sandboxed_plan(sub, kind: str, model, tok, timeout: float) -> list[str]:
+    from .models import PromptRenderer
+    from .plan import PlanError, check_plan
+    from .spec import load_spec
+    from .worker import SubmissionProcess, WorkerError
+
     yml = sub.path / "submission.yaml"
     rhos = [r for r in CONFORMANCE_RHOS if 0 < r < 1]
-    problems = []
-    for kind in CONFORMANCE_MODELS:
-        model, tok = tiny_model(kind)
-        renderer = PromptRenderer(tok, load_spec("mini").prompt)
-        ids = renderer.prefix_ids + renderer.doc_ids(CONFORMANCE_DOCUMENT)
-        span = (len(renderer.prefix_ids), len(ids))
-        where = f"{yml}: field 'compressor/press': the plan of {sub.compressor_cfg['press']} on the tiny {kind} model"
+    renderer = PromptRenderer(tok, load_spec("mini").prompt)
+    ids = renderer.prefix_ids + renderer.doc_ids(CONFORMANCE_DOCUMENT)
+    span = (len(renderer.prefix_ids), len(ids))
+    where = f"{yml}: field 'compressor/press': the plan of {sub.compressor_cfg['press']} on the tiny {kind} model"
+    try:
+        code = SubmissionProcess.start(sub.path, model=model, tokenizer=tok, timeout=timeout)
         try:
-            code = SubmissionProcess.start(sub.path, model=model, tokenizer=tok, timeout=timeout)
-            try:
-                first, again = (code.plan(ids, span, rhos, "kvpress", where=where) for _ in range(2))
-            finally:
-                code.close()
-            for r in rhos:
-                check_plan(first[r], n_layers=model.config.num_hidden_layers, kv_heads=model.config.num_key_value_heads,
-                           n_doc=span[1] - span[0], rho=r, budget="kvpress", where=where)
-                if not bool((first[r] == again[r]).all()):
-                    raise PlanError(f"{where}: rho={r}: a second request keeps other entries (plans must be "
-                                    "deterministic)")
-        except (PlanError, WorkerError) as exc:
-            problems.append(str(exc) if str(exc).startswith(str(yml)) else f"{where}: {exc}")
-    return problems
+            first, again = (code.plan(ids, span, rhos, "kvpress", where=where) for _ in range(2))
+        finally:
+            code.close()
+        for r in rhos:
+            check_plan(first[r], n_layers=model.config.num_hidden_layers, kv_heads=model.config.num_key_value_heads,
+                       n_doc=span[1] - span[0], rho=r, budget="kvpress", where=where)
+            if not bool((first[r] == again[r]).all()):
+                raise PlanError(f"{where}: rho={r}: a second request keeps other entries (plans must be "
+                                "deterministic)")
+    except (PlanError, WorkerError) as exc:
+        return [str(exc) if str(exc).startswith(str(yml)) else f"{where}: {exc}"]
+    return []
 
 
 def _check_recipe(sub, yml: Path) -> list[str]:

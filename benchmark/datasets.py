@@ -12,6 +12,7 @@ receives a :class:`TrainingView` (document text + train_qa) and nothing else.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,11 +94,23 @@ def _check_content(obj: dict, source: str) -> None:
 
 def load_documents(path: str | Path, expected_sha256: str | None = None) -> list[Document]:
     """Read a JSONL file, validating each line. Raises DataError naming file:line and field
-    (the first problem; :func:`check_documents` lists them all)."""
+    (the first problem; :func:`check_documents` lists them all). A file pinned by its sha256 is
+    read and validated once per process."""
+    if expected_sha256 and Path(path).is_file() and sha256_file(path) == expected_sha256:
+        return list(_pinned_documents(str(path), expected_sha256))
     docs, problems = _read_documents(Path(path), expected_sha256, stop_at_first=True)
     if problems:
         raise DataError(problems[0])
     return docs
+
+
+@functools.lru_cache(maxsize=32)
+def _pinned_documents(path: str, sha256: str) -> tuple[Document, ...]:
+    """The documents of a data file whose content is ``sha256`` (Documents are frozen)."""
+    docs, problems = _read_documents(Path(path), sha256, stop_at_first=True)
+    if problems:
+        raise DataError(problems[0])
+    return tuple(docs)
 
 
 def check_documents(path: str | Path, expected_sha256: str | None = None) -> tuple[list[Document], list[str]]:

@@ -90,7 +90,7 @@ CATALOG: dict[str, Support] = {
     "TOVAPress": Support(RUNS),
     "ObservedAttentionPress": Support(REFUSED, "needs the eager attention matrix of the prefill "
                                                "(attn_implementation='eager'); the benchmark prefills with SDPA"),
-    "PyramidKVPress": Support(REFUSED, _LAYER + " (its score() alone is SnapKV's: it used to run as SnapKV)"),
+    "PyramidKVPress": Support(REFUSED, _LAYER + " (its score() alone is SnapKV's, so it would run as SnapKV)"),
     # bases
     "BasePress": Support(REFUSED, "abstract base class"),
     "ScorerPress": Support(REFUSED, "abstract base class: score() is not implemented"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -259,15 +260,25 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def load_result(path: str | Path) -> dict:
+    """A result file's data, checked against ``result.schema.json`` (once per process for each
+    content: the schema check of a result file is most of the time it takes to load)."""
     path = Path(path)
+    blob = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(blob.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    validate_against("result.schema.json", data, str(path))
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest not in _SCHEMA_VALID:
+        validate_against("result.schema.json", data, str(path))
+        _SCHEMA_VALID.add(digest)
     return data
+
+
+#: sha256 of result-file contents that passed the schema check in this process
+_SCHEMA_VALID: set[str] = set()
 
 
 def merge_shards(paths: list[str | Path], out: str | Path) -> Path:

@@ -7,6 +7,7 @@ every result file, so numbers from different specs are never mixed on the leader
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import jsonschema
 import yaml
 
 from .config import BUDGETS, CONDITION_HELP, CONDITIONS, TIERS  # noqa: F401 - defined in config.py, re-exported
-from .paths import PACKAGE_DIR, cache_dir, stable_hash
+from .paths import PACKAGE_DIR, cache_dir, sha256_file, stable_hash
 
 SPEC_DIR = PACKAGE_DIR / "specs"
 SCHEMA_DIR = PACKAGE_DIR / "schemas"
@@ -232,6 +233,13 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
         path = SPEC_DIR / f"{tier_or_path}.yaml"
     if not path.exists():
         raise SpecError(f"no spec at {path} (tiers: {', '.join(TIERS)})")
+    return _load_spec(path, sha256_file(path), cache_dir())
+
+
+@functools.lru_cache(maxsize=32)
+def _load_spec(path: Path, sha256: str, cache: Path) -> Spec:
+    """The spec in ``path``, whose content is ``sha256``, built once per process: a Spec is frozen,
+    and what it is built from is that content and, for ``prepared/`` data paths, the cache folder."""
     raw = load_yaml(path, "spec.schema.json")
     datasets = tuple(
         DatasetSpec(

@@ -20,7 +20,7 @@ from .config import BASE
 from .metrics import detectable_difference, paired_bootstrap_ci
 
 STRATA = ("covered", "uncovered")
-LEAK_LIMIT = 5.0  # points of ROUGE-L; issue 13's threshold
+LEAK_LIMIT = 5.0  # points of ROUGE-L
 
 
 def stratum_of(pred: dict) -> str | None:

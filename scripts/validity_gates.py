@@ -1,6 +1,6 @@
 """Measure the mini tier's validity gates on the dev split (never on test), with the base model.
 
-A valid embedded tier needs (issue 12, ``../shared/DESIGN.md``):
+A valid embedded tier needs:
 
 1. a model that reads its context: base ROUGE-L at rho = 0 >= 50;
 2. facts that cannot be guessed: base ROUGE-L at rho = 1 <= 5;

@@ -1,10 +1,57 @@
 import os
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from benchmark.paths import set_offline
 
 set_offline()
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED_SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*")
+                               if p.is_dir() and not p.name.startswith((".", "_")))
+
+#: sandboxed checks started when collection ends, read by the session fixtures below
+_started: dict[str, Future] = {}
+
+
+def pytest_collection_finish(session):
+    """When a selected test reads the committed submissions' sandboxed check, start it now in a
+    thread: its process runs on the second core while the tests before it run on the first."""
+    if any("committed_submission_problems" in getattr(item, "fixturenames", ()) for item in session.items):
+        from benchmark.conformance import check_submissions_isolated
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="committed-submissions")
+        _started["committed_submission_problems"] = pool.submit(check_submissions_isolated, COMMITTED_SUBMISSIONS)
+        pool.shutdown(wait=False)
+
+
+@pytest.fixture(scope="session")
+def committed_submission_problems() -> dict[str, list[str]]:
+    """Every committed submission checked once, in the sandbox (those without code share one
+    process): ``conformance.check_submissions_isolated``, keyed by the folder as a string."""
+    from benchmark.conformance import check_submissions_isolated
+
+    started = _started.get("committed_submission_problems")
+    return started.result() if started else check_submissions_isolated(COMMITTED_SUBMISSIONS)
+
+
+@pytest.fixture(scope="session")
+def committed_leaderboard(tmp_path_factory) -> tuple[int, Path]:
+    """``lorakv-bench leaderboard`` run once over a copy of the committed layout (``results/`` and
+    ``verified/`` inside a ``leaderboard/`` folder, so relative links are the committed ones):
+    (its exit code, that folder with README.md, the data files and plots/)."""
+    from benchmark import cli
+
+    out = tmp_path_factory.mktemp("committed") / "leaderboard"
+    for name in ("results", "verified"):
+        if (ROOT / "leaderboard" / name).exists():
+            shutil.copytree(ROOT / "leaderboard" / name, out / name)
+    rc = cli.main(["leaderboard", "--results", str(out / "results"), "--out", str(out / "README.md"),
+                   "--plots", str(out / "plots")])
+    return rc, out
 
 
 @pytest.fixture(autouse=True)

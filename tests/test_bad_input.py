@@ -1,5 +1,5 @@
 """Bad input gets a one-line error naming the flag / file / line / field and a non-zero exit,
-before any work starts (issue 14, item 6)."""
+before any work starts."""
 
 from __future__ import annotations
 

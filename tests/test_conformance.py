@@ -12,8 +12,7 @@ import pytest
 
 from benchmark import leaderboard
 from benchmark.config import DTYPE_BYTES, KV_SHAPES
-from benchmark.conformance import (check_result_file, check_submission, check_submission_isolated,
-                                   check_submissions_isolated, kept_per_head)
+from benchmark.conformance import check_result_file, check_submission, check_submission_isolated, kept_per_head
 from benchmark.runner import result_header
 from benchmark.spec import load_spec
 
@@ -35,14 +34,9 @@ def as_sandbox(monkeypatch):
 # ------------------------------------------------------------------ what is committed
 
 
-@pytest.fixture(scope="session")
-def committed_submission_problems() -> dict[str, list[str]]:
-    """Every committed submission checked once, in the sandbox (those without code share a process)."""
-    return check_submissions_isolated(SUBMISSIONS)
-
-
 @pytest.mark.parametrize("submission", SUBMISSIONS, ids=[p.name for p in SUBMISSIONS])
 def test_committed_submission_conforms(submission, committed_submission_problems):
+    """(``committed_submission_problems``, tests/conftest.py: all of them in one sandboxed check)"""
     assert committed_submission_problems[str(submission)] == []
 
 
@@ -52,8 +46,18 @@ def test_committed_result_conforms(result):
 
 
 @pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
-def test_leaderboard_is_up_to_date():
-    stale = leaderboard.stale_files(RESULTS_ROOT, ROOT / "leaderboard" / "README.md", ROOT / "leaderboard" / "plots")
+def test_leaderboard_is_up_to_date(committed_leaderboard):
+    """The committed page, data files and plots equal a fresh render of the committed results
+    (``committed_leaderboard``, tests/conftest.py: rendered once per test run)."""
+    rc, fresh = committed_leaderboard
+    committed = ROOT / "leaderboard"
+    assert rc == 0
+    written = {p.relative_to(fresh).as_posix() for p in fresh.rglob("*")
+               if p.is_file() and p.relative_to(fresh).parts[0] not in ("results", "verified")}
+    assert {"README.md", leaderboard.DATA_JSON, leaderboard.DATA_CSV} <= written
+    names = sorted(written | {f"plots/{p.name}" for p in (committed / "plots").glob("*.svg")})
+    stale = [name for name in names if not (committed / name).exists() or not (fresh / name).exists()
+             or (committed / name).read_bytes() != (fresh / name).read_bytes()]
     assert stale == [], "leaderboard is stale; run `lorakv-bench leaderboard` and commit leaderboard/"
 
 
@@ -359,7 +363,7 @@ def test_changed_submission_is_reported(valid_result):
     assert any("field 'submission/hash'" in p for p in problems), problems
 
 
-# ------------------------------------------------------------------ attacks on a result file (issue 14)
+# ------------------------------------------------------------------ attacks on a result file
 
 
 def _gold(p):
@@ -526,17 +530,22 @@ PATCHING_PRESS = """
     """
 
 
-def test_import_time_code_of_a_submission_cannot_patch_the_result_checks(valid_result, tmp_path):
+def test_import_time_code_of_a_submission_cannot_patch_the_result_checks(valid_result, tmp_path, capsys):
+    """``validate`` runs the patcher's code in the sandbox (one check_submission_isolated), then
+    checks the tampered result in its own process: the patch never reaches that check."""
     from benchmark.cli import main
 
     path, subs = valid_result
     evil = write_submission(tmp_path / "elsewhere", "patcher", yaml_for("patcher", "{press: 'press:NormPress'}"),
                             {"press.py": PATCHING_PRESS})
     _tamper(path, _set(["predictions", 0, "rouge_l"], 100.0))
-    assert check_submission_isolated(evil) == []  # it passes its own check (it is a valid press)...
-    problems = check_result_file(path, submissions_dir=subs)  # ...but the result check, here, is intact
-    assert any("field 'predictions/0/rouge_l'" in p for p in problems), problems
     assert main(["validate", str(evil), str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert f"ok   {evil}" in out.splitlines()  # it passes its own check (it is a valid press)...
+    assert any(line.startswith(f"FAIL {path} (") for line in out.splitlines())  # ...but the result check is intact
+    assert any("field 'predictions/0/rouge_l'" in line for line in err.splitlines()), err
+    problems = check_result_file(path, submissions_dir=subs)
+    assert any("field 'predictions/0/rouge_l'" in p for p in problems), problems
 
 
 EXITING_PRESS = """

@@ -165,7 +165,7 @@ def test_rho_0_and_1_do_not_rank(tmp_path):
     write_result(root, "ends", "base", {"base": [100, 40, 100]})
     write_result(root, "middle", "base", {"base": [0, 60, 0]})
     e = {x.name: x for x in leaderboard.load_entries(root)}
-    assert e["ends"].mean() > e["middle"].mean()  # the old key, over the whole grid, would rank "ends" first
+    assert e["ends"].mean() > e["middle"].mean()  # a key over the whole grid would rank "ends" first
     md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
     assert list(_table(md, NARR, "Ranking")) == ["middle", "ends"]
 

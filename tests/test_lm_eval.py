@@ -285,3 +285,32 @@ def test_plain_lm_eval_discovers_no_entry_points():
     code = "from lm_eval.api.registry import get_model\ntry:\n    get_model('lorakv')\nexcept ValueError:\n    print('absent')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "absent", proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_docs_hf_excerpt_is_what_the_command_prints(tmp_path):
+    """docs/usage.md's ``lm_eval --model hf`` excerpt: the same command, run on the converted mini model,
+    prints the excerpt's rougeL and exact_match rows (value and stderr)."""
+    from benchmark.models import provision
+    from benchmark.spec import load_spec
+
+    doc = (REPO / "docs" / "usage.md").read_text()
+    rows = re.findall(r"^# (\|.*\|(?:exact_match|rougeL)\s*\|.*)$", doc, flags=re.M)
+    assert len(rows) == 2, "docs/usage.md: the lm_eval --model hf excerpt's two metric rows"
+    spec = load_spec("mini")
+    folder = provision(spec.model("smollm2-135m"))
+    script = Path(sys.executable).with_name("lm_eval")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "lm_eval"]
+    cmd += ["--model", "hf", "--model_args", f"pretrained={folder},dtype=float32", "--device", "cpu",
+            "--apply_chat_template", "--include_path", str(TASK_DIR), "--tasks", "lorakv_mini_narrative",
+            "--limit", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def cells(row: str) -> tuple[str, ...]:  # metric, value, stderr: the columns that carry the claim
+        parts = [c.strip() for c in row.strip().strip("|").split("|")]
+        return parts[4], parts[6], parts[8]
+
+    printed = [cells(line) for line in proc.stdout.splitlines() if re.search(r"\|(exact_match|rougeL)\s*\|", line)]
+    assert printed == [cells(r) for r in rows], proc.stdout[-3000:]

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
-from benchmark import cli, leaderboard
+from benchmark import leaderboard
 from benchmark.page import PAGE_HTML
 from benchmark.results import aggregate
 from benchmark.spec import load_spec
@@ -75,19 +74,14 @@ def test_submission_hash_function_pinned(tmp_path):
     assert load_submission(folder).hash() == PINNED_HASH
 
 
-PINNED_HASH = "a70d8cb8c1382f2c"  # recorded before the issue-17 refactoring
+PINNED_HASH = "a70d8cb8c1382f2c"  # the folder above's hash, pinned
 
 
 @pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
-def test_leaderboard_command_regenerates_byte_for_byte(tmp_path, capsys):
-    # a copy of the layout (results/ and verified/ inside leaderboard/), so that the data files' result
-    # paths, relative to their folder, are the committed ones
-    out = tmp_path / "leaderboard"
-    for name in ("results", "verified"):
-        if (ROOT / "leaderboard" / name).exists():
-            shutil.copytree(ROOT / "leaderboard" / name, out / name)
-    rc = cli.main(["leaderboard", "--results", str(out / "results"), "--out", str(out / "README.md"),
-                   "--plots", str(out / "plots")])
+def test_leaderboard_command_regenerates_byte_for_byte(committed_leaderboard):
+    # the command run once per test run over a copy of the layout (tests/conftest.py), so that the
+    # data files' result paths, relative to their folder, are the committed ones
+    rc, out = committed_leaderboard
     assert rc == 0
     committed = ROOT / "leaderboard"
     for name in ("README.md", leaderboard.DATA_JSON, leaderboard.DATA_CSV, PAGE_HTML):

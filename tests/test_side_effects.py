@@ -100,7 +100,7 @@ def test_lm_eval_cli_leaves_argv_and_task_manager_as_they_were(include, monkeypa
 
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", probe)
     argv, manager = list(sys.argv), lm_eval.tasks.TaskManager
-    args = ["--model", "lorakv", "--tasks", "lorakv_mini_narrative"] + (["--include_path", str(tmp_path)] if include else [])
+    args = ["--model", "hf", "--tasks", "lorakv_mini_narrative"] + (["--include_path", str(tmp_path)] if include else [])
     assert cli_main(args) == 0
     assert seen["argv"][1:] == (args if include else [*args, "--include_path", str(TASK_DIR)])
     assert (seen["manager"] is not manager) == include and issubclass(seen["manager"], manager)

@@ -295,8 +295,11 @@ CANARY = """
 @needs_bwrap
 def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_path, data, tiny):
     """validate and evaluate run submission code with the package, the shared cache and the model
-    read-only or absent: a checker rewritten during CI's tests was how a forged file passed verify."""
-    from benchmark.conformance import check_submission_isolated
+    read-only or absent: a checker rewritten by submission code during CI's tests would let a forged
+    file pass verify.
+    Both kinds of sandboxed process run the canary: validate's conformance child and the
+    SubmissionProcess (evaluate's; validate asks the same one for its plans)."""
+    from benchmark.conformance import VALIDATE_TIMEOUT_S, _check_in_sandbox
     from benchmark.paths import cache_dir
 
     model_dir = tmp_path / "model"
@@ -311,7 +314,7 @@ def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_pat
     targets = [PACKAGE_DIR / "_sandbox_canary.py", cache_dir() / "_sandbox_canary", model_dir / "_sandbox_canary",
                cache_dir() / "_verify_appendable"]
     try:
-        check_submission_isolated(folder)
+        assert _check_in_sandbox([folder], VALIDATE_TIMEOUT_S) == {str(folder): []}
         R.evaluate(folder, out=tmp_path / "runs", loaders=loaders, **KW)
         assert not [t for t in targets if t.exists()]
     finally:

@@ -100,7 +100,7 @@ def test_shipped_files_are_far_below_the_limits():
     assert max(spec_sizes) * 64 < YAML_MAX_BYTES["spec.schema.json"]
 
 
-def _cap_memory() -> None:  # the old code's MemoryError must not take the machine with it
+def _cap_memory() -> None:  # a MemoryError while parsing must not take the machine with it
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
 
