@@ -6,6 +6,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .evaluator import Loaders
 
 RHO_HELP = "rho = fraction of the document's KV entries evicted (0 = full cache, 1 = prompt without the document)"
 
@@ -24,6 +28,7 @@ def _count(n: int, noun: str) -> str:
 def check_evaluate_flags(args) -> None:
     """Every flag value of ``evaluate`` checked before any work starts (no model loaded, nothing
     written); raises SpecError with a one-line message naming the flag."""
+    from .models import check_device
     from .spec import CONDITIONS, SpecError, load_spec
 
     for flag, value, what in (("--docs", args.docs, "documents"), ("--questions", args.questions, "questions per document"),
@@ -72,26 +77,6 @@ def _check_conditions_have_adapter(submission: str, conditions: list[str]) -> No
                         "is no adapter to run them with; only base applies")
 
 
-def check_device(device: str | None) -> None:
-    """``--device``: a device torch knows that this machine has (None: picked later)."""
-    if device is None:
-        return
-    import torch
-
-    from .spec import SpecError
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SpecError(f"--device {device}: not a torch device (cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SpecError(f"--device {device}: this torch sees no CUDA device (torch.cuda.is_available() is False; "
-                            f"torch {torch.__version__}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SpecError(f"--device {device}: this machine has {_count(torch.cuda.device_count(), 'CUDA device')}")
-
-
 def cmd_evaluate(args) -> int:
     from tabulate import tabulate
 
@@ -100,6 +85,7 @@ def cmd_evaluate(args) -> int:
         return dry_run(args)
 
     from .config import EvalRequest
+    from .evaluator import LOADERS
     from .results import load_result
     from .runner import evaluate
 
@@ -112,12 +98,13 @@ def cmd_evaluate(args) -> int:
         from .executors import run_on_ray
 
         try:
-            paths = run_on_ray(request, address=args.ray_address)  # one shard per document: --shard does not apply
+            # one shard per document: --shard does not apply
+            paths = run_on_ray(request, address=args.ray_address, loaders=args.loaders or LOADERS)
         except ImportError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
-        paths = evaluate(request)
+        paths = evaluate(request, loaders=args.loaders or LOADERS)
     for path in paths:
         data = load_result(path)
         print(f"\n{data['submission']['name']} | {data['model']['id']} | {data['dataset']['id']} "
@@ -251,7 +238,7 @@ def cmd_smoke(args) -> int:
     from .compression import evict, prefill
     from .datasets import load_split
     from .generation import Row, greedy_decode
-    from .models import PromptRenderer, load_model
+    from .models import PromptRenderer, check_device, load_model
     from .spec import load_spec
 
     check_device(args.device)
@@ -328,6 +315,7 @@ def cmd_publish(args) -> int:
 
 def cmd_verify(args) -> int:
     """Re-run every plan and a sample of (document, rho) pairs of each result file; all must be identical."""
+    from .models import check_device
     from .verify import TAMPERED, new_seed, verify_result, write_record
 
     if args.sample is not None and args.sample < 1:
@@ -342,7 +330,7 @@ def cmd_verify(args) -> int:
     status = 0
     for path in args.results:
         v = verify_result(path, args.sample, seed=seed, detect=args.detect, submissions_dir=args.submissions,
-                          device=args.device, worker_timeout=args.worker_timeout,
+                          device=args.device, worker_timeout=args.worker_timeout, loaders=args.loaders,
                           progress=lambda msg, p=path: print(f"  {p}: {msg}", file=sys.stderr, flush=True))
         for m in v.mismatches:
             print(f"MISMATCH {m}", file=sys.stderr)
@@ -567,8 +555,11 @@ def _uses_hub(args) -> bool:
     return bool(model) and "/" in model and not Path(model).expanduser().exists()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, loaders: Loaders | None = None) -> int:
+    """Run one command. ``loaders``: what ``evaluate`` and ``verify`` load the spec and the model
+    with (:class:`~benchmark.evaluator.Loaders`; None: the real ones)."""
     args = build_parser().parse_args(argv)
+    args.loaders = loaders
     from .paths import set_offline
 
     set_offline(hub=_uses_hub(args))  # nothing in the mini tier touches a hub; make sure no library tries to

@@ -10,7 +10,6 @@ retries are Ray's; nothing here schedules. The result directory ``out`` must be 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -18,21 +17,19 @@ from tqdm.auto import tqdm
 from . import runner
 from .config import EvalRequest, as_request
 from .datasets import is_data_file, load_split, resolve_dataset
+from .evaluator import LOADERS, Loaders
 from .models import resolve_model
 from .results import merge_shards, result_path
 from .submission import load_submission
 
 
-def _unit(request: EvalRequest, runner_hook: str | None) -> list[str]:
+def _unit(request: EvalRequest, loaders: Loaders) -> list[str]:
     """One work unit, inside a Ray worker."""
-    if runner_hook:
-        module, _, func = runner_hook.partition(":")
-        getattr(importlib.import_module(module), func)()
-    return [str(p) for p in runner.evaluate(request)]
+    return [str(p) for p in runner.evaluate(request, loaders=loaders)]
 
 
 def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None, num_gpus_per_task: float | None = None,
-               runner_hook: str | None = None, **options) -> list[Path]:
+               loaders: Loaders = LOADERS, **options) -> list[Path]:
     """Run every (dataset, document) of one model as a Ray task; returns the merged result files.
 
     ``request`` is an :class:`~benchmark.config.EvalRequest` (or a submission path with its fields
@@ -44,28 +41,27 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
     them, and rerunning resumes each unit; a rerun after a complete merge recomputes every unit
     (adapters come from the cache) and rewrites the merged file.
 
-    ``runner_hook`` ("module:function") is a test seam: called in each Ray worker before ``evaluate``, e.g. to monkeypatch
-    ``benchmark.runner.load_model`` with a tiny model. The units themselves are listed in this
-    process with ``runner.load_spec``.
+    ``loaders`` (:class:`~benchmark.evaluator.Loaders`) are pickled to every task, which loads the
+    spec and the model with them; the units themselves are listed in this process with
+    ``loaders.load_spec``. Loaders of one's own must pickle (module-level functions, partials of them).
     """
     req = as_request(request, **options)
-    tier, model_id, datasets, docs, split, device, out, progress = (req.tier, req.model_id, req.datasets, req.docs,
-                                                                     req.split, req.device, req.out, req.progress)
     try:
         import ray
     except ImportError:
         raise ImportError("the Ray executor needs Ray: pip install 'lorakv-bench[ray]'") from None
 
-    spec = runner.load_spec(tier)
+    spec = loaders.load_spec(req.tier)
+    model_id = req.model_id
     model_spec = resolve_model(spec, model_id)  # a spec id, or a model folder / Hub id of one's own
     if model_id is not None and Path(model_id).expanduser().is_dir():
         model_id = str(Path(model_id).expanduser().resolve())  # a Ray worker may start elsewhere
     sub_name = load_submission(req.submission).name
     units = []  # (dataset id, i, n)
     stems = {}  # unit dataset (an id, or a JSONL file's absolute path for the workers) -> result file stem
-    for ds_id in datasets or [d.id for d in spec.datasets]:
+    for ds_id in req.datasets or [d.id for d in spec.datasets]:
         ds_spec = resolve_dataset(spec, ds_id)
-        n = len(load_split(ds_spec.split(split))[:docs])
+        n = len(load_split(ds_spec.split(req.split))[:req.docs])
         ds_id = str(Path(ds_id).resolve()) if is_data_file(ds_id) else ds_id
         stems[ds_id] = ds_spec.id
         units += [(ds_id, i, n) for i in range(n)]
@@ -78,17 +74,17 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
             gpus = num_gpus_per_task
         else:  # like pick_device: cuda when asked, or by default when the cluster has GPUs
             has_gpus = ray.cluster_resources().get("GPU", 0) > 0
-            gpus = int((device or "").startswith("cuda") or (device is None and has_gpus))
+            gpus = int((req.device or "").startswith("cuda") or (req.device is None and has_gpus))
         task = ray.remote(num_cpus=1, num_gpus=gpus)(_unit)
         # what every unit shares: absolute paths (a Ray worker may start elsewhere), no progress bar
-        common = dataclasses.replace(req, submission=str(Path(req.submission).resolve()), out=str(Path(out).resolve()),
-                                     model_id=model_id, progress=False)
-        refs = {task.remote(dataclasses.replace(common, datasets=[ds], shard=(i, n)), runner_hook): (ds, i, n)
+        common = dataclasses.replace(req, submission=str(Path(req.submission).resolve()),
+                                     out=str(Path(req.out).resolve()), model_id=model_id, progress=False)
+        refs = {task.remote(dataclasses.replace(common, datasets=[ds], shard=(i, n)), loaders): (ds, i, n)
                 for ds, i, n in units}
         shards: dict[str, list[Path]] = {}
         failed, failed_ds = [], set()
         pending = list(refs)
-        with tqdm(total=len(refs), desc=f"ray {model_spec.id}", unit="doc", disable=not progress) as bar:
+        with tqdm(total=len(refs), desc=f"ray {model_spec.id}", unit="doc", disable=not req.progress) as bar:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 ds, i, n = refs[ready[0]]
@@ -107,7 +103,8 @@ def run_on_ray(request: EvalRequest | str | Path, *, address: str | None = None,
     for ds, paths in shards.items():
         if ds in failed_ds:
             continue  # keep its shards: a rerun resumes them
-        merged.append(merge_shards(sorted(paths), result_path(out, sub_name, spec.tier, model_spec.id, stems[ds], split)))
+        merged.append(merge_shards(sorted(paths), result_path(req.out, sub_name, spec.tier, model_spec.id, stems[ds],
+                                                              req.split)))
         for p in paths:
             p.unlink()
     if failed:

@@ -84,12 +84,14 @@ def _device(device: str | None) -> str:
 
 
 def _open(tier: str, submission, model, device: str, batch_size: int | None, progress: bool):
+    from .config import EvalRequest
     from .runner import open_run
     from .spec import load_spec
     from .submission import load_submission
 
-    return open_run(load_spec(tier), load_submission(submission), model, device, progress=progress,
-                    **({} if batch_size is None else {"batch_size": batch_size}))
+    request = EvalRequest(submission=str(submission), tier=tier, model_id=model, device=device, progress=progress,
+                          **({} if batch_size is None else {"batch_size": batch_size}))
+    return open_run(load_spec(tier), load_submission(submission), request)
 
 
 @register_model("lorakv")
@@ -343,9 +345,8 @@ def parse_sweep(argv: list[str]) -> Sweep | None:
     SpecError naming the model_arg); None for any other model (lm-eval's arguments unchanged)."""
     import argparse
 
-    from .cli import check_device
     from .config import CONDITIONS
-    from .models import locate_model, pick_device
+    from .models import check_device, locate_model, pick_device
     from .spec import SpecError, load_spec
     from .submission import load_submission
 

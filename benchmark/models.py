@@ -262,6 +262,23 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: a device torch knows that this machine has (None: picked later)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SpecError(f"--device {device}: not a torch device (cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError(f"--device {device}: this torch sees no CUDA device (torch.cuda.is_available() is False; "
+                            f"torch {torch.__version__}); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise SpecError(f"--device {device}: this machine has {n} CUDA device{'' if n == 1 else 's'}")
+
+
 def load_model(model: ModelSpec, device: str | None = None, dtype: str | None = None):
     """(model, tokenizer) in eval mode, in ``dtype`` (float32 | bfloat16) when given. Without it the
     spec's dtype is used, except that an fp32 spec runs in bf16 on CUDA; that is logged, and the

@@ -35,11 +35,12 @@ from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_e
 from .compression import evict_planned, kv_bytes, kv_entries, prefill
 from .config import EvalRequest, as_request, uses_adapter
 from .datasets import Document, load_split, resolve_dataset
+from .evaluator import LOADERS, DocumentEvaluator, Loaders, SubmissionCode
 from .generation import Row, greedy_decode
-from .models import ModelSpec, PromptRenderer, load_model, model_header, pick_device, resolve_model
+from .models import ModelSpec, PromptRenderer, model_header, pick_device, resolve_model
 from .plan import PlanError, check_plan, digest, full_plan, plan_from_scores
 from .results import ResultFile, environment, result_path
-from .spec import CONDITIONS, Spec, load_spec
+from .spec import CONDITIONS, Spec
 from .submission import Submission, load_submission
 from .worker import WorkerError
 
@@ -50,11 +51,13 @@ SUBMISSION_PRESS = object()  # DocumentRun.build's default: the press the submis
 
 @dataclass
 class DocumentRun:
-    """Everything needed to evaluate documents with one model, one submission, one spec.
+    """Everything needed to evaluate documents with one model, one submission, one spec: the
+    :class:`~benchmark.evaluator.DocumentEvaluator` of the harness, run in this process.
 
-    ``press`` is a trusted press (kvpress's, or ours), run here; ``code`` is the sandbox that runs
-    the submission's own press or QA hook (:class:`benchmark.worker.SubmissionProcess`), None when
-    the submission has no code. Close the run (or use it as a context manager) to stop the sandbox."""
+    ``press`` is a trusted press (kvpress's, or ours), run here; ``code`` is the
+    :class:`~benchmark.evaluator.SubmissionCode` that runs the submission's own press or QA hook in
+    the sandbox (:class:`benchmark.worker.SubmissionProcess`), None when the submission has no code.
+    Close the run (or use it as a context manager) to stop the sandbox."""
 
     model: object
     tokenizer: object
@@ -63,7 +66,7 @@ class DocumentRun:
     submission: Submission
     model_key: str
     press: object = None
-    code: object = None
+    code: SubmissionCode | None = None
     store: AdapterStore = field(default_factory=AdapterStore)
     batch_size: int = 64
     progress: bool = True
@@ -305,23 +308,27 @@ def model_key(model_spec) -> str:
     return f"{model_spec.id}@{src.get('sha256') or src.get('revision')}"
 
 
-def open_run(spec: Spec, submission: Submission, model: str | ModelSpec | None = None, device: str | None = None,
-             dtype: str | None = None, **kwargs) -> DocumentRun:
-    """A :class:`DocumentRun` of ``model`` (a spec model id, default the spec's default; a model
-    folder or Hub id, see :func:`benchmark.models.resolve_model`; or a resolved ModelSpec) with its
-    per-model recipe and prompt; close it when done."""
-    model_spec = model if isinstance(model, ModelSpec) else resolve_model(spec, model)
+def open_run(spec: Spec, submission: Submission, request: EvalRequest, *, model_spec: ModelSpec | None = None,
+             loaders: Loaders = LOADERS) -> DocumentRun:
+    """A :class:`DocumentRun` of the request's model with its per-model recipe and prompt, loaded
+    with ``loaders.load_model`` on the request's device, in its dtype, decoding in its batch size;
+    close it when done. ``model_spec``: the request's model already resolved
+    (:func:`benchmark.models.resolve_model`, which hashes the weights of a model folder of one's own)."""
+    model_spec = model_spec or resolve_model(spec, request.model_id)
     submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
-    model, tok = load_model(model_spec, device, dtype)
+    model, tok = loaders.load_model(model_spec, request.device, request.dtype)
     return DocumentRun.build(model, tok, spec, submission, model_key=model_key(model_spec),
-                             prompt=spec.prompt_for(model_spec), device=pick_device(device), **kwargs)
+                             prompt=spec.prompt_for(model_spec), device=pick_device(request.device),
+                             worker_timeout=request.worker_timeout, batch_size=request.batch_size,
+                             progress=request.progress)
 
 
-def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
+def evaluate(request: EvalRequest | str | Path, *, loaders: Loaders = LOADERS, **options) -> list[Path]:
     """Run the protocol; returns the result files written (one per dataset).
 
     ``request`` is an :class:`~benchmark.config.EvalRequest`, or a submission path with the
-    request's fields as keyword ``options`` (``evaluate(path, rhos=[0, 1])``).
+    request's fields as keyword ``options`` (``evaluate(path, rhos=[0, 1])``). ``loaders`` load the
+    spec and the model (:class:`~benchmark.evaluator.Loaders`; the real ones by default).
 
     The model, training, eviction, decoding and scoring run in this process. A submission's own
     code (a press or QA hook) runs in the sandbox (:mod:`benchmark.worker`), each request within
@@ -331,16 +338,15 @@ def evaluate(request: EvalRequest | str | Path, **options) -> list[Path]:
     ``lorakv-bench merge`` joins the n shard files into exactly the unsharded result.
     """
     req = as_request(request, **options)
-    spec = load_spec(req.tier)
+    spec = loaders.load_spec(req.tier)
     submission = load_submission(req.submission)
     # the request with the spec's and the machine's defaults filled in (what the result header records)
     req = dataclasses.replace(req, device=pick_device(req.device), rhos=sorted(req.rhos if req.rhos is not None else spec.rhos),
                               conditions=list(req.conditions or spec.conditions))
     datasets = [resolve_dataset(spec, d) for d in req.datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
     model_spec = resolve_model(spec, req.model_id)  # a spec id, or a model folder / Hub id of one's own
-    with open_run(spec, submission, model_spec, req.device, req.dtype, batch_size=req.batch_size,
-                  progress=req.progress, worker_timeout=req.worker_timeout) as run:
-        return _evaluate_datasets(run, spec, submission, model_spec, datasets, req, run.sandbox)
+    with open_run(spec, submission, req, model_spec=model_spec, loaders=loaders) as run:
+        return _evaluate_datasets(run, spec, submission, model_spec, datasets, req)
 
 
 def result_header(submission: Submission, spec: Spec, model_spec, ds, split: str, rhos, conditions, env: dict,
@@ -359,34 +365,33 @@ def result_header(submission: Submission, spec: Spec, model_spec, ds, split: str
     return header | ({"slice": slice} if slice is not None else {})
 
 
-def _evaluate_datasets(run, spec, submission, model_spec, datasets, req: EvalRequest, sandbox) -> list[Path]:
-    split, docs, questions, rhos, conditions, shard = req.split, req.docs, req.questions, req.rhos, req.conditions, req.shard
+def _evaluate_datasets(run: DocumentEvaluator, spec, submission, model_spec, datasets, req: EvalRequest) -> list[Path]:
     written = []
     for ds in datasets:
-        data_file = ds.split(split)
-        documents = load_split(data_file)[:docs]
-        if shard:
-            documents = documents[shard[0]::shard[1]]
-        header = result_header(submission, spec, model_spec, ds, split, rhos, conditions,
-                               environment(req.device, run.dtype) | {"sandbox": sandbox},
-                               slice={"docs": docs, "questions": questions}, tokenizer=run.tokenizer)
-        path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, split, shard)
+        data_file = ds.split(req.split)
+        documents = load_split(data_file)[:req.docs]
+        if req.shard:
+            documents = documents[req.shard[0]::req.shard[1]]
+        header = result_header(submission, spec, model_spec, ds, req.split, req.rhos, req.conditions,
+                               environment(req.device, run.dtype) | {"sandbox": run.sandbox},
+                               slice={"docs": req.docs, "questions": req.questions}, tokenizer=run.tokenizer)
+        path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, req.split, req.shard)
         result = ResultFile(path, header)
         done = result.done()
-        active = submission.active_conditions(conditions)
-        finished = sum(all((d.doc_id, rho, c) in done for rho in rhos for c in active) for d in documents)
+        active = submission.active_conditions(req.conditions)
+        finished = sum(all((d.doc_id, rho, c) in done for rho in req.rhos for c in active) for d in documents)
         if finished and req.progress:
             print(f"{ds.id}: skipping {finished} of {len(documents)} documents, already done in {path}",
                   file=sys.stderr, flush=True)
         bar = tqdm(documents, desc=f"{model_spec.id} {ds.id}", disable=not req.progress)
         for doc in bar:
-            qs = list(doc.questions)[:questions]
-            todo = [(rho, c) for rho in rhos for c in active if (doc.doc_id, rho, c) not in done]
+            qs = list(doc.questions)[:req.questions]
+            todo = [(rho, c) for rho in req.rhos for c in active if (doc.doc_id, rho, c) not in done]
             if not todo:
                 continue
             # Resume at document granularity: drop this document's partial predictions, redo it whole.
             result.data["predictions"] = [p for p in result.data["predictions"] if p["doc_id"] != doc.doc_id]
-            record, preds = run.evaluate(doc, rhos, active, qs)
+            record, preds = run.evaluate(doc, req.rhos, active, qs)
             result.add_document(record, preds)
         written.append(path)
     return written

@@ -30,6 +30,10 @@ import random
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .evaluator import Loaders
 
 #: by default verify re-runs enough pairs to catch this many tampered ranked pairs ...
 TAMPERED = 3
@@ -116,11 +120,14 @@ def new_seed() -> str:
 
 def verify_result(path: str | Path, sample: int | None = None, *, seed: str | None = None, detect: float = DETECT,
                   submissions_dir=None, device: str = "cpu", worker_timeout: float | None = None,
-                  progress=None) -> Verdict:
+                  progress=None, loaders: Loaders | None = None) -> Verdict:
     """Re-run the result file's plans and a sample of its pairs; mismatches name each prediction.
-    ``progress(message)`` is called as each document starts."""
+    ``progress(message)`` is called as each document starts. ``loaders`` load the spec and the
+    model (:class:`~benchmark.evaluator.Loaders`; the real ones by default)."""
     from . import runner
+    from .config import EvalRequest
     from .conformance import _find_submissions_dir
+    from .evaluator import LOADERS
     from .results import load_result
     from .spec import SpecError
 
@@ -132,7 +139,8 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
     if submission.hash() != data["submission"]["hash"]:
         raise SpecError(f"{path}: field 'submission/hash': {data['submission']['hash']} but {folder} hashes to "
                         f"{submission.hash()}; verify re-runs the committed submission, which changed")
-    spec = runner.load_spec(data["tier"])
+    loaders = loaders or LOADERS
+    spec = loaders.load_spec(data["tier"])
     if spec.hash != data["spec_hash"]:
         raise SpecError(f"{path}: field 'spec_hash': {data['spec_hash']}, this version's {data['tier']} spec is "
                         f"{spec.hash}; verify needs the spec the result was produced under")
@@ -165,8 +173,9 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
                 verdict.mismatches.append(f"{path}: document {doc_id}, plan {key}: recorded "
                                           f"{str(recorded.get(key))[:16]}, the re-run's is {value[:16]}")
 
-    with runner.open_run(spec, submission, data["model"]["id"], device, dtype, progress=False,
-                         worker_timeout=worker_timeout) as run:
+    request = EvalRequest(submission=str(folder), tier=data["tier"], model_id=data["model"]["id"], device=device,
+                          dtype=dtype, progress=False, **({"worker_timeout": worker_timeout} if worker_timeout else {}))
+    with runner.open_run(spec, submission, request, loaders=loaders) as run:
         sampled = sorted({d for d, _ in verdict.pairs})
         planned = [d for d in sorted(records) if records[d].get("plans") and d not in sampled]
         for i, doc_id in enumerate(planned):

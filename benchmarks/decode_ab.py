@@ -72,6 +72,7 @@ def main() -> None:
 
     from benchmark import runner
     from benchmark.adapters import build_examples, detach_adapter, train_adapter
+    from benchmark.config import EvalRequest
     from benchmark.datasets import load_split, resolve_dataset
     from benchmark.spec import load_spec
     from benchmark.submission import load_submission
@@ -80,7 +81,8 @@ def main() -> None:
     sub = load_submission(args.submission)
     sub = dataclasses.replace(sub, recipe=dataclasses.replace(
         sub.recipe, train=dataclasses.replace(sub.recipe.train, max_steps=args.steps)))
-    run = runner.open_run(spec, sub, args.model, "cpu", args.dtype, progress=False)
+    run = runner.open_run(spec, sub, EvalRequest(submission=args.submission, model_id=args.model, device="cpu",
+                                                 dtype=args.dtype, progress=False))
     ds = resolve_dataset(spec, args.dataset or spec.datasets[0].id)
     doc = load_split(ds.split(args.split))[0]
     qs = list(doc.questions)[: args.questions]

@@ -50,6 +50,7 @@ def main() -> None:
     from tabulate import tabulate
 
     from benchmark.adapters import build_examples, detach_adapter, train_adapter
+    from benchmark.config import EvalRequest
     from benchmark.datasets import load_split, resolve_dataset
     from benchmark.runner import open_run
     from benchmark.spec import load_spec
@@ -65,7 +66,8 @@ def main() -> None:
     docs = load_split(ds.split(args.split))[: args.docs]
     res = {}
     for dt in args.dtypes:
-        run = open_run(spec, sub, args.model, "cpu", dt, progress=False)
+        run = open_run(spec, sub, EvalRequest(submission=args.submission, model_id=args.model, device="cpu", dtype=dt,
+                                              progress=False))
         t = {"prefill_s": 0.0, "evict_s": 0.0, "decode_s": 0.0}
         preds = []
         for doc in docs:

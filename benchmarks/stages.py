@@ -122,6 +122,7 @@ def main() -> None:
 
     from benchmark.adapters import build_examples, detach_adapter, train_adapter
     from benchmark.compression import _language_model
+    from benchmark.config import EvalRequest
     from benchmark.datasets import load_split, resolve_dataset
     from benchmark.runner import open_run
     from benchmark.spec import load_spec
@@ -137,7 +138,9 @@ def main() -> None:
     if args.max_steps:
         train = dataclasses.replace(sub.recipe.train, max_steps=args.max_steps)
         sub = dataclasses.replace(sub, recipe=dataclasses.replace(sub.recipe, train=train))
-    run = open_run(spec, sub, args.model, "cpu", args.dtype, batch_size=args.batch_size, progress=False)
+    request = EvalRequest(submission=args.submission, model_id=args.model, device="cpu", dtype=args.dtype,
+                          batch_size=args.batch_size, progress=False)
+    run = open_run(spec, sub, request)
     sub = run.submission  # with the model's train overrides, if any
     model, rhos = run.model, sorted(args.rhos or spec.rhos)
     dtype = str(model.dtype).removeprefix("torch.")

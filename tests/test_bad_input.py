@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.evaluator import Loaders
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _refuse_model(*a):
+    pytest.fail("a model was loaded despite a bad flag or submission")
+
+
+#: the real spec; any model load fails the test
+NO_MODEL = Loaders(load_model=_refuse_model)
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -32,8 +41,7 @@ def test_bad_evaluate_flags_fail_before_any_work(flags, named, monkeypatch, tmp_
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(R, "evaluate", lambda *a, **k: pytest.fail("evaluate ran despite a bad flag"))
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad flag"))
-    assert main(["evaluate", str(ROOT / "submissions" / "snapkv"), *flags]) == 2
+    assert main(["evaluate", str(ROOT / "submissions" / "snapkv"), *flags], loaders=NO_MODEL) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and named in err, err
     assert not (tmp_path / "runs").exists()
@@ -49,12 +57,9 @@ def test_bad_evaluate_flags_fail_before_any_work(flags, named, monkeypatch, tmp_
 def test_flags_the_submission_or_machine_cannot_honour(command, flags, named, monkeypatch, tmp_path, capsys):
     import torch
 
-    import benchmark.runner as R
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only torch
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad flag"))
-    assert main([*command, *flags]) == 2
+    assert main([*command, *flags], loaders=NO_MODEL) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and named in err, err
     assert not (tmp_path / "runs").exists()
@@ -104,17 +109,15 @@ def test_validate_data_reports_every_bad_line(tmp_path, capsys):
 
 def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch, capsys):
     """The CLI path of a truncated result file: a one-line error and exit 2, the file kept."""
-    import benchmark.runner as R
     from benchmark.tiny import tiny_model
 
     model, tok = tiny_model("llama")
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "runs" / "snapkv" / "mini" / "smollm2-135m" / "mini-narrative.json"
     path.parent.mkdir(parents=True)
     path.write_text('{"format": "lorakv-bench-result/1", "predictions": [')
     rc = main(["evaluate", str(ROOT / "submissions" / "snapkv"), "--model", "smollm2-135m", "--dataset", "mini-narrative",
-               "--docs", "1", "--questions", "1", "--rhos", "0"])
+               "--docs", "1", "--questions", "1", "--rhos", "0"], loaders=Loaders(load_model=lambda *a: (model, tok)))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and "cannot resume" in err, err
     assert path.read_text().endswith("[")
@@ -130,15 +133,12 @@ def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch
      "did you mean ExpectedAttentionPress"),
 ], ids=["press-typo", "kwarg-typo", "nested-kwarg-typo", "nested-press-typo"])
 def test_press_typo_suggests_names_and_lists_kwargs(tmp_path, monkeypatch, capsys, compressor, field, words):
-    import benchmark.runner as R
-
     sub = tmp_path / "submissions" / "typo"
     sub.mkdir(parents=True)
     (sub / "submission.yaml").write_text(f"name: typo\nauthors: [t]\ndescription: t\ncompressor: {compressor}\n"
                                          "adapter: {recipe: none}\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("a model was loaded despite a bad submission"))
-    assert main(["evaluate", str(sub), "--docs", "1"]) == 2
+    assert main(["evaluate", str(sub), "--docs", "1"], loaders=NO_MODEL) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {sub / 'submission.yaml'}: {field}") and "\n" not in err and words in err, err
 

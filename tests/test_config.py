@@ -184,7 +184,9 @@ def test_cli_passes_one_request(executor, monkeypatch, capsys):
         submission=str(ROOT / "submissions" / "snapkv"), docs=2, questions=3, rhos=[0.0, 0.5], conditions=["base"],
         split="dev", device="cpu", dtype="bfloat16", batch_size=7, out="somewhere", worker_timeout=30.0,
         shard=(1, 3) if executor == "local" else None)
-    assert kw == ({"address": None} if executor == "ray" else {})
+    from benchmark.evaluator import LOADERS
+
+    assert kw == {"loaders": LOADERS} | ({"address": None} if executor == "ray" else {})
 
 
 def test_as_request_lays_options_over_a_request():

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from benchmark import runner as R
-from benchmark.tiny import tiny_model
 
 from test_runner import make_submission
-from ray_worker_setup import DATA_ENV, tiny_spec
+from tiny_loaders import tiny_loaders
 
 TESTS = Path(__file__).resolve().parent
 
@@ -28,23 +27,20 @@ def test_ray_run_merges_to_exactly_the_in_process_result(tmp_path, document, mon
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     sub = make_submission(tmp_path)
-    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"])
+    # the tiny model and spec, here and (pickled) in every Ray task; run_on_ray lists the units with them too
+    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], loaders=tiny_loaders(data))
 
-    # In process: the same tiny model and spec, its own adapter cache.
+    # In process: its own adapter cache.
     monkeypatch.setenv("LORAKV_CACHE", str(tmp_path / "cache-local"))
-    model, tok = tiny_model("llama")
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
-    monkeypatch.setattr(R, "load_spec", lambda tier: tiny_spec(data))  # also lists the units in run_on_ray
     [single] = R.evaluate(sub.path, out=tmp_path / "local", progress=False, **kw)
 
-    # On Ray: workers get tests/ on their path and install the tiny model through the hook.
+    # On Ray: workers get tests/ on their path, where the loaders' functions live.
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "LORAKV_CACHE": str(tmp_path / "cache-ray"), DATA_ENV: str(data)}
+           "LORAKV_CACHE": str(tmp_path / "cache-ray")}
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
              runtime_env={"env_vars": env}, logging_level="warning")
     try:
-        merged = run_on_ray(sub.path, out=tmp_path / "ray", runner_hook="ray_worker_setup:install", progress=False,
-                            **kw)
+        merged = run_on_ray(sub.path, out=tmp_path / "ray", progress=False, **kw)
     finally:
         ray.shutdown()
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from benchmark import runner as R
+from benchmark.evaluator import Loaders
 from benchmark.spec import CONDITIONS, SpecError, load_spec
 from benchmark.submission import load_submission
 from benchmark.tiny import tiny_model
@@ -97,19 +98,19 @@ def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch)
     data.write_text(json.dumps(row) + "\n" + json.dumps({**row, "doc_id": "d1", "questions": [
         {**q, "id": q["id"] + "b"} for q in row["questions"]]}) + "\n")
     model, tok = tiny_model("llama")
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
     spec = load_spec("mini")
     ds = spec.datasets[0]
     import dataclasses
 
     spec = dataclasses.replace(spec, datasets=(dataclasses.replace(ds, test=DataFile(data, None)),))
-    monkeypatch.setattr(R, "load_spec", lambda tier: spec)
+    loaders = Loaders(load_spec=lambda tier: spec, load_model=lambda *a: (model, tok))
     sub = make_submission(tmp_path)
     out = tmp_path / "results"
     calls = []
     real = R.DocumentRun.evaluate
     monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
-    kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False)
+    kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False,
+                  loaders=loaders)
     monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or (
         real(self, doc, *a, **k) if doc.doc_id == "d0" else (_ for _ in ()).throw(KeyboardInterrupt)))
     with pytest.raises(KeyboardInterrupt):  # interrupted after the first document
@@ -149,7 +150,7 @@ def test_bad_data_names_file_line_and_field(tmp_path):
         load_documents(f)
 
 
-def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt, document, monkeypatch):
+def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt, document):
     from benchmark.results import merge_shards
     from benchmark.spec import DataFile
     import dataclasses
@@ -163,12 +164,11 @@ def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt,
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model, tok = tiny_model("llama")
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
     spec = load_spec("mini")
     spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
-    monkeypatch.setattr(R, "load_spec", lambda tier: spec)
     sub = make_submission(tmp_path)
-    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], progress=False)
+    kw = dict(rhos=[0.0, 0.5, 1.0], conditions=["base", "base_kv_adapter_decode"], progress=False,
+              loaders=Loaders(load_spec=lambda tier: spec, load_model=lambda *a: (model, tok)))
     [whole] = R.evaluate(sub.path, out=tmp_path / "whole", **kw)
     shards = [R.evaluate(sub.path, out=tmp_path / "shards", shard=(i, 2), **kw)[0] for i in range(2)]
     merged = json.loads(merge_shards(shards, tmp_path / "merged.json").read_text())
@@ -200,3 +200,56 @@ def test_per_model_train_overrides(tmp_path):
     (folder / "submission.yaml").write_text(base + "  per_model: {qwen2.5-0.5b: {schedule: zigzag}}\n")
     with pytest.raises(SpecError, match="schedule"):
         load_submission(folder)
+
+
+@pytest.mark.parametrize("protocol, implementation", [
+    ("DocumentEvaluator", "benchmark.runner:DocumentRun"),
+    ("SubmissionCode", "benchmark.worker:SubmissionProcess"),
+])
+def test_the_run_and_the_sandbox_implement_their_interfaces(protocol, implementation):
+    """Every method of the interface is on the implementation with the same parameters; every
+    attribute is a field or a property of it."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from benchmark import evaluator
+
+    proto = getattr(evaluator, protocol)
+    module, _, name = implementation.partition(":")
+    impl = getattr(importlib.import_module(module), name)
+    members = {k: v for k, v in vars(proto).items() if not k.startswith("_") or k in ("__enter__", "__exit__")}
+    fields = {f.name for f in dataclasses.fields(impl)}
+    for attr in proto.__annotations__:
+        assert attr in fields or isinstance(getattr(impl, attr, None), property), attr
+    for key, member in members.items():
+        if isinstance(member, property):
+            assert isinstance(getattr(impl, key), property), key
+        elif inspect.isfunction(member):
+            want = list(inspect.signature(member).parameters)
+            assert list(inspect.signature(getattr(impl, key)).parameters) == want, key
+
+
+def test_open_run_loads_the_requests_model_with_the_loaders_given(tmp_path):
+    from benchmark.config import EvalRequest
+
+    model, tok = tiny_model("llama")
+    asked = []
+    loaders = Loaders(load_model=lambda *a: asked.append(a) or (model, tok))
+    sub = make_submission(tmp_path, recipe="none")
+    request = EvalRequest(submission=str(sub.path), model_id="smollm2-135m", device="cpu", dtype="float32",
+                          batch_size=3, progress=False)
+    with R.open_run(load_spec("mini"), sub, request, loaders=loaders) as run:
+        assert isinstance(run, R.DocumentEvaluator)
+        assert (run.model, run.batch_size, run.progress, run.sandbox) == (model, 3, False, "no code")
+    [(model_spec, device, dtype)] = asked
+    assert (model_spec.id, device, dtype) == ("smollm2-135m", "cpu", "float32")
+
+
+def test_the_real_loaders_pickle_as_references_for_ray_tasks():
+    import pickle
+
+    from benchmark.evaluator import LOADERS
+    from benchmark.models import load_model
+
+    assert pickle.loads(pickle.dumps(LOADERS)) == LOADERS and LOADERS.load_model is load_model

@@ -4,12 +4,13 @@ the CLI on a tiny model; the result is named after the file and records its sha2
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from benchmark import runner as R
 from benchmark.cli import main
+from benchmark.evaluator import Loaders
 from benchmark.paths import sha256_file
 from benchmark.tiny import tiny_model
 
@@ -41,8 +42,9 @@ def submission(tmp_path):
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    """The tiny model in whatever dtype was asked for; records the dtype each load was given."""
+def tiny():
+    """Loaders of the tiny model in whatever dtype was asked for (``.loaders``), and the dtype each
+    load was given (``.asked``)."""
     model, tok = tiny_model("llama")
     asked = []
 
@@ -50,39 +52,37 @@ def tiny(monkeypatch):
         asked.append(dtype)
         return (model.to(torch.bfloat16) if dtype == "bfloat16" else model), tok
 
-    monkeypatch.setattr(R, "load_model", load)
-    return asked
+    return SimpleNamespace(loaders=Loaders(load_model=load), asked=asked)
 
 
-def _evaluate(submission, out, *extra):
-    # the tiny model is patched into this process, where the model runs
+def _evaluate(tiny, submission, out, *extra):
     return main(["evaluate", str(submission), "--rhos", "0", "0.5", "1", "--conditions", "base", "--out", str(out),
-                 *extra])
+                 *extra], loaders=tiny.loaders)
 
 
 def test_jsonl_path_evaluates_end_to_end(tmp_path, user_file, submission, tiny, capsys):
     assert main(["validate-data", str(user_file)]) == 0
-    assert _evaluate(submission, tmp_path / "out", "--dataset", str(user_file)) == 0
+    assert _evaluate(tiny, submission, tmp_path / "out", "--dataset", str(user_file)) == 0
     [path] = (tmp_path / "out").rglob("*.json")
     assert path.name == "my_docs.json"
     data = json.loads(path.read_text())
     assert data["dataset"] == {"id": "my_docs", "split": "test", "sha256": sha256_file(user_file)}
     assert {p["doc_id"] for p in data["predictions"]} == {"mine-0"} and len(data["predictions"]) == 3 * 3
-    assert data["environment"]["dtype"] == "float32" and tiny == [None]
+    assert data["environment"]["dtype"] == "float32" and tiny.asked == [None]
 
 
 def test_resumed_run_says_how_many_documents_it_skips(tmp_path, user_file, submission, tiny, capsys):
-    assert _evaluate(submission, tmp_path / "out", "--dataset", str(user_file)) == 0
+    assert _evaluate(tiny, submission, tmp_path / "out", "--dataset", str(user_file)) == 0
     assert "skipping" not in capsys.readouterr().err
-    assert _evaluate(submission, tmp_path / "out", "--dataset", str(user_file)) == 0
+    assert _evaluate(tiny, submission, tmp_path / "out", "--dataset", str(user_file)) == 0
     [path] = (tmp_path / "out").rglob("*.json")
     assert f"my_docs: skipping 1 of 1 documents, already done in {path}" in capsys.readouterr().err
 
 
 def test_dtype_is_passed_and_recorded(tmp_path, user_file, submission, tiny):
-    assert _evaluate(submission, tmp_path / "out", "--dataset", str(user_file), "--dtype", "bfloat16") == 0
+    assert _evaluate(tiny, submission, tmp_path / "out", "--dataset", str(user_file), "--dtype", "bfloat16") == 0
     [path] = (tmp_path / "out").rglob("*.json")
-    assert tiny == ["bfloat16"]
+    assert tiny.asked == ["bfloat16"]
     assert json.loads(path.read_text())["environment"]["dtype"] == "bfloat16"
 
 
@@ -95,9 +95,9 @@ def test_unknown_dtype_is_refused(submission, capsys):
 def test_bad_or_missing_file_fails_naming_it(tmp_path, submission, tiny, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"doc_id": "a", "text": "t", "questions": [{"id": "q", "question": "?", "answers": []}]}\n')
-    assert _evaluate(submission, tmp_path / "out", "--dataset", str(bad)) == 2
+    assert _evaluate(tiny, submission, tmp_path / "out", "--dataset", str(bad)) == 2
     assert "bad.jsonl:1: field 'questions/0/answers'" in capsys.readouterr().err  # the schema's own message
-    assert _evaluate(submission, tmp_path / "out", "--dataset", str(tmp_path / "nope.jsonl")) == 2
+    assert _evaluate(tiny, submission, tmp_path / "out", "--dataset", str(tmp_path / "nope.jsonl")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--dataset" in err and "nope.jsonl: no such file" in err
 
@@ -109,7 +109,7 @@ def test_file_named_like_a_spec_dataset_is_refused(tmp_path, user_file, submissi
 
     if "mini-narrative" not in {d.id for d in load_spec("mini").datasets}:
         pytest.skip("the spec has no dataset of that name")
-    assert _evaluate(submission, tmp_path / "out", "--dataset", str(clash)) == 2
+    assert _evaluate(tiny, submission, tmp_path / "out", "--dataset", str(clash)) == 2
     assert "rename it" in capsys.readouterr().err
 
 

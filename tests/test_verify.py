@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from benchmark import runner as R
+from benchmark.evaluator import Loaders
 from benchmark.tiny import tiny_model
 from benchmark.verify import detection_probability, new_seed, sample_pairs, sample_size, verify_result
 
 
 @pytest.fixture()
-def tiny_result(tmp_path, monkeypatch, document):
+def tiny_result(tmp_path, document):
+    """A tiny-model result file, its submissions folder, and the loaders that made it."""
     from benchmark.spec import DataFile, load_spec
 
     data = tmp_path / "docs.jsonl"
@@ -27,22 +29,21 @@ def tiny_result(tmp_path, monkeypatch, document):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = load_spec("mini")
     spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
-    monkeypatch.setattr(R, "load_spec", lambda tier: spec)
     model, tok = tiny_model("llama")
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
+    loaders = Loaders(load_spec=lambda tier: spec, load_model=lambda *a: (model, tok))
     folder = tmp_path / "submissions" / "tsub"
     folder.mkdir(parents=True)
     (folder / "submission.yaml").write_text(
         "name: tsub\nauthors: [t]\ndescription: t\ncompressor: {press: KnormPress}\n"
         "adapter: {recipe: qa, lora: {r: 2, alpha: 4}, train: {lr: 5.0e-2, epochs: 1, batch_size: 4}}\n")
     [path] = R.evaluate(folder, out=tmp_path / "runs", rhos=[0.0, 0.5, 1.0],
-                        conditions=["base", "base_kv_adapter_decode"], progress=False)
-    return path, tmp_path / "submissions"
+                        conditions=["base", "base_kv_adapter_decode"], progress=False, loaders=loaders)
+    return path, tmp_path / "submissions", loaders
 
 
 def test_verify_passes_on_an_honest_result(tiny_result):
-    path, subs = tiny_result
-    v = verify_result(path, 2, submissions_dir=subs)
+    path, subs, loaders = tiny_result
+    v = verify_result(path, 2, submissions_dir=subs, loaders=loaders)
     assert v.ok, v.mismatches
     assert len(v.pairs) == 2 and v.compared == 2 * 2 * 2  # pairs x questions x conditions
 
@@ -51,20 +52,20 @@ def test_verify_detects_gold_generations(tiny_result):
     from benchmark.results import aggregate
     from benchmark.spec import load_spec
 
-    path, subs = tiny_result
+    path, subs, loaders = tiny_result
     data = json.loads(path.read_text())
     for p in data["predictions"]:
         p["generation"], p["prediction"] = " " + p["answers"][0], p["answers"][0]
         p |= load_spec("mini").scoring().score(p["prediction"], p["answers"])
     data["cells"] = aggregate(data["predictions"], data["documents"])
     path.write_text(json.dumps(data, indent=1))
-    v = verify_result(path, 1, submissions_dir=subs)
+    v = verify_result(path, 1, submissions_dir=subs, loaders=loaders)
     assert not v.ok and v.mismatches and all("stored generation" in m for m in v.mismatches)
 
 
 def test_the_sample_follows_the_seed_not_the_file(tiny_result):
     """Editing a field of the file (here ``updated``) never moves the sample: only the seed does."""
-    path, _ = tiny_result
+    path, _, _ = tiny_result
     data = json.loads(path.read_text())
     base = sample_pairs(data, 1, "seed-a")
     for i in range(20):
@@ -84,13 +85,13 @@ def test_detection_probability_is_the_exact_hypergeometric_figure():
 
 
 def test_verify_detects_a_changed_plan_digest(tiny_result):
-    path, subs = tiny_result
+    path, subs, loaders = tiny_result
     data = json.loads(path.read_text())
     doc = data["documents"][0]
     key = next(k for k in doc["plans"] if k.startswith("0.5|"))
     doc["plans"][key] = "0" * 64
     path.write_text(json.dumps(data, indent=1))
-    v = verify_result(path, 1, seed="x", submissions_dir=subs)
+    v = verify_result(path, 1, seed="x", submissions_dir=subs, loaders=loaders)
     assert not v.ok and any(f"plan {key}" in m for m in v.mismatches), v.mismatches
     assert v.plans_checked >= 2  # every document's base-scored plans, sampled or not
 
@@ -99,11 +100,11 @@ def test_the_leaderboard_shows_what_verify_re_ran_of_this_exact_file(tiny_result
     from benchmark.leaderboard import load_entries
     from benchmark.verify import record_path, write_record
 
-    path, subs = tiny_result
+    path, subs, loaders = tiny_result
     runs = path.parents[3]
     [entry] = load_entries(runs)
     assert entry.rerun == "not re-run"
-    v = verify_result(path, 1, seed="s", submissions_dir=subs)
+    v = verify_result(path, 1, seed="s", submissions_dir=subs, loaders=loaders)
     assert write_record(path, v, "cpu") == record_path(path) == runs.parent / "verified" / Path(*path.parts[-4:])
     [entry] = load_entries(runs)
     assert entry.rerun == f"{v.plans_checked} plans, 1 of 2 pairs (p={v.detection:.2f})", entry.rerun
@@ -115,19 +116,19 @@ def test_the_leaderboard_shows_what_verify_re_ran_of_this_exact_file(tiny_result
 def test_a_result_made_on_another_kind_of_device_is_not_compared(tiny_result):
     from benchmark.spec import SpecError
 
-    path, subs = tiny_result
+    path, subs, loaders = tiny_result
     data = json.loads(path.read_text())
     data["environment"]["device"] = "cuda:0"
     path.write_text(json.dumps(data, indent=1))
     with pytest.raises(SpecError, match=r"made on cuda; verify re-runs it on the same kind of device \(--device cuda\)"):
-        verify_result(path, 1, submissions_dir=subs, device="cpu")
+        verify_result(path, 1, submissions_dir=subs, loaders=loaders, device="cpu")
 
 
 def test_verify_detects_an_edited_adapter_loss(tiny_result):
-    path, subs = tiny_result
+    path, subs, loaders = tiny_result
     data = json.loads(path.read_text())
     doc = data["documents"][0]
     doc["adapter"]["final_loss"] = doc["adapter"]["first_loss"] * 0.5  # a run that learned more than it did
     path.write_text(json.dumps(data, indent=1))
-    v = verify_result(path, 2, seed="x", submissions_dir=subs)
+    v = verify_result(path, 2, seed="x", submissions_dir=subs, loaders=loaders)
     assert not v.ok and any("field 'adapter/final_loss'" in m for m in v.mismatches), v.mismatches

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import runner as R
+from benchmark.evaluator import Loaders
 from benchmark.paths import PACKAGE_DIR
 from benchmark.tiny import tiny_model
 from benchmark.worker import WorkerError, bwrap_works, sandbox_args
@@ -141,10 +142,8 @@ KW = dict(rhos=[0.0, 0.5], conditions=["base", "base_kv_adapter_decode"], progre
 
 
 @pytest.fixture()
-def data(tmp_path, monkeypatch, document):
-    """A one-document dataset whose first question's gold answer is SECRET; the tiny model."""
-    from benchmark.spec import DataFile, load_spec
-
+def data(tmp_path, document):
+    """A one-document dataset whose first question's gold answer is SECRET."""
     path = tmp_path / "data" / "docs.jsonl"
     path.parent.mkdir()
     row = {"doc_id": "d0", "text": document.text,
@@ -152,12 +151,18 @@ def data(tmp_path, monkeypatch, document):
                          {"id": "q-town", "question": "Where is the bakery?", "answers": ["Tollervik"]}],
            "train_qa": [{"question": q, "answer": a} for q, a in document.train_qa]}
     path.write_text(json.dumps(row) + "\n")
-    spec = load_spec("mini")
-    spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(path, None)),))
-    monkeypatch.setattr(R, "load_spec", lambda tier: spec)
-    model, tok = tiny_model("llama")
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
     return path
+
+
+@pytest.fixture()
+def tiny(data):
+    """Loaders of the tiny model and of the mini spec with ``data`` as its first dataset."""
+    from benchmark.spec import DataFile, load_spec
+
+    spec = load_spec("mini")
+    spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
+    model, tok = tiny_model("llama")
+    return Loaders(load_spec=lambda tier: spec, load_model=lambda *a: (model, tok))
 
 
 def submission(tmp_path: Path, name: str, press: str = PLAIN_PRESS, recipe: str = "none", hook: bool = False,
@@ -195,12 +200,12 @@ def test_the_probe_finds_the_answer_beside_the_harness(tmp_path, data, monkeypat
         assert report["git_bytes"] > 0, report
 
 
-def test_the_press_and_the_hook_find_no_answer(tmp_path, data, capfd):
+def test_the_press_and_the_hook_find_no_answer(tmp_path, data, tiny, capfd):
     """In the sandbox, the press and the hook run (their reports come back on stderr) and find the
     answer nowhere: not in their process, not on disk, not in git. The harness scored the secret
     question from data the sandbox never saw."""
     folder = submission(tmp_path, "spy", press=PRESS, recipe="qa", hook=True, data_file=data)
-    [path] = R.evaluate(folder, out=tmp_path / "runs", **KW)
+    [path] = R.evaluate(folder, out=tmp_path / "runs", loaders=tiny, **KW)
     reports = _spy_reports(capfd.readouterr().err)
     assert {r["where"] for r in reports} == {"press", "hook"}, reports
     assert not any(r["stack"] or r["heap"] for r in reports), reports
@@ -226,7 +231,7 @@ PATCHER = """
     """
 
 
-def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, data):
+def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, data, tiny):
     """A press whose import-time code patches the runner, the tokenizer, eviction and accounting:
     the patches land in the sandbox, so every generation and count equals the honest press's."""
     honest = submission(tmp_path, "honest", data_file=data)
@@ -234,7 +239,7 @@ def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, dat
                         extra={"patcher.py": PATCHER})
     runs = []
     for folder in (honest, forger):
-        [path] = R.evaluate(folder, out=tmp_path / "runs", **KW)
+        [path] = R.evaluate(folder, out=tmp_path / "runs", loaders=tiny, **KW)
         runs.append(json.loads(path.read_text()))
     strip = [[(p["question_id"], p["rho"], p["condition"], p["generation"], p["kv_entries"], p["kv_bytes"])
               for p in r["predictions"]] for r in runs]
@@ -256,12 +261,13 @@ NO_EVICTION = """
     """
 
 
-def test_a_plan_that_keeps_more_than_the_budget_stops_the_run(tmp_path, data, capsys):
+def test_a_plan_that_keeps_more_than_the_budget_stops_the_run(tmp_path, data, tiny, capsys):
     from benchmark.cli import main
 
     folder = submission(tmp_path, "keepall", data_file=data, press="import keepall\n" + textwrap.dedent(PLAIN_PRESS),
                         extra={"keepall.py": NO_EVICTION})
-    rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "0.5", "--conditions", "base"])
+    rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "0.5", "--conditions", "base"],
+              loaders=tiny)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(err) == 1 and "budget is exactly" in err[0], err
 
@@ -287,7 +293,7 @@ CANARY = """
 
 
 @needs_bwrap
-def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_path, data, monkeypatch):
+def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_path, data, tiny):
     """validate and evaluate run submission code with the package, the shared cache and the model
     read-only or absent: a checker rewritten by submission code during CI's tests would let a forged
     file pass verify.
@@ -301,7 +307,7 @@ def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_pat
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     model.config.name_or_path = str(model_dir)
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: (model, tok))
+    loaders = dataclasses.replace(tiny, load_model=lambda *a: (model, tok))
     canary = CANARY.format(cache=str(cache_dir()), model=str(model_dir))
     folder = submission(tmp_path, "writer", data_file=data, press="import canary\n" + textwrap.dedent(PLAIN_PRESS),
                         extra={"canary.py": canary})
@@ -309,18 +315,18 @@ def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_pat
                cache_dir() / "_verify_appendable"]
     try:
         assert _check_in_sandbox([folder], VALIDATE_TIMEOUT_S) == {str(folder): []}
-        R.evaluate(folder, out=tmp_path / "runs", **KW)
+        R.evaluate(folder, out=tmp_path / "runs", loaders=loaders, **KW)
         assert not [t for t in targets if t.exists()]
     finally:
         (PACKAGE_DIR / "_sandbox_canary.py").unlink(missing_ok=True)
 
 
-def test_a_sleeping_press_is_stopped_with_one_line(tmp_path, data):
+def test_a_sleeping_press_is_stopped_with_one_line(tmp_path, data, tiny):
     folder = submission(tmp_path, "sleeper", data_file=data,
                         press="import time\ntime.sleep(600)\n" + textwrap.dedent(PLAIN_PRESS))
     t0 = time.monotonic()
     with pytest.raises(WorkerError, match=r"took longer than 3 s.*--worker-timeout") as info:
-        R.evaluate(folder, out=tmp_path / "runs", worker_timeout=3, **KW)
+        R.evaluate(folder, out=tmp_path / "runs", worker_timeout=3, loaders=tiny, **KW)
     assert "\n" not in str(info.value) and time.monotonic() - t0 < 60
 
 
@@ -334,11 +340,12 @@ def test_validate_gives_a_sleeping_press_its_time_limit(tmp_path, data):
     assert time.monotonic() - t0 < 30
 
 
-def test_a_submission_that_exits_in_the_sandbox_is_a_one_line_failure(tmp_path, data, capsys):
+def test_a_submission_that_exits_in_the_sandbox_is_a_one_line_failure(tmp_path, data, tiny, capsys):
     from benchmark.cli import main
 
     folder = submission(tmp_path, "quitter", data_file=data, press="import sys\nsys.exit(0)\n")
-    rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "--conditions", "base"])
+    rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "--conditions", "base"],
+              loaders=tiny)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(err) == 1 and "sys.exit" in err[0], err
 
@@ -389,7 +396,7 @@ def test_a_checkout_under_tmp_runs_in_the_sandbox(tmp_path):
     assert re.fullmatch(rf"{re.escape(str(clone.resolve() / 'benchmark'))} False\n", out.stdout), out.stdout
 
 
-def test_an_endless_reply_is_refused_not_read_into_memory(tmp_path, data, monkeypatch):
+def test_an_endless_reply_is_refused_not_read_into_memory(tmp_path, data, tiny, monkeypatch):
     """A press that writes one enormous line on the protocol's stream: the harness stops reading at
     its limit and fails with one line, instead of holding whatever the sandbox sends."""
     import benchmark.worker as W
@@ -409,4 +416,4 @@ def test_an_endless_reply_is_refused_not_read_into_memory(tmp_path, data, monkey
     folder = submission(tmp_path, "flood", data_file=data, press="import flood\n" + textwrap.dedent(PLAIN_PRESS),
                         extra={"flood.py": flood})
     with pytest.raises(WorkerError, match="longer than 65536 characters"):
-        R.evaluate(folder, out=tmp_path / "runs", **KW)
+        R.evaluate(folder, out=tmp_path / "runs", loaders=tiny, **KW)
