@@ -87,9 +87,11 @@ def _synthesized(view: TrainingView, recipe: Recipe, model, tokenizer, model_key
 
     if model is None:
         raise ValueError("qa_source 'synthesize' needs the generator model")
-    chunking = {"chunking": "paper"} if recipe.train.synthesis == "paper" else {}
+    settings = {"chunking": "paper"} if recipe.train.synthesis == "paper" else {}
+    if recipe.train.synthesis_max_new_tokens is not None:
+        settings["max_new_tokens"] = recipe.train.synthesis_max_new_tokens
     return cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key,
-                             **chunking)
+                             **settings)
 
 
 def _ntp_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer) -> list[Example]:

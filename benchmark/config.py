@@ -15,7 +15,10 @@ from pathlib import Path
 
 from .paths import folder_files, stable_hash
 
-TIERS = ("mini", "paper")
+TIERS = ("mini", "paper", "paper-rehearsal")
+#: Derived tiers: each is the named tier's spec with the overrides of its own spec file laid over it
+#: (``specs/paper-rehearsal.yaml``: the paper tier on a CPU with stand-in models and fixture data).
+REHEARSED_TIERS = {"paper-rehearsal": "paper"}
 
 #: The four conditions as data: which weights prefill the document, which pick the kept
 #: entries (score), which decode the question and answer. "adapter" = base + document LoRA.
@@ -58,7 +61,8 @@ RECIPES = ("none",) + OBJECTIVES
 #: so existing cache keys (and committed results' adapter keys) stay valid.
 _LATER_OPTIONS = {"qa_source": "train_qa", "schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": None,
                   "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks",
-                  "synthesis": "tokens", "ctx_window": "document", "early_stop": "checks"}
+                  "synthesis": "tokens", "ctx_window": "document", "early_stop": "checks",
+                  "synthesis_max_new_tokens": None}
 #: LoRA init values: peft's own, plus ours (``shared_svd_a``, see :func:`init_shared_svd_a`).
 LORA_INITS = ("default", "gaussian", "shared_svd_a")
 SCHEDULES = ("constant", "cosine")
@@ -128,6 +132,7 @@ class TrainSettings:
     synthesis: str = "tokens"  # qa_source synthesize: "tokens" (64-token chunks, our prompt) | "paper" (its sections, prompt)
     ctx_window: str = "document"  # ctx_qa: "document" | "neighbours" (the pair's section +/- one; synthesis "paper")
     ntp_format: str = "chunks"  # "chunks" | "chunk_next" (chat: chunk -> next chunk) | "document" (raw, whole)
+    synthesis_max_new_tokens: int | None = None  # cap on each synthesis generation; None: the synthesis default
 
     def __post_init__(self) -> None:
         for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS),

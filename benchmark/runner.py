@@ -305,7 +305,9 @@ def open_run(spec: Spec, submission: Submission, model_id: str | None = None, de
              dtype: str | None = None, **kwargs) -> DocumentRun:
     """A :class:`DocumentRun` of the spec's model (its per-model recipe and prompt); close it when done."""
     model_spec = spec.model(model_id)
-    submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
+    # per-model train overrides, if any (a stand-in model takes those of the model it stands in for),
+    # then a rehearsal's (capped steps and synthesis)
+    submission = submission.for_model(spec.stands_in_for(model_spec.id)).with_train(spec.train_overrides)
     model, tok = load_model(model_spec, device, dtype)
     return DocumentRun.build(model, tok, spec, submission, model_key=model_key(model_spec),
                              prompt=spec.prompt_for(model_spec), device=pick_device(device), **kwargs)

@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .config import BUDGETS, CONDITION_HELP, CONDITIONS, TIERS  # noqa: F401 - defined in config.py, re-exported
+from .config import BUDGETS, CONDITION_HELP, CONDITIONS, REHEARSED_TIERS, TIERS  # noqa: F401 - defined in config.py, re-exported
 from .paths import PACKAGE_DIR, cache_dir, stable_hash
 
 SPEC_DIR = PACKAGE_DIR / "specs"
@@ -110,6 +110,19 @@ class Spec:
     raw: dict = field(repr=False, compare=False, default_factory=dict)
     metric: MetricSpec = field(default_factory=MetricSpec)
     budget: str = "kvpress"
+    #: a rehearsal's overrides (``specs/paper-rehearsal.yaml``: ``rehearses``, ``stand_ins``, ``train``,
+    #: ...); None for a spec that is run as itself
+    rehearsal: dict | None = None
+
+    @property
+    def train_overrides(self) -> dict:
+        """What a rehearsal lays over every submission's ``adapter.train`` ({} otherwise)."""
+        return dict((self.rehearsal or {}).get("train", {}))
+
+    def stands_in_for(self, model_id: str) -> str:
+        """The rehearsed spec's model a stand-in model replaces (the id itself outside a rehearsal)."""
+        stand_ins = (self.rehearsal or {}).get("stand_ins", {})
+        return next((paper for paper, stand_in in stand_ins.items() if stand_in == model_id), model_id)
 
     def dataset(self, dataset_id: str) -> DatasetSpec:
         for d in self.datasets:
@@ -211,7 +224,10 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
         path = SPEC_DIR / f"{tier_or_path}.yaml"
     if not path.exists():
         raise SpecError(f"no spec at {path} (tiers: {', '.join(TIERS)})")
-    raw = load_yaml(path, "spec.schema.json")
+    if str(tier_or_path) in REHEARSED_TIERS:
+        raw = rehearsal_raw(path)
+    else:
+        raw = load_yaml(path, "spec.schema.json")
     datasets = tuple(
         DatasetSpec(
             id=d["id"],
@@ -245,7 +261,32 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
         metric=MetricSpec(normalization=raw["metric"].get("normalization", "squad"),
                           extraction=raw["metric"].get("extraction", "boxed_or_first_line")),
         budget=raw.get("budget", "kvpress"),
+        rehearsal=raw.get("rehearsal"),
     )
+
+
+def rehearsal_raw(path: Path) -> dict:
+    """The raw spec of a rehearsal: the spec it ``rehearses`` with this file's overrides laid over
+    it (its version, tier, description, data and generation; its stand-ins for the models, taken
+    from the mini tier's entries in the rehearsal's dtype), the whole file kept under ``rehearsal``
+    so the spec hash and every result file carry it. Validated against ``spec.schema.json``."""
+    over = load_yaml(path, "rehearsal.schema.json")
+    base = load_yaml(SPEC_DIR / f"{over['rehearses']}.yaml", "spec.schema.json")
+    mini = {m["id"]: m for m in load_yaml(SPEC_DIR / "mini.yaml", "spec.schema.json")["models"]}
+    paper_models = {m["id"]: m for m in base["models"]}
+    models = []
+    for paper_id, stand_in in over["stand_ins"].items():
+        if paper_id not in paper_models or stand_in not in mini:
+            raise SpecError(f"{path}: field 'stand_ins/{paper_id}': needs a model of {over['rehearses']}.yaml "
+                            f"({', '.join(paper_models)}) standing in for by one of mini.yaml ({', '.join(mini)})")
+        paper = paper_models[paper_id]
+        default = paper_id == over["default"] if "default" in over else paper.get("default", False)
+        models.append({**mini[stand_in], "dtype": over["dtype"], "default": default,
+                       "name": f"{mini[stand_in]['name']}, standing in for {paper['name']}"})
+    raw = {**base, "spec_version": over["spec_version"], "tier": over["tier"], "description": over["description"],
+           "datasets": over["datasets"], "models": models, "generation": over["generation"], "rehearsal": over}
+    validate_against("spec.schema.json", raw, f"{path} laid over {over['rehearses']}.yaml")
+    return raw
 
 
 def known_spec_hashes() -> dict[str, str]:
