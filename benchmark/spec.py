@@ -277,8 +277,9 @@ def rehearsal_raw(path: Path) -> dict:
     models = []
     for paper_id, stand_in in over["stand_ins"].items():
         if paper_id not in paper_models or stand_in not in mini:
-            raise SpecError(f"{path}: field 'stand_ins/{paper_id}': needs a model of {over['rehearses']}.yaml "
-                            f"({', '.join(paper_models)}) standing in for by one of mini.yaml ({', '.join(mini)})")
+            raise SpecError(f"{path}: field 'stand_ins/{paper_id}': '{stand_in}' standing in for '{paper_id}'; the key "
+                            f"must be a model of {over['rehearses']}.yaml ({', '.join(paper_models)}), the value one "
+                            f"of mini.yaml ({', '.join(mini)})")
         paper = paper_models[paper_id]
         default = paper_id == over["default"] if "default" in over else paper.get("default", False)
         models.append({**mini[stand_in], "dtype": over["dtype"], "default": default,
