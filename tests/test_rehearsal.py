@@ -265,3 +265,12 @@ def test_a_bf16_spec_converts_the_shared_weights_in_float32():
     except ModelUnavailable as exc:
         pytest.skip(str(exc))
     assert json.loads((Path(folder) / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_leaderboard_marks_rehearsal_sections_only():
+    from benchmark.leaderboard import group_title, rehearsal_note
+
+    assert group_title(("paper-rehearsal", "narrativeqa", "qwen2.5-0.5b", "bfloat16")).endswith(" · REHEARSAL")
+    assert "REHEARSAL" not in group_title(("paper", "narrativeqa", "qwen3-4b", "bfloat16"))
+    assert "not paper-tier results" in rehearsal_note("paper-rehearsal")
+    assert rehearsal_note("paper") == rehearsal_note("mini") == ""
