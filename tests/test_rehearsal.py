@@ -275,3 +275,23 @@ def test_leaderboard_marks_rehearsal_sections_only():
     assert "REHEARSAL" not in group_title(("paper", "narrativeqa", "qwen3-4b", "bfloat16"))
     assert "not paper-tier results" in rehearsal_note("paper-rehearsal")
     assert rehearsal_note("paper") == rehearsal_note("mini") == ""
+
+
+def test_synthesis_cap_reaches_the_generator(tmp_path):
+    """train.synthesis_max_new_tokens (the rehearsal's 256) caps each synthesis generation; unset,
+    the synthesis default (2048) applies. Read back from the synthesis cache's recorded settings."""
+    import dataclasses
+
+    from benchmark.adapters import qa_pairs
+    from benchmark.datasets import TrainingView
+    from test_synthesis import DOC, make_model, make_tokenizer
+
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    recipe = load_submission(ROOT / "submissions/paper-tier-default").recipe
+    view = TrainingView(doc_id="d", text=DOC, train_qa=())
+    for cap, expected in ((None, 2048), (7, 7)):
+        capped = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, synthesis_max_new_tokens=cap))
+        qa_pairs(view, capped, model, tok, model_key=f"tiny-{cap}")
+        records = [json.loads(p.read_text()) for p in (Path(os.environ["LORAKV_CACHE"]) / "synth").rglob("*.json")]
+        assert {r["settings"]["max_new_tokens"] for r in records if r["generator_id"] == f"tiny-{cap}"} == {expected}
