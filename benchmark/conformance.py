@@ -907,6 +907,7 @@ def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
     dtype = data["environment"].get("dtype")
     per_entry = 2 * head_dim * DTYPE_BYTES[dtype] if dtype in run_dtypes(spec, model_id) else None
     budget = spec.budget if spec is not None else "kvpress"
+    no_context = spec is not None and spec.prompt_for(spec.model(model_id)).no_context is not None
     docs = {d["doc_id"]: d for d in data["documents"]}
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
@@ -914,6 +915,13 @@ def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
         if d is None:
             continue  # reported by _check_grid
         kept = kept_per_head(d["n_prefix_tokens"], d["n_doc_tokens"], p["rho"], budget)
+        if p["rho"] >= 1 and no_context:  # the no-context prompt's prefix, recorded per document
+            if "n_no_context_prefix_tokens" not in d:
+                _limited(problems, counts, "no_context",
+                         f"{path}: field 'documents/{p['doc_id']}/n_no_context_prefix_tokens': missing; spec "
+                         f"{spec.spec_version} answers rho = 1 with its no-context prompt, whose prefix it counts")
+                continue
+            kept = d["n_no_context_prefix_tokens"]
         if p["kv_entries"] != heads * kept:
             _limited(problems, counts, "kv_entries",
                      f"{path}: field 'predictions/{i}/kv_entries': {p['kv_entries']} at rho={p['rho']} "

@@ -156,6 +156,8 @@ class DocumentRun:
         prefix, n_doc = len(self.renderer.prefix_ids), len(self.renderer.doc_ids(doc.text))
         record = {"doc_id": doc.doc_id, "n_prefix_tokens": prefix, "n_doc_tokens": n_doc,
                   "adapter": adapter_info, "timings": timings, "plans": plans}
+        if self.renderer.no_context is not None:  # rho = 1 reads the no-context prompt's own prefix
+            record["n_no_context_prefix_tokens"] = len(self.renderer.no_doc_prefix_ids)
         return record, preds
 
     def _plans(self, weights: str, scores, ids: list[int], span: tuple[int, int], rhos, kv,

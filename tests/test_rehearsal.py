@@ -295,3 +295,29 @@ def test_synthesis_cap_reaches_the_generator(tmp_path):
         qa_pairs(view, capped, model, tok, model_key=f"tiny-{cap}")
         records = [json.loads(p.read_text()) for p in (Path(os.environ["LORAKV_CACHE"]) / "synth").rglob("*.json")]
         assert {r["settings"]["max_new_tokens"] for r in records if r["generator_id"] == f"tiny-{cap}"} == {expected}
+
+
+def test_kv_budget_at_rho_1_is_the_no_context_prefix():
+    """The paper's prompt answers rho = 1 without the document header: the cache there is the
+    no-context prefix, which each document records (found by the rehearsal's first run)."""
+    from benchmark.conformance import check_kv_budget
+
+    spec = load_spec("paper-rehearsal")
+    layers, kv_heads, head_dim = KV_SHAPES["qwen2.5-0.5b"]
+    heads = layers * kv_heads
+
+    def result(doc_extra: dict, entries: int, dtype: str = "bfloat16") -> dict:
+        doc = {"doc_id": "d", "n_prefix_tokens": 30, "n_doc_tokens": 50, **doc_extra}
+        per_entry = 2 * head_dim * (2 if dtype == "bfloat16" else 4)
+        pred = {"doc_id": "d", "rho": 1.0, "kv_entries": heads * entries, "kv_bytes": heads * entries * per_entry}
+        return {"model": {"id": "qwen2.5-0.5b"}, "environment": {"dtype": dtype}, "documents": [doc],
+                "predictions": [pred]}
+
+    assert check_kv_budget(Path("r.json"), result({"n_no_context_prefix_tokens": 24}, 24), spec) == []
+    wrong = check_kv_budget(Path("r.json"), result({"n_no_context_prefix_tokens": 24}, 30), spec)
+    assert len(wrong) == 1 and "kv_entries" in wrong[0]
+    missing = check_kv_budget(Path("r.json"), result({}, 24), spec)
+    assert len(missing) == 1 and "n_no_context_prefix_tokens': missing" in missing[0]
+    # the mini tier has no no-context prompt: rho = 1 keeps the prefix
+    assert check_kv_budget(Path("r.json"), result({}, 30, "float32"), load_spec("mini")) == []
+    assert len(check_kv_budget(Path("r.json"), result({}, 24, "float32"), load_spec("mini"))) == 1
