@@ -378,11 +378,11 @@ def _anchor(title: str) -> str:
 
 
 def group_title(key: GroupKey) -> str:
-    return " · ".join(key) + (" · REHEARSAL" if key[0] in REHEARSED_TIERS else "")
+    return " · ".join(key)
 
 
 def _overall_title(key: tuple[str, str, str]) -> str:
-    return "overall · " + " · ".join(key) + (" · REHEARSAL" if key[0] in REHEARSED_TIERS else "")
+    return "overall · " + " · ".join(key)
 
 
 def rehearsal_note(tier: str) -> str:

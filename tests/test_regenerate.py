@@ -2,7 +2,7 @@
 
 A refactoring that changes a number, a hash or a rendered byte fails here:
 - every committed result file re-serialises identically after its scores and cells are recomputed
-  from its predictions (``results.aggregate``, ``metrics.score_prediction``, the writer's format);
+  from its predictions (``results.aggregate``, ``metrics.score_prediction_with``, the writer's format);
 - every committed result file's ``submission.hash`` is what its committed submission folder hashes
   to now, and the hash function itself is pinned on a fixed folder;
 - ``lorakv-bench leaderboard`` writes, into a temporary copy of the layout, exactly the committed
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import cli, leaderboard
-from benchmark.metrics import extract_answer, score_prediction
+from benchmark.metrics import EXTRACTORS, score_prediction_with
 from benchmark.results import aggregate
 from benchmark.spec import load_spec
 from benchmark.submission import load_submission
@@ -42,10 +42,11 @@ def _serialise(data: dict) -> str:
 def test_result_file_rederives_byte_for_byte(path):
     text = path.read_text(encoding="utf-8")
     data = json.loads(text)
-    answer_prefix = load_spec(data["tier"]).prompt_for(load_spec(data["tier"]).model(data["model"]["id"])).answer_prefix
-    for p in data["predictions"]:
-        p["prediction"] = extract_answer(p["generation"], answer_prefix)
-        s = score_prediction(p["prediction"], p["answers"])
+    spec = load_spec(data["tier"])
+    answer_prefix = spec.prompt_for(spec.model(data["model"]["id"])).answer_prefix
+    for p in data["predictions"]:  # the tier's extraction and normalisation
+        p["prediction"] = EXTRACTORS[spec.metric.extraction](p["generation"], answer_prefix)
+        s = score_prediction_with(p["prediction"], p["answers"], spec.metric.normalization)
         p["rouge_l"], p["exact_match"] = 100 * s["rouge_l"], 100 * s["exact_match"]
     data["cells"] = aggregate(data["predictions"], data["documents"])
     assert _serialise(data) == text

@@ -252,7 +252,8 @@ def test_rehearsal_end_to_end(tmp_path):
     page = tmp_path / "board" / "README.md"
     cli("leaderboard", "--results", str(results), "--out", str(page), "--plots", str(tmp_path / "board" / "plots"))
     text = page.read_text()
-    assert "paper-rehearsal" in text and "REHEARSAL" in text and "not paper-tier results" in text
+    assert "## paper-rehearsal · narrativeqa" in text and "**Rehearsal of the paper tier**" in text
+    assert "not paper-tier results" in text
 
 
 @pytest.mark.slow  # converts SmolLM2's GGUF into this test's own cache: 20 s on an idle core, minutes on a busy one
@@ -269,10 +270,9 @@ def test_a_bf16_spec_converts_the_shared_weights_in_float32():
 
 
 def test_leaderboard_marks_rehearsal_sections_only():
-    from benchmark.leaderboard import group_title, rehearsal_note
+    from benchmark.leaderboard import rehearsal_note
 
-    assert group_title(("paper-rehearsal", "narrativeqa", "qwen2.5-0.5b", "bfloat16")).endswith(" · REHEARSAL")
-    assert "REHEARSAL" not in group_title(("paper", "narrativeqa", "qwen3-4b", "bfloat16"))
+    assert rehearsal_note("paper-rehearsal").startswith(" **Rehearsal of the paper tier**")
     assert "not paper-tier results" in rehearsal_note("paper-rehearsal")
     assert rehearsal_note("paper") == rehearsal_note("mini") == ""
 
