@@ -88,6 +88,8 @@ def _synthesized(view: TrainingView, recipe: Recipe, model, tokenizer, model_key
     if model is None:
         raise ValueError("qa_source 'synthesize' needs the generator model")
     options = {"chunking": "paper", "parser": "paper"} if recipe.train.synthesis == "paper" else {}
+    if recipe.train.synthesis_max_new_tokens is not None:
+        options["max_new_tokens"] = recipe.train.synthesis_max_new_tokens
     return cached_synthesize(model, tokenizer, view.text, cache_dir=cache_dir() / "synth", generator_id=model_key,
                              batch_size=recipe.train.synthesis_batch_size, **options)
 

@@ -173,6 +173,7 @@ def dry_run(args) -> int:
         models = list(spec.models)
     rhos = args.rhos or list(spec.rhos)
     rows = []
+    hours: dict[str, float] = {}
     for sub_path in subs:
         try:
             sub = load_submission(sub_path)
@@ -180,26 +181,64 @@ def dry_run(args) -> int:
             name, recipe = sub.name, sub.recipe.name
             press = sub.compressor_cfg["press"]
         except ValueError:
-            name, recipe, conds = Path(sub_path).name + " (missing)", "?", list(args.conditions or spec.conditions)
+            sub, name, recipe, conds = None, Path(sub_path).name + " (missing)", "?", list(args.conditions or spec.conditions)
             press = "?"
         for m in models:
             for ds in [resolve_dataset(spec, d) for d in args.dataset] if args.dataset else spec.datasets:
+                words = None
                 try:
-                    docs = load_split(ds.test)
-                    n_docs = len(docs[: args.docs])
-                    n_q = sum(len(d.questions[: args.questions]) for d in docs[: args.docs])
+                    docs = load_split(ds.test)[: args.docs]
+                    n_docs = len(docs)
+                    n_q = sum(len(d.questions[: args.questions]) for d in docs)
+                    words = [len(d.text.split()) for d in docs]
                 except ValueError:
                     n_docs = ds.expected.get("documents", "?")
                     n_q = ds.expected.get("questions", "?")
                 prefills = len({CONDITIONS[c][s] for c in conds for s in ("prefill", "score")})
+                est = _estimate(spec, sub, m, ds, n_docs, n_q, words, rhos, len(conds), prefills, args)
+                if est is not None:
+                    hours[m.id] = hours.get(m.id, 0.0) + est.gpu_hours
                 rows.append([name, press, recipe, m.id, ds.id, n_docs, n_q, len(rhos), len(conds),
                              n_docs if recipe not in ("none", "?") else 0,
                              n_docs * prefills if isinstance(n_docs, int) else "?",
-                             n_q * len(rhos) * len(conds) if isinstance(n_q, int) else "?"])
+                             n_q * len(rhos) * len(conds) if isinstance(n_q, int) else "?",
+                             f"{est.peak_gib:.1f}" if est else "?", f"{est.gpu_hours:.2f}" if est else "?"])
     print(tabulate(rows, headers=["submission", "compressor", "recipe", "model", "dataset", "docs", "questions", "rhos", "conditions",
-                                  "trainings", "prefills", "answers"], tablefmt="github"))
+                                  "trainings", "prefills", "answers", "est. peak GiB", "est. GPU h"], tablefmt="github"))
     print(f"rho grid: {rhos}")
+    _print_estimate_note(hours)
     return 0
+
+
+def _estimate(spec, sub, model_spec, ds, n_docs, n_q, words, rhos, n_conds, prefills, args):
+    """The cost model's estimate for one row of the dry run (None where a count is unknown)."""
+    from .cost import ARCHITECTURES, DOC_WORDS, Workload, estimate
+
+    if sub is None or not isinstance(n_docs, int) or not isinstance(n_q, int) or model_spec.id not in ARCHITECTURES:
+        return None
+    if words:
+        mean, largest = sum(words) / len(words), max(words)
+    elif (ds.mirrors or ds.id) in DOC_WORDS:
+        mean, largest = DOC_WORDS[ds.mirrors or ds.id]
+    else:
+        return None
+    sub = sub.for_model(spec.stands_in_for(model_spec.id)).with_train(spec.train_overrides)
+    return estimate(Workload(model_id=model_spec.id, recipe=sub.recipe, docs=n_docs, doc_words_mean=mean,
+                             doc_words_max=largest, questions=n_q, rhos=tuple(rhos), conditions=n_conds,
+                             prefills_per_doc=prefills, max_new_tokens=spec.generation.max_new_tokens,
+                             decode_batch=args.batch_size))
+
+
+def _print_estimate_note(hours: dict[str, float]) -> None:
+    from .cost import BANDWIDTH_EFFICIENCY, MFU, REFERENCE_GPU
+
+    if not hours:
+        return
+    gpu = REFERENCE_GPU
+    total = ", ".join(f"{m} {h:.2f} h" for m, h in hours.items())
+    print(f"est. = ESTIMATES from benchmark/cost.py's cost model (not measured), bf16 on one {gpu.name} "
+          f"({gpu.bf16_flops / 1e12:.0f} TFLOP/s at {MFU:.0%} MFU, {gpu.bandwidth / 1e12:.2f} TB/s at "
+          f"{BANDWIDTH_EFFICIENCY:.0%}); peak = the largest phase, weights included; GPU hours in total: {total}")
 
 
 def format_cells(data: dict, tabulate) -> str:
@@ -440,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run the protocol for a submission",
                        description=f"{RHO_HELP}. Conditions: {_cond_help()}.")
     e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
-    e.add_argument("--tier", default=TIERS[0], help=f"{' or '.join(TIERS)} (default {TIERS[0]}, CPU)")
+    e.add_argument("--tier", default=TIERS[0], help="mini (default, CPU), paper, or paper-rehearsal (= paper --rehearse)")
     e.add_argument("--model", help="model id from the spec (default: the spec's default model), or a model of your "
                    "own: a local transformers folder (config.json, weights, tokenizer) or a Hugging Face Hub id "
                    "(ORG/NAME, where the Hub is reachable), run with the spec's data, prompt and generation")
@@ -466,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--worker-timeout", type=float, default=900.0, metavar="SECONDS",
                    help="time each request to the sandbox running a submission's own code (a press's plan, a "
                    "hook's QA pairs) may take (default 900)")
+    e.add_argument("--rehearse", action="store_true", help="with --tier paper: run the paper tier's rehearsal, its "
+                   "whole code path on a CPU with stand-in models and fixture documents (spec paper-rehearsal; see "
+                   "docs/tiers.md); its results are tier paper-rehearsal, never paper results")
     e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
     e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
                    "target-modules); submissions are looked up beside SUBMISSION")
@@ -549,10 +591,23 @@ def _uses_hub(args) -> bool:
     """prepare-data, the paper tier and ``--model ORG/NAME`` (a Hub id, no local folder) may
     download (weights, datasets): leave HF's offline mode to the user's environment there.
     Everything else (the mini tier, validation, the leaderboard) never needs a hub."""
-    if args.command == "prepare-data" or getattr(args, "tier", "mini") != "mini":
+    if args.command == "prepare-data" or getattr(args, "tier", "mini") not in ("mini", "paper-rehearsal"):
         return True
     model = getattr(args, "model", None)
     return bool(model) and "/" in model and not Path(model).expanduser().exists()
+
+
+def _rehearsal_tier(args) -> None:
+    """``--rehearse``: the tier becomes the rehearsal of the tier named (paper -> paper-rehearsal)."""
+    from .config import REHEARSED_TIERS
+    from .spec import SpecError
+
+    if not getattr(args, "rehearse", False):
+        return
+    rehearsals = {rehearsed: tier for tier, rehearsed in REHEARSED_TIERS.items()}
+    if args.tier not in rehearsals:
+        raise SpecError(f"--rehearse: tier {args.tier} has no rehearsal (tiers with one: {', '.join(rehearsals)})")
+    args.tier = rehearsals[args.tier]
 
 
 def main(argv: list[str] | None = None, *, loaders: Loaders | None = None) -> int:
@@ -561,9 +616,14 @@ def main(argv: list[str] | None = None, *, loaders: Loaders | None = None) -> in
     args = build_parser().parse_args(argv)
     args.loaders = loaders
     from .paths import set_offline
-
-    set_offline(hub=_uses_hub(args))  # nothing in the mini tier touches a hub; make sure no library tries to
     from .spec import SpecError
+
+    try:
+        _rehearsal_tier(args)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    set_offline(hub=_uses_hub(args))  # nothing in the mini tier touches a hub; make sure no library tries to
     from .worker import WorkerError
 
     from .extras import MissingExtra

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from .paths import folder_files, stable_hash
 
-TIERS = ("mini", "paper")
+TIERS = ("mini", "paper", "paper-rehearsal")
+#: Derived tiers: each is the named tier's spec with the overrides of its own spec file laid over it
+#: (``specs/paper-rehearsal.yaml``: the paper tier on a CPU with stand-in models and fixture data).
+REHEARSED_TIERS = {"paper-rehearsal": "paper"}
 #: a dataset's splits; results name the split in the file name unless it is the first (test)
 SPLITS = ("test", "dev")
 #: the datasets of the paper tier that ``prepare-data`` converts (the paper spec's dataset ids; a test checks)
@@ -91,7 +94,8 @@ RECIPES = ("none",) + OBJECTIVES
 _LATER_OPTIONS = {"qa_source": "train_qa", "schedule": "constant", "warmup_ratio": 0.0, "max_grad_norm": None,
                   "max_steps": None, "early_stop_accuracy": None, "qa_format": "spec", "ntp_format": "chunks",
                   "synthesis": "tokens", "ctx_window": "document", "early_stop": "checks",
-                  "chunk_next_data": "tokens", "synthesis_batch_size": 1}
+                  "chunk_next_data": "tokens", "synthesis_batch_size": 1,
+                  "synthesis_max_new_tokens": None}
 #: LoRA init values: peft's own, plus ours (``shared_svd_a``, see :func:`init_shared_svd_a`).
 LORA_INITS = ("default", "gaussian", "shared_svd_a")
 SCHEDULES = ("constant", "cosine")
@@ -167,6 +171,7 @@ class TrainSettings:
     ntp_format: str = "chunks"  # "chunks" | "chunk_next" (chat: chunk -> next chunk) | "document" (raw, whole)
     chunk_next_data: str = "tokens"  # chunk_next: "tokens" | "sections" | "paper" (see CHUNK_NEXT_DATA)
     synthesis_batch_size: int = 1  # qa_source synthesize: sections generated together (left-padded batches)
+    synthesis_max_new_tokens: int | None = None  # cap on each synthesis generation; None: the synthesis default
 
     def __post_init__(self) -> None:
         for name, allowed in (("schedule", SCHEDULES), ("qa_format", QA_FORMATS), ("ntp_format", NTP_FORMATS),

@@ -989,6 +989,9 @@ def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
     dtype = data["environment"].get("dtype")
     per_entry = 2 * head_dim * DTYPE_BYTES[dtype] if dtype in run_dtypes(spec, model_id, data) else None
     scoring = _scoring(spec)
+    spec_model = next((m for m in spec.models if m.id == model_id), None) if spec is not None else None
+    prompt = None if spec is None else spec.prompt if spec_model is None else spec.prompt_for(spec_model)
+    no_context = prompt is not None and prompt.no_context is not None  # a model of one's own: the spec's prompt
     docs = {d["doc_id"]: d for d in data["documents"]}
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):
@@ -996,6 +999,13 @@ def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
         if d is None:
             continue  # reported by _check_grid
         kept = kept_per_head(d["n_prefix_tokens"], d["n_doc_tokens"], p["rho"], scoring)
+        if p["rho"] >= 1 and no_context:  # the no-context prompt's prefix, recorded per document
+            if "n_no_context_prefix_tokens" not in d:
+                _limited(problems, counts, "no_context",
+                         f"{path}: field 'documents/{p['doc_id']}/n_no_context_prefix_tokens': missing; spec "
+                         f"{spec.spec_version} answers rho = 1 with its no-context prompt, whose prefix it counts")
+                continue
+            kept = d["n_no_context_prefix_tokens"]
         if p["kv_entries"] != heads * kept:
             _limited(problems, counts, "kv_entries",
                      f"{path}: field 'predictions/{i}/kv_entries': {p['kv_entries']} at rho={p['rho']} "

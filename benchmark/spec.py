@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .config import BUDGETS, CONDITION_HELP, CONDITIONS, TIERS  # noqa: F401 - defined in config.py, re-exported
+from .config import BUDGETS, CONDITION_HELP, CONDITIONS, REHEARSED_TIERS, TIERS  # noqa: F401 - defined in config.py, re-exported
 from .paths import PACKAGE_DIR, cache_dir, sha256_file, stable_hash
 
 SPEC_DIR = PACKAGE_DIR / "specs"
@@ -126,6 +126,19 @@ class Spec:
     raw: dict = field(repr=False, compare=False, default_factory=dict)
     metric: MetricSpec = field(default_factory=MetricSpec)
     budget: str = "kvpress"
+    #: a rehearsal's overrides (``specs/paper-rehearsal.yaml``: ``rehearses``, ``stand_ins``, ``train``,
+    #: ...); None for a spec that is run as itself
+    rehearsal: dict | None = None
+
+    @property
+    def train_overrides(self) -> dict:
+        """What a rehearsal lays over every submission's ``adapter.train`` ({} otherwise)."""
+        return dict((self.rehearsal or {}).get("train", {}))
+
+    def stands_in_for(self, model_id: str) -> str:
+        """The rehearsed spec's model a stand-in model replaces (the id itself outside a rehearsal)."""
+        stand_ins = (self.rehearsal or {}).get("stand_ins", {})
+        return next((paper for paper, stand_in in stand_ins.items() if stand_in == model_id), model_id)
 
     def dataset(self, dataset_id: str) -> DatasetSpec:
         for d in self.datasets:
@@ -233,14 +246,17 @@ def load_spec(tier_or_path: str | Path = "mini") -> Spec:
         path = SPEC_DIR / f"{tier_or_path}.yaml"
     if not path.exists():
         raise SpecError(f"no spec at {path} (tiers: {', '.join(TIERS)})")
-    return _load_spec(path, sha256_file(path), cache_dir())
+    rehearsed = REHEARSED_TIERS.get(str(tier_or_path))
+    read = [path] + ([SPEC_DIR / f"{rehearsed}.yaml", SPEC_DIR / "mini.yaml"] if rehearsed else [])
+    return _load_spec(path, rehearsed is not None, tuple(sha256_file(p) for p in read), cache_dir())
 
 
 @functools.lru_cache(maxsize=32)
-def _load_spec(path: Path, sha256: str, cache: Path) -> Spec:
+def _load_spec(path: Path, rehearsal: bool, sha256s: tuple[str, ...], cache: Path) -> Spec:
     """The spec in ``path``, whose content is ``sha256``, built once per process: a Spec is frozen,
-    and what it is built from is that content and, for ``prepared/`` data paths, the cache folder."""
-    raw = load_yaml(path, "spec.schema.json")
+    and what it is built from is that content (a rehearsal's: its file, the spec it rehearses and the mini spec)
+    and, for ``prepared/`` data paths, the cache folder."""
+    raw = rehearsal_raw(path) if rehearsal else load_yaml(path, "spec.schema.json")
     datasets = tuple(
         DatasetSpec(
             id=d["id"],
@@ -275,7 +291,33 @@ def _load_spec(path: Path, sha256: str, cache: Path) -> Spec:
         metric=MetricSpec(normalization=raw["metric"].get("normalization", "squad"),
                           extraction=raw["metric"].get("extraction", "boxed_or_first_line")),
         budget=raw.get("budget", "kvpress"),
+        rehearsal=raw.get("rehearsal"),
     )
+
+
+def rehearsal_raw(path: Path) -> dict:
+    """The raw spec of a rehearsal: the spec it ``rehearses`` with this file's overrides laid over
+    it (its version, tier, description, data and generation; its stand-ins for the models, taken
+    from the mini tier's entries in the rehearsal's dtype), the whole file kept under ``rehearsal``
+    so the spec hash and every result file carry it. Validated against ``spec.schema.json``."""
+    over = load_yaml(path, "rehearsal.schema.json")
+    base = load_yaml(SPEC_DIR / f"{over['rehearses']}.yaml", "spec.schema.json")
+    mini = {m["id"]: m for m in load_yaml(SPEC_DIR / "mini.yaml", "spec.schema.json")["models"]}
+    paper_models = {m["id"]: m for m in base["models"]}
+    models = []
+    for paper_id, stand_in in over["stand_ins"].items():
+        if paper_id not in paper_models or stand_in not in mini:
+            raise SpecError(f"{path}: field 'stand_ins/{paper_id}': '{stand_in}' standing in for '{paper_id}'; the key "
+                            f"must be a model of {over['rehearses']}.yaml ({', '.join(paper_models)}), the value one "
+                            f"of mini.yaml ({', '.join(mini)})")
+        paper = paper_models[paper_id]
+        default = paper_id == over["default"] if "default" in over else paper.get("default", False)
+        models.append({**mini[stand_in], "dtype": over["dtype"], "default": default,
+                       "name": f"{mini[stand_in]['name']}, standing in for {paper['name']}"})
+    raw = {**base, "spec_version": over["spec_version"], "tier": over["tier"], "description": over["description"],
+           "datasets": over["datasets"], "models": models, "generation": over["generation"], "rehearsal": over}
+    validate_against("spec.schema.json", raw, f"{path} laid over {over['rehearses']}.yaml")
+    return raw
 
 
 def known_spec_hashes() -> dict[str, str]:

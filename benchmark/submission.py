@@ -88,6 +88,14 @@ class Submission:
         train = dataclasses.replace(self.recipe.train, **merged)
         return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, train=train))
 
+    def with_train(self, overrides: dict) -> "Submission":
+        """This submission with ``overrides`` laid over its recipe's train settings (a rehearsal's
+        caps, which its spec records); ``raw`` and :meth:`hash` are unchanged."""
+        if not overrides:
+            return self
+        train = dataclasses.replace(self.recipe.train, **overrides)
+        return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, train=train))
+
     def hash(self) -> str:
         """Identity of what was evaluated: the parsed YAML and every other file in the folder, at
         any depth (``__pycache__`` skipped), so a changed helper in a subfolder invalidates results.

@@ -144,7 +144,7 @@ def test_set_offline_defaults_the_hub_variables(monkeypatch):
 #: evaluate's flags that are not options of the run itself (how or whether it runs)
 CLI_ONLY = {"func", "command", "executor", "ray_address", "dry_run", "preset"}
 #: flag dest -> EvalRequest field, where the names differ
-RENAMED = {"model": "model_id", "dataset": "datasets"}
+RENAMED = {"model": "model_id", "dataset": "datasets", "rehearse": "tier"}  # --rehearse picks the rehearsal tier
 
 
 def _evaluate_dests() -> set[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import leaderboard
+from benchmark import cli, leaderboard
 from benchmark.page import PAGE_HTML
 from benchmark.results import aggregate
 from benchmark.spec import load_spec
