@@ -60,7 +60,8 @@ def prepared(tmp_path, answers_dir, capsys) -> list:
 
 def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0, after: str = "") -> Path:
     """A paper-tier result of paper-tier-default on qwen3-4b and ``docs`` that is right in every
-    other respect: paper extraction and metric, paper_floor budget, the model's KV shape. Its
+    other respect: paper extraction and metric, paper_floor budget (the no-context prefix at rho = 1),
+    the model's KV shape. Its
     stored answers are ``answers_of(question, prediction)`` (default: the gold ones); the last
     ``skip`` questions of the last document are left out; ``after`` follows every generation."""
     from benchmark.config import DTYPE_BYTES, KV_SHAPES
@@ -77,7 +78,8 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0, after: 
     rf = ResultFile(path, header)
     records, preds = [], []
     for d_i, doc in enumerate(docs):
-        records.append({"doc_id": doc.doc_id, "n_prefix_tokens": 40, "n_doc_tokens": 1000, "timings": {},
+        records.append({"doc_id": doc.doc_id, "n_prefix_tokens": 40, "n_doc_tokens": 1000, "n_no_context_prefix_tokens": 30,
+                        "timings": {},
                         "adapter": {"bytes": 8192, "first_loss": 2.0, "final_loss": 0.5}})
         questions = doc.questions[:len(doc.questions) - skip] if d_i == len(docs) - 1 else doc.questions
         for q_i, q in enumerate(questions):
@@ -88,7 +90,8 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0, after: 
                     prediction = scoring.extract(generation, "")
                     answers = list(q.answers) if answers_of is None else answers_of(q, prediction)
                     s = scoring.score(prediction, answers)
-                    entries = layers * kv_heads * kept_per_head(40, 1000, rho, scoring)
+                    # rho = 1: the no-context prompt's prefix is the cache
+                    entries = layers * kv_heads * (30 if rho >= 1 else kept_per_head(40, 1000, rho, scoring))
                     preds.append({"doc_id": doc.doc_id, "question_id": q.id, "question": q.question, "rho": rho,
                                   "condition": cond, "generation": generation, "prediction": prediction,
                                   "answers": answers, "rouge_l": s["rouge_l"],
