@@ -633,6 +633,9 @@ HEADER_KEYS = {"model": ("id", "name"), "dataset": ("id", "split", "sha256"),
                "submission": ("name", "hash", "compressor", "adapter", "headline_condition")}
 VERSION_KEYS = ("lorakv_bench", "python", "torch", "transformers", "peft", "kvpress")
 ENVIRONMENT_KEYS = (*VERSION_KEYS, "device", "torch_threads", "dtype", "sandbox")  # what results.environment writes
+#: recorded where they apply: the GPU's name on CUDA; the decoding batch size (results made before it
+#: was recorded lack it, and verify then decodes in EvalRequest's default)
+OPTIONAL_ENVIRONMENT_KEYS = ("gpu_name", "batch_size")
 VERSION_PATTERN = re.compile(r"[0-9A-Za-z.+\-]{1,40}")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 GPU_NAME_PATTERN = re.compile(r"[A-Za-z0-9 ._()\-]{1,64}")
@@ -757,9 +760,9 @@ def check_environment(path: Path, data: dict, spec) -> list[str]:
 
     env, problems = data["environment"], []
     where = f"{path}: field 'environment"
-    for key in sorted(set(env) - set(ENVIRONMENT_KEYS) - {"gpu_name"}):
+    for key in sorted(set(env) - set(ENVIRONMENT_KEYS) - set(OPTIONAL_ENVIRONMENT_KEYS)):
         problems.append(f"{where}/{key}': not a field of a result's environment (have: {', '.join(ENVIRONMENT_KEYS)}, "
-                        "gpu_name)")
+                        f"{', '.join(OPTIONAL_ENVIRONMENT_KEYS)})")
     for key in ENVIRONMENT_KEYS:
         if key not in env:
             problems.append(f"{where}/{key}': missing (the evaluation records it)")
@@ -768,9 +771,10 @@ def check_environment(path: Path, data: dict, spec) -> list[str]:
             problems.append(f"{where}/{key}': {env[key]!r:.80} is not a version string")
     if "device" in env and not _matches(DEVICE_PATTERN, env["device"]):
         problems.append(f"{where}/device': {env['device']!r:.80}; expected cpu, cuda, cuda:N or mps")
-    threads = env.get("torch_threads", 1)
-    if not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
-        problems.append(f"{where}/torch_threads': {threads!r:.80} is not a positive integer")
+    for key in ("torch_threads", "batch_size"):
+        value = env.get(key, 1)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            problems.append(f"{where}/{key}': {value!r:.80} is not a positive integer")
     dtypes = run_dtypes(spec, data["model"]["id"], data)
     if "dtype" in env and env["dtype"] not in dtypes:
         problems.append(f"{where}/dtype': {env['dtype']!r:.80}; the model runs in {', '.join(dtypes)}")

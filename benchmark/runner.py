@@ -377,7 +377,7 @@ def _evaluate_datasets(run: DocumentEvaluator, spec, submission, model_spec, dat
         if req.shard:
             documents = documents[req.shard[0]::req.shard[1]]
         header = result_header(submission, spec, model_spec, ds, req.split, req.rhos, req.conditions,
-                               environment(req.device, run.dtype) | {"sandbox": run.sandbox},
+                               environment(req.device, run.dtype) | {"sandbox": run.sandbox, "batch_size": req.batch_size},
                                slice={"docs": req.docs, "questions": req.questions}, tokenizer=run.tokenizer)
         path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, req.split, req.shard)
         result = ResultFile(path, header)

@@ -9,8 +9,10 @@ the sandbox, :mod:`benchmark.worker`):
   of every (document, rho) of each base-scored condition is recomputed (one prefill a document, no
   adapter, no decoding) and must match;
 * **generations, a sample:** K ranked (document, rho) pairs (0 < rho < 1, what the headline
-  averages) are re-run whole: adapter trained or loaded, every condition decoded; generations,
-  ``kv_entries``, plan digests and the adapter's size and losses must match.
+  averages) are drawn, and each document they fall in is re-run whole, as the run decoded it (every
+  rho and condition, in the run's batch size, so each row is batched with the same rows): adapter
+  trained or loaded; every generation of the document, its ``kv_entries``, plan digests and the
+  adapter's size and losses must match.
 
 The sample is drawn with a seed the submitter cannot choose: ``--seed`` (CI passes the pull
 request's base commit), else fresh randomness; either way it is printed, so anyone can re-run the
@@ -173,8 +175,12 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
                 verdict.mismatches.append(f"{path}: document {doc_id}, plan {key}: recorded "
                                           f"{str(recorded.get(key))[:16]}, the re-run's is {value[:16]}")
 
+    # Decoded in the run's batches: a sampled document is re-run whole (every rho and condition, in the
+    # run's batch size), since a row's greedy tokens can depend on the rows batched with it (bf16 does).
+    batch = data["environment"].get("batch_size")
     request = EvalRequest(submission=str(folder), tier=data["tier"], model_id=data["model"]["id"], device=device,
-                          dtype=dtype, progress=False, **({"worker_timeout": worker_timeout} if worker_timeout else {}))
+                          dtype=dtype, progress=False, **({"worker_timeout": worker_timeout} if worker_timeout else {}),
+                          **({"batch_size": batch} if batch else {}))
     with runner.open_run(spec, submission, request, loaders=loaders) as run:
         sampled = sorted({d for d, _ in verdict.pairs})
         planned = [d for d in sorted(records) if records[d].get("plans") and d not in sampled]
@@ -184,14 +190,13 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
                 plan_mismatches(doc_id, run.plan_digests(docs[doc_id], rhos, conditions))
         for i, doc_id in enumerate(sampled):
             say(f"re-run {i + 1}/{len(sampled)}: {doc_id}")
-            doc_rhos = [r for d, r in verdict.pairs if d == doc_id]
             if doc_id not in docs:
                 verdict.mismatches.append(f"{path}: document {doc_id} is not in the pinned dataset")
                 continue
             doc = docs[doc_id]
             qids = {p["question_id"] for p in data["predictions"] if p["doc_id"] == doc_id}
             questions = [q for q in doc.questions if q.id in qids]
-            record, preds = run.evaluate(doc, doc_rhos, conditions, questions)
+            record, preds = run.evaluate(doc, rhos, conditions, questions)
             if records.get(doc_id, {}).get("plans"):
                 plan_mismatches(doc_id, record["plans"])
             verdict.mismatches += _adapter_mismatches(path, doc_id, (records.get(doc_id) or {}).get("adapter"),

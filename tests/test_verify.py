@@ -45,7 +45,9 @@ def test_verify_passes_on_an_honest_result(tiny_result):
     path, subs, loaders = tiny_result
     v = verify_result(path, 2, submissions_dir=subs, loaders=loaders)
     assert v.ok, v.mismatches
-    assert len(v.pairs) == 2 and v.compared == 2 * 2 * 2  # pairs x questions x conditions
+    # each sampled document re-run whole, as the run batched it: documents x rhos x questions x conditions
+    assert len(v.pairs) == 2 and v.compared == 2 * 3 * 2 * 2
+    assert json.loads(path.read_text())["environment"]["batch_size"] == 64  # the batch size verify decodes in
 
 
 def test_verify_detects_gold_generations(tiny_result):
