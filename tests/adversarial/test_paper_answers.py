@@ -171,7 +171,8 @@ def test_questions_are_checked_against_the_digest(tmp_path, prepared, change, fi
 def test_unanswered_questions_are_refused_against_the_digest(tmp_path, prepared):
     path = paper_result(tmp_path, prepared, skip=1)
     problems = check_result_file(path, submissions_dir=ROOT / "submissions")
-    assert any("field 'predictions'" in p and "1 of the split's 7 questions unanswered" in p for p in problems), problems
+    assert any("field 'predictions'" in p and "1 of the split's 7 questions unanswered" in p
+               for p in problems), problems
 
 
 def test_digest_follows_the_metric_normalisation(tmp_path, answers_dir, prepared):
