@@ -78,8 +78,8 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0, after: 
     rf = ResultFile(path, header)
     records, preds = [], []
     for d_i, doc in enumerate(docs):
-        records.append({"doc_id": doc.doc_id, "n_prefix_tokens": 40, "n_doc_tokens": 1000, "n_no_context_prefix_tokens": 30,
-                        "timings": {},
+        records.append({"doc_id": doc.doc_id, "n_prefix_tokens": 40, "n_doc_tokens": 1000,
+                        "n_no_context_prefix_tokens": 30, "timings": {},
                         "adapter": {"bytes": 8192, "first_loss": 2.0, "final_loss": 0.5}})
         questions = doc.questions[:len(doc.questions) - skip] if d_i == len(docs) - 1 else doc.questions
         for q_i, q in enumerate(questions):
