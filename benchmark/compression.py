@@ -103,7 +103,8 @@ def press_kwargs(cls) -> list[str] | None:
     params = inspect.signature(cls).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "compression_ratio"]
+    return [p.name for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "compression_ratio"]
 
 
 def _unknown_kwarg(cls, name: str, kwargs: dict) -> str | None:
@@ -295,7 +296,8 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
                 press._score_fast(module, hidden)
             for key in score_keys:
                 if headwise:
-                    scores.by_rho[key].append(_headwise_keep(press, module, hidden, keys, values, attn, doc_kwargs, key))
+                    scores.by_rho[key].append(
+                        _headwise_keep(press, module, hidden, keys, values, attn, doc_kwargs, key))
                     continue
                 if key is not None:
                     press.compression_ratio = key

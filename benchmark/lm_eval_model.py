@@ -160,13 +160,15 @@ class LorakvLM(LM):
         if self.condition not in CONDITIONS:
             raise ValueError(f"lorakv: unknown condition '{self.condition}' (choose from {', '.join(CONDITIONS)})")
         if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"lorakv: rho must be in [0, 1] (fraction of the document's KV entries evicted), got {self.rho}")
+            raise ValueError("lorakv: rho must be in [0, 1] (fraction of the document's KV entries evicted), "
+                             f"got {self.rho}")
         sub = self.run.submission
         if not sub.active_conditions([self.condition]):
             raise ValueError(f"lorakv: submission {sub.name} has no adapter (recipe: none); only condition="
                              f"{BASE} applies")
         if self.rho not in self.run.spec.rhos:
-            log.warning("rho=%s is not on the %s spec's grid %s", self.rho, self.run.spec.tier, list(self.run.spec.rhos))
+            log.warning("rho=%s is not on the %s spec's grid %s",
+                        self.rho, self.run.spec.tier, list(self.run.spec.rhos))
 
     @property
     def tier(self) -> str:
@@ -274,7 +276,8 @@ def _lm_eval_cli(args: list[str], also_our_tasks: bool):
 
     class TaskManager(base):  # also scans our folder next to the user's
         def __init__(self, *a, include_path=None, **kw):
-            paths = list(include_path) if isinstance(include_path, (list, tuple)) else [include_path] if include_path else []
+            paths = (list(include_path) if isinstance(include_path, (list, tuple))
+                     else [include_path] if include_path else [])
             super().__init__(*a, include_path=[*paths, str(TASK_DIR)], **kw)
 
     sys.argv = [argv[0] if argv else "lorakv-lm-eval", *args]
@@ -361,7 +364,8 @@ def parse_sweep(argv: list[str]) -> Sweep | None:
     args = _model_args(known.model_args)
     unknown = sorted(set(args) - set(MODEL_ARGS) - {"trust_remote_code"})
     if unknown:
-        raise SpecError(f"--model_args {', '.join(unknown)}: not a lorakv model_arg (accepted: {', '.join(MODEL_ARGS)})")
+        raise SpecError(f"--model_args {', '.join(unknown)}: not a lorakv model_arg "
+                        f"(accepted: {', '.join(MODEL_ARGS)})")
     for key, example in (("submission", "submission=submissions/snapkv"), ("rho", "rho=0.9 or rho=0.5|0.9"),
                          ("condition", "condition=base or condition=base|adapter_all")):
         if key not in args or not _split(args[key]):

@@ -161,7 +161,8 @@ class Scoring:
     def __post_init__(self) -> None:
         from .config import BUDGETS
 
-        for name, allowed in (("metric.normalization", SCORERS), ("metric.extraction", EXTRACTORS), ("budget", BUDGETS)):
+        for name, allowed in (("metric.normalization", SCORERS), ("metric.extraction", EXTRACTORS),
+                              ("budget", BUDGETS)):
             value = getattr(self, name.removeprefix("metric."))
             if value not in allowed:
                 raise ValueError(f"{name} '{value}': choose from {', '.join(allowed)}")

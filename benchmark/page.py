@@ -1,11 +1,11 @@
 """The leaderboard as a web page (``leaderboard/index.html``) and a pull request's summary of it.
 
-Both are written from the rows of ``leaderboard.json`` (``leaderboard.data_rows``) and nothing
-else (the page adds the links to the plots). The page is static and self-contained: one HTML file with inline CSS and vanilla JavaScript
-(no CDN), its tables in rank order without JavaScript; with it, the tables sort by any column and
-filter by tier, dataset, model and dtype. The state lives in the URL's fragment
-(``index.html#sort=mean&dir=desc&model=qwen2.5-0.5b``), so a sorted, filtered view can be linked,
-and clicking a header or choosing a filter only rewrites the fragment.
+Both are written from the rows of ``leaderboard.json`` (``leaderboard.data_rows``) and nothing else
+(the page adds the links to the plots). The page is static and self-contained: one HTML file with
+inline CSS and vanilla JavaScript (no CDN), its tables in rank order without JavaScript; with it,
+the tables sort by any column and filter by tier, dataset, model and dtype. The state lives in the
+URL's fragment (``index.html#sort=mean&dir=desc&model=qwen2.5-0.5b``), so a sorted, filtered view
+can be linked, and clicking a header or choosing a filter only rewrites the fragment.
 
 Links are relative to the page's folder (the rows' ``result`` and ``submission_link`` already
 are), so they work on GitHub Pages served from the repository root and in a checkout alike. A

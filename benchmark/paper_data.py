@@ -436,11 +436,13 @@ def convert_narrativeqa(
         raise DataSourceError("convert_narrativeqa: a document id is selected twice")
     archives = None if source is None else narrativeqa_archives(Path(source))
     if archives is not None:
-        return convert_narrativeqa_archives(*archives, doc_ids, sources=sources, check_reconstruction=check_reconstruction)
+        return convert_narrativeqa_archives(*archives, doc_ids, sources=sources,
+                                            check_reconstruction=check_reconstruction)
     wanted = set(doc_ids)
     if source is None:
         sources = spec_source("narrativeqa") if sources is None else sources
-        repo, revision = _source_field(sources, "repo", "narrativeqa"), _source_field(sources, "revision", "narrativeqa")
+        repo, revision = (_source_field(sources, "repo", "narrativeqa"),
+                          _source_field(sources, "revision", "narrativeqa"))
         splits = _source_field(sources, "splits", "narrativeqa")
         where = f"{repo}@{revision[:7]} ({', '.join(splits)})"
         rows = _rows_from_hub(wanted, repo, revision, splits)
@@ -587,7 +589,8 @@ def convert_narrativeqa_archives(full_text_zip: Path, master_zip: Path, doc_ids:
     expected = _source_field(sources, "reconstruction_sha256", "narrativeqa")
     actual = hashlib.sha256(reconstruction_bytes(rows)).hexdigest()
     if not check_reconstruction:
-        log.info("NarrativeQA: a selection other than the paper's; its rebuilt JSONL (sha256 %s) is not checked", actual)
+        log.info("NarrativeQA: a selection other than the paper's; its rebuilt JSONL (sha256 %s) is not checked",
+                 actual)
     elif expected is None:
         warnings.warn(f"NarrativeQA: no reconstruction sha256 given; the rebuilt paper JSONL is not checked "
                       f"(actual sha256 {actual})", stacklevel=2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+
 def _suffix_ids(tokenizer) -> torch.Tensor:
     """The tokens that close a user turn and open the assistant's, as KVzipPress derives them."""
     if tokenizer.chat_template is None:
@@ -48,7 +49,8 @@ def replay_scores(model, tokenizer, cache, input_ids: list[int], doc_span: tuple
     prefix included) is switched off: the budget is ours (:func:`keep_masks`)."""
     doc_start, doc_end = doc_span
     if tokenizer is None:
-        raise ValueError(f"{type(press).__name__} replays the document and needs the tokenizer (prefill(..., tokenizer=))")
+        raise ValueError(f"{type(press).__name__} replays the document and needs the tokenizer "
+                         "(prefill(..., tokenizer=))")
     lengths = [layer.keys.shape[2] for layer in cache.layers]
     press._reset_internal_parameters()
     press.post_init_from_model(model)

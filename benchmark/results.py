@@ -142,7 +142,8 @@ class ResultFile:
                         "rhos": "rhos (--rhos)", "conditions": "conditions (--conditions)"}.get(key, key)
                 raise SpecError(
                     f"{self.path}: field '{key}': this file holds {what} {_identity(old, key)!r}, this run asks for "
-                    f"{_identity(self._header, key)!r}; resume with the same settings, or pass another --out to start fresh"
+                    f"{_identity(self._header, key)!r}; resume with the same settings, "
+                    "or pass another --out to start fresh"
                 )
         return old
 
@@ -162,7 +163,8 @@ class ResultFile:
             if old and not doc_record.get("adapter") and old.get("adapter"):
                 doc_record["adapter"] = old["adapter"]
             self.data["documents"] = [d for d in self.data["documents"] if d["doc_id"] != doc_id] + [doc_record]
-            self.data["predictions"] = [p for p in self.data["predictions"] if p["doc_id"] != doc_id] + list(predictions)
+            self.data["predictions"] = ([p for p in self.data["predictions"] if p["doc_id"] != doc_id]
+                                        + list(predictions))
             self.save()
 
     def save(self, keep_updated: bool = False) -> None:

@@ -51,7 +51,8 @@ class SynthesisSettings:
     neighbours: int = 2
     temperature: float = 0.4
     top_p: float = 0.9
-    top_k: int = 0  # 0 = no top-k cut (vLLM's default, which the paper ran), whatever the model's generation_config says
+    # 0 = no top-k cut (vLLM's default, which the paper ran), whatever the model's generation_config says
+    top_k: int = 0
     retries: int = 3
     seed: int = 0
     max_new_tokens: int = 2048
@@ -487,8 +488,9 @@ def _generate_texts(model: Any, tokenizer: Any, prompts: list[str], templated: b
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     inputs = _left_padded(tokenizer, prompts, add_special_tokens=not templated, pad_id=pad_id)
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    # top_k 0: none, as vLLM's SamplingParams (the paper's); HF would take generation_config's
     sampling = (dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
-                     top_k=settings.top_k)  # 0: none, as vLLM's SamplingParams (the paper's); HF would take generation_config's
+                     top_k=settings.top_k)
                 if settings.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
     with torch.no_grad():
         output = model.generate(**inputs, **sampling, repetition_penalty=1.0, max_new_tokens=settings.max_new_tokens,
@@ -509,12 +511,14 @@ def _left_padded(tokenizer: Any, prompts: list[str], *, add_special_tokens: bool
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _synthesize(model: Any, tokenizer: Any, text: str, settings: SynthesisSettings, progress: bool) -> tuple[list[dict], SynthesisStats]:
+def _synthesize(model: Any, tokenizer: Any, text: str, settings: SynthesisSettings,
+                progress: bool) -> tuple[list[dict], SynthesisStats]:
     import torch
 
     paper = settings.chunking == "paper"
     parse = PARSERS[settings.parser]
-    chunks = paper_sections(text, settings.unit_words) if paper else chunk_document(text, tokenizer, settings.chunk_tokens)
+    chunks = (paper_sections(text, settings.unit_words) if paper
+              else chunk_document(text, tokenizer, settings.chunk_tokens))
     stats = SynthesisStats(chunks=len(chunks))
     got: dict[int, list[dict]] = {}
     starts: Any = range(0, len(chunks), settings.batch_size)

@@ -1,4 +1,5 @@
-"""Tiny random models and an offline tokenizer: fast unit tests and submission conformance checks (seconds, no downloads)."""
+"""Tiny random models and an offline tokenizer: fast unit tests and submission conformance checks
+(seconds, no downloads)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import functools
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
 from . import attention
-from transformers import (LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen3Config, Qwen3ForCausalLM)
 
 CORPUS = [
     "Maren Oskvik opened a bakery in Tollervik in 1987. Her brother Anders moved to Quillsby.",

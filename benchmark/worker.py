@@ -380,10 +380,9 @@ class _Child:
         return {"plans": {repr(r): encode(plan_from_scores(scores, end - start, r, budget)) for r in rhos}}
 
     def qa_pairs(self, req: dict) -> dict:
+        from .config import train_blocks
         from .datasets import TrainingView
         from .paths import import_from
-
-        from .config import train_blocks
 
         hooks = {t.get("hook") for t in train_blocks(self.submission.raw["adapter"]).values()}
         if req["hook"] not in hooks - {None}:

@@ -9,16 +9,17 @@ runs), with the adapter trained first:
     eviction   evict() per (rho, condition) and building the decode rows
     decoding   greedy_decode of every (question, rho, condition) row
 
-For each stage: seconds, tokens/s and the achieved FLOP rate as a fraction of the peak of a
-square ``torch.matmul`` (1024^3) on this machine with the same thread count and dtype (measured
-before and after the run; the better is used, since the machine is shared). FLOPs are counted from what the model actually ran (forward hooks on the
-transformer and the LM head): 2 FLOPs per weight per token for the transformer's linear layers,
-2 * vocab * hidden per LM-head row, and 4 * hidden * (key length) per query token per layer for
-attention (half the square for a causal prefill without a mask, the full padded square otherwise,
-as SDPA computes it; in a decode over shared caches, each row's own tokens plus its cache's entries). Training adds the backward pass: the base weights are frozen, so the linear
-layers need input gradients only (1x their forward) and attention about 2x its forward; the LoRA
-weights' own FLOPs are left out (under 3% for r = 16 on the MLP). Scoring and eviction are not
-matmul-bound and get no FLOP figure.
+For each stage: seconds, tokens/s and the achieved FLOP rate as a fraction of the peak of a square
+``torch.matmul`` (1024^3) on this machine with the same thread count and dtype (measured before and
+after the run; the better is used, since the machine is shared). FLOPs are counted from what the
+model actually ran (forward hooks on the transformer and the LM head): 2 FLOPs per weight per token
+for the transformer's linear layers, 2 * vocab * hidden per LM-head row, and 4 * hidden * (key
+length) per query token per layer for attention (half the square for a causal prefill without a
+mask, the full padded square otherwise, as SDPA computes it; in a decode over shared caches, each
+row's own tokens plus its cache's entries). Training adds the backward pass: the base weights are
+frozen, so the linear layers need input gradients only (1x their forward) and attention about 2x its
+forward; the LoRA weights' own FLOPs are left out (under 3% for r = 16 on the MLP). Scoring and
+eviction are not matmul-bound and get no FLOP figure.
 
     python benchmarks/stages.py [--dataset mini-narrative] [--split dev] [--docs 1] [--questions N]
                                 [--model qwen2.5-0.5b] [--dtype float32|bfloat16] [--max-steps N]
@@ -225,7 +226,8 @@ def main() -> None:
     table.append(["total", f"{total:.1f}", "", "", "", "", f"{sum(floors.values()):.1f}"])
     print(f"\nmodel {spec.model(args.model).id} ({dtype}), {len(docs)} {ds.id} {args.split} document(s), "
           f"{n_doc_tokens} document tokens, {n_rows} decode rows (questions x rhos {rhos} x {len(conditions)} "
-          f"conditions), submission {sub.name}" + (f", training capped at {args.max_steps} steps" if args.max_steps else ""))
+          f"conditions), submission {sub.name}"
+          + (f", training capped at {args.max_steps} steps" if args.max_steps else ""))
     print(tabulate(table, headers=["stage", "seconds", "tokens", "tokens/s", "GFLOP/s", f"of {dtype} peak",
                                          "floor s"],
                    tablefmt="github"))

@@ -48,7 +48,8 @@ def _setup(args):
     work = []
     for d in docs:
         qs = [q.question for q in d.questions[: args.questions]]
-        pre = pipe.preprocess(instruction + d.text + "\n\nQuestion: ", qs, answer_prefix="Answer:", max_context_length=10**6)
+        pre = pipe.preprocess(instruction + d.text + "\n\nQuestion: ", qs, answer_prefix="Answer:",
+                              max_context_length=10**6)
         work.append((d.doc_id, pre["context_ids"][0].tolist(), [q[0].tolist() for q in pre["questions_ids"]]))
     press = lambda rho: SnapKVPress(compression_ratio=rho, window_size=16)  # noqa: E731
     torch.manual_seed(0)
@@ -68,7 +69,8 @@ def run_method(method: str, args) -> dict:
         print(f"{method}: document {n_doc}/{len(work)}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if method == "kvpress":
             for rho in args.rhos:
-                out = pipe._forward({"context_ids": torch.tensor([ctx]), "questions_ids": [torch.tensor([q]) for q in questions]},
+                out = pipe._forward({"context_ids": torch.tensor([ctx]),
+                                     "questions_ids": [torch.tensor([q]) for q in questions]},
                                     max_new_tokens=args.max_new_tokens, press=press(rho))
                 prefills += 1
                 for i, a in enumerate(out):

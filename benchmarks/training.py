@@ -52,7 +52,8 @@ def main() -> None:
             examples = build_examples(doc.training_view(), recipe, renderer, model, model_spec.id)
             for share in (False, True):
                 torch.manual_seed(0)
-                info = train_adapter(model, "bench", examples, recipe, tok.pad_token_id, progress=False, share_prefix=share)
+                info = train_adapter(model, "bench", examples, recipe, tok.pad_token_id, progress=False,
+                                     share_prefix=share)
                 detach_adapter(model, "bench")
                 rows.append([f"{ds.id}/{doc.doc_id}", "shared prefix" if share else "plain padded", len(examples),
                              info["steps"], info["tokens"], info["forward_tokens"], f"{info['seconds']:.1f}",

@@ -25,10 +25,15 @@ from benchmark.spec import Prompt, load_spec
 from benchmark.submission import Submission
 
 CANDIDATES = {
-    "instruct+Answer:": Prompt(None, "Read the context and answer the question with a few words.\n\nContext:\n{document}\n\nQuestion: {question}", "Answer:"),
-    "sys+Answer:": Prompt("Answer the question with a few words taken from the context.", "Context:\n{document}\n\nQuestion: {question}", "Answer:"),
-    "question-last": Prompt(None, "Context:\n{document}\n\nAnswer the question in a few words.\nQuestion: {question}", ""),
-    "paper-boxed": Prompt(None, "Here is a context: {document}\nQuestion: {question} Answer the question (one word or a few words) by putting the answer inside the brackets of the \"\\boxed{{}}\" notation.", "The answer is \\boxed{"),
+    "instruct+Answer:": Prompt(None, "Read the context and answer the question with a few words.\n\n"
+                                     "Context:\n{document}\n\nQuestion: {question}", "Answer:"),
+    "sys+Answer:": Prompt("Answer the question with a few words taken from the context.",
+                          "Context:\n{document}\n\nQuestion: {question}", "Answer:"),
+    "question-last": Prompt(None, "Context:\n{document}\n\nAnswer the question in a few words.\nQuestion: {question}",
+                            ""),
+    "paper-boxed": Prompt(None, "Here is a context: {document}\nQuestion: {question} Answer the question "
+                                "(one word or a few words) by putting the answer inside the brackets of the "
+                                "\"\\boxed{{}}\" notation.", "The answer is \\boxed{"),
 }
 
 
@@ -45,7 +50,8 @@ def main() -> None:
     for name, prompt in CANDIDATES.items():
         if args.only and name not in args.only:
             continue
-        gen = spec.generation if not prompt.answer_prefix.endswith("{") else dataclasses.replace(spec.generation, stop=("}", "\n"))
+        gen = (spec.generation if not prompt.answer_prefix.endswith("{")
+               else dataclasses.replace(spec.generation, stop=("}", "\n")))
         run = DocumentRun.build(model, tok, dataclasses.replace(spec, generation=gen), none, model_key=model_key(m),
                                 prompt=prompt, press=None, progress=False)
         t0 = time.perf_counter()

@@ -53,7 +53,8 @@ def summarise(preds: list[dict]) -> dict:
     keys = sorted(head0)
     diff, lo, hi = paired_bootstrap_ci([head0[k] for k in keys], [base0[k] for k in keys], [k[0] for k in keys])
     return {"covered_rho1": mean(scores(HEADLINE, 1.0, "covered")),
-            "uncovered_rho1_minus_base": mean(scores(HEADLINE, 1.0, "uncovered")) - mean(scores(BASE, 1.0, "uncovered")),
+            "uncovered_rho1_minus_base": (mean(scores(HEADLINE, 1.0, "uncovered"))
+                                          - mean(scores(BASE, 1.0, "uncovered"))),
             "rho0_minus_base": diff, "rho0_ci": (lo, hi), "reads": hi >= 0}
 
 
@@ -94,7 +95,8 @@ def main() -> None:
                 print(f"lr {lr:g} x {epochs} epochs: {doc.doc_id} done, {time.perf_counter() - t0:.0f} s", flush=True)
             rows.append({"lr": lr, "epochs": epochs, **summarise(preds), "diverged": diverged,
                          "seconds": time.perf_counter() - t0})
-    print(f"\n{args.submission} recipe on the dev split of {', '.join(d.id for d in spec.datasets)} ({len(docs)} documents); model {m.id}; "
+    print(f"\n{args.submission} recipe on the dev split of {', '.join(d.id for d in spec.datasets)} "
+          f"({len(docs)} documents); model {m.id}; "
           f"headline {HEADLINE}; ROUGE-L over both datasets")
     print(tabulate([[r["lr"], r["epochs"], r["covered_rho1"], r["rho0_minus_base"],
                      f"[{r['rho0_ci'][0]:+.1f}, {r['rho0_ci'][1]:+.1f}]", r["uncovered_rho1_minus_base"],

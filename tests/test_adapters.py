@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from benchmark import adapters as A
-from benchmark.adapters import AdapterStore, LoraSettings, Recipe, TrainSettings, adapter_key, adapter_state, build_examples
+from benchmark.adapters import (
+    AdapterStore,
+    LoraSettings,
+    Recipe,
+    TrainSettings,
+    adapter_key,
+    adapter_state,
+    build_examples,
+)
 from benchmark.models import PromptRenderer
 from benchmark.tiny import tiny_model
 
@@ -25,7 +33,8 @@ def test_adapter_trained_once_then_loaded(tmp_path, qa_prompt, document, monkeyp
     ids = r.full_ids(document.text, "Where?")
     before = _logits(model, ids)
 
-    info = store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id, progress=False)
+    info = store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id,
+                        progress=False)
     assert not info["cached"] and info["steps"] == 4 and info["final_loss"] < info["first_loss"]
     trained = _logits(model, ids)
     with adapter_state(model, False):
@@ -35,7 +44,8 @@ def test_adapter_trained_once_then_loaded(tmp_path, qa_prompt, document, monkeyp
 
     calls = []
     monkeypatch.setattr(A, "train_adapter", lambda *a, **k: calls.append(1))
-    info = store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id, progress=False)
+    info = store.attach(model, "doc", key, RECIPE, lambda: build_examples(view, RECIPE, r), tok.pad_token_id,
+                        progress=False)
     assert info["cached"] and not calls
     assert torch.allclose(_logits(model, ids), trained, atol=1e-6)
 
@@ -51,7 +61,8 @@ def test_examples_are_answer_only_and_use_no_document(qa_prompt, document):
         assert tok.decode(target, skip_special_tokens=True).strip() == a
         assert e.input_ids[: len(r.no_doc_ids(q))] == r.no_doc_ids(q)
         assert not any(e.input_ids[i:i + 8] == doc_ids[:8] for i in range(len(e.input_ids)))
-    ntp = build_examples(document.training_view(), Recipe("ntp", train=TrainSettings(objective="ntp", chunk_tokens=16)), r)
+    ntp = build_examples(document.training_view(),
+                         Recipe("ntp", train=TrainSettings(objective="ntp", chunk_tokens=16)), r)
     assert sum(len(e.input_ids) for e in ntp) == len(doc_ids)
 
 
@@ -87,7 +98,8 @@ def test_synthesized_qa_source_is_wired_to_the_synthesis_recipe(qa_prompt, docum
     ex = build_examples(document.training_view(), recipe, r, model, "tiny@1")
     assert seen == {"model": model, "text": document.text, "generator": "tiny@1"}
     assert len(ex) == 1
-    assert recipe.hash() != RECIPE.hash() and Recipe("qa").hash() == Recipe("qa", train=TrainSettings(qa_source="train_qa")).hash()
+    assert (recipe.hash() != RECIPE.hash()
+            and Recipe("qa").hash() == Recipe("qa", train=TrainSettings(qa_source="train_qa")).hash())
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen2"])
@@ -127,7 +139,8 @@ def test_shared_prefix_batch_has_the_plain_batchs_loss_and_gradients(arch, objec
 def test_ntp_chunks_share_nothing(qa_prompt, document):
     _, tok = tiny_model("llama")
     r = PromptRenderer(tok, qa_prompt)
-    ntp = build_examples(document.training_view(), Recipe("ntp", train=TrainSettings(objective="ntp", chunk_tokens=16)), r)
+    ntp = build_examples(document.training_view(),
+                         Recipe("ntp", train=TrainSettings(objective="ntp", chunk_tokens=16)), r)
     assert A.shared_prefix_len(ntp[:4]) == 0
 
 

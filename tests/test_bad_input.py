@@ -116,8 +116,9 @@ def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch
     path = tmp_path / "runs" / "snapkv" / "mini" / "smollm2-135m" / "mini-narrative.json"
     path.parent.mkdir(parents=True)
     path.write_text('{"format": "lorakv-bench-result/1", "predictions": [')
-    rc = main(["evaluate", str(ROOT / "submissions" / "snapkv"), "--model", "smollm2-135m", "--dataset", "mini-narrative",
-               "--docs", "1", "--questions", "1", "--rhos", "0"], loaders=Loaders(load_model=lambda *a: (model, tok)))
+    rc = main(["evaluate", str(ROOT / "submissions" / "snapkv"), "--model", "smollm2-135m",
+               "--dataset", "mini-narrative", "--docs", "1", "--questions", "1", "--rhos", "0"],
+              loaders=Loaders(load_model=lambda *a: (model, tok)))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and "cannot resume" in err, err
     assert path.read_text().endswith("[")

@@ -5,7 +5,8 @@ whose adapter diverged, so memorising cannot win."""
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("choose_recipe", Path(__file__).parents[1] / "scripts" / "choose_recipe.py")
+spec = importlib.util.spec_from_file_location("choose_recipe",
+                                              Path(__file__).parents[1] / "scripts" / "choose_recipe.py")
 choose_recipe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(choose_recipe)
 

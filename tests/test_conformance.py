@@ -73,7 +73,8 @@ def write_submission(root: Path, name: str, yaml_text: str, files: dict[str, str
     return folder
 
 
-def yaml_for(name: str, compressor: str = "{press: KnormPress}", adapter: str = "{recipe: none}", extra: str = "") -> str:
+def yaml_for(name: str, compressor: str = "{press: KnormPress}", adapter: str = "{recipe: none}",
+             extra: str = "") -> str:
     return (f"name: {name}\nauthors: [Test Author]\ndescription: conformance test\n"
             f"compressor: {compressor}\nadapter: {adapter}\n{extra}")
 
@@ -156,7 +157,8 @@ def test_good_submissions_pass(tmp_path, as_sandbox):
     ("{press: KnormPress}", "{recipe: none}", "headline_condition: adapter_all\n", "headline_condition", "adapter"),
     ("{press: NoSuchPress}", "{recipe: none}", "", "compressor/press", "NoSuchPress"),
     ("{press: SnapKVPress, kwargs: {windw_size: 3}}", "{recipe: none}", "", "compressor/kwargs", "windw_size"),
-    ("{press: KnormPress}", "{recipe: qa, lora: {target_modules: [mlp_in]}}", "", "adapter/lora/target_modules", "mlp_in"),
+    ("{press: KnormPress}", "{recipe: qa, lora: {target_modules: [mlp_in]}}", "", "adapter/lora/target_modules",
+     "mlp_in"),
     ("{press: KnormPress}", "{recipe: qa, lora: {init: pissa}}", "", "adapter/lora", "pissa"),
 ], ids=["unknown-lora-field", "unknown-compressor-field", "unknown-recipe", "headline-needs-adapter",
         "unknown-press", "bad-press-kwargs", "bad-target-modules", "base-modifying-init"])
@@ -186,7 +188,8 @@ def test_press_that_evicts_prefix_entries_fails(tmp_path, as_sandbox):
 def test_press_same_module_name_as_another_submission_is_not_reused(tmp_path, as_sandbox):
     """Two submissions each with a press.py: the second is checked with its own code."""
     good = write_submission(tmp_path, "good", yaml_for("good", "{press: 'press:NormPress'}"), {"press.py": GOOD_PRESS})
-    bad = write_submission(tmp_path, "bad", yaml_for("bad", "{press: 'press:NormPress'}"), {"press.py": PREFIX_EVICTING_PRESS})
+    bad = write_submission(tmp_path, "bad", yaml_for("bad", "{press: 'press:NormPress'}"),
+                           {"press.py": PREFIX_EVICTING_PRESS})
     assert check_submission(good) == []
     assert check_submission(bad) != []
     assert check_submission(good) == []
@@ -210,7 +213,8 @@ def test_nondeterministic_press_fails(tmp_path):
     folder = write_submission(tmp_path, "random", yaml_for("random", "{press: RandomPress}"))
     problems = check_submission(folder)
     assert any("not deterministic" in p for p in problems), problems
-    seeded = write_submission(tmp_path, "random-seeded", yaml_for("random-seeded", "{press: RandomPress, kwargs: {seed: 0}}"))
+    seeded = write_submission(tmp_path, "random-seeded",
+                              yaml_for("random-seeded", "{press: RandomPress, kwargs: {seed: 0}}"))
     assert check_submission(seeded) == []
 
 
@@ -286,7 +290,8 @@ def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple
                               "condition": "base",
                               "generation": generation, "prediction": prediction, "answers": list(q.answers),
                               "rouge_l": s["rouge_l"], "exact_match": s["exact_match"],
-                              "kv_entries": kept, "kv_bytes": ENTRY_BYTES * kept} | ({"tags": list(q.tags)} if q.tags else {}))
+                              "kv_entries": kept, "kv_bytes": ENTRY_BYTES * kept}
+                             | ({"tags": list(q.tags)} if q.tags else {}))
     rf.data["documents"], rf.data["predictions"] = docs, preds
     rf.save()
     return path, tmp_path / "submissions"
@@ -492,7 +497,8 @@ def test_press_outside_the_folder_is_refused_before_import(tmp_path, monkeypatch
 
 
 def test_hook_outside_the_folder_is_refused(tmp_path):
-    folder = write_submission(tmp_path, "evil-hook", yaml_for("evil-hook", adapter="{recipe: qa, train: {hook: 'os:system'}}"))
+    folder = write_submission(tmp_path, "evil-hook",
+                              yaml_for("evil-hook", adapter="{recipe: qa, train: {hook: 'os:system'}}"))
     (problem,) = check_submission(folder)
     assert "field 'adapter/train/hook'" in problem and "submission folder" in problem
 
@@ -501,7 +507,8 @@ def test_submission_modules_do_not_stay_in_sys_modules(tmp_path, as_sandbox):
     import sys
 
     folder = write_submission(tmp_path, "custom", yaml_for(
-        "custom", "{press: 'press:NormPress'}", "{recipe: qa, lora: {r: 4, alpha: 8}, train: {hook: 'hooks:make_pairs'}}"),
+        "custom", "{press: 'press:NormPress'}",
+        "{recipe: qa, lora: {r: 4, alpha: 8}, train: {hook: 'hooks:make_pairs'}}"),
         {"press.py": GOOD_PRESS, "hooks.py": GOOD_HOOK})
     assert check_submission(folder) == []
     left = [name for name, mod in sys.modules.items()
@@ -556,7 +563,8 @@ EXITING_PRESS = """
 
 
 def test_submission_that_exits_while_importing_fails(tmp_path, as_sandbox):
-    folder = write_submission(tmp_path, "exits", yaml_for("exits", "{press: 'press:NormPress'}"), {"press.py": EXITING_PRESS})
+    folder = write_submission(tmp_path, "exits", yaml_for("exits", "{press: 'press:NormPress'}"),
+                              {"press.py": EXITING_PRESS})
     (problem,) = check_submission(folder)
     assert "field 'compressor/press'" in problem and "sys.exit" in problem
     (problem,) = check_submission_isolated(folder)
@@ -571,7 +579,8 @@ def test_submission_that_kills_its_process_fails(tmp_path):
 
 
 def test_compression_ratio_in_press_kwargs_is_refused(tmp_path):
-    folder = write_submission(tmp_path, "ratio", yaml_for("ratio", "{press: KnormPress, kwargs: {compression_ratio: 0.5}}"))
+    folder = write_submission(tmp_path, "ratio",
+                              yaml_for("ratio", "{press: KnormPress, kwargs: {compression_ratio: 0.5}}"))
     (problem,) = check_submission(folder)
     assert "field 'compressor/kwargs'" in problem and "compression_ratio" in problem
 

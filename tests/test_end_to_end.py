@@ -35,4 +35,5 @@ def test_evaluate_smollm2_one_document(tmp_path):
     # Re-running resumes: nothing is recomputed, the adapter comes from the cache.
     proc2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc2.returncode == 0
-    assert json.loads((out / "snapkv/mini/smollm2-135m/mini-narrative.json").read_text())["predictions"] == data["predictions"]
+    assert (json.loads((out / "snapkv/mini/smollm2-135m/mini-narrative.json").read_text())["predictions"]
+            == data["predictions"])

@@ -62,7 +62,8 @@ def test_export_loads_in_peft_with_the_trained_weights(trained, tmp_path, capsys
     assert meta["spec_version"] == data["spec_version"] and meta["adapter_key"] == doc["adapter"]["key"]
     from benchmark.submission import load_submission
 
-    assert meta["recipe"] == meta["recipe"] | {"name": "qa", "hash": load_submission(tmp_path / "submissions" / "tiny-qa").recipe.hash()}
+    assert meta["recipe"] == meta["recipe"] | {
+        "name": "qa", "hash": load_submission(tmp_path / "submissions" / "tiny-qa").recipe.hash()}
 
     cached = load_file(str(AdapterStore().path(doc["adapter"]["key"]) / AdapterStore.WEIGHTS))
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), str(out))

@@ -289,9 +289,11 @@ def test_findings_by_stratum(tmp_path):
                  tags=tags, doc_offsets=(0, 0))
     write_result(root, "leaky", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
                  tags=tags, doc_offsets=(0, 0))
-    write_result(root, "doc-trained", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
+    write_result(root, "doc-trained", "base_kv_adapter_decode",
+                 {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
                  tags=tags, doc_offsets=(0, 0), recipe="ntp")
-    write_result(root, "untagged", "base_kv_adapter_decode", {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
+    write_result(root, "untagged", "base_kv_adapter_decode",
+                 {"base": [80, 40, 2], "base_kv_adapter_decode": [80, 50, 30]},
                  dataset="mini-health")
     md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
     rows = _table_rows(md, NARR, "By question stratum")
@@ -329,9 +331,11 @@ def test_findings(tmp_path):
     write_result(root, "kv-only", "base", {"base": [85, 60, 5]}, dataset="mini-health")
     # a qa and an ntp entry whose adapters differ in more than the recipe (alpha, which the label omits)
     # are not compared
-    write_result(root, "qa-sub", "base_kv_adapter_decode", {"base": [80, 50, 10], "base_kv_adapter_decode": [85, 70, 40]},
+    write_result(root, "qa-sub", "base_kv_adapter_decode",
+                 {"base": [80, 50, 10], "base_kv_adapter_decode": [85, 70, 40]},
                  dataset="mini-other")
-    write_result(root, "ntp-alpha4", "base_kv_adapter_decode", {"base": [80, 50, 10], "base_kv_adapter_decode": [81, 52, 12]},
+    write_result(root, "ntp-alpha4", "base_kv_adapter_decode",
+                 {"base": [80, 50, 10], "base_kv_adapter_decode": [81, 52, 12]},
                  dataset="mini-other", recipe="ntp", lora={"r": 8, "alpha": 4})
     groups = leaderboard.group_entries(leaderboard.load_entries(root))
     margin, decode, versus = leaderboard.findings(groups[("mini", "mini-narrative", "smollm2-135m", "not recorded")])
@@ -431,7 +435,8 @@ def test_deterministic(results, rendered, tmp_path):
     # elsewhere, only the result paths of the data files and the page differ: they are relative to the output folder
     from_a, from_b = (leaderboard._link(results, d) for d in (a, b))
     data = {leaderboard.DATA_JSON, leaderboard.DATA_CSV, leaderboard.PAGE_HTML}
-    assert {p: v for p, v in first.items() if p.name not in data} == {p: v for p, v in other.items() if p.name not in data}
+    assert ({p: v for p, v in first.items() if p.name not in data}
+            == {p: v for p, v in other.items() if p.name not in data})
     for name in data:
         assert first[Path(name)].decode().replace(from_a, "R") == other[Path(name)].decode().replace(from_b, "R")
     assert len(first) == 12  # README, leaderboard.json, leaderboard.csv, index.html and 4 plots per group (2 groups)
@@ -439,7 +444,8 @@ def test_deterministic(results, rendered, tmp_path):
 
 def test_check_up_to_date(tmp_path):
     results = tmp_path / "results"
-    write_result(results, "alpha", "base_kv_adapter_decode", {"base": [80, 50, 10], "base_kv_adapter_decode": [90, 70, 40]})
+    write_result(results, "alpha", "base_kv_adapter_decode",
+                 {"base": [80, 50, 10], "base_kv_adapter_decode": [90, 70, 40]})
     where = tmp_path / "lb"
     md_path, plots = where / "README.md", where / "plots"
     assert not leaderboard.check_up_to_date(results, md_path, plots)  # nothing rendered yet
@@ -517,7 +523,8 @@ def test_data_rows_match_the_page(rendered):
     assert alpha["headline_condition"] == "base_kv_adapter_decode" and alpha["unranked_reason"] is None
     assert alpha["adapter_bytes"] == ADAPTER_BYTES
     assert [alpha[f"memory_bytes_rho={r:g}"] for r in RHOS] == [kv_bytes(r) + ADAPTER_BYTES for r in RHOS]
-    assert (alpha["documents"], alpha["questions"], alpha["spec_version"], alpha["date"]) == (2, 4, "mini-1.0", "2026-03-01")
+    assert (alpha["documents"], alpha["questions"], alpha["spec_version"], alpha["date"]) == (
+        2, 4, "mini-1.0", "2026-03-01")
     assert alpha["rerun"] == "not re-run"
     assert alpha["result"].endswith("results/alpha/mini/smollm2-135m/mini-narrative.json")
     assert (where / alpha["result"]).is_file()

@@ -108,9 +108,11 @@ def test_simple_evaluate_equals_document_run(tiny_run, task_manager, condition):
         assert s["resps"][0][0] == ref["generation"]  # the raw generation ...
         assert s["filtered_resps"][0] == ref["prediction"]  # ... and the extracted answer the metrics read
         # lm-eval's 0-1 scale (the runner's result files are in points)
-        assert s["rougeL"] == pytest.approx(ref["rouge_l"] / 100) and s["exact_match"] == pytest.approx(ref["exact_match"] / 100)
+        assert (s["rougeL"] == pytest.approx(ref["rouge_l"] / 100)
+                and s["exact_match"] == pytest.approx(ref["exact_match"] / 100))
     assert metrics["rougeL,extract"] == pytest.approx(sum(p["rouge_l"] for p in expected.values()) / limit / 100)
-    assert metrics["exact_match,extract"] == pytest.approx(sum(p["exact_match"] for p in expected.values()) / limit / 100)
+    assert metrics["exact_match,extract"] == pytest.approx(
+        sum(p["exact_match"] for p in expected.values()) / limit / 100)
     assert 0.0 <= metrics["rougeL,extract"] <= 1.0
     assert len(lm.records) == 2  # one DocumentRun.evaluate per document
 
@@ -150,7 +152,8 @@ def test_batch_size_and_include_path():
     from benchmark.lm_eval_model import _decode_batch_size, _with_task_dir
 
     assert _decode_batch_size(None, 1) is None  # lm-eval's default leaves the runner's batch size alone
-    assert _decode_batch_size(None, "8") == 8 and _decode_batch_size(4, "8") == 4 and _decode_batch_size(None, "auto") is None
+    assert (_decode_batch_size(None, "8") == 8 and _decode_batch_size(4, "8") == 4
+            and _decode_batch_size(None, "auto") is None)
     args = ["--model", "lorakv", "--tasks", TASK]
     assert _with_task_dir(args) == [*args, "--include_path", str(TASK_DIR)]
 
@@ -163,7 +166,8 @@ def test_console_script_on_smollm2(tmp_path):
         sub = write_submission(tmp_path / "submissions", "snapkv")
     script = Path(sys.executable).with_name("lorakv-lm-eval")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "benchmark.lm_eval_model"]
-    cmd += ["--model", "lorakv", "--model_args", f"submission={sub},rho=0.9,condition=base_kv_adapter_decode,device=cpu,model=smollm2-135m",
+    cmd += ["--model", "lorakv", "--model_args",
+            f"submission={sub},rho=0.9,condition=base_kv_adapter_decode,device=cpu,model=smollm2-135m",
             "--tasks", TASK, "--limit", "2"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
@@ -282,7 +286,8 @@ def test_plain_lm_eval_discovers_no_entry_points():
     calls = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
              if "tasks" not in p.relative_to(root).parts and "entry_points(" in p.read_text(encoding="utf-8")]
     assert calls == [], f"lm-eval now reads entry points ({calls}): register the lorakv model through one"
-    code = "from lm_eval.api.registry import get_model\ntry:\n    get_model('lorakv')\nexcept ValueError:\n    print('absent')"
+    code = ("from lm_eval.api.registry import get_model\ntry:\n    get_model('lorakv')\n"
+            "except ValueError:\n    print('absent')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "absent", proc.stderr[-2000:]
 

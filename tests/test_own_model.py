@@ -134,7 +134,7 @@ def test_tiny_folder_end_to_end_validates(tiny_folder, tmp_path):
 def test_leaderboard_groups_own_models_apart(tiny_folder, tmp_path):
     from benchmark.leaderboard import group_entries, load_entries
 
-    path = _own_result(tiny_folder, tmp_path)
+    _own_result(tiny_folder, tmp_path)
     groups = group_entries(load_entries(tmp_path / "runs"))
     assert ("mini", "mini-health", "my-tiny-llama", "float32") in groups
 

@@ -4,7 +4,6 @@ constraints, optional parts as extras that fail with a one-line message naming t
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
 import pytest

@@ -173,7 +173,8 @@ def test_verify_sha256(tmp_path):
 
 
 def test_write_jsonl_is_utf8_one_record_a_line(tmp_path):
-    out = write_jsonl([{"doc_id": "x", "text": "Ünïcode — ok"}, {"doc_id": "y", "text": ""}], tmp_path / "d" / "o.jsonl")
+    out = write_jsonl([{"doc_id": "x", "text": "Ünïcode — ok"}, {"doc_id": "y", "text": ""}],
+                      tmp_path / "d" / "o.jsonl")
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0] == '{"doc_id": "x", "text": "Ünïcode — ok"}'
     assert len(lines) == 2
@@ -194,7 +195,8 @@ def test_paper_spec_has_the_papers_twenty_documents():
 def test_prepare_narrativeqa_with_selection_file(tmp_path):
     selection = tmp_path / "sel.json"
     selection.write_text(
-        json.dumps({"selected_documents": [{"document_id": ORCHARD, "questions": 2}, {"document_id": LAMP, "questions": 3}]})
+        json.dumps({"selected_documents": [{"document_id": ORCHARD, "questions": 2},
+                                           {"document_id": LAMP, "questions": 3}]})
     )
     out = tmp_path / "nqa.jsonl"
     summary = prepare_data("narrativeqa", NQA_DIR, out, selection=selection)
@@ -292,7 +294,8 @@ def test_archives_rebuild_the_papers_jsonl_row_for_row():
         "_id": f"narrativeqa_{ORCHARD}_q000", "context": story, "question": "What colour is Lena's basket?",
         "answers": ["blue", "It is blue."],
         "metadata": {"document_id": ORCHARD, "set": "train", "kind": "movie", "wiki_title": "The Orchard",
-                     "story_url": "http://example.org/The_Orchard", "story_word_count_official": str(len(MOVIE.split())),
+                     "story_url": "http://example.org/The_Orchard",
+                     "story_word_count_official": str(len(MOVIE.split())),
                      "subset_seed": 0, "subset_doc_rank": 0, "story_words": len(story.split())}}
     assert list(rows[0]) == ["_id", "context", "question", "answers", "metadata"]
     assert list(rows[0]["metadata"])[-3:] == ["subset_seed", "subset_doc_rank", "story_words"]

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from benchmark import metrics
-from benchmark.adapters import (AdapterStore, LoraSettings, Recipe, TrainSettings, _LATER_OPTIONS, adapter_key,
-                                build_examples, init_shared_svd_a, shared_a_matrices, train_adapter)
+from benchmark.adapters import (
+    _LATER_OPTIONS,
+    LoraSettings,
+    Recipe,
+    TrainSettings,
+    adapter_key,
+    build_examples,
+    init_shared_svd_a,
+    shared_a_matrices,
+    train_adapter,
+)
 from benchmark.compression import build_compressor, evict, n_kept, prefill, score_depends_on_rho
 from benchmark.models import PromptRenderer
 from benchmark.spec import load_spec
@@ -92,9 +101,11 @@ def test_paper_extraction_boxed_else_last_non_empty_line(generation, expected):
 
 def test_paper_spec_selects_the_paper_metric_extraction_generation_and_budget():
     paper, mini = load_spec("paper"), load_spec("mini")
-    assert (paper.metric.normalization, paper.metric.extraction, paper.budget) == ("paper", "boxed_or_last_line", "paper_floor")
+    assert (paper.metric.normalization, paper.metric.extraction, paper.budget) == (
+        "paper", "boxed_or_last_line", "paper_floor")
     assert paper.generation.max_new_tokens == 128 and paper.generation.stop == ()
-    assert (mini.metric.normalization, mini.metric.extraction, mini.budget) == ("squad", "boxed_or_first_line", "kvpress")
+    assert (mini.metric.normalization, mini.metric.extraction, mini.budget) == (
+        "squad", "boxed_or_first_line", "kvpress")
     for m in paper.models:
         assert re.fullmatch(r"[0-9a-f]{40}", m.source["revision"]), m.id
 
@@ -366,7 +377,8 @@ def test_max_steps_and_early_stop_on_token_accuracy(document, qa_prompt):
     assert info["stopped_early"] and info["steps"] < 1000 and info["steps"] % 100 == 0
 
 
-@pytest.mark.parametrize("high_logs, stop_step", [((3, 4), None), ((3, 4, 5), None), ((5, 6), 60), ((5, 7), None), ((6, 7), 70)])
+@pytest.mark.parametrize("high_logs, stop_step",
+                         [((3, 4), None), ((3, 4, 5), None), ((5, 6), 60), ((5, 7), None), ((6, 7), 70)])
 def test_paper_early_stop_every_10_steps_2_in_a_row_from_step_50(document, qa_prompt, monkeypatch, high_logs,
                                                                    stop_step):
     """The paper's NTP rule: a log every 10 steps, each over the steps since the last; logs before step
@@ -515,7 +527,8 @@ def test_chunk_next_paper_data_is_the_sections_read_back_from_string_sorted_file
     for i, section in enumerate(sections):  # the paper's materialisation, then its load_cluster_chunks
         (tmp_path / f"0123456789ab_chunk{i}.txt").write_text(section)
     read_back = [p.read_text().strip() for p in sorted(tmp_path.glob("*.txt"))]
-    paper = chunk_next_chunks(text, TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"), tok)
+    paper = chunk_next_chunks(text, TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"),
+                              tok)
     assert paper == read_back
     assert file_name_order(12) == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
     in_order = chunk_next_chunks(text, TrainSettings(objective="ntp", ntp_format="chunk_next",
@@ -523,13 +536,15 @@ def test_chunk_next_paper_data_is_the_sections_read_back_from_string_sorted_file
     assert in_order == [s.strip() for s in sections] and sorted(in_order) == sorted(paper) and in_order != paper
 
     r = PromptRenderer(tok, load_spec("paper").prompt)
-    recipe = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
+    recipe = Recipe("ntp", LoraSettings(),
+                    TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
     ex = build_examples(Document("story", text, ()).training_view(), recipe, r)
     assert len(ex) == len(sections) - 1
     # the second example: chunk1 -> chunk10, not chunk1 -> chunk2
     user = tok.decode(ex[1].input_ids)
     target = tok.decode([t for t, lab in zip(ex[1].input_ids, ex[1].labels) if lab != -100])
-    assert tok.decode(r.encode(sections[1].strip())) in user and target == tok.decode(r.encode(sections[10].strip())) + "<|end|>\n"
+    assert (tok.decode(r.encode(sections[1].strip())) in user
+            and target == tok.decode(r.encode(sections[10].strip())) + "<|end|>\n")
 
 
 def test_chunk_next_data_needs_chunk_next_and_tokens_keeps_the_fingerprint():
@@ -537,7 +552,8 @@ def test_chunk_next_data_needs_chunk_next_and_tokens_keeps_the_fingerprint():
         TrainSettings(objective="ntp", ntp_format="document", chunk_next_data="paper")
     base = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next"))
     assert "chunk_next_data" not in base.fingerprint()["train"]
-    paper = Recipe("ntp", LoraSettings(), TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
+    paper = Recipe("ntp", LoraSettings(),
+                   TrainSettings(objective="ntp", ntp_format="chunk_next", chunk_next_data="paper"))
     assert paper.hash() != base.hash()
 
 
@@ -611,7 +627,7 @@ def test_prepare_data_records_and_checks_the_sha256(tmp_path, monkeypatch, capsy
     assert "not the paper's selection" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- the paper's synthesis chunking, prompt, ctx_qa context
+# --------------------------------------------------------------- the paper's synthesis chunking, prompt, ctx_qa context
 
 STORY = " ".join(f"Sentence number {i} tells that item {i} sits in room {i}." for i in range(40))
 
@@ -626,7 +642,8 @@ def test_paper_sections_are_two_64_word_units_with_half_overlap_cut_at_sentences
     assert paper_sections(STORY) == [units[i] + units[i + 1] for i in range(7)]
     assert paper_sections("Short text without a full stop") == ["Short text without a full stop"]
     long_sentence = " ".join(["word"] * 100) + ". Next one."
-    assert paper_sections(long_sentence) == [" ".join(["word"] * 100) + ". " + "Next one."]  # a long sentence is one unit
+    # a long sentence is one unit
+    assert paper_sections(long_sentence) == [" ".join(["word"] * 100) + ". " + "Next one."]
 
 
 def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monkeypatch):
@@ -648,9 +665,12 @@ def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monke
     assert [p["section"] for p in pairs] == list(range(len(sections)))
     first = prompts[0]
     assert ("Below is a target passage, preceded by surrounding context for background understanding only.\n\n"
-            "[Background context]\n" + sections[1] + "\n\n" + sections[2] + "\n\n[Target passage]\n" + sections[0]) in first
-    assert ("Generate 4 items whose questions and answers are drawn ONLY from facts stated in the [Target passage] above. "
-            "Each answer must be a short factual phrase grounded in the passage. Prefer the passage's exact wording when "
+            "[Background context]\n" + sections[1] + "\n\n" + sections[2]
+            + "\n\n[Target passage]\n" + sections[0]) in first
+    assert ("Generate 4 items whose questions and answers are drawn ONLY from facts stated in the "
+            "[Target passage] above. "
+            "Each answer must be a short factual phrase grounded in the passage. Prefer the passage's exact "
+            "wording when "
             "possible. Return a JSON array where each element is an object with keys \"question\" and \"answer\". "
             "Do NOT include any explanation or text outside the JSON array.") in first
     # the default chunking's cache key is the one it had before the chunking fields existed
@@ -671,12 +691,14 @@ def test_paper_synthesis_recipe_batches_sections_and_parses_the_papers_way(tmp_p
 
     batches = []
     dup = '[{"question": "Who?", "answer": "Mara"}, {"question": "Who?", "answer": "Mara"}]'
-    monkeypatch.setattr(S, "_generate_texts", lambda m, t, prompts, *a: batches.append(len(prompts)) or [dup] * len(prompts))
+    monkeypatch.setattr(S, "_generate_texts",
+                        lambda m, t, prompts, *a: batches.append(len(prompts)) or [dup] * len(prompts))
     model, tok = tiny_model("llama")
     r = PromptRenderer(tok, load_spec("paper").prompt)
     train = TrainSettings(objective="qa", qa_source="synthesize", synthesis="paper", qa_format="paper",
                           synthesis_batch_size=3)
-    ex = build_examples(Document("s", STORY, (), ()).training_view(), Recipe("qa", LoraSettings(), train), r, model, "tiny")
+    ex = build_examples(Document("s", STORY, (), ()).training_view(), Recipe("qa", LoraSettings(), train), r, model,
+                        "tiny")
     n = len(S.paper_sections(STORY))
     assert n > 3 and batches == [3] * (n // 3) + ([n % 3] if n % 3 else [])
     assert len(ex) == 2 * n  # the paper's parser keeps both copies of a pair

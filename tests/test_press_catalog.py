@@ -10,8 +10,21 @@ from pathlib import Path
 import pytest
 
 from benchmark.compression import build_compressor, evict, prefill
-from benchmark.press_catalog import CATALOG, MODES, NOTE, REFUSED, RUNS, SCORE, PressRefused, check_supported, \
-    contributing_table, kvpress_presses, markdown_table, scoring_mode, write_contributing
+from benchmark.press_catalog import (
+    CATALOG,
+    MODES,
+    NOTE,
+    REFUSED,
+    RUNS,
+    SCORE,
+    PressRefused,
+    check_supported,
+    contributing_table,
+    kvpress_presses,
+    markdown_table,
+    scoring_mode,
+    write_contributing,
+)
 from benchmark.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +127,8 @@ def test_own_press_that_overrides_compress_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(SUBMISSION_PROCESS_ENV, "1")  # as in the sandbox, where submission code is built
     (tmp_path / "mypress.py").write_text(
         "from dataclasses import dataclass\nfrom kvpress import ScorerPress\n\n"
-        "@dataclass\nclass Scores(ScorerPress):\n    def score(self, module, hidden_states, keys, values, attentions, kw):\n"
+        "@dataclass\nclass Scores(ScorerPress):\n"
+        "    def score(self, module, hidden_states, keys, values, attentions, kw):\n"
         "        return keys.norm(dim=-1)\n\n"
         "@dataclass\nclass Budgets(Scores):\n    def compress(self, *a, **k):\n        return a[2], a[3]\n")
     assert type(build_compressor("mypress:Scores", code_dir=tmp_path)).__name__ == "Scores"

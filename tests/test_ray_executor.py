@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from benchmark import runner as R
-
 from test_runner import make_submission
 from tiny_loaders import tiny_loaders
+
+from benchmark import runner as R
 
 TESTS = Path(__file__).resolve().parent
 

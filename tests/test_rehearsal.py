@@ -97,7 +97,8 @@ def test_rehearsal_data_is_the_fixtures_through_prepare_data(tmp_path):
     for ds in spec.datasets:
         assert Path(made[ds.id]["out"]).read_bytes() == ds.test.path.read_bytes(), ds.id
         assert sha256_file(ds.test.path) == ds.test.sha256
-        assert (made[ds.id]["documents"], made[ds.id]["questions"]) == (ds.expected["documents"], ds.expected["questions"])
+        assert ((made[ds.id]["documents"], made[ds.id]["questions"])
+                == (ds.expected["documents"], ds.expected["questions"]))
 
 
 # ------------------------------------------------------------------ the command line
@@ -268,7 +269,8 @@ def test_rehearsal_end_to_end(rehearsed):
                    "verify requires identical generations")
 def test_rehearsal_result_verifies(rehearsed):
     env, _, published, _ = rehearsed
-    _cli(env, "verify", *map(str, published), "--seed", "0", "--sample", "1", "--submissions", str(ROOT / "submissions"))
+    _cli(env, "verify", *map(str, published), "--seed", "0", "--sample", "1",
+         "--submissions", str(ROOT / "submissions"))
 
 
 @pytest.mark.slow  # converts SmolLM2's GGUF into this test's own cache: 20 s on an idle core, minutes on a busy one
@@ -297,9 +299,10 @@ def test_synthesis_cap_reaches_the_generator(tmp_path):
     the synthesis default (2048) applies. Read back from the synthesis cache's recorded settings."""
     import dataclasses
 
+    from test_synthesis import DOC, make_model, make_tokenizer
+
     from benchmark.adapters import qa_pairs
     from benchmark.datasets import TrainingView
-    from test_synthesis import DOC, make_model, make_tokenizer
 
     tok = make_tokenizer()
     model = make_model(len(tok))

@@ -88,7 +88,6 @@ def test_no_adapter_recipe_runs_only_base(tmp_path, qa_prompt, document):
 
 
 def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch):
-    from benchmark.datasets import Document
     from benchmark.spec import DataFile
 
     data = tmp_path / "docs.jsonl"
@@ -108,7 +107,8 @@ def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch)
     out = tmp_path / "results"
     calls = []
     real = R.DocumentRun.evaluate
-    monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
+    monkeypatch.setattr(R.DocumentRun, "evaluate",
+                        lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
     kwargs = dict(rhos=[0.0, 1.0], conditions=["base", "base_kv_adapter_decode"], out=out, progress=False,
                   loaders=loaders)
     monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or (
@@ -118,7 +118,8 @@ def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch)
     [path] = list((out / "tsub").rglob("*.json"))
     first = json.loads(path.read_text())
     assert len(first["predictions"]) == 2 * 2 * 3 and calls == ["d0", "d1"]
-    monkeypatch.setattr(R.DocumentRun, "evaluate", lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
+    monkeypatch.setattr(R.DocumentRun, "evaluate",
+                        lambda self, doc, *a, **k: calls.append(doc.doc_id) or real(self, doc, *a, **k))
     [path] = R.evaluate(sub.path, **kwargs)  # resumes: d0 is done, only d1 runs
     assert calls == ["d0", "d1", "d1"]
     with pytest.raises(SpecError, match=r"field 'slice'"):  # another slice does not resume this file
@@ -151,9 +152,10 @@ def test_bad_data_names_file_line_and_field(tmp_path):
 
 
 def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt, document):
+    import dataclasses
+
     from benchmark.results import merge_shards
     from benchmark.spec import DataFile
-    import dataclasses
 
     rows = []
     for i in range(3):

@@ -55,8 +55,8 @@ def test_scoring_restores_a_rotary_emb_the_layer_had(qa_prompt, document):
 def _random_run(tmp_path, qa_prompt):
     folder = tmp_path / "submissions" / "rand"
     folder.mkdir(parents=True)
-    (folder / "submission.yaml").write_text("name: rand\nauthors: [t]\ndescription: t\ncompressor: {press: RandomPress}\n"
-                                            "adapter: {recipe: none}\n")
+    (folder / "submission.yaml").write_text("name: rand\nauthors: [t]\ndescription: t\n"
+                                            "compressor: {press: RandomPress}\nadapter: {recipe: none}\n")
     model, tok = tiny_model("llama")
     return DocumentRun.build(model, tok, load_spec("mini"), load_submission(folder), model_key="tiny",
                              prompt=qa_prompt, progress=False)
@@ -100,7 +100,8 @@ def test_lm_eval_cli_leaves_argv_and_task_manager_as_they_were(include, monkeypa
 
     monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", probe)
     argv, manager = list(sys.argv), lm_eval.tasks.TaskManager
-    args = ["--model", "hf", "--tasks", "lorakv_mini_narrative"] + (["--include_path", str(tmp_path)] if include else [])
+    args = (["--model", "hf", "--tasks", "lorakv_mini_narrative"]
+            + (["--include_path", str(tmp_path)] if include else []))
     assert cli_main(args) == 0
     assert seen["argv"][1:] == (args if include else [*args, "--include_path", str(TASK_DIR)])
     assert (seen["manager"] is not manager) == include and issubclass(seen["manager"], manager)

@@ -19,7 +19,8 @@ from benchmark.synthesis import (
 
 # ------------------------------------------------------------------- parser
 
-CLEAN = '[{"question": "Who kept the lamp?", "answer": "Mara"}, {"question": "How many steps?", "answer": "one hundred and twelve"}]'
+CLEAN = ('[{"question": "Who kept the lamp?", "answer": "Mara"}, '
+         '{"question": "How many steps?", "answer": "one hundred and twelve"}]')
 EXPECTED = [
     {"question": "Who kept the lamp?", "answer": "Mara"},
     {"question": "How many steps?", "answer": "one hundred and twelve"},
@@ -27,15 +28,19 @@ EXPECTED = [
 
 REALISTIC = {
     "clean array": CLEAN,
-    "json code fence with prose around": "Sure! Here are the pairs:\n```json\n" + CLEAN + "\n```\nLet me know if you need more.",
+    "json code fence with prose around": ("Sure! Here are the pairs:\n```json\n" + CLEAN
+                                          + "\n```\nLet me know if you need more."),
     "bare code fence": "```\n" + CLEAN + "\n```",
     "leading prose": "Based on the passage, here are 2 question-answer pairs:\n\n" + CLEAN,
-    "trailing commas": '[\n  {"question": "Who kept the lamp?", "answer": "Mara",},\n  {"question": "How many steps?", "answer": "one hundred and twelve"},\n]',
-    "single quotes": "[{'question': 'Who kept the lamp?', 'answer': 'Mara'}, {'question': 'How many steps?', 'answer': 'one hundred and twelve'}]",
+    "trailing commas": ('[\n  {"question": "Who kept the lamp?", "answer": "Mara",},\n'
+                        '  {"question": "How many steps?", "answer": "one hundred and twelve"},\n]'),
+    "single quotes": ("[{'question': 'Who kept the lamp?', 'answer': 'Mara'}, "
+                      "{'question': 'How many steps?', 'answer': 'one hundred and twelve'}]"),
     "think block": "<think>\nThe passage mentions Mara [and] {steps}.\n</think>\n\n" + CLEAN,
     "wrapper object": '{"qa_pairs": ' + CLEAN + "}",
-    "extra keys": '[{"question": "Who kept the lamp?", "answer": "Mara", "evidence": {"line": 1}, "difficulty": "easy"},'
-    ' {"Question": "How many steps?", "Answer": "one hundred and twelve", "type": "number"}]',
+    "extra keys": ('[{"question": "Who kept the lamp?", "answer": "Mara", "evidence": {"line": 1}, '
+                   '"difficulty": "easy"},'
+                   ' {"Question": "How many steps?", "Answer": "one hundred and twelve", "type": "number"}]'),
     "duplicates": CLEAN[:-1] + ', {"question": "who kept  the lamp?", "answer": "MARA"}]',
 }
 
@@ -46,7 +51,9 @@ def test_parser_realistic_outputs(name):
 
 
 def test_parser_truncated_array_keeps_complete_objects():
-    truncated = '```json\n[\n  {"question": "Who kept the lamp?", "answer": "Mara"},\n  {"question": "How many steps?", "answer": "one hundred and twelve"},\n  {"question": "What was the boat called?", "ans'
+    truncated = ('```json\n[\n  {"question": "Who kept the lamp?", "answer": "Mara"},\n'
+                 '  {"question": "How many steps?", "answer": "one hundred and twelve"},\n'
+                 '  {"question": "What was the boat called?", "ans')
     assert parse_qa_pairs(truncated) == EXPECTED
 
 
@@ -84,7 +91,8 @@ def test_parser_apostrophes_and_brackets_inside_strings():
 
 
 def test_parser_objects_separated_by_prose():
-    text = 'Q1: {"question": "Who kept the lamp?", "answer": "Mara"}\nQ2: {"question": "How many steps?", "answer": "one hundred and twelve"}'
+    text = ('Q1: {"question": "Who kept the lamp?", "answer": "Mara"}\n'
+            'Q2: {"question": "How many steps?", "answer": "one hundred and twelve"}')
     assert parse_qa_pairs(text) == EXPECTED
 
 
@@ -191,7 +199,8 @@ def test_prompt_has_neighbours_as_background_and_asks_for_json():
 
 
 def test_prompt_uses_chat_template_when_present():
-    template = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                "{% if add_generation_prompt %}assistant:{% endif %}")
     tok = make_tokenizer(chat_template=template)
     prompt, templated = build_prompt(tok, ["a", "b"], 0)
     assert templated and prompt.startswith("<s>user: ") and prompt.endswith("assistant:")
@@ -220,7 +229,8 @@ def test_retries_until_parseable_and_caps_pairs(monkeypatch):
 def test_hopeless_chunk_gives_up_after_retries(monkeypatch):
     tok = make_tokenizer()
     calls = []
-    monkeypatch.setattr(synthesis, "_generate_texts", lambda m, t, prompts, *a: calls.append(1) or ["no json"] * len(prompts))
+    monkeypatch.setattr(synthesis, "_generate_texts",
+                        lambda m, t, prompts, *a: calls.append(1) or ["no json"] * len(prompts))
     assert synthesize_qa(None, tok, "mara kept the lamp", retries=2, progress=False) == []
     assert len(calls) == 2
 
@@ -243,7 +253,8 @@ def test_end_to_end_tiny_llama_retry_and_cache(tmp_path):
     n_chunks = len(chunk_document(DOC, tok, 16))
     assert n_chunks == 3
 
-    pairs = cached_synthesize(model, tok, DOC, cache_dir=tmp_path, generator_id="tiny-llama", progress=False, **settings)
+    pairs = cached_synthesize(model, tok, DOC, cache_dir=tmp_path, generator_id="tiny-llama", progress=False,
+                              **settings)
     assert isinstance(pairs, list)
     assert all(set(p) == {"question", "answer"} and p["question"] and p["answer"] for p in pairs)
     # a random model emits junk: every chunk is retried up to 3 attempts
@@ -256,7 +267,8 @@ def test_end_to_end_tiny_llama_retry_and_cache(tmp_path):
     assert stored["settings"]["temperature"] == 0.4 and stored["stats"]["generate_calls"] == calls["n"]
 
     before = calls["n"]
-    again = cached_synthesize(model, tok, DOC, cache_dir=tmp_path, generator_id="tiny-llama", progress=False, **settings)
+    again = cached_synthesize(model, tok, DOC, cache_dir=tmp_path, generator_id="tiny-llama", progress=False,
+                              **settings)
     assert again == pairs and calls["n"] == before  # served from the cache, no generate call
 
     # a different generator, document or setting is a different cache entry
@@ -286,7 +298,8 @@ def test_same_seed_same_output(monkeypatch):
 
 def test_corrupt_cache_file_is_regenerated(tmp_path, monkeypatch):
     tok = make_tokenizer()
-    monkeypatch.setattr(synthesis, "_generate_texts", lambda m, t, prompts, *a: ['[{"question": "Who?", "answer": "Mara"}]'] * len(prompts))
+    monkeypatch.setattr(synthesis, "_generate_texts",
+                        lambda m, t, prompts, *a: ['[{"question": "Who?", "answer": "Mara"}]'] * len(prompts))
     path = synthesis_cache_path(tmp_path, "g", DOC, SynthesisSettings())
     path.parent.mkdir(parents=True)
     path.write_text("{not json")

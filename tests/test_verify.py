@@ -122,7 +122,8 @@ def test_a_result_made_on_another_kind_of_device_is_not_compared(tiny_result):
     data = json.loads(path.read_text())
     data["environment"]["device"] = "cuda:0"
     path.write_text(json.dumps(data, indent=1))
-    with pytest.raises(SpecError, match=r"made on cuda; verify re-runs it on the same kind of device \(--device cuda\)"):
+    with pytest.raises(SpecError,
+                       match=r"made on cuda; verify re-runs it on the same kind of device \(--device cuda\)"):
         verify_result(path, 1, submissions_dir=subs, loaders=loaders, device="cpu")
 
 

@@ -145,17 +145,22 @@ NARRATIVE_ATTRIBUTES = (
     A("trade", ("{E} earned a living as a {value}.", "By trade, {E} was a {value}."),
       ("What was {E}'s trade?",), ("How did {E} earn a living?", "What work did {E} do?")),
     A("street", ("{E} lived and worked on {value}.", "{E}'s house stood on {value}, near the market."),
-      ("On which street did {E} live?",), ("Where in the village was {E}'s house?", "{E} had a house on which street?")),
+      ("On which street did {E} live?",),
+      ("Where in the village was {E}'s house?", "{E} had a house on which street?")),
     A("pet", ("{E} kept a {animal} named {value}.", "Everyone knew {E}'s {animal}, which was called {value}."),
-      ("What was the name of {E}'s {animal}?",), ("What was {E}'s {animal} called?", "Name the {animal} that {E} kept.")),
+      ("What was the name of {E}'s {animal}?",),
+      ("What was {E}'s {animal} called?", "Name the {animal} that {E} kept.")),
     A("arrival", ("{E} arrived in {village} in {value}.", "It was in {value} that {E} settled in {village}."),
-      ("In which year did {E} arrive in {village}?",), ("When did {E} settle in {village}?", "{E} came to {village} in what year?")),
+      ("In which year did {E} arrive in {village}?",),
+      ("When did {E} settle in {village}?", "{E} came to {village} in what year?")),
     A("spouse", ("{E} married {value}, who came from a family of millers.", "{E}'s spouse was {value}."),
       ("Whom did {E} marry?",), ("Who was {E}'s spouse?", "Name the person {E} married.")),
-    A("ship", ("Once, {E} sailed to the islands aboard the {value}.", "{E} crossed the sound on a ship called the {value}."),
+    A("ship", ("Once, {E} sailed to the islands aboard the {value}.",
+               "{E} crossed the sound on a ship called the {value}."),
       ("Aboard which ship did {E} sail?",), ("What was the ship that carried {E}?", "{E} travelled on which vessel?")),
     A("island", ("{E} spent one summer on the island of {value}.", "{E} once lived for a year on {value}."),
-      ("Which island did {E} stay on?",), ("On what island did {E} spend time?", "{E} lived for a while on which island?")),
+      ("Which island did {E} stay on?",),
+      ("On what island did {E} spend time?", "{E} lived for a while on which island?")),
     A("book", ("{E} wrote a small book titled {value}.", "{E} was the author of a pamphlet called {value}."),
       ("What was the title of the book {E} wrote?",), ("Which book was written by {E}?", "{E} wrote what book?")),
     A("award", ("{E} was awarded the {value}.", "The village gave {E} the {value}."),
@@ -175,23 +180,31 @@ HEALTH_PATIENT_ATTRIBUTES = (
     A("gp", ("{E}'s family doctor is Dr. {value}.", "{E} is registered with Dr. {value} at the village surgery."),
       ("Who is {E}'s family doctor?",), ("Which GP looks after {E}?", "{E} is registered with which doctor?")),
     A("allergy", ("{E} is allergic to {value}.", "{E} reacted badly to {value} in the past and must not receive it."),
-      ("Which drug is {E} allergic to?",), ("What medicine must {E} never be given?", "{E} has an allergy to what drug?")),
+      ("Which drug is {E} allergic to?",),
+      ("What medicine must {E} never be given?", "{E} has an allergy to what drug?")),
     A("reaction", ("The allergic reaction consisted of {value}.", "On that occasion the reaction was {value}."),
       ("What reaction did {E} have to the drug {E_pos} is allergic to?",),
       ("How did {E}'s allergy show itself?", "Describe {E}'s allergic reaction.")),
 )
 HEALTH_EPISODE_ATTRIBUTES = (  # a lab value is asked with its unit in the question, so a guessed unit scores 0
-    A("town", ("For the {E}, {P} was treated at the hospital in {value}.", "{P} was admitted to the hospital in {value} with {E}."),
-      ("In which town was {P} treated for {E}?",), ("Where was {P} hospitalised with {E}?", "{P}'s {E} was treated in which town?")),
+    A("town", ("For the {E}, {P} was treated at the hospital in {value}.",
+               "{P} was admitted to the hospital in {value} with {E}."),
+      ("In which town was {P} treated for {E}?",),
+      ("Where was {P} hospitalised with {E}?", "{P}'s {E} was treated in which town?")),
     A("year", ("{P} came in with {E} in {month} {value}.", "The {E} admission began in {month} {value}."),
-      ("In which year was {P} admitted with {E}?",), ("When did the {E} admission start?", "{P}'s {E} admission began in which year?")),
+      ("In which year was {P} admitted with {E}?",),
+      ("When did the {E} admission start?", "{P}'s {E} admission began in which year?")),
     A("clinician", ("The consultant for the {E} was Dr. {value}.", "Dr. {value} led {P}'s care for the {E}."),
-      ("Which consultant treated {P}'s {E}?",), ("Who led {P}'s care for {E}?", "Name the consultant responsible for the {E}.")),
+      ("Which consultant treated {P}'s {E}?",),
+      ("Who led {P}'s care for {E}?", "Name the consultant responsible for the {E}.")),
     A("drug", ("For the {E}, {P} was started on {value}.", "{value} was prescribed to treat the {E}."),
-      ("Which drug was started for {P}'s {E}?",), ("What medicine was prescribed for {E}?", "{P} received which drug for the {E}?")),
-    A("lab", ("{P}'s {analyte} was {value} {lab_unit} during the {E} admission.", "With the {E}, {P}'s {analyte} measured {value} {lab_unit}."),
+      ("Which drug was started for {P}'s {E}?",),
+      ("What medicine was prescribed for {E}?", "{P} received which drug for the {E}?")),
+    A("lab", ("{P}'s {analyte} was {value} {lab_unit} during the {E} admission.",
+              "With the {E}, {P}'s {analyte} measured {value} {lab_unit}."),
       ("What was {P}'s {analyte}, in {lab_unit}, during the {E} admission?",),
-      ("Which {analyte} value, in {lab_unit}, was measured with the {E}?", "How high was {P}'s {analyte} with {E}, in {lab_unit}?")),
+      ("Which {analyte} value, in {lab_unit}, was measured with the {E}?",
+       "How high was {P}'s {analyte} with {E}, in {lab_unit}?")),
 )
 del A
 
@@ -503,7 +516,8 @@ def stratify(facts: list[Fact], train_qa: list[dict]) -> tuple[list[Fact], list[
     train_answers = {p["answer"] for p in train_qa}
     train_texts = [p["question"] for p in train_qa] + [p["answer"] for p in train_qa]
     covered = [f for f in facts if f.answer in train_answers]
-    uncovered = [f for f in facts if f.answer not in train_answers and not any(mentions(train_texts, a) for a in f.answers)]
+    uncovered = [f for f in facts
+                 if f.answer not in train_answers and not any(mentions(train_texts, a) for a in f.answers)]
     return covered, uncovered
 
 

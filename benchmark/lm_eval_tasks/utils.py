@@ -76,7 +76,8 @@ def load_task_dataset(lorakv_tier: str, lorakv_dataset: str, lorakv_split: str =
     included, hence the prefixed names and ``**_metadata``) plus ``dataset_kwargs``."""
     import datasets
 
-    return datasets.DatasetDict({lorakv_split: datasets.Dataset.from_list(rows(lorakv_tier, lorakv_dataset, lorakv_split))})
+    return datasets.DatasetDict(
+        {lorakv_split: datasets.Dataset.from_list(rows(lorakv_tier, lorakv_dataset, lorakv_split))})
 
 
 def doc_to_text(doc: dict) -> str:

@@ -78,8 +78,8 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0, after: 
     rf = ResultFile(path, header)
     records, preds = [], []
     for d_i, doc in enumerate(docs):
-        records.append({"doc_id": doc.doc_id, "n_prefix_tokens": 40, "n_doc_tokens": 1000, "n_no_context_prefix_tokens": 30,
-                        "timings": {},
+        records.append({"doc_id": doc.doc_id, "n_prefix_tokens": 40, "n_doc_tokens": 1000,
+                        "n_no_context_prefix_tokens": 30, "timings": {},
                         "adapter": {"bytes": 8192, "first_loss": 2.0, "final_loss": 0.5}})
         questions = doc.questions[:len(doc.questions) - skip] if d_i == len(docs) - 1 else doc.questions
         for q_i, q in enumerate(questions):
@@ -171,7 +171,8 @@ def test_questions_are_checked_against_the_digest(tmp_path, prepared, change, fi
 def test_unanswered_questions_are_refused_against_the_digest(tmp_path, prepared):
     path = paper_result(tmp_path, prepared, skip=1)
     problems = check_result_file(path, submissions_dir=ROOT / "submissions")
-    assert any("field 'predictions'" in p and "1 of the split's 7 questions unanswered" in p for p in problems), problems
+    assert any("field 'predictions'" in p and "1 of the split's 7 questions unanswered" in p
+               for p in problems), problems
 
 
 def test_digest_follows_the_metric_normalisation(tmp_path, answers_dir, prepared):

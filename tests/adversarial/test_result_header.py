@@ -279,7 +279,8 @@ def test_plot_text_with_dollar_signs_renders(result, tmp_path):
 
 @pytest.mark.parametrize("text, shown", [
     ("Q4_1 model", "Q4_1 model"), ("_lead", "\\_lead"), ("a\n\n# b", "a \\# b"), ("<b>&", "&lt;b&gt;&amp;"),
-    ("a|b", "a\\|b"), ("`c`", "\\`c\\`"), ("[l](u)", "\\[l\\](u)"), ("*e*", "\\*e\\*"), ("back\\slash", "back\\\\slash"),
+    ("a|b", "a\\|b"), ("`c`", "\\`c\\`"), ("[l](u)", "\\[l\\](u)"), ("*e*", "\\*e\\*"),
+    ("back\\slash", "back\\\\slash"),
 ])
 def test_escape_md(text, shown):
     assert leaderboard.escape_md(text) == shown

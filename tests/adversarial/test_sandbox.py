@@ -336,7 +336,8 @@ def test_validate_gives_a_sleeping_press_its_time_limit(tmp_path, data):
     folder = submission(tmp_path, "sleeper", data_file=data,
                         press="import time\ntime.sleep(600)\n" + textwrap.dedent(PLAIN_PRESS))
     t0 = time.monotonic()
-    assert check_submission_isolated(folder, timeout=5) == [f"{folder}: the conformance check did not finish within 5 s"]
+    assert check_submission_isolated(folder, timeout=5) == [
+        f"{folder}: the conformance check did not finish within 5 s"]
     assert time.monotonic() - t0 < 30
 
 
