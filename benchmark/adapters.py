@@ -31,8 +31,18 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import (_BASE_MODIFYING_INITS, _LATER_OPTIONS, LORA_INITS, NTP_FORMATS,  # noqa: F401 - the
-                     OBJECTIVES, QA_FORMATS, SCHEDULES, LoraSettings, Recipe, TrainSettings)  # types live in config.py
+from .config import (  # noqa: F401 - the types live in config.py
+    _BASE_MODIFYING_INITS,
+    _LATER_OPTIONS,
+    LORA_INITS,
+    NTP_FORMATS,
+    OBJECTIVES,
+    QA_FORMATS,
+    SCHEDULES,
+    LoraSettings,
+    Recipe,
+    TrainSettings,
+)
 from .datasets import TrainingView
 from .models import PromptRenderer
 from .paths import cache_dir, stable_hash
@@ -160,10 +170,13 @@ def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer,
         raise ValueError(f"unknown objective '{objective}' (choose from {OBJECTIVES})")
     pairs = qa_pairs(view, recipe, model, tok, model_key, hook)
     if not pairs:
-        raise ValueError(f"document {view.doc_id}: objective '{objective}' needs train_qa pairs (or a hook) and has none")
+        raise ValueError(
+            f"document {view.doc_id}: objective '{objective}' needs train_qa pairs (or a hook) and has none"
+        )
     paper = recipe.train.qa_format == "paper"
     doc_ids = renderer.doc_ids(view.text) if objective == "ctx_qa" else []
-    contexts = _neighbour_contexts(view, recipe, model, tok, model_key) if recipe.train.ctx_window == "neighbours" else None
+    contexts = (_neighbour_contexts(view, recipe, model, tok, model_key)
+                if recipe.train.ctx_window == "neighbours" else None)
     examples = []
     for i, (q, a) in enumerate(pairs):
         if objective == "ctx_qa":
@@ -174,7 +187,8 @@ def build_examples(view: TrainingView, recipe: Recipe, renderer: PromptRenderer,
         if paper:
             target = renderer.encode(a + "}." + renderer.end_of_turn)
         else:
-            target = tok.encode(_answer_text(a, renderer.prompt.answer_prefix), add_special_tokens=False) + [tok.eos_token_id]
+            target = (tok.encode(_answer_text(a, renderer.prompt.answer_prefix), add_special_tokens=False)
+                      + [tok.eos_token_id])
         examples.append(Example(prompt + target, [-100] * len(prompt) + target))
     return examples
 
@@ -555,8 +569,8 @@ def _train_adapter(model, name: str, examples: list[Example], recipe: Recipe, pa
     # events, about ten per run; a stop takes effect at a check.
     check_every = max(1, steps // 10)
     correct = total = 0
-    paper_stop = PaperEarlyStop(s.early_stop_accuracy) if s.early_stop_accuracy is not None and s.early_stop == "paper" \
-        else None
+    paper_stop = (PaperEarlyStop(s.early_stop_accuracy)
+                  if s.early_stop_accuracy is not None and s.early_stop == "paper" else None)
     stopped_early = False
     bar = tqdm(total=steps, desc=f"train {name}", leave=False, disable=not progress)
     try:

@@ -31,7 +31,8 @@ def check_evaluate_flags(args) -> None:
     from .models import check_device
     from .spec import CONDITIONS, SpecError, load_spec
 
-    for flag, value, what in (("--docs", args.docs, "documents"), ("--questions", args.questions, "questions per document"),
+    for flag, value, what in (("--docs", args.docs, "documents"),
+                              ("--questions", args.questions, "questions per document"),
                               ("--batch-size", args.batch_size, "rows decoded together")):
         if value is not None and value < 1:
             raise SpecError(f"{flag} {value}: must be a positive number of {what}")
@@ -181,7 +182,8 @@ def dry_run(args) -> int:
             name, recipe = sub.name, sub.recipe.name
             press = sub.compressor_cfg["press"]
         except ValueError:
-            sub, name, recipe, conds = None, Path(sub_path).name + " (missing)", "?", list(args.conditions or spec.conditions)
+            sub, name, recipe, conds = (None, Path(sub_path).name + " (missing)", "?",
+                                        list(args.conditions or spec.conditions))
             press = "?"
         for m in models:
             for ds in [resolve_dataset(spec, d) for d in args.dataset] if args.dataset else spec.datasets:
@@ -203,8 +205,9 @@ def dry_run(args) -> int:
                              n_docs * prefills if isinstance(n_docs, int) else "?",
                              n_q * len(rhos) * len(conds) if isinstance(n_q, int) else "?",
                              f"{est.peak_gib:.1f}" if est else "?", f"{est.gpu_hours:.2f}" if est else "?"])
-    print(tabulate(rows, headers=["submission", "compressor", "recipe", "model", "dataset", "docs", "questions", "rhos", "conditions",
-                                  "trainings", "prefills", "answers", "est. peak GiB", "est. GPU h"], tablefmt="github"))
+    print(tabulate(rows, headers=["submission", "compressor", "recipe", "model", "dataset", "docs", "questions", "rhos",
+                                  "conditions", "trainings", "prefills", "answers", "est. peak GiB", "est. GPU h"],
+                   tablefmt="github"))
     print(f"rho grid: {rhos}")
     _print_estimate_note(hours)
     return 0
@@ -249,7 +252,8 @@ def format_cells(data: dict, tabulate) -> str:
         row = [rho]
         for c in conds:
             cell = next((x for x in data["cells"] if x["rho"] == rho and x["condition"] == c), None)
-            row.append("" if cell is None else f"{cell['rouge_l']:.1f} [{cell['rouge_l_ci95'][0]:.0f},{cell['rouge_l_ci95'][1]:.0f}]")
+            row.append("" if cell is None
+                       else f"{cell['rouge_l']:.1f} [{cell['rouge_l_ci95'][0]:.0f},{cell['rouge_l_ci95'][1]:.0f}]")
         rows.append(row)
     return tabulate(rows, headers=["rho"] + conds, tablefmt="github")
 
@@ -305,7 +309,8 @@ def smoke_answer(spec, question, generation: str, answer_prefix: str) -> str:
     """The smoke test's report of one answer, extracted and scored as the spec's results are."""
     scoring = spec.scoring()
     pred = scoring.extract(generation, answer_prefix)
-    return f"Q: {question.question}\nA: {pred!r}  gold: {list(question.answers)}  {scoring.score(pred, question.answers)}"
+    return (f"Q: {question.question}\nA: {pred!r}  gold: {list(question.answers)}  "
+            f"{scoring.score(pred, question.answers)}")
 
 
 def cmd_validate(args) -> int:
@@ -319,7 +324,8 @@ def cmd_validate(args) -> int:
         problems = check_result_file(target) if str(target).endswith(".json") else submitted[str(target)]
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
-        print(f"{'ok  ' if not problems else 'FAIL'} {target}" + (f" ({_count(len(problems), 'problem')})" if problems else ""))
+        print(f"{'ok  ' if not problems else 'FAIL'} {target}"
+              + (f" ({_count(len(problems), 'problem')})" if problems else ""))
         if args.verbose:
             for check in RESULT_CHECKS if str(target).endswith(".json") else SUBMISSION_CHECKS:
                 print(f"  check: {check}")
@@ -468,9 +474,8 @@ def _record_prepared_sha256(name: str, out, actual: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import EXECUTORS, PAPER_DATASETS, RUN_DTYPES, SPLITS, TIERS
-
     from . import __version__
+    from .config import EXECUTORS, PAPER_DATASETS, RUN_DTYPES, SPLITS, TIERS
 
     p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -479,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run the protocol for a submission",
                        description=f"{RHO_HELP}. Conditions: {_cond_help()}.")
     e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
-    e.add_argument("--tier", default=TIERS[0], help="mini (default, CPU), paper, or paper-rehearsal (= paper --rehearse)")
+    e.add_argument("--tier", default=TIERS[0],
+                   help="mini (default, CPU), paper, or paper-rehearsal (= paper --rehearse)")
     e.add_argument("--model", help="model id from the spec (default: the spec's default model), or a model of your "
                    "own: a local transformers folder (config.json, weights, tokenizer) or a Hugging Face Hub id "
                    "(ORG/NAME, where the Hub is reachable), run with the spec's data, prompt and generation")
@@ -495,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", choices=list(RUN_DTYPES),
                    help="model weights and compute (default: the spec's; float32 specs run as bfloat16 on cuda); "
                    "recorded in the result's environment")
-    e.add_argument("--batch-size", type=int, default=64, help="questions decoded together (rows of question x rho x condition)")
+    e.add_argument("--batch-size", type=int, default=64,
+                   help="questions decoded together (rows of question x rho x condition)")
     e.add_argument("--out", default="runs", help="root of the result files (default runs/; `publish` copies a "
                    "complete, validated result into leaderboard/results)")
     e.add_argument("--shard", help="i/n: run documents i, i+n, ... (independent work units); join with `merge`")
@@ -558,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export_adapter)
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard/README.md, its plots, "
-                        "its data (leaderboard.json, leaderboard.csv) and its web page (index.html) from the result files")
+                        "its data (leaderboard.json, leaderboard.csv) and its web page (index.html) "
+                        "from the result files")
     lb.add_argument("--results", default="leaderboard/results")
     lb.add_argument("--out", default="leaderboard/README.md",
                     help="the page; leaderboard.json and leaderboard.csv are written beside it")
@@ -624,9 +632,8 @@ def main(argv: list[str] | None = None, *, loaders: Loaders | None = None) -> in
         print(f"error: {exc}", file=sys.stderr)
         return 2
     set_offline(hub=_uses_hub(args))  # nothing in the mini tier touches a hub; make sure no library tries to
-    from .worker import WorkerError
-
     from .extras import MissingExtra
+    from .worker import WorkerError
 
     try:
         return args.func(args)

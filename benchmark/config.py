@@ -166,7 +166,8 @@ class TrainSettings:
     early_stop: str = "checks"  # "checks" (~10 per run) | "paper" (every 10 steps, 2 in a row, from step 50)
     # Example formats (see build_examples): the paper's QA format, ntp's variant.
     qa_format: str = "spec"  # "spec" | "paper"
-    synthesis: str = "tokens"  # qa_source synthesize: "tokens" (64-token chunks, our prompt) | "paper" (its sections, prompt)
+    # qa_source synthesize: "tokens" (64-token chunks, our prompt) | "paper" (its sections, prompt)
+    synthesis: str = "tokens"
     ctx_window: str = "document"  # ctx_qa: "document" | "neighbours" (the pair's section +/- one; synthesis "paper")
     ntp_format: str = "chunks"  # "chunks" | "chunk_next" (chat: chunk -> next chunk) | "document" (raw, whole)
     chunk_next_data: str = "tokens"  # chunk_next: "tokens" | "sections" | "paper" (see CHUNK_NEXT_DATA)

@@ -207,15 +207,18 @@ def _check_recipe(sub, yml: Path) -> list[str]:
     problems = []
     headline = sub.headline_condition
     if headline not in CONDITIONS:
-        problems.append(f"{yml}: field 'headline_condition': unknown condition '{headline}' (have: {sorted(CONDITIONS)})")
+        problems.append(f"{yml}: field 'headline_condition': unknown condition '{headline}' "
+                        f"(have: {sorted(CONDITIONS)})")
     recipe = sub.recipe
     if not recipe.enabled:
         if headline not in sub.active_conditions(CONDITIONS):
-            problems.append(f"{yml}: field 'headline_condition': '{headline}' needs an adapter, but adapter.recipe is 'none' "
+            problems.append(f"{yml}: field 'headline_condition': '{headline}' needs an adapter, "
+                            "but adapter.recipe is 'none' "
                             f"(only the {BASE} condition runs); use '{BASE}' or choose a recipe")
         return problems
     if recipe.train.objective not in OBJECTIVES:
-        problems.append(f"{yml}: field 'adapter/recipe': unknown objective '{recipe.train.objective}' (have: {OBJECTIVES})")
+        problems.append(f"{yml}: field 'adapter/recipe': unknown objective '{recipe.train.objective}' "
+                        f"(have: {OBJECTIVES})")
     try:
         cfg = recipe.lora.peft_config()
     except Exception as exc:  # noqa: BLE001 - anything peft refuses is a submission problem
@@ -261,7 +264,8 @@ def _check_hook(recipe, yml: Path) -> list[str]:
     try:
         out = import_from(recipe.code_dir, recipe.train.hook)(view)
     except Exception as exc:  # noqa: BLE001
-        return [f"{yml}: field '{field}': '{recipe.train.hook}' failed on a sample TrainingView: {type(exc).__name__}: {exc}"]
+        return [f"{yml}: field '{field}': '{recipe.train.hook}' failed on a sample TrainingView: "
+                f"{type(exc).__name__}: {exc}"]
     if not isinstance(out, list) or not out:
         return [f"{yml}: field '{field}': '{recipe.train.hook}' must return a non-empty list of "
                 f"{{'question': str, 'answer': str}} dicts, got {type(out).__name__}"
@@ -406,7 +410,8 @@ def check_eviction_budget(t: _TinyScoring) -> tuple[list[str], dict]:
         pkv, n_keep = evict(kv, scores, span, rho)
         budget = compute_n_kept(n_doc, rho)
         if n_keep != budget:
-            problems.append(f"{where}: rho={rho} keeps {n_keep} document entries per head, kvpress's budget is {budget}")
+            problems.append(f"{where}: rho={rho} keeps {n_keep} document entries per head, "
+                            f"kvpress's budget is {budget}")
         for i, ((k, v), (rk, rv)) in enumerate(zip(pkv, ref_kv)):
             if getattr(pkv, "keep", None) is not None:  # head-wise budgets: per-head (and per-layer) counts differ
                 problems += _check_ragged_layer(pkv.keep[i], k, rk, span, f"{where}: rho={rho} layer {i}")
@@ -415,7 +420,8 @@ def check_eviction_budget(t: _TinyScoring) -> tuple[list[str], dict]:
                 problems.append(f"{where}: rho={rho} layer {i}: {k.shape[2]} entries per head after eviction, expected "
                                 f"{span[0]} prefix + {budget} document = {span[0] + budget}")
                 break
-            if not (torch.equal(k[:, :, :span[0]], rk[:, :, :span[0]]) and torch.equal(v[:, :, :span[0]], rv[:, :, :span[0]])):
+            if not (torch.equal(k[:, :, :span[0]], rk[:, :, :span[0]])
+                    and torch.equal(v[:, :, :span[0]], rv[:, :, :span[0]])):
                 problems.append(f"{where}: rho={rho} layer {i}: a non-document (prefix) entry was evicted or changed")
                 break
             if not _is_ordered_subset(k[0, :, span[0]:], rk[0, :, span[0]:span[1]]):
@@ -439,7 +445,8 @@ def check_deterministic(t: _TinyScoring, kept: dict) -> list[str]:
 
     where, model, ids, span, tok, press, sub = t.where, t.model, t.ids, t.span, t.tok, t.press, t.sub
     problems = []
-    for label, again in (("a second run of the same press", press), ("a fresh instance of the press", sub.make_compressor())):
+    for label, again in (("a second run of the same press", press),
+                         ("a fresh instance of the press", sub.make_compressor())):
         kv2, scores2 = prefill(model, ids, span, again, CONFORMANCE_RHOS, tokenizer=tok)
         for rho in CONFORMANCE_RHOS:
             pkv2, _ = evict(kv2, scores2, span, rho)
@@ -852,7 +859,8 @@ def check_answers_against_digest(path: Path, data: dict, spec, full_protocol: bo
                 f"'{spec.metric.normalization}' way; run prepare-data again"]
     if data_file.sha256 is not None and digest.get("data_sha256") != data_file.sha256:
         return [f"{path}: field 'dataset/sha256': the answer digest {digest_file} was made from data with sha256 "
-                f"{digest.get('data_sha256')}, spec {spec.spec_version} pins {data_file.sha256}; run prepare-data again"]
+                f"{digest.get('data_sha256')}, spec {spec.spec_version} pins {data_file.sha256}; "
+                "run prepare-data again"]
     questions = digest["questions"]
     normalization = digest["normalization"]
     problems, counts, seen = [], {}, set()
@@ -1117,9 +1125,11 @@ def _check_grid(path: Path, data: dict) -> list[str]:
         problems.append(f"{path}: field 'documents': duplicate doc_id")
     pred_docs = {p["doc_id"] for p in data["predictions"]}
     if pred_docs - set(docs):
-        problems.append(f"{path}: field 'predictions': predictions for documents not in 'documents': {sorted(pred_docs - set(docs))[:5]}")
+        problems.append(f"{path}: field 'predictions': predictions for documents not in 'documents': "
+                        f"{sorted(pred_docs - set(docs))[:5]}")
     if set(docs) - pred_docs:
-        problems.append(f"{path}: field 'documents': documents without predictions: {sorted(set(docs) - pred_docs)[:5]}")
+        problems.append(f"{path}: field 'documents': documents without predictions: "
+                        f"{sorted(set(docs) - pred_docs)[:5]}")
     bad_rho = sorted({p["rho"] for p in data["predictions"]} - set(data["rhos"]))
     bad_cond = sorted({p["condition"] for p in data["predictions"]} - set(data["conditions"]))
     if bad_rho:
@@ -1150,7 +1160,8 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
 
     problems = []
     if data["dataset"]["split"] != "test":
-        problems.append(f"{path}: field 'dataset/split': '{data['dataset']['split']}'; the leaderboard uses the test split")
+        problems.append(f"{path}: field 'dataset/split': '{data['dataset']['split']}'; "
+                        "the leaderboard uses the test split")
     if [float(r) for r in data["rhos"]] != sorted(spec.rhos):
         problems.append(f"{path}: field 'rhos': {data['rhos']}, the spec's grid is {sorted(spec.rhos)}")
     if list(data["conditions"]) != list(spec.conditions):
@@ -1160,7 +1171,8 @@ def _check_protocol(path: Path, data: dict, spec) -> list[str]:
         problems.append(f"{path}: field 'slice': {partial}; the leaderboard needs a run without --docs / --questions")
     conds = {p["condition"] for p in data["predictions"]}
     if BASE not in conds:
-        problems.append(f"{path}: field 'predictions': no '{BASE}' condition (the KV-only reference every submission reports)")
+        problems.append(f"{path}: field 'predictions': no '{BASE}' condition "
+                        "(the KV-only reference every submission reports)")
     headline = data["submission"]["headline_condition"]
     if headline not in conds:
         problems.append(f"{path}: field 'submission/headline_condition': no predictions for '{headline}'")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import compressors, figures, strata
+from .config import ADAPTER_ALL, BASE, BASE_KV_ADAPTER_DECODE, train_for
 from .extras import require
 from .figures import band, colors, new_figure, plot_style, plot_text, save_svg
 from .metrics import clustered_bootstrap_ci
@@ -42,7 +43,6 @@ from .page import PAGE_HTML, write_page
 from .paths import sha256_file
 from .ranking import Ranked, compare, divergence_reason, tiered_ranks
 from .results import load_result
-from .config import ADAPTER_ALL, BASE, BASE_KV_ADAPTER_DECODE, train_for
 from .spec import CONDITION_HELP, REHEARSED_TIERS, TIERS
 
 DASH = "–"
@@ -184,7 +184,8 @@ def _entry(data: dict, source: str) -> Entry:
     return Entry(
         name=sub["name"], tier=data["tier"], dataset=data["dataset"]["id"], model=data["model"]["id"],
         model_name=data["model"]["name"], headline=headline, compressor=_compressor_label(sub["compressor"]),
-        recipe=_recipe_label(sub["adapter"], data["model"]["id"]), spec_version=data["spec_version"], date=data["updated"][:10],
+        recipe=_recipe_label(sub["adapter"], data["model"]["id"]), spec_version=data["spec_version"],
+        date=data["updated"][:10],
         rhos=sorted(float(r) for r in data["rhos"]), cells=cells, n_documents=len(data["documents"]),
         n_questions=len({(p["doc_id"], p["question_id"]) for p in data["predictions"]}), ci=ci,
         adapter_bytes=(sum(ad) / len(ad) if ad and headline != BASE else 0.0), source=source,
@@ -280,7 +281,9 @@ class Overall:
         return sum(vals) / len(vals)
 
 
-def overall_groups(entries: list[Entry]) -> dict[tuple[str, str, str], tuple[list[str], list[Overall], list[tuple[str, str]]]]:
+def overall_groups(
+    entries: list[Entry],
+) -> dict[tuple[str, str, str], tuple[list[str], list[Overall], list[tuple[str, str]]]]:
     """(tier, model, dtype) -> (datasets, submissions on all of them best first, [(name, why unranked)])."""
     by_key: dict[tuple[str, str, str], dict[str, dict[str, Entry]]] = defaultdict(lambda: defaultdict(dict))
     for e in entries:
@@ -492,7 +495,8 @@ def memory_table(group: list[Entry]) -> str:
         row = (fmt_bytes(e.adapter_bytes) if e.headline != BASE else DASH,
                *[fmt_bytes(e.memory(r)) if r in e.rhos else DASH for r in rhos], e.n_documents, e.n_questions)
         profiles[row].append(e.name)
-    rows = [[", ".join(escape_md(n) for n in sorted(names)), *row] for row, names in sorted(profiles.items(), key=lambda kv: sorted(kv[1]))]
+    rows = [[", ".join(escape_md(n) for n in sorted(names)), *row]
+            for row, names in sorted(profiles.items(), key=lambda kv: sorted(kv[1]))]
     headers = ["submissions", "adapter"] + [f"ρ={fmt_rho(r)}" for r in rhos] + ["documents", "questions"]
     return _table(rows, headers)
 
@@ -528,7 +532,8 @@ def strata_section(group: list[Entry]) -> list[str]:
             mdes.append(float("nan") if effect is None else effect.mde)
             n = max(p.n for p in at.values() if p)
             rows.append([escape_md(e.name), s, n] + [_pair_text(at[r]) for r in rhos]
-                        + [DASH if effect is None else f"{effect.diff:+.1f} {fmt_ci(effect.lo, effect.hi, signed=True)}"])
+                        + [DASH if effect is None
+                           else f"{effect.diff:+.1f} {fmt_ci(effect.lo, effect.hi, signed=True)}"])
     out = ["### By question stratum (headline / base ROUGE-L)\n",
            "`covered`: the question's fact is in the document's `train_qa` pairs (a QA adapter's training data); "
            "`uncovered`: it is not. "
@@ -543,10 +548,12 @@ def strata_section(group: list[Entry]) -> list[str]:
             continue
         why_not = strata.why_no_leak_verdict(e.adapter.get("recipe", "none"), train_for(e.adapter, e.model))
         verdict = f"no verdict, it {why_not}" if why_not else "pass" if strata.leak_passes(p) else "**FAIL**"
-        leaks.append(f"{escape_md(e.name)} {p.diff:+.1f} {fmt_ci(p.lo, p.hi, signed=True)} ({p.n} questions): {verdict}")
+        leaks.append(f"{escape_md(e.name)} {p.diff:+.1f} {fmt_ci(p.lo, p.hi, signed=True)} "
+                     f"({p.n} questions): {verdict}")
     if leaks:
         out.append(f"**Leakage check** (uncovered questions at ρ = 1, headline − base; an adapter cannot know "
-                   f"these facts from its `train_qa` pairs unless they leaked, so it must stay within ±{strata.LEAK_LIMIT:g} points): "
+                   f"these facts from its `train_qa` pairs unless they leaked, "
+                   f"so it must stay within ±{strata.LEAK_LIMIT:g} points): "
                    + "; ".join(leaks) + ".\n")
     return out
 
@@ -634,7 +641,8 @@ def findings(group: list[Entry]) -> list[str]:
     if pairs:
         at_least = sum(dec >= every for dec, every in pairs)
         diff = round(sum(dec - every for dec, every in pairs) / len(pairs), 1) + 0.0  # + 0.0: no '-0.0'
-        out.append(f"**Decoding-time memory**: `{BASE_KV_ADAPTER_DECODE}` ≥ `{ADAPTER_ALL}` at {at_least} of {len(pairs)} "
+        out.append(f"**Decoding-time memory**: `{BASE_KV_ADAPTER_DECODE}` ≥ `{ADAPTER_ALL}` "
+                   f"at {at_least} of {len(pairs)} "
                    f"(submission, ρ) points, {diff:+.1f} ROUGE-L on average (paper: the adapter works best "
                    "while decoding only).")
     versus = qa_ntp_pairs(adapted)
@@ -695,7 +703,8 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
     out = [HEADER.format(conditions=conditions, contributing=contributing)]
     groups = group_entries(entries)
     if not groups:
-        out.append("\n_No results yet._ Run `lorakv-bench evaluate submissions/<name>`, then `lorakv-bench leaderboard`.\n")
+        out.append("\n_No results yet._ Run `lorakv-bench evaluate submissions/<name>`, "
+                   "then `lorakv-bench leaderboard`.\n")
         return "\n".join(out)
     overall = overall_groups(entries)
     out.append("## Contents\n")
@@ -716,7 +725,8 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
             out.append(overall_table(datasets, full, submissions_link) + "\n")
         if apart:
             out.append("Not ranked here:\n")
-            out.append("\n".join(f"* **{_sub_link(n, submissions_link)}**: {escape_md(why)}" for n, why in apart) + "\n")
+            out.append("\n".join(f"* **{_sub_link(n, submissions_link)}**: {escape_md(why)}" for n, why in apart)
+                       + "\n")
     for key, group in groups.items():
         tier, ds, model, dtype = key
         out.append(f"## {escape_md(group_title(key))}\n")

@@ -31,8 +31,11 @@ from pathlib import Path
 import torch
 
 from . import attention
-from .config import OWN_MODEL_ID, OWN_SOURCES
-from .config import RUN_DTYPES  # noqa: F401 - re-exported: what ``--dtype`` accepts
+from .config import (
+    OWN_MODEL_ID,
+    OWN_SOURCES,
+    RUN_DTYPES,  # noqa: F401 - re-exported: what ``--dtype`` accepts
+)
 from .paths import cache_dir, sha256_file, stable_hash
 from .spec import ModelSpec, Prompt, SpecError
 
@@ -62,10 +65,14 @@ def _wheel_file(name: str, version: str, rel: str, all_wheels: list[dict]) -> Pa
     except md.PackageNotFoundError as exc:
         raise ModelUnavailable(f"the wheel '{name}' is not installed; install the model with:\n    {install}") from exc
     if dist.version != version:
-        raise ModelUnavailable(f"wheel '{name}' is version {dist.version}, the spec pins {version}; run:\n    {install}")
+        raise ModelUnavailable(
+            f"wheel '{name}' is version {dist.version}, the spec pins {version}; run:\n    {install}"
+        )
     path = Path(dist.locate_file(rel))
     if not path.exists():
-        raise ModelUnavailable(f"wheel '{name}' {version} is installed but has no file {rel}; reinstall with:\n    {install}")
+        raise ModelUnavailable(
+            f"wheel '{name}' {version} is installed but has no file {rel}; reinstall with:\n    {install}"
+        )
     return path
 
 
@@ -105,7 +112,8 @@ def provision(model: ModelSpec, *, force: bool = False) -> Path | str:
     if gguf.parent == tmp:
         gguf.unlink()
     (tmp / "lorakv-converted.json").write_text(
-        json.dumps({"model": model.id, "gguf_sha256": actual, "wheels": src["wheels"], "seconds": time.perf_counter() - t0})
+        json.dumps({"model": model.id, "gguf_sha256": actual, "wheels": src["wheels"],
+                    "seconds": time.perf_counter() - t0})
     )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -306,7 +314,8 @@ def load_model(model: ModelSpec, device: str | None = None, dtype: str | None = 
         kwargs = {"revision": model.source["revision"]}
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attention.register(), **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation=attention.register(),
+                                                  **kwargs)
     except OSError as exc:
         if model.source["kind"] in OWN_SOURCES:
             raise SpecError(f"--model {where}: does not load as a transformers model: "

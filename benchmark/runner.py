@@ -29,9 +29,16 @@ import torch
 from peft.helpers import DoraCaching
 from tqdm.auto import tqdm
 
-from .adapters import (AdapterStore, Recipe, adapter_key, adapter_state, build_examples, detach_adapter,
-                       direct_dora_lora_weight,
-                       training_diverged)
+from .adapters import (
+    AdapterStore,
+    Recipe,
+    adapter_key,
+    adapter_state,
+    build_examples,
+    detach_adapter,
+    direct_dora_lora_weight,
+    training_diverged,
+)
 from .compression import evict_planned, kv_bytes, kv_entries, prefill
 from .config import EvalRequest, as_request, uses_adapter
 from .datasets import Document, load_split, resolve_dataset
@@ -207,7 +214,8 @@ class DocumentRun:
             for weights in sorted(prefills):
                 torch.manual_seed(0)
                 with adapter_state(self.model, weights == "adapter"):
-                    kv[weights], scores = prefill(self.model, ids, span, None if self.press_in_sandbox else self.press, rhos,
+                    kv[weights], scores = prefill(self.model, ids, span,
+                                                  None if self.press_in_sandbox else self.press, rhos,
                                                   tokenizer=self.tokenizer, budget=self.scoring.budget)
                 self.stats["prefills"] += 1
                 if weights in scorers:
@@ -345,7 +353,8 @@ def evaluate(request: EvalRequest | str | Path, *, loaders: Loaders = LOADERS, *
     spec = loaders.load_spec(req.tier)
     submission = load_submission(req.submission)
     # the request with the spec's and the machine's defaults filled in (what the result header records)
-    req = dataclasses.replace(req, device=pick_device(req.device), rhos=sorted(req.rhos if req.rhos is not None else spec.rhos),
+    req = dataclasses.replace(req, device=pick_device(req.device),
+                              rhos=sorted(req.rhos if req.rhos is not None else spec.rhos),
                               conditions=list(req.conditions or spec.conditions))
     datasets = [resolve_dataset(spec, d) for d in req.datasets or [d.id for d in spec.datasets]]  # ids or JSONL paths
     model_spec = resolve_model(spec, req.model_id)  # a spec id, or a model folder / Hub id of one's own
@@ -377,7 +386,8 @@ def _evaluate_datasets(run: DocumentEvaluator, spec, submission, model_spec, dat
         if req.shard:
             documents = documents[req.shard[0]::req.shard[1]]
         header = result_header(submission, spec, model_spec, ds, req.split, req.rhos, req.conditions,
-                               environment(req.device, run.dtype) | {"sandbox": run.sandbox, "batch_size": req.batch_size},
+                               environment(req.device, run.dtype)
+                               | {"sandbox": run.sandbox, "batch_size": req.batch_size},
                                slice={"docs": req.docs, "questions": req.questions}, tokenizer=run.tokenizer)
         path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, req.split, req.shard)
         result = ResultFile(path, header)

@@ -7,7 +7,8 @@ A refactoring that changes a number, a hash or a rendered byte fails here:
   to now, and the hash function itself is pinned on a fixed folder;
 - ``lorakv-bench leaderboard`` writes, into a temporary copy of the layout, exactly the committed
   ``leaderboard/README.md``, ``leaderboard/leaderboard.json``, ``leaderboard/leaderboard.csv``,
-  ``leaderboard/index.html`` and ``leaderboard/plots/*.svg``; the committed data files hold the committed page's ranking.
+  ``leaderboard/index.html`` and ``leaderboard/plots/*.svg``; the committed data files hold the committed
+  page's ranking.
 ``tests/test_conformance.py`` checks the same files with tolerances (what a submitter must meet);
 this file checks exact equality (what a refactoring must keep).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import cli, leaderboard
+from benchmark import leaderboard
 from benchmark.page import PAGE_HTML
 from benchmark.results import aggregate
 from benchmark.spec import load_spec
@@ -69,7 +70,8 @@ def test_submission_hash_function_pinned(tmp_path):
         "compressor: {press: 'my_press:MyPress', kwargs: {window: 4}}\n"
         "adapter:\n  recipe: qa\n  lora: {r: 4, alpha: 8}\n  train: {lr: 1.0e-3, epochs: 2}\n"
         "  per_model: {smollm2-135m: {lr: 2.0e-3}}\n")
-    (folder / "my_press.py").write_text("from dataclasses import dataclass\n\n\n@dataclass\nclass MyPress:\n    window: int = 4\n")
+    (folder / "my_press.py").write_text("from dataclasses import dataclass\n\n\n"
+                                        "@dataclass\nclass MyPress:\n    window: int = 4\n")
     (folder / "extra" / "blob.bin").write_bytes(bytes(range(256)))
     assert load_submission(folder).hash() == PINNED_HASH
 
