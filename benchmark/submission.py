@@ -24,8 +24,16 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import (BASE, DEFAULT_ADAPTER_HEADLINE, LoraSettings, Recipe, TrainSettings, active_conditions,
-                     train_blocks, train_for)
+from .config import (
+    BASE,
+    DEFAULT_ADAPTER_HEADLINE,
+    LoraSettings,
+    Recipe,
+    TrainSettings,
+    active_conditions,
+    train_blocks,
+    train_for,
+)
 from .paths import folder_files, stable_hash
 from .spec import SpecError, load_yaml
 

@@ -19,7 +19,11 @@ _started: dict[str, Future] = {}
 
 def pytest_collection_finish(session):
     """When a selected test reads the committed submissions' sandboxed check, start it now in a
-    thread: its process runs on the second core while the tests before it run on the first."""
+    thread: its process runs on the second core while the tests before it run on the first. Not
+    under pytest-xdist, where each worker collects every test but runs only some, and both cores
+    are busy: there the fixture runs the check in the worker that needs it."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return
     if any("committed_submission_problems" in getattr(item, "fixturenames", ()) for item in session.items):
         from benchmark.conformance import check_submissions_isolated
 
