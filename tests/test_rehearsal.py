@@ -264,9 +264,9 @@ def test_rehearsal_end_to_end(rehearsed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bf16 on CPU: a row's greedy answer can depend on the rows decoded with it "
-                   "(measured: verify re-ran 12 predictions at rho 0.8 and 1 differed, 'The Gull}.' vs 'Gull}.'); "
-                   "verify requires identical generations")
+@pytest.mark.xfail(strict=True, reason="bf16 on CPU: re-run whole in the run's batches, with the adapter loaded "
+                   "from the cache, adapter-scored plans and a generation still differ (docs/tiers.md, Rehearsal); "
+                   "verify requires identical plans and generations")
 def test_rehearsal_result_verifies(rehearsed):
     env, _, published, _ = rehearsed
     _cli(env, "verify", *map(str, published), "--seed", "0", "--sample", "1",
