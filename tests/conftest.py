@@ -1,5 +1,11 @@
 import os
-import shutil
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One thread per xdist worker, set before torch loads: the workers already fill the cores, and two
+    # threads each make the fast suite slower (244 s against 155 s on 2 cores), never faster.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import shutil  # noqa: E402
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
