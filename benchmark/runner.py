@@ -37,6 +37,7 @@ from .adapters import (
     build_examples,
     detach_adapter,
     direct_dora_lora_weight,
+    in_training_mode,
     training_diverged,
 )
 from .compression import evict_planned, kv_bytes, kv_entries, prefill
@@ -160,6 +161,10 @@ class DocumentRun:
             timings["adapter_s"] = time.perf_counter() - t0
 
         adapter_dir = self.store.path(adapter_info["key"]) if needs_adapter else None
+        live = in_training_mode(self.model)
+        if live:  # dropout would make the answers random
+            raise RuntimeError(f"{len(live)} modules of the model are in training mode before evaluation, "
+                               f"e.g. {live[0]}")
         try:
             with DoraCaching(), direct_dora_lora_weight():  # DoRA: weight norms once per adapter, not per forward
                 preds, plans = self._answer(doc, questions, rhos, conditions, timings, adapter_dir)

@@ -338,6 +338,37 @@ def test_bf16_adapter_is_cached_and_decodes_as_evaluated(tmp_path, qa_prompt, do
     assert info["cached"] and torch.equal(_logits(model, ids), trained)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_loaded_adapter_evaluates_without_dropout(tmp_path, qa_prompt, document, dtype):
+    """peft builds a new adapter's modules in training mode, LoRA dropout live. The paper tier's
+    recipes set dropout 0.1, so an adapter loaded from the cache (a second run, verify) or in the
+    sandbox (attach_saved) must leave the model in evaluation mode and give the trained adapter's
+    logits exactly, on every call."""
+    from benchmark.adapters import attach_saved, in_training_mode
+
+    recipe = Recipe("qa", LoraSettings(r=4, alpha=8, dropout=0.5, use_dora=True), RECIPE.train)
+    trained_model, tok = tiny_model("qwen2")
+    trained_model.to(dtype)
+    r = PromptRenderer(tok, qa_prompt)
+    view = document.training_view()
+    store = AdapterStore(tmp_path / "adapters")
+    key = adapter_key("tiny", view, recipe, "test-1.0")
+    ids = r.full_ids(document.text, "Where?")
+    store.attach(trained_model, "doc", key, recipe, lambda: build_examples(view, recipe, r), tok.pad_token_id,
+                 progress=False)
+    assert in_training_mode(trained_model) == []
+    trained = _logits(trained_model, ids)
+    for attach in ("cache", "sandbox"):
+        model, _ = tiny_model("qwen2")
+        model.to(dtype)
+        if attach == "cache":
+            assert store.attach(model, "doc", key, recipe, None, tok.pad_token_id, progress=False)["cached"]
+        else:
+            attach_saved(model, "doc", store.path(key), recipe)
+        assert in_training_mode(model) == [], attach
+        assert torch.equal(_logits(model, ids), trained) and torch.equal(_logits(model, ids), trained), attach
+
+
 def test_training_leaves_the_callers_rng_alone(qa_prompt, document):
     """Training seeds torch's RNG for itself only: the caller's stream continues where it was."""
     model, tok = tiny_model("llama")
