@@ -264,9 +264,6 @@ def test_rehearsal_end_to_end(rehearsed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bf16 on CPU: re-run whole in the run's batches, with the adapter loaded "
-                   "from the cache, adapter-scored plans and a generation still differ (docs/tiers.md, Rehearsal); "
-                   "verify requires identical plans and generations")
 def test_rehearsal_result_verifies(rehearsed):
     env, _, published, _ = rehearsed
     _cli(env, "verify", *map(str, published), "--seed", "0", "--sample", "1",
