@@ -59,7 +59,8 @@ def tiny_run(tmp_path, monkeypatch):
 def test_task_files_listed(task_manager):
     names = set(task_manager.all_tasks)
     assert {"lorakv", "lorakv_paper", "lorakv_mini_narrative", "lorakv_mini_health", "lorakv_narrativeqa",
-            "lorakv_longhealth"} <= names
+            "lorakv_longhealth", "lorakv_paper_rehearsal", "lorakv_rehearsal_narrativeqa",
+            "lorakv_rehearsal_longhealth"} <= names
 
 
 def test_rows_flatten_the_package_data(task_manager):
@@ -183,7 +184,7 @@ def test_every_task_generates_as_its_spec_says():
     from benchmark.spec import load_spec
 
     tasks = sorted(Path(TASK_DIR).glob("lorakv_*.yaml"))
-    assert len(tasks) == 4
+    assert len(tasks) == 6
     for path in tasks:
         task = yaml.safe_load(path.read_text())
         gen = load_spec(task["dataset_kwargs"]["lorakv_tier"]).generation
