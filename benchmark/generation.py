@@ -15,7 +15,7 @@ exactly zero attention weight, so a row's answer does not depend on what it is b
 
 The copying decode, which copies every row's cache into its own slot of one padded batch buffer,
 is :func:`_decode_batch_copy`: the reference the tests compare with and the other side of
-``benchmarks/decode_ab.py``'s A/B.
+``perf/decode_ab.py``'s A/B.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
 def _decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
     """The copying decode: every row's cache copied into its own slot of one buffer padded to the
     batch's longest cache, (batch, kv_heads, cache_len + q_len + max_new_tokens, head_dim) per layer.
-    The reference for the tests and for ``benchmarks/decode_ab.py --modes copy shared``."""
+    The reference for the tests and for ``perf/decode_ab.py --modes copy shared``."""
     device = model.device
     bsz = len(rows)
     n_layers = len(rows[0].kv)

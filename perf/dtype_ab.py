@@ -5,7 +5,7 @@ Each dtype loads the model anew and runs the runner's ``_answer`` on the same sl
 --train-steps, a few adapter training steps are timed too. On a shared machine, read the ratios
 rather than the absolute seconds.
 
-    python benchmarks/dtype_ab.py [--model qwen2.5-0.5b] [--docs 1] [--questions 4] [--rhos 0 0.9] [--train-steps 0]
+    python perf/dtype_ab.py [--model qwen2.5-0.5b] [--docs 1] [--questions 4] [--rhos 0 0.9] [--train-steps 0]
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ All three use the same tokens (kvpress's pipeline preprocessing), the same press
 decoding; (1) and (3) must give identical answers, which the script checks. Each method runs
 in its own process so its peak memory (max RSS) is its own.
 
-    python benchmarks/throughput.py [--docs 8] [--questions 8] [--rhos 0 0.5 0.75 0.9 0.95]
+    python perf/throughput.py [--docs 8] [--questions 8] [--rhos 0 0.5 0.75 0.9 0.95]
 """
 
 from __future__ import annotations

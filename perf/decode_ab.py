@@ -10,7 +10,7 @@ the reference of the ratios):
 The adapter is a short-trained one (--steps); the decode's cost does not depend on how well it
 was trained.
 
-    python benchmarks/decode_ab.py [--modes copy shared] [--model qwen2.5-0.5b] [--questions 4] [--repeats 2]
+    python perf/decode_ab.py [--modes copy shared] [--model qwen2.5-0.5b] [--questions 4] [--repeats 2]
         [--dtype float32]
 """
 

@@ -21,7 +21,7 @@ frozen, so the linear layers need input gradients only (1x their forward) and at
 forward; the LoRA weights' own FLOPs are left out (under 3% for r = 16 on the MLP). Scoring and
 eviction are not matmul-bound and get no FLOP figure.
 
-    python benchmarks/stages.py [--dataset mini-narrative] [--split dev] [--docs 1] [--questions N]
+    python perf/stages.py [--dataset mini-narrative] [--split dev] [--docs 1] [--questions N]
                                 [--model qwen2.5-0.5b] [--dtype float32|bfloat16] [--max-steps N]
                                 [--profile training|decoding]
 """

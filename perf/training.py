@@ -7,7 +7,7 @@ tree-shaped mask, without padding. Both ways compute the same loss
 and gradients (``tests/test_adapters.py``); this script measures what that saves and prints
 the final losses side by side.
 
-    python benchmarks/training.py [--submission submissions/snapkv] [--docs 1] [--model smollm2-135m]
+    python perf/training.py [--submission submissions/snapkv] [--docs 1] [--model smollm2-135m]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ training), the default model; the two ways alternate (peft, direct, peft, direct
 load on a shared machine hits both alike. It prints each way's median seconds per step, the
 ratio, and the largest difference between the two ways' losses (0 when the update is identical).
 
-    OMP_NUM_THREADS=2 python benchmarks/dora_step.py [--model qwen2.5-0.5b] [--steps 3] [--rounds 2]
+    OMP_NUM_THREADS=2 python perf/dora_step.py [--model qwen2.5-0.5b] [--steps 3] [--rounds 2]
 """
 
 from __future__ import annotations
