@@ -59,6 +59,12 @@ class SharedPrefix:
     keep: list[torch.Tensor | None]
 
 
+def shared_prefix(module) -> SharedPrefix | None:
+    """The compressed caches a decode over shared caches has handed this attention module for the
+    current batch (``generation.decode_batch_shared``); None outside such a decode."""
+    return getattr(module, "_lorakv_shared", None)
+
+
 def shared_prefix_attention(query, key, value, attention_mask, shared: SharedPrefix, scaling: float) -> torch.Tensor:
     """Exact attention of each row over [its shared cache's entries | its own tokens]: both score
     blocks are concatenated before one softmax. ``key``/``value`` (batch, kv_heads, own_len, head_dim)
@@ -100,7 +106,7 @@ def shared_prefix_attention(query, key, value, attention_mask, shared: SharedPre
 
 def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                        is_causal=None, **kwargs):
-    shared = getattr(module, "_lorakv_shared", None)
+    shared = shared_prefix(module)
     if shared is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return shared_prefix_attention(query, key, value, attention_mask, shared, scale), None

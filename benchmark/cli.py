@@ -475,7 +475,7 @@ def _record_prepared_sha256(name: str, out, actual: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .config import EXECUTORS, PAPER_DATASETS, RUN_DTYPES, SPLITS, TIERS
+    from .config import EXECUTORS, PAPER_DATASETS, REHEARSED_TIERS, RUN_DTYPES, SPLITS, TIERS
 
     p = argparse.ArgumentParser(prog="lorakv-bench", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -484,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="run the protocol for a submission",
                        description=f"{RHO_HELP}. Conditions: {_cond_help()}.")
     e.add_argument("submission", help="a submission folder, e.g. submissions/snapkv")
-    e.add_argument("--tier", default=TIERS[0],
-                   help="mini (default, CPU), paper, or paper-rehearsal (= paper --rehearse)")
+    rehearsals = ", ".join(f"{tier} (= {rehearsed} --rehearse)" for tier, rehearsed in REHEARSED_TIERS.items())
+    e.add_argument("--tier", default=TIERS[0], help=f"{TIERS[0]} (default, CPU), "
+                   + ", ".join(t for t in TIERS[1:] if t not in REHEARSED_TIERS) + f", or {rehearsals}")
     e.add_argument("--model", help="model id from the spec (default: the spec's default model), or a model of your "
                    "own: a local transformers folder (config.json, weights, tokenizer) or a Hugging Face Hub id "
                    "(ORG/NAME, where the Hub is reachable), run with the spec's data, prompt and generation")
@@ -512,9 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--worker-timeout", type=float, default=900.0, metavar="SECONDS",
                    help="time each request to the sandbox running a submission's own code (a press's plan, a "
                    "hook's QA pairs) may take (default 900)")
-    e.add_argument("--rehearse", action="store_true", help="with --tier paper: run the paper tier's rehearsal, its "
-                   "whole code path on a CPU with stand-in models and fixture documents (spec paper-rehearsal; see "
-                   "docs/tiers.md); its results are tier paper-rehearsal, never paper results")
+    e.add_argument("--rehearse", action="store_true", help="; ".join(
+        f"with --tier {rehearsed}: run the {rehearsed} tier's rehearsal, its whole code path on a CPU with stand-in "
+        f"models and fixture documents (spec {tier}; see docs/tiers.md); its results are tier {tier}, never "
+        f"{rehearsed} results" for tier, rehearsed in REHEARSED_TIERS.items()))
     e.add_argument("--dry-run", action="store_true", help="list the runs and their cost, run nothing")
     e.add_argument("--preset", help="paper experiment group (main, training-formats, compression-methods, "
                    "target-modules); submissions are looked up beside SUBMISSION")
@@ -599,7 +601,9 @@ def _uses_hub(args) -> bool:
     """prepare-data, the paper tier and ``--model ORG/NAME`` (a Hub id, no local folder) may
     download (weights, datasets): leave HF's offline mode to the user's environment there.
     Everything else (the mini tier, validation, the leaderboard) never needs a hub."""
-    if args.command == "prepare-data" or getattr(args, "tier", "mini") not in ("mini", "paper-rehearsal"):
+    from .config import REHEARSED_TIERS, TIERS
+
+    if args.command == "prepare-data" or getattr(args, "tier", TIERS[0]) not in (TIERS[0], *REHEARSED_TIERS):
         return True
     model = getattr(args, "model", None)
     return bool(model) and "/" in model and not Path(model).expanduser().exists()

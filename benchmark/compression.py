@@ -249,7 +249,9 @@ class DocumentScores:
         return self.by_rho[rho] if rho in self.by_rho else self.by_rho[None]
 
 
-def _language_model(model):
+def language_model(model):
+    """The decoder stack of a causal LM (``layers``, ``rotary_emb``): ``model.model``, or its
+    ``language_model`` in a multimodal model. Prefill runs it without the LM head."""
     inner = model.model
     return inner.language_model if hasattr(inner, "language_model") else inner
 
@@ -270,13 +272,13 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
     per_rho = press is not None and (headwise or score_depends_on_rho(press))
     score_keys = [] if gated else [r for r in rhos if (0 < r < 1 if headwise else r < 1)] if per_rho else [None]
     if gated:
-        press.score_val = [None] * len(_language_model(model).layers)
+        press.score_val = [None] * len(language_model(model).layers)
     cache = DynamicCache()
     hooks = []
     if press is not None and doc_end > doc_start:
         if hasattr(press, "post_init_from_model"):
             press.post_init_from_model(model)
-        lm = _language_model(model)
+        lm = language_model(model)
         for key in score_keys:
             scores.by_rho[key] = []
 
@@ -310,7 +312,7 @@ def prefill(model, input_ids: list[int], doc_span: tuple[int, int], press=None, 
     try:
         with restored_after_scoring(model, press if hooks else None):
             ids = torch.tensor([input_ids], device=model.device)
-            _language_model(model)(input_ids=ids, past_key_values=cache, use_cache=True)
+            language_model(model)(input_ids=ids, past_key_values=cache, use_cache=True)
     finally:
         for h in hooks:
             h.remove()
@@ -358,7 +360,7 @@ def restored_after_scoring(model, press):
     if press is None:
         yield
         return
-    lm = _language_model(model)
+    lm = language_model(model)
     layers = [layer.self_attn for layer in lm.layers]
     rotary = [getattr(attn, "rotary_emb", _MISSING) for attn in layers]
     ratio = getattr(press, "compression_ratio", _MISSING)

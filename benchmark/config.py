@@ -4,7 +4,9 @@ Reading a ``submission.yaml`` or a spec needs only these (and ``yaml`` / ``jsons
 training or model code, so ``benchmark.config`` and ``benchmark.submission`` import without torch
 or peft (``tests/test_config.py`` checks it in a fresh process). Each list of allowed values lives
 here once; where a JSON Schema repeats one as an ``enum``, ``tests/test_config.py`` checks they are
-equal. ``adapters.py`` and ``spec.py`` re-export these names, so their old imports keep working.
+equal. The condition names are not repeated: the schemas refer to ``$defs/condition``, which
+``benchmark.spec.load_schema`` fills in from :data:`CONDITIONS`. ``adapters.py`` and ``spec.py``
+re-export these names, so their old imports keep working.
 """
 
 from __future__ import annotations

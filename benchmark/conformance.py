@@ -983,11 +983,14 @@ def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
     at its rho, and its ``kv_bytes`` what ``compression.kv_bytes`` counts for them: a key and a value
     of head_dim elements per entry, in the dtype the model ran in. The shape of a spec model is the
     model's (``config.KV_SHAPES``), so neither is read off the file itself; a model of one's own has
-    no entry there, and its shape is the one the run derived from its config and recorded."""
+    no entry there, and its shape is the one the run derived from its config and recorded.
+    ``spec``: the spec of the file's tier (:func:`_result_spec`), which names the file's model unless
+    it is a model of one's own."""
     from .config import DTYPE_BYTES, KV_SHAPES
 
     model_id = data["model"]["id"]
-    if is_own_model(data, spec):  # derived from the model's config by the run (see is_own_model)
+    own = is_own_model(data, spec)
+    if own:  # derived from the model's config by the run (see is_own_model)
         shape = own_kv_shape(data["model"])
         if shape is None:
             return []  # reported by check_own_model
@@ -1001,9 +1004,9 @@ def check_kv_budget(path: Path, data: dict, spec=None) -> list[str]:
     dtype = data["environment"].get("dtype")
     per_entry = 2 * head_dim * DTYPE_BYTES[dtype] if dtype in run_dtypes(spec, model_id, data) else None
     scoring = _scoring(spec)
-    spec_model = next((m for m in spec.models if m.id == model_id), None) if spec is not None else None
-    prompt = None if spec is None else spec.prompt if spec_model is None else spec.prompt_for(spec_model)
-    no_context = prompt is not None and prompt.no_context is not None  # a model of one's own: the spec's prompt
+    # a model of one's own runs with the spec's prompt
+    prompt = None if spec is None else spec.prompt if own else spec.prompt_for(spec.model(model_id))
+    no_context = prompt is not None and prompt.no_context is not None
     docs = {d["doc_id"]: d for d in data["documents"]}
     problems, counts = [], {}
     for i, p in enumerate(data["predictions"]):

@@ -14,13 +14,14 @@ exactly zero attention weight, so a row's answer does not depend on what it is b
 (checked by the tests).
 
 The copying decode, which copies every row's cache into its own slot of one padded batch buffer,
-is :func:`_decode_batch_copy`: the reference the tests compare with and the other side of
-``benchmarks/decode_ab.py``'s A/B.
+is :func:`decode_batch_copy` (``greedy_decode(..., batch_decode=decode_batch_copy)``): the
+reference the tests compare with and the other side of ``perf/decode_ab.py``'s A/B.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -28,7 +29,7 @@ from transformers.cache_utils import DynamicLayer
 
 from . import attention
 from .attention import SharedPrefix
-from .compression import KV, _language_model
+from .compression import KV, language_model
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -57,6 +58,10 @@ class Row:
     suffix_ids: list[int]  # question + assistant header + answer prefix
 
 
+#: decodes one batch of rows: (model, tokenizer, rows, max_new_tokens, stop) -> one text per row
+BatchDecode = Callable[[object, object, list[Row], int, tuple[str, ...]], list[str]]
+
+
 def _stop_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
@@ -67,7 +72,7 @@ def _stop_ids(model, tokenizer) -> set[int]:
 
 @torch.no_grad()
 def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, stop: tuple[str, ...] = (),
-                  batch_size: int = 16) -> list[str]:
+                  batch_size: int = 16, batch_decode: BatchDecode | None = None) -> list[str]:
     """Decode every row greedily; returns the generated text of each (leading whitespace dropped),
     cut at the first stop string.
 
@@ -77,7 +82,9 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
     (the runner hands identical caches over as one object, e.g. rho = 0 under two scorers);
     rows are batched longest cache first, rows on one cache object next to each other, so that a
     batch holds few distinct caches; and a batch reads each distinct cache once, in place
-    (:func:`_decode_batch`)."""
+    (``batch_decode``, default :func:`decode_batch_shared`; :func:`decode_batch_copy` is the
+    copying reference)."""
+    batch_decode = batch_decode or decode_batch_shared
     unique: dict[tuple, int] = {}
     slot = [unique.setdefault((id(r.kv), r.position_offset, tuple(r.suffix_ids)), len(unique)) for r in rows]
     first = {}
@@ -91,19 +98,19 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
     texts: list[str] = [""] * len(todo)
     for i in range(0, len(order), batch_size):
         batch = order[i:i + batch_size]
-        for j, text in zip(batch, _decode_batch(model, tokenizer, [todo[j] for j in batch], max_new_tokens, stop)):
+        for j, text in zip(batch, batch_decode(model, tokenizer, [todo[j] for j in batch], max_new_tokens, stop)):
             texts[j] = text
     return [texts[s] for s in slot]
 
 
-def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+def decode_batch_shared(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
     """Decode one batch reading each distinct cache object once.
 
     Memory: the batch buffer (the model's cache) holds only the rows' own tokens, per layer
     (batch, kv_heads, q_len + max_new_tokens, head_dim); it does not grow with the caches' length.
     The compressed caches are read in place, one copy per distinct cache object however many rows
     read it (10 questions share each (rho, condition) cache in the runner), instead of one copy
-    per row padded to the batch's longest cache (:func:`_decode_batch_copy`)."""
+    per row padded to the batch's longest cache (:func:`decode_batch_copy`)."""
     if getattr(model.config, "_attn_implementation", None) != attention.NAME:
         # another attention function would ignore the shared caches and answer without them
         raise ValueError(f"decoding needs the model loaded with attn_implementation='{attention.NAME}' "
@@ -134,7 +141,7 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
         shared.append(SharedPrefix(bounds, [kv[layer][0][0] for kv in distinct], [kv[layer][1][0] for kv in distinct],
                                    keep))
 
-    attn_modules = [layer.self_attn for layer in _language_model(model).layers]
+    attn_modules = [layer.self_attn for layer in language_model(model).layers]
     for module, sp in zip(attn_modules, shared):
         module._lorakv_shared = sp
     try:
@@ -148,10 +155,10 @@ def _decode_batch(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: 
     return out
 
 
-def _decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+def decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
     """The copying decode: every row's cache copied into its own slot of one buffer padded to the
     batch's longest cache, (batch, kv_heads, cache_len + q_len + max_new_tokens, head_dim) per layer.
-    The reference for the tests and for ``benchmarks/decode_ab.py --modes copy shared``."""
+    The reference for the tests and for ``perf/decode_ab.py --modes copy shared``."""
     device = model.device
     bsz = len(rows)
     n_layers = len(rows[0].kv)
@@ -184,7 +191,7 @@ def _decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, s
                 if getattr(r.kv, "keep", None) is not None:
                     m[b, :, : r.kv.keep[layer].shape[-1]] = r.kv.keep[layer]
             head_keep.append(m)
-    attn_modules = [layer.self_attn for layer in _language_model(model).layers]
+    attn_modules = [layer.self_attn for layer in language_model(model).layers]
     for module, m in zip(attn_modules, head_keep or [None] * n_layers):
         module._lorakv_keep = m
     try:
@@ -198,7 +205,7 @@ def _decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, s
 def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: int, max_new_tokens: int,
                  stop: tuple[str, ...]) -> list[str]:
     """Greedy steps over ``cache``, which already holds ``cache_lens[b]`` entries of row b (right-
-    padded to their maximum; all 0 when the caches are shared beside it, see _decode_batch)."""
+    padded to their maximum; all 0 when the caches are shared beside it, see decode_batch_shared)."""
     device = model.device
     bsz = len(rows)
     cache_len = max(cache_lens)

@@ -66,3 +66,20 @@ def tiny_model(kind: str = "llama", seed: int = 0, **config):
         raise ValueError(kind)
     model.generation_config.eos_token_id = tok.eos_token_id
     return model.eval(), tok
+
+
+def load_tiny_model(model_spec=None, device: str | None = None, dtype: str | None = None):
+    """The tiny random llama (seeded: the same weights at every call) whatever model is asked for, on
+    ``device``, in ``dtype`` (float32 | bfloat16) when given: a ``load_model`` of
+    :class:`benchmark.evaluator.Loaders` for smoke runs of code that loads spec models (``perf/``'s
+    ``--tiny``)."""
+    from .config import RUN_DTYPES
+
+    model, tok = tiny_model("llama")
+    if dtype is not None:
+        if dtype not in RUN_DTYPES:
+            raise ValueError(f"dtype {dtype}: expected one of {', '.join(RUN_DTYPES)}")
+        model = model.to(getattr(torch, dtype))
+    if device is not None:
+        model = model.to(device)
+    return model, tok

@@ -110,6 +110,6 @@ print(f"identical (generation, kv_entries), knorm by name vs own code: "
       f"sandbox {b['environment']['sandbox']}")
 EOF
 
-run throughput "$PY" benchmarks/throughput.py --model "$MODEL" --docs "$DOCS" --questions 4 --rhos 0 0.5 0.9 \
+run throughput "$PY" perf/throughput.py --model "$MODEL" --docs "$DOCS" --questions 4 --rhos 0 0.5 0.9 \
   --methods kvpress ours
 log "done: $OUT"

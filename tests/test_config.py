@@ -1,5 +1,6 @@
 """Configuration is torch-free, and each list of allowed values is kept once: the JSON Schemas'
-enums equal the Python constants they repeat."""
+enums equal the Python constants they repeat, and the condition names, which the schema files leave
+out, come from config when a schema is loaded."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import config, metrics
-from benchmark.spec import SCHEMA_DIR
+from benchmark.spec import SCHEMA_DIR, SpecError, load_schema, validate_against
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def test_old_import_paths_still_work():
 
 
 def _at(schema: str, *path: str):
-    node = json.loads((SCHEMA_DIR / schema).read_text())
+    node = json.loads((SCHEMA_DIR / schema).read_text())  # the file as written
     for key in path:
         node = node[key]
     return node
@@ -50,7 +51,6 @@ ENUMS = [
     ("submission.schema.json", ("properties", "adapter", "properties", "recipe", "enum"), config.RECIPES),
     ("submission.schema.json", ("properties", "adapter", "properties", "lora", "properties", "init", "enum"),
      config.LORA_INITS),
-    ("submission.schema.json", ("properties", "headline_condition", "enum"), config.CONDITION_NAMES),
     ("submission.schema.json", ("$defs", "train", "properties", "qa_source", "enum"), config.QA_SOURCES),
     ("submission.schema.json", ("$defs", "train", "properties", "schedule", "enum"), config.SCHEDULES),
     ("submission.schema.json", ("$defs", "train", "properties", "qa_format", "enum"), config.QA_FORMATS),
@@ -60,18 +60,52 @@ ENUMS = [
     ("submission.schema.json", ("$defs", "train", "properties", "early_stop", "enum"), config.EARLY_STOPS),
     ("submission.schema.json", ("$defs", "train", "properties", "chunk_next_data", "enum"), config.CHUNK_NEXT_DATA),
     ("spec.schema.json", ("properties", "tier", "enum"), config.TIERS),
-    ("spec.schema.json", ("properties", "conditions", "items", "enum"), config.CONDITION_NAMES),
     ("spec.schema.json", ("properties", "budget", "enum"), config.BUDGETS),
     ("spec.schema.json", ("properties", "metric", "properties", "normalization", "enum"), tuple(metrics.SCORERS)),
     ("spec.schema.json", ("properties", "metric", "properties", "extraction", "enum"), tuple(metrics.EXTRACTORS)),
     ("result.schema.json", ("properties", "tier", "enum"), config.TIERS),
-    ("result.schema.json", ("$defs", "condition", "enum"), config.CONDITION_NAMES),
 ]
 
 
 @pytest.mark.parametrize("schema, path, constant", ENUMS, ids=[f"{s}:{p[-2]}" for s, p, _ in ENUMS])
 def test_schema_enum_equals_python_constant(schema, path, constant):
     assert tuple(_at(schema, *path)) == tuple(constant)
+
+
+CONDITION_SCHEMAS = ["spec.schema.json", "submission.schema.json", "result.schema.json"]
+
+
+@pytest.mark.parametrize("schema", CONDITION_SCHEMAS)
+def test_schema_files_name_no_condition_and_loading_fills_them_from_config(schema):
+    text = (SCHEMA_DIR / schema).read_text()
+    assert not [c for c in config.CONDITION_NAMES if f'"{c}"' in text], f"{schema} spells a condition name"
+    assert "enum" not in _at(schema, "$defs", "condition")
+    assert load_schema(schema)["$defs"]["condition"]["enum"] == list(config.CONDITIONS)
+
+
+def _with_condition(schema: str, name: str):
+    """A document of ``schema`` that names the condition ``name``, built from a committed file."""
+    from benchmark.spec import load_yaml
+
+    if schema == "spec.schema.json":
+        raw = load_yaml(ROOT / "benchmark" / "specs" / "mini.yaml", schema)
+        return raw | {"conditions": [name]}, "conditions/0"
+    if schema == "submission.schema.json":
+        raw = load_yaml(ROOT / "submissions" / "snapkv" / "submission.yaml", schema)
+        return raw | {"headline_condition": name}, "headline_condition"
+    path = next((ROOT / "leaderboard" / "results").rglob("*.json"))
+    raw = json.loads(path.read_text())
+    return raw | {"conditions": [name]}, "conditions/0"
+
+
+@pytest.mark.parametrize("schema", CONDITION_SCHEMAS)
+def test_every_condition_of_config_passes_and_another_name_fails_naming_file_and_field(schema):
+    for name in config.CONDITION_NAMES:
+        validate_against(schema, _with_condition(schema, name)[0], "doc.yaml")
+    bad, field = _with_condition(schema, "adapter_only")
+    with pytest.raises(SpecError) as err:
+        validate_against(schema, bad, "doc.yaml")
+    assert f"doc.yaml: field '{field}': 'adapter_only' is not one of" in str(err.value)
 
 
 def test_objectives_are_the_recipes_that_train():

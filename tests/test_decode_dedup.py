@@ -30,21 +30,21 @@ def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
     order, each row's cache copied into the batch buffer."""
     out = []
     for i in range(0, len(rows), batch_size):
-        out.extend(G._decode_batch_copy(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
+        out.extend(G.decode_batch_copy(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
     return out
 
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Rows that reach the model, per _decode_batch call."""
+    """Rows that reach the model, per decode_batch_shared call."""
     seen = []
-    real = G._decode_batch
+    real = G.decode_batch_shared
 
     def spy(model, tok, rows, *a):
         seen.append(len(rows))
         return real(model, tok, rows, *a)
 
-    monkeypatch.setattr(G, "_decode_batch", spy)
+    monkeypatch.setattr(G, "decode_batch_shared", spy)
     return seen
 
 

@@ -56,15 +56,15 @@ def _first_logits(model, fn, *args):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_shared_decode_equals_the_copying_decode(name, qa_prompt, document, monkeypatch):
+def test_shared_decode_equals_the_copying_decode(name, qa_prompt, document):
     kind, config = MODELS[name]
     model, tok = tiny_model(kind, **config)
     caches = _caches(model, tok, qa_prompt, document)
 
     # one batch, rows grouped by cache (the order the shared decode uses, so logits line up row for row)
     grouped = [Row(kv, offset, s) for kv, offset, suffixes in caches for s in suffixes]
-    shared, shared_logits = _first_logits(model, G._decode_batch, model, tok, grouped, 8, ())
-    copied, copied_logits = _first_logits(model, G._decode_batch_copy, model, tok, grouped, 8, ())
+    shared, shared_logits = _first_logits(model, G.decode_batch_shared, model, tok, grouped, 8, ())
+    copied, copied_logits = _first_logits(model, G.decode_batch_copy, model, tok, grouped, 8, ())
     assert shared == copied
     assert torch.isfinite(shared_logits).all()
     torch.testing.assert_close(shared_logits, copied_logits, rtol=0, atol=1e-5)
@@ -75,8 +75,7 @@ def test_shared_decode_equals_the_copying_decode(name, qa_prompt, document, monk
     mixed = [Row(kv, offset, s) for i in range(3) for kv, offset, suffixes in caches
              for s in suffixes[i:i + 1]]
     got = greedy_decode(model, tok, mixed, max_new_tokens=8, batch_size=5)
-    monkeypatch.setattr(G, "_decode_batch", G._decode_batch_copy)
-    assert got == greedy_decode(model, tok, mixed, max_new_tokens=8, batch_size=5)
+    assert got == greedy_decode(model, tok, mixed, max_new_tokens=8, batch_size=5, batch_decode=G.decode_batch_copy)
 
 
 def test_each_distinct_cache_is_stored_once(qa_prompt, document, monkeypatch):

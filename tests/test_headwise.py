@@ -147,7 +147,7 @@ def test_replay_presses_replay_the_document_only_and_keep_rhos_budget(name, laye
 def test_every_document_entry_gets_a_replay_score(name):
     from transformers import DynamicCache
 
-    from benchmark.compression import _language_model
+    from benchmark.compression import language_model
     from benchmark.replay import replay_scores
 
     model, tok = tiny_model("llama")
@@ -156,7 +156,7 @@ def test_every_document_entry_gets_a_replay_score(name):
     cache = DynamicCache()
     for i, (k, v) in enumerate(kv):
         cache.update(k, v, i)
-    lm = _language_model(model)
+    lm = language_model(model)
     for layer in lm.layers:
         layer.self_attn.rotary_emb = lm.rotary_emb
     s = replay_scores(model, tok, cache, ids, span, build_compressor(name))

@@ -10,7 +10,7 @@ MAP = README[README.index("## Where things are"):README.index("## Common command
 
 FILES = sorted([p.name for p in (ROOT / "benchmark").glob("*.py") if p.name != "__init__.py"]
                + [p.name for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh")]
-               + [p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "__init__.py"]
+               + [p.name for p in (ROOT / "perf").glob("*.py") if p.name != "__init__.py"]
                + [p.name for p in (ROOT / "docs").glob("*.md")])
 
 

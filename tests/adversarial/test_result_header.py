@@ -140,6 +140,8 @@ ATTACKS = {
     "device": (_set("environment", "device", "tpu" + INJECTED), "environment/device"),
     "version": (_set("environment", "torch", "2.13" + INJECTED), "environment/torch"),
     "threads": (_set("environment", "torch_threads", 0), "environment/torch_threads"),
+    **{f"batch-size-{value!r}": (_set("environment", "batch_size", value), "environment/batch_size")
+       for value in (0, -3, "64", 2.5, True, None)},
     "missing-dtype": (lambda d: d["environment"].pop("dtype"), "environment/dtype"),
     "other-press": (_set("submission", "compressor", {"press": "SnapKVPress"}), "submission/compressor"),
     "hook-added": (_add_hook, "submission/adapter"),
@@ -168,6 +170,12 @@ def test_header_attack_is_refused_naming_file_and_field(result, tmp_path, attack
     hits = [p for p in problems if f"field '{field}'" in p]
     assert hits, problems
     assert all(str(path) in p and "\n" not in p for p in hits)
+
+
+def test_a_positive_batch_size_conforms(result, tmp_path):
+    """The bad ``environment/batch_size`` values above are refused for their value, not the field."""
+    path = tampered(result, tmp_path, _set("environment", "batch_size", 64))
+    assert check_result_file(path, submissions_dir=result[1]) == []
 
 
 def test_diverged_adapter_is_listed_not_refused(result, tmp_path):

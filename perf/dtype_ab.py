@@ -1,11 +1,12 @@
 """bf16 against fp32 on CPU: speed of the model's matmuls and of the runner's stages, and whether
 the answers survive (generations and ROUGE-L of the ``base`` condition).
 
-Each dtype loads the model anew and runs the runner's ``_answer`` on the same slice; with
---train-steps, a few adapter training steps are timed too. On a shared machine, read the ratios
-rather than the absolute seconds.
+Each dtype loads the model anew and evaluates the same slice (``DocumentRun.evaluate``, the
+``base`` condition); with --train-steps, a few adapter training steps are timed too. On a shared
+machine, read the ratios rather than the absolute seconds.
 
-    python benchmarks/dtype_ab.py [--model qwen2.5-0.5b] [--docs 1] [--questions 4] [--rhos 0 0.9] [--train-steps 0]
+    python perf/dtype_ab.py [--model qwen2.5-0.5b] [--docs 1] [--questions 4] [--rhos 0 0.9] [--train-steps 0]
+        [--tiny]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ set_offline()
 
 
 def linear_rate(dtype, rows: int, out_f: int = 4864, in_f: int = 896, reps: int = 3) -> float:
-    """GFLOP/s of F.linear shaped like Qwen2.5-0.5B's MLP up-projection."""
+    """GFLOP/s of F.linear, by default shaped like Qwen2.5-0.5B's MLP up-projection."""
     import torch
 
     w, x = torch.randn(out_f, in_f).to(dtype), torch.randn(rows, in_f).to(dtype)
@@ -33,7 +34,7 @@ def linear_rate(dtype, rows: int, out_f: int = 4864, in_f: int = 896, reps: int 
     return 2 * rows * in_f * out_f / best / 1e9
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--submission", default="submissions/snapkv")
     ap.add_argument("--model")
@@ -44,7 +45,9 @@ def main() -> None:
     ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.9])
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model (benchmark.tiny) in place of the "
+                    "spec's, and matmuls of its size: a smoke run of the script")
+    args = ap.parse_args(argv)
 
     import torch
     from tabulate import tabulate
@@ -52,14 +55,18 @@ def main() -> None:
     from benchmark.adapters import build_examples, detach_adapter, train_adapter
     from benchmark.config import EvalRequest
     from benchmark.datasets import load_split, resolve_dataset
+    from benchmark.evaluator import LOADERS, Loaders
     from benchmark.runner import open_run
     from benchmark.spec import load_spec
     from benchmark.submission import load_submission
+    from benchmark.tiny import load_tiny_model
 
+    out_f, in_f = (128, 64) if args.tiny else (4864, 896)
     for rows in (48, 512):
-        rates = {dt: linear_rate(getattr(torch, dt), rows) for dt in args.dtypes}
-        print(f"F.linear {rows}x896 -> 4864, {torch.get_num_threads()} threads: "
+        rates = {dt: linear_rate(getattr(torch, dt), rows, out_f, in_f) for dt in args.dtypes}
+        print(f"F.linear {rows}x{in_f} -> {out_f}, {torch.get_num_threads()} threads: "
               + ", ".join(f"{dt} {r:.1f} GFLOP/s" for dt, r in rates.items()), flush=True)
+    loaders = Loaders(load_model=load_tiny_model) if args.tiny else LOADERS
     spec = load_spec("mini")
     sub = load_submission(args.submission)
     ds = resolve_dataset(spec, args.dataset or spec.datasets[0].id)
@@ -67,14 +74,14 @@ def main() -> None:
     res = {}
     for dt in args.dtypes:
         run = open_run(spec, sub, EvalRequest(submission=args.submission, model_id=args.model, device="cpu", dtype=dt,
-                                              progress=False))
+                                              progress=False), loaders=loaders)
         t = {"prefill_s": 0.0, "evict_s": 0.0, "decode_s": 0.0}
         preds = []
         for doc in docs:
-            timings = {}
-            preds += run._answer(doc, list(doc.questions)[: args.questions], sorted(args.rhos), ["base"], timings)
+            record, got = run.evaluate(doc, sorted(args.rhos), ["base"], list(doc.questions)[: args.questions])
+            preds += got
             for k in t:
-                t[k] += timings[k]
+                t[k] += record["timings"][k]
         if args.train_steps:
             recipe = run.submission.recipe
             recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, max_steps=args.train_steps))
@@ -83,11 +90,12 @@ def main() -> None:
             detach_adapter(run.model, "ab")
             t["train_step_s"] = info["seconds"] / info["steps"]
         res[dt] = (t, {(p["doc_id"], p["rho"], p["question_id"]): p for p in preds})
-        print(dt, {k: round(v, 1) for k, v in t.items()}, flush=True)
+        print(dt, {k: round(v, 3) for k, v in t.items()}, flush=True)
+        run.close()
         del run
     if len(args.dtypes) == 2:
         (a, (ta, pa)), (b, (tb, pb)) = res.items()
-        rows = [[k, f"{ta[k]:.1f}", f"{tb[k]:.1f}", f"{ta[k] / tb[k]:.2f}"] for k in ta]
+        rows = [[k, f"{ta[k]:.3f}", f"{tb[k]:.3f}", f"{ta[k] / tb[k]:.2f}"] for k in ta]
         print(tabulate(rows, headers=["stage", f"{a} s", f"{b} s", f"{a}/{b}"], tablefmt="github"))
         same = sum(pa[k]["generation"] == pb[k]["generation"] for k in pa)
         print(f"generations identical: {same}/{len(pa)}")

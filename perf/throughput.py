@@ -8,9 +8,9 @@
 
 All three use the same tokens (kvpress's pipeline preprocessing), the same press and greedy
 decoding; (1) and (3) must give identical answers, which the script checks. Each method runs
-in its own process so its peak memory (max RSS) is its own.
+in its own process so its peak memory (max RSS) is its own (unless --in-process).
 
-    python benchmarks/throughput.py [--docs 8] [--questions 8] [--rhos 0 0.5 0.75 0.9 0.95]
+    python perf/throughput.py [--docs 8] [--questions 8] [--rhos 0 0.5 0.75 0.9 0.95] [--tiny] [--in-process]
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ def _setup(args):
     from benchmark.datasets import load_split
     from benchmark.models import load_model
     from benchmark.spec import load_spec
+    from benchmark.tiny import load_tiny_model
 
     spec = load_spec("mini")
-    model, tok = load_model(spec.model(args.model), "cpu")
+    model, tok = (load_tiny_model if args.tiny else load_model)(spec.model(args.model), "cpu")
     pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tok, device="cpu")
     docs = []
     for ds in spec.datasets:
@@ -103,7 +104,7 @@ def run_method(method: str, args) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=8, help="documents per mini dataset")
     ap.add_argument("--questions", type=int, default=8)
@@ -112,8 +113,12 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--model")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    ap.add_argument("--in-process", action="store_true", help="run the methods one after another in this "
+                    "process (quicker to start; peak RSS is then the process's so far, not each method's own)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(run_method(args.worker, args)))
         return
@@ -121,17 +126,11 @@ def main() -> None:
 
     results = {}
     for m in args.methods:
-        argv = [sys.executable, __file__, "--worker", m, "--docs", str(args.docs), "--questions", str(args.questions),
-                "--max-new-tokens", str(args.max_new_tokens), "--rhos", *map(str, args.rhos)]
-        if args.model:
-            argv += ["--model", args.model]
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # the worker's progress goes to our stderr
-        if proc.returncode:
-            sys.exit(f"{m} failed (exit {proc.returncode}); its error is above")
-        results[m] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[m] = run_method(m, args) if args.in_process else _in_worker(m, args)
         print(f"{m}: {results[m]['wall_s']:.1f} s", file=sys.stderr)
-    rows = [[m, f"{r['wall_s']:.1f}", r["prefills"], r["decoded_tokens"], f"{r['decoded_tokens'] / r['wall_s']:.1f}",
-             f"{r['peak_rss_mb']:.0f}"] for m, r in results.items()]
+    digits = 3 if args.tiny else 1  # a tiny model's runs take milliseconds
+    rows = [[m, f"{r['wall_s']:.{digits}f}", r["prefills"], r["decoded_tokens"],
+             f"{r['decoded_tokens'] / r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f}"] for m, r in results.items()]
     print(tabulate(rows, headers=["method", "wall s", "prefills", "decoded tokens", "tokens/s", "peak RSS MB"],
                    tablefmt="github"))
     if "ours" in results:
@@ -146,6 +145,18 @@ def main() -> None:
             print(f"  differs {k}: kvpress={a[k]!r} ours={b.get(k)!r}")
         if same != len(a):
             sys.exit(1)
+
+
+def _in_worker(method: str, args) -> dict:
+    """``run_method`` in a process of its own."""
+    argv = [sys.executable, __file__, "--worker", method, "--docs", str(args.docs), "--questions", str(args.questions),
+            "--max-new-tokens", str(args.max_new_tokens), "--rhos", *map(str, args.rhos)]
+    argv += ["--model", args.model] if args.model else []
+    argv += ["--tiny"] if args.tiny else []
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # the worker's progress goes to our stderr
+    if proc.returncode:
+        sys.exit(f"{method} failed (exit {proc.returncode}); its error is above")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ training), the default model; the two ways alternate (peft, direct, peft, direct
 load on a shared machine hits both alike. It prints each way's median seconds per step, the
 ratio, and the largest difference between the two ways' losses (0 when the update is identical).
 
-    OMP_NUM_THREADS=2 python benchmarks/dora_step.py [--model qwen2.5-0.5b] [--steps 3] [--rounds 2]
+    OMP_NUM_THREADS=2 python perf/dora_step.py [--model qwen2.5-0.5b] [--steps 3] [--rounds 2] [--tiny]
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from benchmark.paths import set_offline  # before transformers is imported
 set_offline()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--submission", default="submissions/snapkv")
     ap.add_argument("--model", help="a model id of the mini spec (default: the spec's default)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round and way")
     ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    args = ap.parse_args(argv)
 
     import torch
 
@@ -35,10 +37,11 @@ def main() -> None:
     from benchmark.runner import model_key
     from benchmark.spec import load_spec
     from benchmark.submission import load_submission
+    from benchmark.tiny import load_tiny_model
 
     spec = load_spec("mini")
     m = spec.model(args.model)
-    model, tok = load_model(m)
+    model, tok = (load_tiny_model if args.tiny else load_model)(m)
     sub = load_submission(args.submission).for_model(m.id)
     renderer = PromptRenderer(tok, spec.prompt_for(m))
     doc = load_split(spec.datasets[0].dev)[0]
@@ -71,9 +74,11 @@ def main() -> None:
                 losses[way].add(loss)
     peft_s, direct_s = statistics.median(times["peft"]), statistics.median(times["direct"])
     diff = max(abs(a - b) for a in losses["peft"] for b in losses["direct"])
-    print(f"model {m.id}, {len(batch)} examples, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"seconds per step (forward + backward, median of {len(times['peft'])}): peft {peft_s:.2f}, "
-          f"direct {direct_s:.2f}, ratio {peft_s / direct_s:.2f}x; largest loss difference {diff:.2e}")
+    model_name = "tiny (random)" if args.tiny else m.id
+    print(f"model {model_name}, {len(batch)} examples, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    digits = 4 if args.tiny else 2  # a tiny model's steps take milliseconds
+    print(f"seconds per step (forward + backward, median of {len(times['peft'])}): peft {peft_s:.{digits}f}, "
+          f"direct {direct_s:.{digits}f}, ratio {peft_s / direct_s:.2f}x; largest loss difference {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -3,22 +3,27 @@ shared machine hits every mode alike. Answers must be identical. Modes (``--mode
 the reference of the ratios):
 
 * ``plain``: every row, batches in row order, each row's cache copied into the batch buffer
-* ``copy``: ``greedy_decode`` (identical rows once, longest cache first) with that copying batch
-  decode (``generation._decode_batch_copy``)
+* ``copy``: ``greedy_decode`` (identical rows once, longest cache first) with the copying batch
+  decode (``batch_decode=generation.decode_batch_copy``)
 * ``shared``: ``greedy_decode`` as it is: each distinct cache read once per batch, in place
 
-The adapter is a short-trained one (--steps); the decode's cost does not depend on how well it
-was trained.
+Each (repeat, mode) is one ``DocumentRun.evaluate`` of the document: the runner's whole path, with
+the decode of the mode in place of ``greedy_decode``. The adapter is a short-trained one (--steps),
+trained at the first evaluation and loaded from a temporary store after; the decode's cost does
+not depend on how well it was trained.
 
-    python benchmarks/decode_ab.py [--modes copy shared] [--model qwen2.5-0.5b] [--questions 4] [--repeats 2]
-        [--dtype float32]
+    python perf/decode_ab.py [--modes copy shared] [--model qwen2.5-0.5b] [--questions 4] [--repeats 2]
+        [--dtype float32] [--tiny]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
+import tempfile
+from pathlib import Path
 
 from benchmark.paths import set_offline  # before transformers is imported
 
@@ -26,34 +31,23 @@ set_offline()
 
 
 def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
-    from benchmark.generation import _decode_batch_copy
+    from benchmark.generation import decode_batch_copy
 
     out = []
     for i in range(0, len(rows), batch_size):
-        out.extend(_decode_batch_copy(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
+        out.extend(decode_batch_copy(model, tok, rows[i:i + batch_size], max_new_tokens, stop))
     return out
 
 
 def decoder(mode: str):
-    """A greedy_decode stand-in for the runner that decodes the ``mode`` way."""
-    from benchmark import generation
+    """A stand-in for the runner's ``greedy_decode`` that decodes the ``mode`` way."""
+    from benchmark.generation import decode_batch_copy, greedy_decode
 
-    if mode == "plain":
-        return plain_decode
-    batch = {"copy": generation._decode_batch_copy, "shared": generation._decode_batch}[mode]
-
-    def decode(*args, **kwargs):
-        real = generation._decode_batch
-        generation._decode_batch = batch  # greedy_decode looks it up at every call
-        try:
-            return generation.greedy_decode(*args, **kwargs)
-        finally:
-            generation._decode_batch = real
-
-    return decode
+    return {"plain": plain_decode, "copy": functools.partial(greedy_decode, batch_decode=decode_batch_copy),
+            "shared": greedy_decode}[mode]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modes", nargs="+", choices=["plain", "copy", "shared"], default=["copy", "shared"],
                     help="decodes to time, interleaved; the first is the reference (default: copy shared)")
@@ -66,52 +60,53 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2, help="adapter training steps")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"])
-    args = ap.parse_args()
-
-    from peft.helpers import DoraCaching
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    args = ap.parse_args(argv)
 
     from benchmark import runner
-    from benchmark.adapters import build_examples, detach_adapter, train_adapter
+    from benchmark.adapters import AdapterStore
     from benchmark.config import EvalRequest
     from benchmark.datasets import load_split, resolve_dataset
+    from benchmark.evaluator import LOADERS, Loaders
     from benchmark.spec import load_spec
     from benchmark.submission import load_submission
+    from benchmark.tiny import load_tiny_model
 
     spec = load_spec("mini")
     sub = load_submission(args.submission)
     sub = dataclasses.replace(sub, recipe=dataclasses.replace(
         sub.recipe, train=dataclasses.replace(sub.recipe.train, max_steps=args.steps)))
+    loaders = Loaders(load_model=load_tiny_model) if args.tiny else LOADERS
     run = runner.open_run(spec, sub, EvalRequest(submission=args.submission, model_id=args.model, device="cpu",
-                                                 dtype=args.dtype, progress=False))
+                                                 dtype=args.dtype, progress=False), loaders=loaders)
     ds = resolve_dataset(spec, args.dataset or spec.datasets[0].id)
     doc = load_split(ds.split(args.split))[0]
     qs = list(doc.questions)[: args.questions]
     rhos = sorted(args.rhos or spec.rhos)
-    examples = build_examples(doc.training_view(), run.submission.recipe, run.renderer, run.model, run.model_key)
-    train_adapter(run.model, "ab", examples, run.submission.recipe, run.tokenizer.pad_token_id, progress=False)
     real = runner.greedy_decode
     modes = list(dict.fromkeys(args.modes))
     times = {m: [] for m in modes}
     preds = {}
-    try:
-        with DoraCaching():
+    with tempfile.TemporaryDirectory() as store, run:
+        run.store = AdapterStore(Path(store))  # trained here once, whatever the cache holds
+        try:
             for rep in range(args.repeats):
                 for name in modes:
-                    runner.greedy_decode = decoder(name)
-                    timings = {}
-                    out = run._answer(doc, qs, rhos, list(spec.conditions), timings)
-                    times[name].append(timings["decode_s"])
+                    runner.greedy_decode = decoder(name)  # the name the runner decodes with
+                    record, out = run.evaluate(doc, rhos, list(spec.conditions), qs)
+                    times[name].append(record["timings"]["decode_s"])
                     preds.setdefault(name, sorted((p["rho"], p["condition"], p["question_id"], p["generation"])
                                                   for p in out))
-                    print(f"repeat {rep} {name}: decode {timings['decode_s']:.1f} s", file=sys.stderr, flush=True)
-    finally:
-        runner.greedy_decode = real
-        detach_adapter(run.model, "ab")
+                    print(f"repeat {rep} {name}: decode {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            runner.greedy_decode = real
     ref = modes[0]
+    model_name = "tiny (random)" if args.tiny else spec.model(args.model).id
     print(f"{len(qs)} questions x rhos {rhos} x {len(spec.conditions)} conditions = {len(preds[ref])} rows; "
-          f"model {spec.model(args.model).id} ({str(run.model.dtype).removeprefix('torch.')})")
+          f"model {model_name} ({str(run.model.dtype).removeprefix('torch.')})")
     for name in modes:
-        print(f"{name}: decode s per repeat {[round(t, 1) for t in times[name]]}")
+        print(f"{name}: decode s per repeat {[round(t, 3) for t in times[name]]}")
     ok = True
     for name in modes[1:]:
         ratios = [a / b for a, b in zip(times[ref], times[name])]
