@@ -441,7 +441,7 @@ def direct_dora_lora_weight():
     (d_in = 4864) that allocates and fills a 4864 x 4864 identity, 24 times per forward. The
     product is the same matrix (outputs and gradients equal peft's on a tiny model:
     ``tests/test_adapters.py``) at a 20-25x lower cost per layer (a one-layer timing in
-    ``docs/performance.md``; ``benchmarks/dora_step.py`` times whole steps). Layers whose A or B is
+    ``docs/performance.md``; ``perf/dora_step.py`` times whole steps). Layers whose A or B is
     not a plain ``nn.Linear`` keep peft's way. peft's method is restored on exit."""
     from peft.tuners.lora import dora
 
