@@ -75,3 +75,19 @@ def test_lm_eval_script_without_extra_is_one_line_error(monkeypatch, capsys):
     assert lm_eval_main() == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'lm-eval' extra" in err
+
+
+def test_every_data_file_of_the_package_ships_in_the_wheel():
+    """Each tracked non-Python file under benchmark/ (specs, schemas, the shipped data, task YAMLs)
+    matches a package-data pattern, so an installed wheel has what a checkout has."""
+    import subprocess
+
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["benchmark"]
+    tracked = subprocess.run(["git", "ls-files", "benchmark"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    data = {f.removeprefix("benchmark/") for f in tracked if not f.endswith(".py")}
+    assert data, "git ls-files found no data files"
+    shipped = {q.relative_to(ROOT / "benchmark").as_posix() for p in patterns for q in (ROOT / "benchmark").glob(p)}
+    assert sorted(data - shipped) == []
