@@ -255,3 +255,15 @@ def test_the_real_loaders_pickle_as_references_for_ray_tasks():
     from benchmark.models import load_model
 
     assert pickle.loads(pickle.dumps(LOADERS)) == LOADERS and LOADERS.load_model is load_model
+
+
+def test_a_model_left_in_training_mode_is_refused(tmp_path, qa_prompt, document, monkeypatch):
+    """Dropout live in evaluation would make the answers random: the runner stops, naming a module."""
+    monkeypatch.setenv("LORAKV_CACHE", str(tmp_path / "cache"))
+    run = make_run(tmp_path, qa_prompt, recipe="none")
+    run.model.model.layers[1].mlp.train()
+    with pytest.raises(RuntimeError, match=r"in training mode before evaluation, e\.g\. model\.layers\.1\.mlp"):
+        run.evaluate(document, [0.5], ["base"])
+    run.model.eval()
+    _, preds = run.evaluate(document, [0.5], ["base"], document.questions[:1])
+    assert len(preds) == 1
