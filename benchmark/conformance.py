@@ -51,8 +51,9 @@ CONFORMANCE_TRAIN_QA = (("Where did Maren open her bakery?", "Tollervik"), ("Who
 # ============================================================== submissions
 
 
-def check_submission(path: str | Path) -> list[str]:
-    """Problems with ``submissions/<name>`` (or a submission.yaml); empty = conformant."""
+def check_submission(path: str | Path, compressors_checked: dict | None = None) -> list[str]:
+    """Problems with ``submissions/<name>`` (or a submission.yaml); empty = conformant.
+    ``compressors_checked`` (see :func:`check_submissions`) holds the compressor checks already run."""
     from .spec import SpecError
     from .submission import load_submission
 
@@ -65,8 +66,16 @@ def check_submission(path: str | Path) -> list[str]:
     except (TypeError, ValueError) as exc:  # e.g. settings the schema lets through but the dataclasses refuse
         return [f"{yml}: field 'adapter': {type(exc).__name__}: {exc}"]
     problems = _check_recipe(sub, yml)
-    problems += _check_compressor(sub, yml)
+    problems += _check_compressor(sub, yml, compressors_checked)
     return problems
+
+
+def check_submissions(paths) -> list[list[str]]:
+    """:func:`check_submission` of each path. A press named from kvpress or the harness (not
+    submission code) with the same settings as an earlier submission's is checked once: its checks
+    read nothing else of the submission, and their problems are reported under each one's file."""
+    checked: dict[str, tuple[Path, list[str]]] = {}
+    return [check_submission(p, checked) for p in paths]
 
 
 #: The checks ``validate -v`` lists, in the order they run (tests/test_conformance.py keeps these
@@ -278,7 +287,21 @@ def _check_hook(recipe, yml: Path) -> list[str]:
     return []
 
 
-def _check_compressor(sub, yml: Path) -> list[str]:
+def _check_compressor(sub, yml: Path, checked: dict | None = None) -> list[str]:
+    """The compressor contract on the tiny models; with ``checked`` (settings -> (file, problems)),
+    a press that is not submission code and was checked with the same settings is not run again."""
+    if checked is None or sub.press_is_code:
+        return _check_compressor_on_tiny(sub, yml)
+    import json
+
+    key = json.dumps(sub.compressor_cfg, sort_keys=True)
+    if key not in checked:
+        checked[key] = (yml, _check_compressor_on_tiny(sub, yml))
+    first, problems = checked[key]
+    return [str(yml) + p[len(str(first)):] if p.startswith(str(first)) else p for p in problems]
+
+
+def _check_compressor_on_tiny(sub, yml: Path) -> list[str]:
     cfg = sub.compressor_cfg
     desc = f"'{cfg['press']}'" + (f" with kwargs {cfg['kwargs']}" if cfg.get("kwargs") else "")
     try:
@@ -502,14 +525,21 @@ def _check_ragged_layer(keep, k, rk, span, where: str) -> list[str]:
 
 
 def _is_ordered_subset(kept, ref) -> bool:
-    """Every head's kept rows (heads, n_keep, dim) are rows of ref (heads, n_doc, dim), in their original order."""
+    """Every head's kept rows (heads, n_keep, dim) are rows of ref (heads, n_doc, dim), in their original order.
+    Rows are compared as ``==`` compares them, through their bytes: in float64 (exact for every
+    dtype a cache holds) plus 0.0, so -0.0 is 0.0, and a kept NaN equals no row."""
     if kept.shape[1] == 0:
         return True
-    match = (kept[:, :, None, :] == ref[:, None, :, :]).all(-1)  # (heads, n_keep, n_doc)
-    if not match.any(-1).all():
+    if bool(kept.isnan().any()):
         return False
-    pos = match.float().argmax(-1)  # first matching document position of each kept row
-    return bool((pos[:, 1:] > pos[:, :-1]).all())
+    for kept_h, ref_h in zip((kept.double().cpu() + 0.0).numpy(), (ref.double().cpu() + 0.0).numpy()):
+        first: dict[bytes, int] = {}
+        for i, row in enumerate(ref_h):
+            first.setdefault(row.tobytes(), i)  # the first matching document position of a row
+        pos = [first.get(row.tobytes()) for row in kept_h]
+        if None in pos or any(b <= a for a, b in zip(pos, pos[1:])):
+            return False
+    return True
 
 
 # ============================================================== result files
@@ -1208,5 +1238,7 @@ if __name__ == "__main__":  # the sandboxed child of check_submissions_isolated:
     import os
     import sys
 
-    _problems = [check_submission(p) for p in sys.argv[1:]]
+    _problems = check_submissions(sys.argv[1:])
     os.write(1, (json.dumps(_problems) + "\n").encode())
+    sys.stderr.flush()
+    os._exit(0)  # without the interpreter's teardown (seconds with torch loaded): the report is written

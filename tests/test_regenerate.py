@@ -10,7 +10,8 @@ A refactoring that changes a number, a hash or a rendered byte fails here:
   ``leaderboard/index.html`` and ``leaderboard/plots/*.svg``; the committed data files hold the committed
   page's ranking.
 ``tests/test_conformance.py`` checks the same files with tolerances (what a submitter must meet);
-this file checks exact equality (what a refactoring must keep).
+this file checks exact equality (what a refactoring must keep), and that the committed leaderboard
+folder is up to date (no stale or missing file).
 """
 
 from __future__ import annotations
@@ -92,6 +93,23 @@ def test_leaderboard_command_regenerates_byte_for_byte(committed_leaderboard):
     assert fresh == sorted(p.name for p in (committed / "plots").glob("*.svg"))
     for name in fresh:
         assert (out / "plots" / name).read_bytes() == (committed / "plots" / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
+def test_leaderboard_is_up_to_date(committed_leaderboard):
+    """The committed page, data files and plots equal a fresh render of the committed results, and
+    the render writes no file that is not committed (``committed_leaderboard``, tests/conftest.py:
+    rendered once per test run, beside the byte-for-byte test above in one file, so once per worker)."""
+    rc, fresh = committed_leaderboard
+    committed = ROOT / "leaderboard"
+    assert rc == 0
+    written = {p.relative_to(fresh).as_posix() for p in fresh.rglob("*")
+               if p.is_file() and p.relative_to(fresh).parts[0] not in ("results", "verified")}
+    assert {"README.md", leaderboard.DATA_JSON, leaderboard.DATA_CSV} <= written
+    names = sorted(written | {f"plots/{p.name}" for p in (committed / "plots").glob("*.svg")})
+    stale = [name for name in names if not (committed / name).exists() or not (fresh / name).exists()
+             or (committed / name).read_bytes() != (fresh / name).read_bytes()]
+    assert stale == [], "leaderboard is stale; run `lorakv-bench leaderboard` and commit leaderboard/"
 
 
 @pytest.mark.skipif(not RESULTS, reason="no result files in leaderboard/results yet")
