@@ -178,6 +178,25 @@ def test_press_same_module_name_as_another_submission_is_not_reused(tmp_path, as
     assert check_submission(good) == []
 
 
+def test_submissions_with_one_named_press_setting_share_its_check_and_keep_their_own_problems(tmp_path, as_sandbox):
+    """check_submissions (validate's sandboxed child) runs a named press's checks once per setting:
+    each submission gets the problems of that check, naming its own file; presses of submission code
+    are each checked with their own code."""
+    from benchmark.conformance import check_submissions
+
+    first, second = (write_submission(tmp_path, n, yaml_for(n, "{press: RandomPress}")) for n in ("first", "second"))
+    good = write_submission(tmp_path, "good", yaml_for("good", "{press: 'press:NormPress'}"), {"press.py": GOOD_PRESS})
+    bad = write_submission(tmp_path, "bad", yaml_for("bad", "{press: 'press:NormPress'}"),
+                           {"press.py": PREFIX_EVICTING_PRESS})
+    knorm = write_submission(tmp_path, "knorm", yaml_for("knorm"))
+    shared = check_submissions([first, second, good, bad, knorm])
+    assert shared[2:] == [check_submission(p) for p in (good, bad, knorm)]
+    assert shared[2] == [] and shared[3] != [] and shared[4] == []
+    one, two = shared[:2]  # an unseeded RandomPress: which rho differs first is chance, so compared with itself
+    assert one and all(p.startswith(f"{first / 'submission.yaml'}: ") and "not deterministic" in p for p in one), one
+    assert two == [p.replace(str(first), str(second)) for p in one]
+
+
 def test_press_with_wrong_score_shape_fails(tmp_path, as_sandbox):
     folder = write_submission(tmp_path, "wrong-shape", yaml_for("wrong-shape", "{press: 'press_q:PerQueryHeadPress'}"),
                               {"press_q.py": WRONG_SHAPE_PRESS})
