@@ -231,10 +231,23 @@ PATCHER = """
     """
 
 
+HONEST_YAML = """
+    name: honest
+    authors: [Alice]
+    description: the spy's scores, from kvpress (-key norm), with no code of its own
+    compressor: {press: KnormPress}
+    adapter:
+      recipe: none
+    """
+
+
 def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, data, tiny):
     """A press whose import-time code patches the runner, the tokenizer, eviction and accounting:
-    the patches land in the sandbox, so every generation and count equals the honest press's."""
-    honest = submission(tmp_path, "honest", data_file=data)
+    the patches land in the sandbox, so every generation, count and plan equals the honest press's
+    (kvpress's KnormPress, which scores as the spy's press does, planned in the harness)."""
+    honest = tmp_path / "submissions" / "honest"
+    honest.mkdir(parents=True)
+    (honest / "submission.yaml").write_text(textwrap.dedent(HONEST_YAML).lstrip())
     forger = submission(tmp_path, "forger", data_file=data, press="import patcher\n" + textwrap.dedent(PLAIN_PRESS),
                         extra={"patcher.py": PATCHER})
     runs = []
@@ -245,7 +258,7 @@ def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, dat
               for p in r["predictions"]] for r in runs]
     assert strip[0] == strip[1] and strip[0]
     assert not any("HACKED" in p["generation"] for p in runs[1]["predictions"])
-    assert runs[0]["documents"][0]["plans"] == runs[1]["documents"][0]["plans"]
+    assert runs[0]["documents"][0]["plans"] == runs[1]["documents"][0]["plans"] and runs[0]["documents"][0]["plans"]
     # and evicting happened: rho=0.5 keeps fewer entries than rho=0
     kv = {p["rho"]: p["kv_entries"] for p in runs[1]["predictions"]}
     assert kv[0.5] < kv[0.0]
