@@ -35,7 +35,7 @@ def document(doc_id: str) -> tuple[dict, list[dict]]:
 
 
 WRITER = textwrap.dedent("""
-    import sys
+    import os, sys
     sys.path.insert(0, {tests!r})
     from test_concurrency import ResultFile, document, header
 
@@ -43,6 +43,7 @@ WRITER = textwrap.dedent("""
     rf = ResultFile(path, header())
     for i in range(n):
         rf.add_document(*document(f"{{who}}-{{i:02d}}"))
+    os._exit(0)  # every document is written and its lock released: no interpreter teardown to wait for
     """)
 
 
@@ -69,7 +70,7 @@ def test_two_processes_writing_one_result_file_lose_nothing(tmp_path):
 
 
 TRAINER = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from benchmark.adapters import AdapterStore, LoraSettings, Recipe, TrainSettings, build_examples
     from benchmark.datasets import TrainingView
     from benchmark.models import PromptRenderer
@@ -82,7 +83,8 @@ TRAINER = textwrap.dedent("""
     recipe = Recipe("qa", LoraSettings(r=2, alpha=4), TrainSettings(epochs=3, batch_size=2))
     info = AdapterStore().attach(model, "a", "shared-key", recipe, lambda: build_examples(view, recipe, renderer),
                                  tok.pad_token_id, progress=False)
-    print(json.dumps({"cached": info["cached"]}))
+    print(json.dumps({"cached": info["cached"]}), flush=True)
+    os._exit(0)  # the adapter is saved and its lock released: no teardown of torch to wait for
     """)
 
 
