@@ -289,16 +289,29 @@ def _check_hook(recipe, yml: Path) -> list[str]:
 
 def _check_compressor(sub, yml: Path, checked: dict | None = None) -> list[str]:
     """The compressor contract on the tiny models; with ``checked`` (settings -> (file, problems)),
-    a press that is not submission code and was checked with the same settings is not run again."""
-    if checked is None or sub.press_is_code:
+    a press that names no submission code (nested presses included) and was checked with the same
+    settings is not run again."""
+    if checked is None or any(":" in str(name) for name in _press_names(sub.compressor_cfg)):
         return _check_compressor_on_tiny(sub, yml)
     import json
 
-    key = json.dumps(sub.compressor_cfg, sort_keys=True)
+    key = json.dumps(sub.compressor_cfg, sort_keys=True, default=repr)
     if key not in checked:
         checked[key] = (yml, _check_compressor_on_tiny(sub, yml))
     first, problems = checked[key]
     return [str(yml) + p[len(str(first)):] if p.startswith(str(first)) else p for p in problems]
+
+
+def _press_names(section):
+    """Every press a compressor section names, its nested presses' too (``compression._build_nested``)."""
+    if isinstance(section, dict):
+        if isinstance(section.get("press"), str):
+            yield section["press"]
+        for value in section.values():
+            yield from _press_names(value)
+    elif isinstance(section, list):
+        for value in section:
+            yield from _press_names(value)
 
 
 def _check_compressor_on_tiny(sub, yml: Path) -> list[str]:

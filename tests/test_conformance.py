@@ -189,9 +189,13 @@ def test_submissions_with_one_named_press_setting_share_its_check_and_keep_their
     bad = write_submission(tmp_path, "bad", yaml_for("bad", "{press: 'press:NormPress'}"),
                            {"press.py": PREFIX_EVICTING_PRESS})
     knorm = write_submission(tmp_path, "knorm", yaml_for("knorm"))
-    shared = check_submissions([first, second, good, bad, knorm])
-    assert shared[2:] == [check_submission(p) for p in (good, bad, knorm)]
-    assert shared[2] == [] and shared[3] != [] and shared[4] == []
+    nested = "{press: CriticalKVPress, kwargs: {press: {press: 'press:NormPress'}}}"  # a named press around code
+    nested_good = write_submission(tmp_path, "nested-good", yaml_for("nested-good", nested), {"press.py": GOOD_PRESS})
+    nested_bad = write_submission(tmp_path, "nested-bad", yaml_for("nested-bad", nested),
+                                  {"press.py": PREFIX_EVICTING_PRESS})
+    shared = check_submissions([first, second, good, bad, knorm, nested_good, nested_bad])
+    assert shared[2:] == [check_submission(p) for p in (good, bad, knorm, nested_good, nested_bad)]
+    assert shared[2] == [] and shared[3] != [] and shared[4] == [] and shared[5] == [] and shared[6] != []
     one, two = shared[:2]  # an unseeded RandomPress: which rho differs first is chance, so compared with itself
     assert one and all(p.startswith(f"{first / 'submission.yaml'}: ") and "not deterministic" in p for p in one), one
     assert two == [p.replace(str(first), str(second)) for p in one]
