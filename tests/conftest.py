@@ -52,7 +52,8 @@ def committed_submission_problems() -> dict[str, list[str]]:
 def committed_leaderboard(tmp_path_factory) -> tuple[int, Path]:
     """``lorakv-bench leaderboard`` run once over a copy of the committed layout (``results/`` and
     ``verified/`` inside a ``leaderboard/`` folder, so relative links are the committed ones):
-    (its exit code, that folder with README.md, the data files and plots/)."""
+    (its exit code, that folder with README.md, the data files and plots/). Only tests in
+    tests/test_regenerate.py read it, so under ``--dist loadfile`` one worker renders it, once."""
     from benchmark import cli
 
     out = tmp_path_factory.mktemp("committed") / "leaderboard"
