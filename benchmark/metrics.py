@@ -11,6 +11,7 @@ and the kept-entries budget. Every stage that extracts, scores or counts kept en
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -18,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from rouge_score import rouge_scorer
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation) | {"\u2018", "\u2019", "\u201c", "\u201d", "\u2013", "\u2014"}
@@ -40,7 +40,13 @@ class _WhitespaceTokenizer:
         return text.split()
 
 
-_SCORER = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WhitespaceTokenizer())
+@functools.cache
+def _scorer():
+    """rouge-score's ROUGE-L scorer, made on first use: importing rouge-score pulls in nltk (about
+    2 s), which a process that never scores (the sandboxed worker, most commands) does not pay."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WhitespaceTokenizer())
 
 
 def extract_answer(generation: str, answer_prefix: str = "") -> str:
@@ -78,7 +84,7 @@ def rouge_l(prediction: str, golds: Sequence[str]) -> float:
         if not pred or not g:
             score = float(pred == g)
         else:
-            score = _SCORER.score(g, pred)["rougeL"].fmeasure
+            score = _scorer().score(g, pred)["rougeL"].fmeasure
         best = max(best, score)
     return best
 
@@ -115,7 +121,7 @@ def rouge_l_paper(prediction: str, golds: Sequence[str]) -> float:
     for gold in golds:
         g = normalize_answer_paper(gold)
         if g:
-            best = max(best, _SCORER.score(g, pred)["rougeL"].fmeasure)
+            best = max(best, _scorer().score(g, pred)["rougeL"].fmeasure)
     return best
 
 
