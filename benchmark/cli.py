@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .evaluator import Loaders
+    from .protocol.evaluator import Loaders
 
 RHO_HELP = "rho = fraction of the document's KV entries evicted (0 = full cache, 1 = prompt without the document)"
 
 
 def _cond_help() -> str:
-    from .spec import CONDITION_HELP
+    from .protocol.spec import CONDITION_HELP
 
     return "; ".join(f"{k}: {v}" for k, v in CONDITION_HELP.items())
 
@@ -28,8 +28,8 @@ def _count(n: int, noun: str) -> str:
 def check_evaluate_flags(args) -> None:
     """Every flag value of ``evaluate`` checked before any work starts (no model loaded, nothing
     written); raises SpecError with a one-line message naming the flag."""
-    from .models import check_device
-    from .spec import CONDITIONS, SpecError, load_spec
+    from .protocol.models import check_device
+    from .protocol.spec import CONDITIONS, SpecError, load_spec
 
     for flag, value, what in (("--docs", args.docs, "documents"),
                               ("--questions", args.questions, "questions per document"),
@@ -54,10 +54,10 @@ def check_evaluate_flags(args) -> None:
     _shard(args.shard)
     spec = load_spec(args.tier)
     if args.model:
-        from .models import locate_model
+        from .protocol.models import locate_model
 
         locate_model(spec, args.model)  # a spec id, a model folder, or a Hub id the Hub gives
-    from .datasets import resolve_dataset
+    from .protocol.datasets import resolve_dataset
 
     for ds in args.dataset or []:
         resolve_dataset(spec, ds).split(args.split)  # a spec id, or a JSONL file (validated in full)
@@ -66,8 +66,8 @@ def check_evaluate_flags(args) -> None:
 def _check_conditions_have_adapter(submission: str, conditions: list[str]) -> None:
     """Conditions asked for by name that need an adapter the submission does not train (``recipe:
     none``): refused here, not skipped, since the user asked for them."""
-    from .spec import CONDITIONS, SpecError
-    from .submission import load_submission
+    from .protocol.spec import CONDITIONS, SpecError
+    from .protocol.submission import load_submission
 
     sub = load_submission(submission)
     if sub.recipe.enabled:
@@ -86,9 +86,9 @@ def cmd_evaluate(args) -> int:
         return dry_run(args)
 
     from .config import EvalRequest
-    from .evaluator import LOADERS
-    from .results import load_result
-    from .runner import evaluate
+    from .protocol.evaluator import LOADERS
+    from .protocol.results import load_result
+    from .protocol.runner import evaluate
 
     t0 = time.perf_counter()
     request = EvalRequest(submission=args.submission, tier=args.tier, model_id=args.model, datasets=args.dataset,
@@ -96,7 +96,7 @@ def cmd_evaluate(args) -> int:
                           conditions=args.conditions, device=args.device, dtype=args.dtype, out=args.out,
                           batch_size=args.batch_size, shard=_shard(args.shard), worker_timeout=args.worker_timeout)
     if args.executor == "ray":
-        from .executors import run_on_ray
+        from .integrations.executors import run_on_ray
 
         try:
             # one shard per document: --shard does not apply
@@ -140,7 +140,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_merge(args) -> int:
-    from .results import merge_shards
+    from .protocol.results import merge_shards
 
     print(f"wrote {merge_shards(args.shards, args.out)}")
     return 0
@@ -153,9 +153,9 @@ def dry_run(args) -> int:
     import yaml
     from tabulate import tabulate
 
-    from .datasets import load_split, resolve_dataset
-    from .spec import CONDITIONS, load_spec
-    from .submission import load_submission
+    from .protocol.datasets import load_split, resolve_dataset
+    from .protocol.spec import CONDITIONS, load_spec
+    from .protocol.submission import load_submission
 
     spec = load_spec(args.tier)
     subs = [args.submission]
@@ -167,7 +167,7 @@ def dry_run(args) -> int:
         print(f"preset {args.preset}: {presets[args.preset]['description']}")
         subs = [str(Path(args.submission).parent / s) for s in presets[args.preset]["submissions"]]
     if args.model:
-        from .models import resolve_model
+        from .protocol.models import resolve_model
 
         models = [resolve_model(spec, args.model)]
     else:
@@ -215,7 +215,7 @@ def dry_run(args) -> int:
 
 def _estimate(spec, sub, model_spec, ds, n_docs, n_q, words, rhos, n_conds, prefills, args):
     """The cost model's estimate for one row of the dry run (None where a count is unknown)."""
-    from .cost import ARCHITECTURES, DOC_WORDS, Workload, estimate
+    from .paper.cost import ARCHITECTURES, DOC_WORDS, Workload, estimate
 
     if sub is None or not isinstance(n_docs, int) or not isinstance(n_q, int) or model_spec.id not in ARCHITECTURES:
         return None
@@ -233,13 +233,13 @@ def _estimate(spec, sub, model_spec, ds, n_docs, n_q, words, rhos, n_conds, pref
 
 
 def _print_estimate_note(hours: dict[str, float]) -> None:
-    from .cost import BANDWIDTH_EFFICIENCY, MFU, REFERENCE_GPU
+    from .paper.cost import BANDWIDTH_EFFICIENCY, MFU, REFERENCE_GPU
 
     if not hours:
         return
     gpu = REFERENCE_GPU
     total = ", ".join(f"{m} {h:.2f} h" for m, h in hours.items())
-    print(f"est. = ESTIMATES from benchmark/cost.py's cost model (not measured), bf16 on one {gpu.name} "
+    print(f"est. = ESTIMATES from benchmark/paper/cost.py's cost model (not measured), bf16 on one {gpu.name} "
           f"({gpu.bf16_flops / 1e12:.0f} TFLOP/s at {MFU:.0%} MFU, {gpu.bandwidth / 1e12:.2f} TB/s at "
           f"{BANDWIDTH_EFFICIENCY:.0%}); peak = the largest phase, weights included; GPU hours in total: {total}")
 
@@ -259,7 +259,7 @@ def format_cells(data: dict, tabulate) -> str:
 
 
 def cmd_validate_data(args) -> int:
-    from .datasets import check_documents, check_leaks, summarize
+    from .protocol.datasets import check_documents, check_leaks, summarize
 
     status = 0
     for f in args.files:
@@ -278,11 +278,11 @@ def cmd_validate_data(args) -> int:
 
 def cmd_smoke(args) -> int:
     """Load the mini tier end to end: data validated, model provisioned, one question answered."""
-    from .compression import evict, prefill
-    from .datasets import load_split
-    from .generation import Row, greedy_decode
-    from .models import PromptRenderer, check_device, load_model
-    from .spec import load_spec
+    from .protocol.compression import evict, prefill
+    from .protocol.datasets import load_split
+    from .protocol.generation import Row, greedy_decode
+    from .protocol.models import PromptRenderer, check_device, load_model
+    from .protocol.spec import load_spec
 
     check_device(args.device)
     spec = load_spec(args.tier)
@@ -315,7 +315,7 @@ def smoke_answer(spec, question, generation: str, answer_prefix: str) -> str:
 
 def cmd_validate(args) -> int:
     """Conformance of submission folders and result files; every problem names file and field."""
-    from .conformance import RESULT_CHECKS, SUBMISSION_CHECKS, check_result_file, check_submissions_isolated
+    from .trust.conformance import RESULT_CHECKS, SUBMISSION_CHECKS, check_result_file, check_submissions_isolated
 
     status = 0
     # submissions in the sandbox, each with code of its own in a process of its own
@@ -337,8 +337,8 @@ def cmd_publish(args) -> int:
     """Copy complete, conformant run files into the leaderboard's results (validated first)."""
     from pathlib import Path
 
-    from .conformance import check_result_file
-    from .results import load_result, result_path_of, write_atomic
+    from .protocol.results import load_result, result_path_of, write_atomic
+    from .trust.conformance import check_result_file
 
     status = 0
     for run_file in args.run_files:
@@ -360,8 +360,8 @@ def cmd_publish(args) -> int:
 
 def cmd_verify(args) -> int:
     """Re-run every plan and a sample of (document, rho) pairs of each result file; all must be identical."""
-    from .models import check_device
-    from .verify import TAMPERED, new_seed, verify_result, write_record
+    from .protocol.models import check_device
+    from .trust.verify import TAMPERED, new_seed, verify_result, write_record
 
     if args.sample is not None and args.sample < 1:
         print(f"error: --sample {args.sample}: must be a positive number of (document, rho) pairs", file=sys.stderr)
@@ -391,7 +391,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_export_adapter(args) -> int:
-    from .export import METADATA, export_adapter
+    from .integrations.export import METADATA, export_adapter
 
     out = export_adapter(args.result, args.doc_id, args.out, args.model)
     print(f"wrote {out} (adapter_config.json, adapter_model.safetensors, {METADATA}); load it with "
@@ -400,8 +400,8 @@ def cmd_export_adapter(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from .leaderboard import DATA_CSV, DATA_JSON, render, stale_files
-    from .page import PAGE_HTML, load_rows, summary_markdown
+    from .board.leaderboard import DATA_CSV, DATA_JSON, render, stale_files
+    from .board.page import PAGE_HTML, load_rows, summary_markdown
 
     if args.summary:  # regenerate, then print only the summary: stdout is the summary's Markdown
         base = load_rows(args.summary)
@@ -425,7 +425,7 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_prepare_data(args) -> int:
-    from .paper_data import PaperDataError, prepare_data
+    from .paper.paper_data import PaperDataError, prepare_data
     from .paths import cache_dir
 
     out = args.out or cache_dir() / "data" / f"{args.name}.jsonl"
@@ -444,8 +444,8 @@ def cmd_prepare_data(args) -> int:
 def _record_answer_digest(name: str, out: Path) -> Path:
     """The digest of the prepared split's answers, in the package, so results on this data can be
     checked where the data is absent (commit it)."""
-    from .paper_data import write_answer_digest
-    from .spec import load_spec
+    from .paper.paper_data import write_answer_digest
+    from .protocol.spec import load_spec
 
     spec = load_spec("paper")
     digest = write_answer_digest(out, name, "test", spec.metric.normalization)
@@ -455,7 +455,7 @@ def _record_answer_digest(name: str, out: Path) -> Path:
 
 def _record_prepared_sha256(name: str, out, actual: str) -> int:
     """Write ``<out>.sha256`` (sha256sum format) and compare with the paper spec's pin, if it has one."""
-    from .spec import load_spec
+    from .protocol.spec import load_spec
 
     Path(f"{out}.sha256").write_text(f"{actual}  {Path(out).name}\n")
     spec = load_spec("paper")
@@ -612,7 +612,7 @@ def _uses_hub(args) -> bool:
 def _rehearsal_tier(args) -> None:
     """``--rehearse``: the tier becomes the rehearsal of the tier named (paper -> paper-rehearsal)."""
     from .config import REHEARSED_TIERS
-    from .spec import SpecError
+    from .protocol.spec import SpecError
 
     if not getattr(args, "rehearse", False):
         return
@@ -624,11 +624,11 @@ def _rehearsal_tier(args) -> None:
 
 def main(argv: list[str] | None = None, *, loaders: Loaders | None = None) -> int:
     """Run one command. ``loaders``: what ``evaluate`` and ``verify`` load the spec and the model
-    with (:class:`~benchmark.evaluator.Loaders`; None: the real ones)."""
+    with (:class:`~benchmark.protocol.evaluator.Loaders`; None: the real ones)."""
     args = build_parser().parse_args(argv)
     args.loaders = loaders
     from .paths import set_offline
-    from .spec import SpecError
+    from .protocol.spec import SpecError
 
     try:
         _rehearsal_tier(args)
@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None, *, loaders: Loaders | None = None) -> in
         return 2
     set_offline(hub=_uses_hub(args))  # nothing in the mini tier touches a hub; make sure no library tries to
     from .extras import MissingExtra
-    from .worker import WorkerError
+    from .trust.worker import WorkerError
 
     try:
         return args.func(args)
@@ -656,7 +656,7 @@ def lm_eval_main() -> int:
     from .extras import MissingExtra
 
     try:
-        from .lm_eval_model import cli_main
+        from .integrations.lm_eval_model import cli_main
     except MissingExtra as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

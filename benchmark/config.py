@@ -1,11 +1,11 @@
 """Configuration types, free of torch: what a submission, a recipe and a spec are made of.
 
 Reading a ``submission.yaml`` or a spec needs only these (and ``yaml`` / ``jsonschema``), never the
-training or model code, so ``benchmark.config`` and ``benchmark.submission`` import without torch
+training or model code, so ``benchmark.config`` and ``benchmark.protocol.submission`` import without torch
 or peft (``tests/test_config.py`` checks it in a fresh process). Each list of allowed values lives
 here once; where a JSON Schema repeats one as an ``enum``, ``tests/test_config.py`` checks they are
 equal. The condition names are not repeated: the schemas refer to ``$defs/condition``, which
-``benchmark.spec.load_schema`` fills in from :data:`CONDITIONS`. ``adapters.py`` and ``spec.py``
+``benchmark.protocol.spec.load_schema`` fills in from :data:`CONDITIONS`. ``adapters.py`` and ``spec.py``
 re-export these names, so their old imports keep working.
 """
 
@@ -111,7 +111,7 @@ QA_SOURCES = ("train_qa", "synthesize")
 SYNTHESES = ("tokens", "paper")
 CTX_WINDOWS = ("document", "neighbours")
 #: How ``early_stop_accuracy`` is applied. "checks": about ten checks per run, each on the accuracy since
-#: the previous one; "paper": the paper's NTP rule (see :class:`benchmark.adapters.PaperEarlyStop`).
+#: the previous one; "paper": the paper's NTP rule (see :class:`benchmark.protocol.adapters.PaperEarlyStop`).
 EARLY_STOPS = ("checks", "paper")
 #: LoRA inits that rewrite the base weights: the base conditions would no longer be the base model.
 _BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "loftq")

@@ -1,7 +1,7 @@
 """Optional dependencies. The core (evaluate, validate, smoke) needs none of them; the lm-eval
 integration, the leaderboard plots and the Ray executor each need one extra of the package:
 
-    pip install 'lorakv-bench[lm-eval]'   # lorakv-lm-eval, benchmark.lm_eval_model
+    pip install 'lorakv-bench[lm-eval]'   # lorakv-lm-eval, benchmark.integrations.lm_eval_model
     pip install 'lorakv-bench[plots]'     # lorakv-bench leaderboard (matplotlib)
     pip install 'lorakv-bench[ray]'       # --executor ray
 

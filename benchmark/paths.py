@@ -67,7 +67,7 @@ def folder_files(folder: Path, skip: tuple[str, ...] = ()) -> dict:
     return files
 
 
-#: set in the sandboxed process (benchmark.worker), the only one that imports submission code
+#: set in the sandboxed process (benchmark.trust.worker), the only one that imports submission code
 SUBMISSION_PROCESS_ENV = "LORAKV_SUBMISSION_PROCESS"
 
 
@@ -110,7 +110,7 @@ def import_from(code_dir, ref: str):
     import importlib.util
 
     if not in_submission_process():
-        raise RuntimeError(f"'{ref}' is submission code; it is imported only in the sandbox (benchmark.worker), "
+        raise RuntimeError(f"'{ref}' is submission code; it is imported only in the sandbox (benchmark.trust.worker), "
                            "never in the harness")
 
     module_name, attr = ref.split(":", 1)

@@ -31,7 +31,7 @@ set_offline()
 
 
 def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
-    from benchmark.generation import decode_batch_copy
+    from benchmark.protocol.generation import decode_batch_copy
 
     out = []
     for i in range(0, len(rows), batch_size):
@@ -41,7 +41,7 @@ def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
 
 def decoder(mode: str):
     """A stand-in for the runner's ``greedy_decode`` that decodes the ``mode`` way."""
-    from benchmark.generation import decode_batch_copy, greedy_decode
+    from benchmark.protocol.generation import decode_batch_copy, greedy_decode
 
     return {"plain": plain_decode, "copy": functools.partial(greedy_decode, batch_decode=decode_batch_copy),
             "shared": greedy_decode}[mode]
@@ -60,18 +60,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2, help="adapter training steps")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"])
-    ap.add_argument("--tiny", action="store_true",
-                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
+    )
     args = ap.parse_args(argv)
 
-    from benchmark import runner
-    from benchmark.adapters import AdapterStore
     from benchmark.config import EvalRequest
-    from benchmark.datasets import load_split, resolve_dataset
-    from benchmark.evaluator import LOADERS, Loaders
-    from benchmark.spec import load_spec
-    from benchmark.submission import load_submission
-    from benchmark.tiny import load_tiny_model
+    from benchmark.protocol import runner
+    from benchmark.protocol.adapters import AdapterStore
+    from benchmark.protocol.datasets import load_split, resolve_dataset
+    from benchmark.protocol.evaluator import LOADERS, Loaders
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.submission import load_submission
+    from benchmark.protocol.tiny import load_tiny_model
 
     spec = load_spec("mini")
     sub = load_submission(args.submission)

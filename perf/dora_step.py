@@ -25,19 +25,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="a model id of the mini spec (default: the spec's default)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round and way")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--tiny", action="store_true",
-                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
+    )
     args = ap.parse_args(argv)
 
     import torch
 
-    from benchmark.adapters import batch_loss, build_examples, direct_dora_lora_weight
-    from benchmark.datasets import load_split
-    from benchmark.models import PromptRenderer, load_model
-    from benchmark.runner import model_key
-    from benchmark.spec import load_spec
-    from benchmark.submission import load_submission
-    from benchmark.tiny import load_tiny_model
+    from benchmark.protocol.adapters import batch_loss, build_examples, direct_dora_lora_weight
+    from benchmark.protocol.datasets import load_split
+    from benchmark.protocol.models import PromptRenderer, load_model
+    from benchmark.protocol.runner import model_key
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.submission import load_submission
+    from benchmark.protocol.tiny import load_tiny_model
 
     spec = load_spec("mini")
     m = spec.model(args.model)

@@ -45,21 +45,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.9])
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--tiny", action="store_true", help="a tiny random model (benchmark.tiny) in place of the "
+    ap.add_argument("--tiny", action="store_true", help="a tiny random model (benchmark.protocol.tiny) in place of the "
                     "spec's, and matmuls of its size: a smoke run of the script")
     args = ap.parse_args(argv)
 
     import torch
     from tabulate import tabulate
 
-    from benchmark.adapters import build_examples, detach_adapter, train_adapter
     from benchmark.config import EvalRequest
-    from benchmark.datasets import load_split, resolve_dataset
-    from benchmark.evaluator import LOADERS, Loaders
-    from benchmark.runner import open_run
-    from benchmark.spec import load_spec
-    from benchmark.submission import load_submission
-    from benchmark.tiny import load_tiny_model
+    from benchmark.protocol.adapters import build_examples, detach_adapter, train_adapter
+    from benchmark.protocol.datasets import load_split, resolve_dataset
+    from benchmark.protocol.evaluator import LOADERS, Loaders
+    from benchmark.protocol.runner import open_run
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.submission import load_submission
+    from benchmark.protocol.tiny import load_tiny_model
 
     out_f, in_f = (128, 64) if args.tiny else (4864, 896)
     for rows in (48, 512):

@@ -102,7 +102,7 @@ class Counter:
         self._in_model = False
 
     def body_hook(self, module, args, kwargs):
-        from benchmark.attention import shared_prefix
+        from benchmark.protocol.attention import shared_prefix
 
         self.training = module.training
         if not module.training and not self._in_model and self.stage == "training":
@@ -175,22 +175,25 @@ def main(argv: list[str] | None = None) -> None:
                     help="also print torch.profiler's top operators (by self CPU time): of training, or of "
                          "answering the questions (prefill, scoring, eviction and decoding together)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2))
-    ap.add_argument("--tiny", action="store_true",
-                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
+    )
     args = ap.parse_args(argv)
 
     import torch
     from tabulate import tabulate
 
-    from benchmark.adapters import AdapterStore
-    from benchmark.compression import language_model
     from benchmark.config import EvalRequest
-    from benchmark.datasets import load_split, resolve_dataset
-    from benchmark.evaluator import LOADERS, Loaders
-    from benchmark.runner import open_run
-    from benchmark.spec import load_spec
-    from benchmark.submission import load_submission
-    from benchmark.tiny import load_tiny_model
+    from benchmark.protocol.adapters import AdapterStore
+    from benchmark.protocol.compression import language_model
+    from benchmark.protocol.datasets import load_split, resolve_dataset
+    from benchmark.protocol.evaluator import LOADERS, Loaders
+    from benchmark.protocol.runner import open_run
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.submission import load_submission
+    from benchmark.protocol.tiny import load_tiny_model
 
     torch.set_num_threads(args.threads)
     peaks = {"float32": gemm_peak(torch.float32), "bfloat16": gemm_peak(torch.bfloat16)}

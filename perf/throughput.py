@@ -34,10 +34,10 @@ def _setup(args):
     from kvpress import SnapKVPress
     from transformers import pipeline
 
-    from benchmark.datasets import load_split
-    from benchmark.models import load_model
-    from benchmark.spec import load_spec
-    from benchmark.tiny import load_tiny_model
+    from benchmark.protocol.datasets import load_split
+    from benchmark.protocol.models import load_model
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.tiny import load_tiny_model
 
     spec = load_spec("mini")
     model, tok = (load_tiny_model if args.tiny else load_model)(spec.model(args.model), "cpu")
@@ -61,8 +61,8 @@ def run_method(method: str, args) -> dict:
     import torch
     from transformers import DynamicCache
 
-    from benchmark.compression import evict, prefill
-    from benchmark.generation import Row, greedy_decode
+    from benchmark.protocol.compression import evict, prefill
+    from benchmark.protocol.generation import Row, greedy_decode
 
     model, tok, pipe, work, press = _setup(args)
     answers, prefills, t0 = {}, 0, time.perf_counter()
@@ -113,8 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--model")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--tiny", action="store_true",
-                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
+    )
     ap.add_argument("--in-process", action="store_true", help="run the methods one after another in this "
                     "process (quicker to start; peak RSS is then the process's so far, not each method's own)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

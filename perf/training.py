@@ -1,5 +1,5 @@
 """Adapter training speed: the default QA recipe on real mini documents, with and without
-prefix sharing (:func:`benchmark.adapters.batch_loss`).
+prefix sharing (:func:`benchmark.protocol.adapters.batch_loss`).
 
 Every QA example starts with the same chat prefix; with sharing, each batch runs as one packed
 sequence in which that prefix appears once and the rest of every example attends to it under a
@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs (for a quicker look)")
     ap.add_argument("--max-steps", type=int, help="cap the training steps (for a quicker look)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="a tiny random model (benchmark.tiny) in place of the spec's: a smoke run of the script")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
+    )
     args = ap.parse_args(argv)
 
     import dataclasses
@@ -37,12 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from tabulate import tabulate
 
-    from benchmark.adapters import build_examples, detach_adapter, train_adapter
-    from benchmark.datasets import load_split
-    from benchmark.models import PromptRenderer, load_model
-    from benchmark.spec import load_spec
-    from benchmark.submission import load_submission
-    from benchmark.tiny import load_tiny_model
+    from benchmark.protocol.adapters import build_examples, detach_adapter, train_adapter
+    from benchmark.protocol.datasets import load_split
+    from benchmark.protocol.models import PromptRenderer, load_model
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.submission import load_submission
+    from benchmark.protocol.tiny import load_tiny_model
 
     spec = load_spec("mini")
     recipe = load_submission(args.submission).recipe

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from benchmark.adapters import Recipe
 from benchmark.config import BASE
-from benchmark.datasets import load_split
-from benchmark.models import load_model
-from benchmark.runner import DocumentRun, model_key
-from benchmark.spec import Prompt, load_spec
-from benchmark.submission import Submission
+from benchmark.protocol.adapters import Recipe
+from benchmark.protocol.datasets import load_split
+from benchmark.protocol.models import load_model
+from benchmark.protocol.runner import DocumentRun, model_key
+from benchmark.protocol.spec import Prompt, load_spec
+from benchmark.protocol.submission import Submission
 
 CANDIDATES = {
     "instruct+Answer:": Prompt(None, "Read the context and answer the question with a few words.\n\n"

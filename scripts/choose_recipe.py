@@ -29,12 +29,12 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmark.config import BASE, DEFAULT_ADAPTER_HEADLINE
-from benchmark.datasets import load_split
-from benchmark.metrics import paired_bootstrap_ci
-from benchmark.models import load_model
-from benchmark.runner import DocumentRun, model_key
-from benchmark.spec import load_spec
-from benchmark.submission import load_submission
+from benchmark.protocol.datasets import load_split
+from benchmark.protocol.metrics import paired_bootstrap_ci
+from benchmark.protocol.models import load_model
+from benchmark.protocol.runner import DocumentRun, model_key
+from benchmark.protocol.spec import load_spec
+from benchmark.protocol.submission import load_submission
 
 RHOS = [0.0, 1.0]
 HEADLINE = DEFAULT_ADAPTER_HEADLINE

@@ -26,9 +26,9 @@ import numpy as np
 from tabulate import tabulate
 
 from benchmark.config import BASE
-from benchmark.metrics import paired_bootstrap_ci
-from benchmark.runner import evaluate
-from benchmark.spec import load_spec
+from benchmark.protocol.metrics import paired_bootstrap_ci
+from benchmark.protocol.runner import evaluate
+from benchmark.protocol.spec import load_spec
 
 PRESSES = {"snapkv": "submissions/snapkv-noadapter", "streamingllm": "submissions/streamingllm",
            "random": "submissions/random-noadapter"}
@@ -38,8 +38,8 @@ def adapter_bytes(spec, model_id: str, submission: str = "submissions/snapkv") -
     """Bytes of one document adapter of the QA baselines' recipe on this model (fp32, as cached)."""
     from peft import get_peft_model_state_dict
 
-    from benchmark.models import load_model
-    from benchmark.submission import load_submission
+    from benchmark.protocol.models import load_model
+    from benchmark.protocol.submission import load_submission
 
     recipe = load_submission(submission).for_model(model_id).recipe
     model, _ = load_model(spec.model(model_id), "cpu")

@@ -31,7 +31,7 @@ def pytest_collection_finish(session):
     if "PYTEST_XDIST_WORKER" in os.environ:
         return
     if any("committed_submission_problems" in getattr(item, "fixturenames", ()) for item in session.items):
-        from benchmark.conformance import check_submissions_isolated
+        from benchmark.trust.conformance import check_submissions_isolated
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="committed-submissions")
         _started["committed_submission_problems"] = pool.submit(check_submissions_isolated, COMMITTED_SUBMISSIONS)
@@ -42,7 +42,7 @@ def pytest_collection_finish(session):
 def committed_submission_problems() -> dict[str, list[str]]:
     """Every committed submission checked once, in the sandbox (those without code share one
     process): ``conformance.check_submissions_isolated``, keyed by the folder as a string."""
-    from benchmark.conformance import check_submissions_isolated
+    from benchmark.trust.conformance import check_submissions_isolated
 
     started = _started.get("committed_submission_problems")
     return started.result() if started else check_submissions_isolated(COMMITTED_SUBMISSIONS)
@@ -74,14 +74,14 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def qa_prompt():
-    from benchmark.spec import Prompt
+    from benchmark.protocol.spec import Prompt
 
     return Prompt(None, "Read the context.\n\nContext:\n{document}\n\nQuestion: {question}", "Answer:")
 
 
 @pytest.fixture
 def document():
-    from benchmark.datasets import Document, Question
+    from benchmark.protocol.datasets import Document, Question
 
     text = ("The patient received 40 mg of Velatrixin daily. Dr. Halvorsen noted a creatinine of 1.8 mg/dL. "
             "Maren Oskvik opened a bakery in Tollervik in 1987. Her brother Anders moved to Quillsby. ") * 2

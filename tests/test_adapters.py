@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from benchmark import adapters as A
-from benchmark.adapters import (
+from benchmark.protocol import adapters as A
+from benchmark.protocol.adapters import (
     AdapterStore,
     LoraSettings,
     Recipe,
@@ -13,8 +13,8 @@ from benchmark.adapters import (
     adapter_state,
     build_examples,
 )
-from benchmark.models import PromptRenderer
-from benchmark.tiny import tiny_model
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.tiny import tiny_model
 
 RECIPE = Recipe("qa", LoraSettings(r=4, alpha=8, use_dora=True), TrainSettings(lr=5e-2, epochs=2, batch_size=2))
 
@@ -83,7 +83,7 @@ def test_key_changes_with_recipe_and_document(document):
 def test_synthesized_qa_source_is_wired_to_the_synthesis_recipe(qa_prompt, document, monkeypatch):
     """qa_source=synthesize trains on pairs the synthesis stage makes from the document text with
     the base model (the synthesis itself is tested end to end in test_synthesis.py)."""
-    import benchmark.synthesis as S
+    import benchmark.protocol.synthesis as S
 
     model, tok = tiny_model("llama")
     r = PromptRenderer(tok, qa_prompt)
@@ -148,7 +148,7 @@ def test_ntp_chunks_share_nothing(qa_prompt, document):
                                                    (4.0, float("nan"), True), (float("inf"), 1.0, True),
                                                    (None, None, False)])
 def test_training_diverged(first, final, diverged):
-    from benchmark.adapters import training_diverged
+    from benchmark.protocol.adapters import training_diverged
 
     assert training_diverged(first, final) is diverged
 
@@ -344,7 +344,7 @@ def test_a_loaded_adapter_evaluates_without_dropout(tmp_path, qa_prompt, documen
     recipes set dropout 0.1, so an adapter loaded from the cache (a second run, verify) or in the
     sandbox (attach_saved) must leave the model in evaluation mode and give the trained adapter's
     logits exactly, on every call."""
-    from benchmark.adapters import attach_saved, in_training_mode
+    from benchmark.protocol.adapters import attach_saved, in_training_mode
 
     recipe = Recipe("qa", LoraSettings(r=4, alpha=8, dropout=0.5, use_dora=True), RECIPE.train)
     trained_model, tok = tiny_model("qwen2")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.evaluator import Loaders
+from benchmark.protocol.evaluator import Loaders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ NO_MODEL = Loaders(load_model=_refuse_model)
     (["--dataset", "no-such-dataset"], "no-such-dataset"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_evaluate_flags_fail_before_any_work(flags, named, monkeypatch, tmp_path, capsys):
-    import benchmark.runner as R
+    import benchmark.protocol.runner as R
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(R, "evaluate", lambda *a, **k: pytest.fail("evaluate ran despite a bad flag"))
@@ -87,7 +87,7 @@ def test_bad_data_file_is_reported_with_file_and_line(tmp_path, capsys, content,
 
 
 def test_data_path_that_is_a_folder(tmp_path, capsys):
-    from benchmark.datasets import DataError, load_documents
+    from benchmark.protocol.datasets import DataError, load_documents
 
     assert main(["validate-data", str(tmp_path)]) == 1
     assert "is a folder" in capsys.readouterr().err
@@ -109,7 +109,7 @@ def test_validate_data_reports_every_bad_line(tmp_path, capsys):
 
 def test_corrupt_result_file_on_resume_fails_with_one_line(tmp_path, monkeypatch, capsys):
     """The CLI path of a truncated result file: a one-line error and exit 2, the file kept."""
-    from benchmark.tiny import tiny_model
+    from benchmark.protocol.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     monkeypatch.chdir(tmp_path)
@@ -171,7 +171,7 @@ def test_train_qa_that_gives_an_evaluation_question_away_is_a_leak(tmp_path, cap
 
 
 def test_committed_mini_data_has_no_leaks():
-    from benchmark.datasets import check_documents, check_leaks
+    from benchmark.protocol.datasets import check_documents, check_leaks
 
     for f in sorted((ROOT / "benchmark" / "data" / "mini").glob("*.jsonl")):
         assert check_documents(f)[1] == [] and check_leaks(f) == [], f

@@ -30,7 +30,7 @@ def test_one_problem_is_singular(tmp_path, capsys):
 
 
 def test_leaderboard_check_says_so_when_up_to_date(monkeypatch, capsys):
-    import benchmark.leaderboard as L
+    import benchmark.board.leaderboard as L
 
     monkeypatch.setattr(L, "stale_files", lambda *a, **k: [])
     assert main(["leaderboard", "--check"]) == 0
@@ -38,8 +38,8 @@ def test_leaderboard_check_says_so_when_up_to_date(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, target", [
-    (["evaluate", "submissions/snapkv", "--docs", "1"], "benchmark.runner.evaluate"),
-    (["verify", "r.json", "--seed", "1"], "benchmark.verify.verify_result"),
+    (["evaluate", "submissions/snapkv", "--docs", "1"], "benchmark.protocol.runner.evaluate"),
+    (["verify", "r.json", "--seed", "1"], "benchmark.trust.verify.verify_result"),
 ], ids=["evaluate", "verify"])
 def test_ctrl_c_ends_with_one_line(argv, target, monkeypatch, capsys):
     from pathlib import Path
@@ -54,7 +54,7 @@ def test_ctrl_c_ends_with_one_line(argv, target, monkeypatch, capsys):
 
 
 def test_validate_verbose_lists_the_checks(tmp_path, capsys):
-    from benchmark.conformance import RESULT_CHECKS
+    from benchmark.trust.conformance import RESULT_CHECKS
 
     r = tmp_path / "r.json"
     r.write_text(json.dumps({"format": "nope"}))
@@ -68,8 +68,8 @@ def test_smoke_extracts_and_scores_with_the_spec(capsys):
     """smoke reports the answer its tier's results would hold: the paper spec takes the last line of
     a generation that goes on after the answer, where the mini spec takes the first."""
     from benchmark.cli import smoke_answer
-    from benchmark.datasets import Question
-    from benchmark.spec import load_spec
+    from benchmark.protocol.datasets import Question
+    from benchmark.protocol.spec import load_spec
 
     q = Question(id="q", question="Where?", answers=("Tollervik",))
     generation = " Tollervik\nIt is named in the first part."

@@ -6,10 +6,10 @@ from kvpress import KnormPress, SnapKVPress, StreamingLLMPress
 from kvpress.utils import compute_n_kept
 from transformers import DynamicCache
 
-from benchmark.compression import build_compressor, evict, prefill, score_depends_on_rho
-from benchmark.generation import Row, greedy_decode
-from benchmark.models import PromptRenderer
-from benchmark.tiny import tiny_model
+from benchmark.protocol.compression import build_compressor, evict, prefill, score_depends_on_rho
+from benchmark.protocol.generation import Row, greedy_decode
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.tiny import tiny_model
 
 RHOS = [0.0, 0.25, 0.5, 0.8, 0.95, 1.0]
 

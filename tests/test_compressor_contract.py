@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from benchmark.compression import build_compressor, prefill, score_depends_on_rho
-from benchmark.models import PromptRenderer
-from benchmark.press_catalog import CATALOG, RUNS
-from benchmark.tiny import tiny_model
+from benchmark.protocol.compression import build_compressor, prefill, score_depends_on_rho
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.press_catalog import CATALOG, RUNS
+from benchmark.protocol.tiny import tiny_model
 
 #: constructor arguments that make a press deterministic or small enough for the tiny model
 KWARGS = {"RandomPress": {"seed": 0}, "SnapKVPress": {"window_size": 4},

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import compressors, leaderboard
-from benchmark.metrics import clustered_se, detectable_difference, paired_bootstrap_ci
-from benchmark.results import ResultFile, result_path
+from benchmark.board import compressors, leaderboard
+from benchmark.protocol.metrics import clustered_se, detectable_difference, paired_bootstrap_ci
+from benchmark.protocol.results import ResultFile, result_path
 
 DOCS = ["d0", "d1", "d2", "d3"]
 QUESTIONS = ["q0", "q1", "q2"]

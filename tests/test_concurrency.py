@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.results import ResultFile
-from benchmark.spec import SpecError
+from benchmark.protocol.results import ResultFile
+from benchmark.protocol.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,11 +71,11 @@ def test_two_processes_writing_one_result_file_lose_nothing(tmp_path):
 
 TRAINER = textwrap.dedent("""
     import json, os, sys
-    from benchmark.adapters import AdapterStore, LoraSettings, Recipe, TrainSettings, build_examples
-    from benchmark.datasets import TrainingView
-    from benchmark.models import PromptRenderer
-    from benchmark.spec import Prompt
-    from benchmark.tiny import tiny_model
+    from benchmark.protocol.adapters import AdapterStore, LoraSettings, Recipe, TrainSettings, build_examples
+    from benchmark.protocol.datasets import TrainingView
+    from benchmark.protocol.models import PromptRenderer
+    from benchmark.protocol.spec import Prompt
+    from benchmark.protocol.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     renderer = PromptRenderer(tok, Prompt(None, "Context:\\n{document}\\n\\nQuestion: {question}", "Answer:"))
@@ -120,7 +120,7 @@ def test_lock_removed_by_its_holder_still_excludes(tmp_path):
     import threading
     import time
 
-    from benchmark.results import file_lock
+    from benchmark.protocol.results import file_lock
 
     path = tmp_path / "r.json"
     inside, overlaps = [], []

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import config, metrics
-from benchmark.spec import SCHEMA_DIR, SpecError, load_schema, validate_against
+from benchmark import config
+from benchmark.protocol import metrics
+from benchmark.protocol.spec import SCHEMA_DIR, SpecError, load_schema, validate_against
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_config_and_submission_import_without_torch():
     # a fresh interpreter: this test process has torch loaded already. (Loading a submission still
     # imports kvpress, and so torch, to check that its press name is a kvpress press.)
-    code = ("import sys; import benchmark.config, benchmark.submission, benchmark.spec; "
+    code = ("import sys; import benchmark.config, benchmark.protocol.submission, benchmark.protocol.spec; "
             "from benchmark.config import LoraSettings, Recipe, TrainSettings; "
             "Recipe('qa', LoraSettings(r=8), TrainSettings(lr=2e-3)).hash(); "
             "print(sorted(m for m in ('torch', 'peft', 'transformers', 'kvpress') if m in sys.modules))")
@@ -30,7 +31,7 @@ def test_config_and_submission_import_without_torch():
 
 
 def test_old_import_paths_still_work():
-    from benchmark import adapters, spec
+    from benchmark.protocol import adapters, spec
 
     for name in ("LoraSettings", "TrainSettings", "Recipe", "OBJECTIVES", "LORA_INITS", "SCHEDULES", "QA_FORMATS",
                  "NTP_FORMATS", "_LATER_OPTIONS"):
@@ -85,7 +86,7 @@ def test_schema_files_name_no_condition_and_loading_fills_them_from_config(schem
 
 def _with_condition(schema: str, name: str):
     """A document of ``schema`` that names the condition ``name``, built from a committed file."""
-    from benchmark.spec import load_yaml
+    from benchmark.protocol.spec import load_yaml
 
     if schema == "spec.schema.json":
         raw = load_yaml(ROOT / "benchmark" / "specs" / "mini.yaml", schema)
@@ -119,7 +120,7 @@ def test_condition_names_and_help_are_one_list():
 
 
 def test_only_base_runs_without_an_adapter():
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     names = list(reversed(config.CONDITION_NAMES))
     assert config.active_conditions(names, has_adapter=False) == [config.BASE]
@@ -129,7 +130,7 @@ def test_only_base_runs_without_an_adapter():
 
 
 def test_train_for_lays_a_models_overrides_over_train():
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     adapter = {"train": {"lr": 1e-3, "epochs": 6}, "per_model": {"big": {"lr": 5e-4}, "none": None}}
     assert config.train_for(adapter, "big") == {"lr": 5e-4, "epochs": 6}
@@ -142,7 +143,7 @@ def test_train_for_lays_a_models_overrides_over_train():
 
 
 def test_paper_datasets_are_the_paper_specs():
-    from benchmark.spec import load_spec
+    from benchmark.protocol.spec import load_spec
 
     assert config.PAPER_DATASETS == tuple(d.id for d in load_spec("paper").datasets)
 
@@ -200,7 +201,8 @@ def test_every_evaluate_flag_is_a_request_field():
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_cli_passes_one_request(executor, monkeypatch, capsys):
-    from benchmark import executors, runner
+    from benchmark.integrations import executors
+    from benchmark.protocol import runner
 
     seen = []
     target, name = (executors, "run_on_ray") if executor == "ray" else (runner, "evaluate")
@@ -218,7 +220,7 @@ def test_cli_passes_one_request(executor, monkeypatch, capsys):
         submission=str(ROOT / "submissions" / "snapkv"), docs=2, questions=3, rhos=[0.0, 0.5], conditions=["base"],
         split="dev", device="cpu", dtype="bfloat16", batch_size=7, out="somewhere", worker_timeout=30.0,
         shard=(1, 3) if executor == "local" else None)
-    from benchmark.evaluator import LOADERS
+    from benchmark.protocol.evaluator import LOADERS
 
     assert kw == {"loaders": LOADERS} | ({"address": None} if executor == "ray" else {})
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmark.config import DTYPE_BYTES, KV_SHAPES
-from benchmark.conformance import check_result_file, check_submission, check_submission_isolated, kept_per_head
-from benchmark.runner import result_header
-from benchmark.spec import load_spec
+from benchmark.protocol.runner import result_header
+from benchmark.protocol.spec import load_spec
+from benchmark.trust.conformance import check_result_file, check_submission, check_submission_isolated, kept_per_head
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
@@ -23,7 +23,7 @@ RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
 
 @pytest.fixture()
 def as_sandbox(monkeypatch):
-    """This test is the sandboxed process check_submission runs in (benchmark.worker): the only one
+    """This test is the sandboxed process check_submission runs in (benchmark.trust.worker): the only one
     where submission code may be imported."""
     from benchmark.paths import SUBMISSION_PROCESS_ENV
 
@@ -182,7 +182,7 @@ def test_submissions_with_one_named_press_setting_share_its_check_and_keep_their
     """check_submissions (validate's sandboxed child) runs a named press's checks once per setting:
     each submission gets the problems of that check, naming its own file; presses of submission code
     are each checked with their own code."""
-    from benchmark.conformance import check_submissions
+    from benchmark.trust.conformance import check_submissions
 
     first, second = (write_submission(tmp_path, n, yaml_for(n, "{press: RandomPress}")) for n in ("first", "second"))
     good = write_submission(tmp_path, "good", yaml_for("good", "{press: 'press:NormPress'}"), {"press.py": GOOD_PRESS})
@@ -268,9 +268,9 @@ ENVIRONMENT = {"lorakv_bench": "0.1.0", "python": "3.11.7", "torch": "2.13.0+cpu
 def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple[Path, Path]:
     """A result file that passes every check: real mini-tier questions, made-up generations,
     metrics and cells computed the way the runner does. Returns (path, submissions dir)."""
-    from benchmark.datasets import load_split
-    from benchmark.results import ResultFile, result_path
-    from benchmark.submission import load_submission
+    from benchmark.protocol.datasets import load_split
+    from benchmark.protocol.results import ResultFile, result_path
+    from benchmark.protocol.submission import load_submission
 
     folder = write_submission(tmp_path, "knorm", yaml_for("knorm"))
     sub = load_submission(folder)
@@ -384,7 +384,7 @@ def _gold(p):
 def test_predictions_set_to_gold_without_their_generations_are_reported(valid_result):
     """Setting every prediction (and its scores and cells) to the gold answer, generations left alone:
     the extraction check catches it. Gold generations too are caught by re-running (verify)."""
-    from benchmark.results import aggregate
+    from benchmark.protocol.results import aggregate
 
     path, subs = valid_result
 
@@ -401,7 +401,7 @@ def test_predictions_set_to_gold_without_their_generations_are_reported(valid_re
 def test_changed_gold_answers_are_reported(valid_result):
     """An answer changed inside the file to match a wrong prediction, scores and cells recomputed from
     the file's own answers: the pinned dataset still has the real answer."""
-    from benchmark.results import aggregate
+    from benchmark.protocol.results import aggregate
 
     path, subs = valid_result
 
@@ -432,7 +432,7 @@ def test_predictions_checked_against_pinned_dataset(valid_result, mutate, field,
 def test_budget_exceeded_is_reported(valid_result):
     """A compressor that kept more document entries at rho = 0.9 than evict's budget allows (and a
     file whose kv_bytes and cells were made consistent with that) is reported."""
-    from benchmark.results import aggregate
+    from benchmark.protocol.results import aggregate
 
     path, subs = valid_result
 
@@ -448,7 +448,7 @@ def test_budget_exceeded_is_reported(valid_result):
 
 
 def test_kv_bytes_inconsistent_with_entries_is_reported(valid_result):
-    from benchmark.results import aggregate
+    from benchmark.protocol.results import aggregate
 
     path, subs = valid_result
 
@@ -464,7 +464,7 @@ def test_kv_bytes_inconsistent_with_entries_is_reported(valid_result):
 
 
 def test_submission_hash_covers_files_in_subfolders(tmp_path):
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     folder = write_submission(tmp_path, "nested", yaml_for("nested", "{press: 'press:NormPress'}"),
                               {"press.py": GOOD_PRESS})
@@ -483,14 +483,14 @@ def test_submission_hash_covers_files_in_subfolders(tmp_path):
 def test_hash_of_a_yaml_only_submission_is_unchanged():
     """Committed results keep their hash: a folder with only submission.yaml hashes as before."""
     from benchmark.paths import stable_hash
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     sub = load_submission(ROOT / "submissions" / "knorm")
     assert sub.hash() == stable_hash({"submission": sub.raw, "code": {}})
 
 
 @pytest.mark.parametrize("press", ["'os:system'", "'subprocess:run'", "'outside_module:Press'", "'press:X'",
-                                   "'benchmark.conformance:check_result_file'", "utils", "pipeline"])
+                                   "'benchmark.trust.conformance:check_result_file'", "utils", "pipeline"])
 def test_press_outside_the_folder_is_refused_before_import(tmp_path, monkeypatch, press):
     marker = tmp_path / "imported"
     (tmp_path / "outside_module.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Press: pass\n")
@@ -530,7 +530,7 @@ PATCHING_PRESS = """
     from kvpress import ScorerPress
 
     # import-time code of a malicious submission: make every check pass
-    for name in ("benchmark.conformance",):
+    for name in ("benchmark.trust.conformance",):
         mod = sys.modules.get(name) or __import__(name, fromlist=["x"])
         mod.check_result_file = lambda *a, **k: []
         mod.check_submission = lambda *a, **k: []
@@ -643,7 +643,7 @@ def test_listed_checks_are_the_checks_that_run():
     import ast
     import inspect
 
-    import benchmark.conformance as C
+    import benchmark.trust.conformance as C
 
     def calls(*functions) -> list[str]:
         names = []

@@ -5,14 +5,14 @@ construction are really decoded once."""
 
 import pytest
 
-from benchmark import generation as G
-from benchmark import runner as R
-from benchmark.compression import build_compressor, evict, prefill
-from benchmark.generation import Row, greedy_decode
-from benchmark.models import PromptRenderer
-from benchmark.spec import CONDITIONS, load_spec
-from benchmark.submission import load_submission
-from benchmark.tiny import tiny_model
+from benchmark.protocol import generation as G
+from benchmark.protocol import runner as R
+from benchmark.protocol.compression import build_compressor, evict, prefill
+from benchmark.protocol.generation import Row, greedy_decode
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.spec import CONDITIONS, load_spec
+from benchmark.protocol.submission import load_submission
+from benchmark.protocol.tiny import tiny_model
 
 SUB = """name: tsub
 authors: [test]

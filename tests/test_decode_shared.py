@@ -6,12 +6,12 @@ sharing really happens."""
 import pytest
 import torch
 
-from benchmark import attention
-from benchmark import generation as G
-from benchmark.compression import build_compressor, evict, prefill
-from benchmark.generation import Row, greedy_decode
-from benchmark.models import PromptRenderer
-from benchmark.tiny import tiny_model
+from benchmark.protocol import attention
+from benchmark.protocol import generation as G
+from benchmark.protocol.compression import build_compressor, evict, prefill
+from benchmark.protocol.generation import Row, greedy_decode
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.tiny import tiny_model
 
 ADA = {"press": {"press": "SnapKVPress", "kwargs": {"window_size": 8}}}
 MODELS = {  # 4 query heads on 2 KV heads unless said otherwise

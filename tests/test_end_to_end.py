@@ -22,12 +22,12 @@ def test_evaluate_smollm2_one_document(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "base_kv_adapter_decode" in proc.stdout  # the table was printed
     data = json.loads((out / "snapkv/mini/smollm2-135m/mini-narrative.json").read_text())
-    from benchmark.spec import load_spec
+    from benchmark.protocol.spec import load_spec
 
     spec = load_spec("mini")
     assert len(data["predictions"]) == 2 * len(spec.rhos) * len(spec.conditions)  # questions x rhos x conditions
     assert data["documents"][0]["adapter"]["steps"] > 0
-    from benchmark.conformance import check_result_file
+    from benchmark.trust.conformance import check_result_file
 
     problems = check_result_file(out / "snapkv/mini/smollm2-135m/mini-narrative.json",
                                  submissions_dir=ROOT / "submissions", full_protocol=False)

@@ -25,8 +25,8 @@ adapter:
 def trained(tmp_path):
     """A tiny Llama folder (a model of one's own), and a result of one document whose adapter the
     run trained into the (test's own) adapter cache."""
-    from benchmark.runner import evaluate
-    from benchmark.tiny import tiny_model
+    from benchmark.protocol.runner import evaluate
+    from benchmark.protocol.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     folder = tmp_path / "tiny-llama"
@@ -45,7 +45,7 @@ def test_export_loads_in_peft_with_the_trained_weights(trained, tmp_path, capsys
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from benchmark.adapters import AdapterStore
+    from benchmark.protocol.adapters import AdapterStore
 
     folder, result = trained
     data = json.loads(result.read_text())
@@ -60,7 +60,7 @@ def test_export_loads_in_peft_with_the_trained_weights(trained, tmp_path, capsys
     meta = json.loads((out / "lorakv.json").read_text())
     assert meta["document"]["doc_id"] == doc["doc_id"] and meta["submission"]["name"] == "tiny-qa"
     assert meta["spec_version"] == data["spec_version"] and meta["adapter_key"] == doc["adapter"]["key"]
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     assert meta["recipe"] == meta["recipe"] | {
         "name": "qa", "hash": load_submission(tmp_path / "submissions" / "tiny-qa").recipe.hash()}
@@ -77,7 +77,7 @@ def test_export_loads_in_peft_with_the_trained_weights(trained, tmp_path, capsys
 def test_export_errors_are_one_line(trained, tmp_path, capsys):
     import shutil
 
-    from benchmark.adapters import AdapterStore
+    from benchmark.protocol.adapters import AdapterStore
 
     folder, result = trained
     data = json.loads(result.read_text())
@@ -98,7 +98,7 @@ def test_export_errors_are_one_line(trained, tmp_path, capsys):
 
 
 def test_spec_models_are_named_by_their_hub_id():
-    from benchmark.export import base_model_name
+    from benchmark.integrations.export import base_model_name
 
     names = {m: base_model_name(Path("r.json"), {"tier": tier, "model": {"id": m, "name": "x"}}, None)
              for tier, m in (("mini", "qwen2.5-0.5b"), ("mini", "smollm2-135m"), ("paper", "llama-3.1-8b"))}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_compressors import DOCS, KNORM, QUESTIONS, RANDOM, RHOS, SNAP, random_base, snap_base, write
 
-from benchmark import figures, leaderboard
+from benchmark.board import figures, leaderboard
 
 GROUP_TITLE = "mini · mini-narrative · smollm2-135m · not recorded"
 

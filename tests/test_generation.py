@@ -2,10 +2,10 @@
 
 import pytest
 
-from benchmark.compression import build_compressor, evict, prefill
-from benchmark.generation import Row, greedy_decode
-from benchmark.models import PromptRenderer
-from benchmark.tiny import tiny_model
+from benchmark.protocol.compression import build_compressor, evict, prefill
+from benchmark.protocol.generation import Row, greedy_decode
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.tiny import tiny_model
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])

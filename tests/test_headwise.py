@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.compression import RaggedKV, build_compressor, evict, kv_bytes, kv_entries, prefill
-from benchmark.generation import Row, greedy_decode
-from benchmark.models import PromptRenderer
-from benchmark.tiny import tiny_model
+from benchmark.protocol.compression import RaggedKV, build_compressor, evict, kv_bytes, kv_entries, prefill
+from benchmark.protocol.generation import Row, greedy_decode
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.tiny import tiny_model
 
 ADA = {"press": {"press": "SnapKVPress", "kwargs": {"window_size": 8}}}
 
@@ -91,10 +91,10 @@ def _submission(root, name, compressor):
 
 
 def test_headwise_submission_conforms_and_counts_memory_as_kept_entries(tmp_path, qa_prompt, document):
-    from benchmark.conformance import check_submission
-    from benchmark.runner import DocumentRun
-    from benchmark.spec import load_spec
-    from benchmark.submission import load_submission
+    from benchmark.protocol.runner import DocumentRun
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.submission import load_submission
+    from benchmark.trust.conformance import check_submission
 
     ada = _submission(tmp_path, "ada", "{press: AdaKVPress, kwargs: {press: {press: ExpectedAttentionPress}}}")
     snap = _submission(tmp_path, "snap", "{press: SnapKVPress, kwargs: {window_size: 8}}")
@@ -147,8 +147,8 @@ def test_replay_presses_replay_the_document_only_and_keep_rhos_budget(name, laye
 def test_every_document_entry_gets_a_replay_score(name):
     from transformers import DynamicCache
 
-    from benchmark.compression import language_model
-    from benchmark.replay import replay_scores
+    from benchmark.protocol.compression import language_model
+    from benchmark.protocol.replay import replay_scores
 
     model, tok = tiny_model("llama")
     ids, span = list(range(5, 120)), (10, 110)

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "benchmark"
 
 
 def module_name(path: Path) -> str:
-    """``benchmark/lm_eval_tasks/utils.py`` -> ``benchmark.lm_eval_tasks.utils`` (a package: its ``__init__``)."""
+    """``benchmark/integrations/lm_eval_tasks/utils.py`` -> ``benchmark.integrations.lm_eval_tasks.utils`` (a package:
+    its ``__init__``)."""
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -42,7 +43,7 @@ def imported(path: Path, modules: set[str]) -> set[str]:
         else:
             continue
         for target in targets:
-            while target and target not in modules:  # benchmark.spec.load_spec -> benchmark.spec
+            while target and target not in modules:  # benchmark.protocol.spec.load_spec -> benchmark.protocol.spec
                 target = target.rpartition(".")[0]
             if target and target != name and target != "benchmark":
                 found.add(target)
@@ -80,10 +81,12 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_top_level_lazy_and_relative_imports():
     graph = import_graph()
-    assert {"benchmark.config", "benchmark.worker", "benchmark.evaluator"} <= graph["benchmark.runner"]  # top level
-    assert "benchmark.runner" in graph["benchmark.verify"]  # inside verify_result
-    assert "benchmark.runner" in graph["benchmark.executors"]  # ``from . import runner``
-    assert "benchmark.spec" in graph["benchmark.lm_eval_tasks.utils"]  # ``from ..spec import``
+    assert {"benchmark.config", "benchmark.trust.worker",
+            "benchmark.protocol.evaluator"} <= graph["benchmark.protocol.runner"]  # top level
+    assert "benchmark.protocol.runner" in graph["benchmark.trust.verify"]  # inside verify_result
+    assert "benchmark.protocol.runner" in graph["benchmark.integrations.executors"]  # ``from ..protocol import runner``
+    # ``from ...protocol.spec import``
+    assert "benchmark.protocol.spec" in graph["benchmark.integrations.lm_eval_tasks.utils"]
 
 
 @pytest.mark.parametrize("graph, cycle", [

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import leaderboard, strata
-from benchmark.results import ResultFile, result_path
+from benchmark.board import leaderboard, strata
+from benchmark.protocol.results import ResultFile, result_path
 
 RHOS = [0.0, 0.5, 1.0]
 CONDS = ["base", "adapter_all", "base_kv_adapter_decode", "base_score_adapter_prefill"]
@@ -480,7 +480,7 @@ def test_no_results(tmp_path):
 
 
 def test_recipe_label_shows_the_rate_the_model_was_trained_with():
-    from benchmark.leaderboard import _recipe_label
+    from benchmark.board.leaderboard import _recipe_label
 
     adapter = {"recipe": "qa", "lora": {"r": 16, "use_dora": True}, "train": {"lr": 3e-3, "epochs": 6},
                "per_model": {"qwen2.5-0.5b": {"lr": 3e-4}}}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.lm_eval_tasks import TASK_DIR
+from benchmark.integrations.lm_eval_tasks import TASK_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "lorakv_mini_narrative"
@@ -44,10 +44,10 @@ def task_manager():
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
     """A DocumentRun on a tiny random Llama with the mini spec and a SnapKV + QA-LoRA submission."""
-    from benchmark.runner import DocumentRun
-    from benchmark.spec import load_spec
-    from benchmark.submission import load_submission
-    from benchmark.tiny import tiny_model
+    from benchmark.protocol.runner import DocumentRun
+    from benchmark.protocol.spec import load_spec
+    from benchmark.protocol.submission import load_submission
+    from benchmark.protocol.tiny import tiny_model
 
     monkeypatch.setenv("LORAKV_CACHE", str(tmp_path))
     spec = load_spec("mini")
@@ -64,7 +64,7 @@ def test_task_files_listed(task_manager):
 
 
 def test_rows_flatten_the_package_data(task_manager):
-    from benchmark.lm_eval_tasks.utils import documents
+    from benchmark.integrations.lm_eval_tasks.utils import documents
 
     task = task_manager.load(["lorakv_mini_health"])["tasks"]["lorakv_mini_health"]
     rows = list(task.test_docs())
@@ -86,8 +86,8 @@ def test_paper_task_without_prepared_data_says_what_to_run(task_manager, tmp_pat
 def test_simple_evaluate_equals_document_run(tiny_run, task_manager, condition):
     import lm_eval
 
-    from benchmark.lm_eval_model import LorakvLM
-    from benchmark.lm_eval_tasks.utils import documents
+    from benchmark.integrations.lm_eval_model import LorakvLM
+    from benchmark.integrations.lm_eval_tasks.utils import documents
 
     rho, limit = 0.9, 12  # the 10 questions of the first document, 2 of the second
     lm = LorakvLM.from_run(tiny_run, rho=rho, condition=condition)
@@ -118,7 +118,7 @@ def test_simple_evaluate_equals_document_run(tiny_run, task_manager, condition):
     assert len(lm.records) == 2  # one DocumentRun.evaluate per document
 
     # Other lm-eval models get the spec's prompt as text: the runner's plain-text rendering.
-    from benchmark.models import build_template
+    from benchmark.protocol.models import build_template
 
     t = build_template(type("NoChat", (), {"chat_template": None})(), tiny_run.spec.prompt)
     row = samples[0]["doc"]
@@ -128,7 +128,7 @@ def test_simple_evaluate_equals_document_run(tiny_run, task_manager, condition):
 def test_group_runs_both_mini_tasks(tiny_run, task_manager):
     import lm_eval
 
-    from benchmark.lm_eval_model import LorakvLM
+    from benchmark.integrations.lm_eval_model import LorakvLM
 
     lm = LorakvLM.from_run(tiny_run, rho=0.5, condition="base")
     out = lm_eval.simple_evaluate(model=lm, tasks=["lorakv"], task_manager=task_manager, limit=2, bootstrap_iters=0)
@@ -138,7 +138,7 @@ def test_group_runs_both_mini_tasks(tiny_run, task_manager):
 
 
 def test_only_generation(tiny_run):
-    from benchmark.lm_eval_model import LorakvLM
+    from benchmark.integrations.lm_eval_model import LorakvLM
 
     lm = LorakvLM.from_run(tiny_run, rho=0.5, condition="adapter_all")
     with pytest.raises(NotImplementedError, match="generate_until only"):
@@ -150,7 +150,7 @@ def test_only_generation(tiny_run):
 
 
 def test_batch_size_and_include_path():
-    from benchmark.lm_eval_model import _decode_batch_size, _with_task_dir
+    from benchmark.integrations.lm_eval_model import _decode_batch_size, _with_task_dir
 
     assert _decode_batch_size(None, 1) is None  # lm-eval's default leaves the runner's batch size alone
     assert (_decode_batch_size(None, "8") == 8 and _decode_batch_size(4, "8") == 4
@@ -166,7 +166,7 @@ def test_console_script_on_smollm2(tmp_path):
     if not (sub / "submission.yaml").exists():
         sub = write_submission(tmp_path / "submissions", "snapkv")
     script = Path(sys.executable).with_name("lorakv-lm-eval")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "benchmark.lm_eval_model"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "benchmark.integrations.lm_eval_model"]
     cmd += ["--model", "lorakv", "--model_args",
             f"submission={sub},rho=0.9,condition=base_kv_adapter_decode,device=cpu,model=smollm2-135m",
             "--tasks", TASK, "--limit", "2"]
@@ -181,7 +181,7 @@ def test_every_task_generates_as_its_spec_says():
     the tier spec's generation (its max_new_tokens and stop strings), for every shipped task."""
     import yaml
 
-    from benchmark.spec import load_spec
+    from benchmark.protocol.spec import load_spec
 
     tasks = sorted(Path(TASK_DIR).glob("lorakv_*.yaml"))
     assert len(tasks) == 6
@@ -211,7 +211,7 @@ def test_every_task_generates_as_its_spec_says():
 def test_sweep_argument_errors_come_first(model_args, says, tmp_path, capsys):
     """Exit code 2 comes only from parse_sweep's checks, which run before lm-eval makes a model:
     no model is loaded for a bad argument."""
-    from benchmark.lm_eval_model import cli_main
+    from benchmark.integrations.lm_eval_model import cli_main
 
     sub = write_submission(tmp_path / "submissions")
     nosub = tmp_path / "submissions" / "no-adapter"
@@ -220,7 +220,7 @@ def test_sweep_argument_errors_come_first(model_args, says, tmp_path, capsys):
                                           + "adapter: {recipe: none}\n")
     args = model_args.format(sub=sub, nosub=nosub)
     if says == "no-adapter":  # a valid call: the checks pass it
-        from benchmark.lm_eval_model import parse_sweep
+        from benchmark.integrations.lm_eval_model import parse_sweep
 
         assert parse_sweep(["--model", "lorakv", "--model_args", args]).cells() == [(0.5, "base")]
         return
@@ -230,7 +230,7 @@ def test_sweep_argument_errors_come_first(model_args, says, tmp_path, capsys):
 
 
 def test_sweep_cells_paths_and_device(tmp_path):
-    from benchmark.lm_eval_model import parse_sweep
+    from benchmark.integrations.lm_eval_model import parse_sweep
 
     sub = write_submission(tmp_path / "submissions")
     sweep = parse_sweep(["--model", "lorakv", "-a", f"submission={sub},rho=0.5|0.9", "condition=base|adapter_all",
@@ -249,8 +249,8 @@ def test_sweep_cells_paths_and_device(tmp_path):
 def test_sweep_end_to_end_on_a_model_folder(tmp_path, monkeypatch):
     """One call, 2 rhos x 2 conditions, on a tiny model folder (``model=PATH``): four lm-eval result
     files named by submission, rho and condition, the model loaded once, the device recorded."""
-    import benchmark.lm_eval_model as M
-    from benchmark.tiny import tiny_model
+    import benchmark.integrations.lm_eval_model as M
+    from benchmark.protocol.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     folder = tmp_path / "tiny-llama"
@@ -297,8 +297,8 @@ def test_plain_lm_eval_discovers_no_entry_points():
 def test_the_docs_hf_excerpt_is_what_the_command_prints(tmp_path):
     """docs/usage.md's ``lm_eval --model hf`` excerpt: the same command, run on the converted mini model,
     prints the excerpt's rougeL and exact_match rows (value and stderr)."""
-    from benchmark.models import provision
-    from benchmark.spec import load_spec
+    from benchmark.protocol.models import provision
+    from benchmark.protocol.spec import load_spec
 
     doc = (REPO / "docs" / "usage.md").read_text()
     rows = re.findall(r"^# (\|.*\|(?:exact_match|rougeL)\s*\|.*)$", doc, flags=re.M)

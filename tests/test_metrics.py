@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmark.metrics import clustered_bootstrap_ci, exact_match, extract_answer, normalize_answer, rouge_l
+from benchmark.protocol.metrics import clustered_bootstrap_ci, exact_match, extract_answer, normalize_answer, rouge_l
 
 
 def test_normalisation():
@@ -52,7 +52,7 @@ def test_clustered_bootstrap_is_wider_than_nothing_and_deterministic():
 def test_paired_bootstrap_separates_a_constant_shift_and_not_noise():
     import numpy as np
 
-    from benchmark.metrics import paired_bootstrap_ci
+    from benchmark.protocol.metrics import paired_bootstrap_ci
 
     rng = np.random.default_rng(1)
     base = rng.uniform(0, 100, 60)
@@ -67,8 +67,8 @@ def test_paired_bootstrap_separates_a_constant_shift_and_not_noise():
 
 
 def test_scoring_is_the_specs_rules_on_the_result_scale():
-    from benchmark.metrics import SCALE, Scoring
-    from benchmark.spec import load_spec
+    from benchmark.protocol.metrics import SCALE, Scoring
+    from benchmark.protocol.spec import load_spec
 
     paper, mini = load_spec("paper").scoring(), load_spec("mini").scoring()
     assert (paper.extraction, paper.normalization, paper.budget) == ("boxed_or_last_line", "paper", "paper_floor")

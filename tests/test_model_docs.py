@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from benchmark.spec import load_spec, spec_hash
+from benchmark.protocol.spec import load_spec, spec_hash
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ def converted_smollm2() -> Path:
 @pytest.fixture
 def tiny_folder(tmp_path) -> Path:
     """A tiny random Llama saved as a transformers folder (config.json, safetensors, tokenizer)."""
-    from benchmark.tiny import tiny_model
+    from benchmark.protocol.tiny import tiny_model
 
     model, tok = tiny_model("llama")
     folder = tmp_path / "my-tiny-llama"
@@ -43,8 +43,8 @@ def tiny_folder(tmp_path) -> Path:
 
 
 def test_folder_becomes_a_model_of_its_own(tiny_folder):
-    from benchmark.models import folder_revision, resolve_model
-    from benchmark.spec import load_spec
+    from benchmark.protocol.models import folder_revision, resolve_model
+    from benchmark.protocol.spec import load_spec
 
     spec = load_spec("mini")
     m = resolve_model(spec, str(tiny_folder))
@@ -62,7 +62,7 @@ def test_kv_shape_from_config_agrees_with_the_spec_models_table():
     from transformers import AutoConfig
 
     from benchmark.config import KV_SHAPES
-    from benchmark.models import kv_shape_of
+    from benchmark.protocol.models import kv_shape_of
 
     assert kv_shape_of(AutoConfig.from_pretrained(converted_smollm2())) == KV_SHAPES["smollm2-135m"]
 
@@ -92,7 +92,7 @@ def test_folder_problems_are_one_line(tmp_path, tiny_folder, capsys):
 
 
 def _own_result(tiny_folder, tmp_path) -> Path:
-    from benchmark.runner import evaluate
+    from benchmark.protocol.runner import evaluate
 
     [path] = evaluate(str(NO_ADAPTER), model_id=str(tiny_folder), datasets=["mini-health"], docs=1, questions=2,
                       rhos=[0.5, 0.9], device="cpu", out=tmp_path / "runs", progress=False)
@@ -100,9 +100,9 @@ def _own_result(tiny_folder, tmp_path) -> Path:
 
 
 def test_tiny_folder_end_to_end_validates(tiny_folder, tmp_path):
-    from benchmark.conformance import check_result_file
-    from benchmark.models import chat_template_sha256
-    from benchmark.tiny import tiny_tokenizer
+    from benchmark.protocol.models import chat_template_sha256
+    from benchmark.protocol.tiny import tiny_tokenizer
+    from benchmark.trust.conformance import check_result_file
 
     path = _own_result(tiny_folder, tmp_path)
     assert path.parts[-2:] == ("my-tiny-llama", "mini-health.json")
@@ -111,8 +111,8 @@ def test_tiny_folder_end_to_end_validates(tiny_folder, tmp_path):
                              "revision": data["model"]["revision"], "dtype": "float32", "kv_shape": [2, 2, 16],
                              "chat_template_sha256": chat_template_sha256(tiny_tokenizer())}
     assert check_result_file(path, submissions_dir=REPO / "submissions", full_protocol=False) == []
-    from benchmark.spec import SpecError
-    from benchmark.verify import verify_result
+    from benchmark.protocol.spec import SpecError
+    from benchmark.trust.verify import verify_result
 
     with pytest.raises(SpecError, match="verify re-runs results of the spec's models only"):
         verify_result(path, 1, seed="1", submissions_dir=REPO / "submissions", device="cpu")
@@ -132,7 +132,7 @@ def test_tiny_folder_end_to_end_validates(tiny_folder, tmp_path):
 
 
 def test_leaderboard_groups_own_models_apart(tiny_folder, tmp_path):
-    from benchmark.leaderboard import group_entries, load_entries
+    from benchmark.board.leaderboard import group_entries, load_entries
 
     _own_result(tiny_folder, tmp_path)
     groups = group_entries(load_entries(tmp_path / "runs"))
@@ -144,7 +144,7 @@ def test_converted_smollm2_as_a_folder(tmp_path, capsys):
     """The converted SmolLM2 from the model cache, passed as ``--model PATH`` end to end (CLI), and
     the result passes ``validate`` but for the protocol's full-split rules (one document here)."""
     from benchmark.config import KV_SHAPES
-    from benchmark.conformance import check_result_file
+    from benchmark.trust.conformance import check_result_file
 
     folder = converted_smollm2()
     out = tmp_path / "runs"

@@ -71,7 +71,7 @@ def test_lm_eval_script_without_extra_is_one_line_error(monkeypatch, capsys):
     from benchmark.cli import lm_eval_main
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)
-    monkeypatch.delitem(sys.modules, "benchmark.lm_eval_model", raising=False)
+    monkeypatch.delitem(sys.modules, "benchmark.integrations.lm_eval_model", raising=False)
     assert lm_eval_main() == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'lm-eval' extra" in err

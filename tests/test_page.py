@@ -24,7 +24,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from test_leaderboard import write_result
 
-from benchmark import cli, leaderboard, page
+from benchmark import cli
+from benchmark.board import leaderboard, page
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "leaderboard"

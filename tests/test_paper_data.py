@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import paper_data
-from benchmark.paper_data import (
+from benchmark.paper import paper_data
+from benchmark.paper.paper_data import (
     DataIntegrityError,
     DataSourceError,
     convert_longhealth,

@@ -8,8 +8,8 @@ import string
 import pytest
 import torch
 
-from benchmark import metrics
-from benchmark.adapters import (
+from benchmark.protocol import metrics
+from benchmark.protocol.adapters import (
     _LATER_OPTIONS,
     LoraSettings,
     Recipe,
@@ -20,10 +20,10 @@ from benchmark.adapters import (
     shared_a_matrices,
     train_adapter,
 )
-from benchmark.compression import build_compressor, evict, n_kept, prefill, score_depends_on_rho
-from benchmark.models import PromptRenderer
-from benchmark.spec import load_spec
-from benchmark.tiny import tiny_model
+from benchmark.protocol.compression import build_compressor, evict, n_kept, prefill, score_depends_on_rho
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.spec import load_spec
+from benchmark.protocol.tiny import tiny_model
 
 # ---------------------------------------------------------------- metric: an independent implementation
 
@@ -383,7 +383,7 @@ def test_paper_early_stop_every_10_steps_2_in_a_row_from_step_50(document, qa_pr
                                                                    stop_step):
     """The paper's NTP rule: a log every 10 steps, each over the steps since the last; logs before step
     50 do not count; it stops at the second consecutive counted log with accuracy >= 0.95."""
-    from benchmark import adapters as A
+    from benchmark.protocol import adapters as A
 
     model, tok = tiny_model("llama")
     steps = [0]
@@ -409,7 +409,7 @@ def test_paper_early_stop_every_10_steps_2_in_a_row_from_step_50(document, qa_pr
 
 
 def test_paper_early_stop_reads_accuracy_only_for_counted_logs():
-    from benchmark.adapters import PaperEarlyStop
+    from benchmark.protocol.adapters import PaperEarlyStop
 
     rule = PaperEarlyStop(0.95)
     assert [s for s in range(1, 61) if rule.wants_accuracy(s)] == list(range(41, 61))  # log 50 reads steps 41-50
@@ -426,7 +426,7 @@ def test_early_stop_option_leaves_existing_fingerprints_alone():
 
 
 def test_chunked_document_loss_equals_the_plain_loss_and_gradients(document, qa_prompt):
-    from benchmark import adapters as A
+    from benchmark.protocol import adapters as A
 
     model, tok = tiny_model("llama")
     recipe = Recipe("ntp", LoraSettings(r=4, alpha=8, use_dora=True),
@@ -458,7 +458,7 @@ def test_chunked_document_loss_equals_the_plain_loss_and_gradients(document, qa_
 
 def test_document_training_with_gradient_checkpointing_has_the_same_losses(document, qa_prompt, monkeypatch):
     """A CPU smoke test of the CUDA setting: training with checkpointing on gives the same losses."""
-    from benchmark import adapters as A
+    from benchmark.protocol import adapters as A
 
     recipe = Recipe("ntp", LoraSettings(r=4, alpha=8, dropout=0.1, use_dora=True),
                     TrainSettings(objective="ntp", ntp_format="document", batch_size=1, lr=1e-2, max_steps=3))
@@ -516,9 +516,9 @@ def _long_story(sentences: int = 120) -> str:
 def test_chunk_next_paper_data_is_the_sections_read_back_from_string_sorted_files(tmp_path):
     """The paper writes section i to <md5 stub>_chunk<i>.txt, reads the folder back with
     sorted(glob("*.txt")) and pairs each file with the next one in that order."""
-    from benchmark.adapters import chunk_next_chunks, file_name_order
-    from benchmark.datasets import Document
-    from benchmark.synthesis import paper_sections
+    from benchmark.protocol.adapters import chunk_next_chunks, file_name_order
+    from benchmark.protocol.datasets import Document
+    from benchmark.protocol.synthesis import paper_sections
 
     _, tok = tiny_model("llama")
     text = _long_story()
@@ -561,8 +561,8 @@ def test_chunk_next_data_needs_chunk_next_and_tokens_keeps_the_fingerprint():
 
 
 def test_runner_answers_rho_1_from_the_no_context_prompt_and_scores_the_papers_way(tmp_path, document, monkeypatch):
-    from benchmark import runner as R
-    from benchmark.submission import load_submission
+    from benchmark.protocol import runner as R
+    from benchmark.protocol.submission import load_submission
 
     d = tmp_path / "submissions" / "pt"
     d.mkdir(parents=True)
@@ -622,7 +622,7 @@ def test_prepare_data_records_and_checks_the_sha256(tmp_path, monkeypatch, capsy
     spec = load_spec("paper")
     pinned = dataclasses.replace(spec, datasets=tuple(
         dataclasses.replace(d, test=dataclasses.replace(d.test, sha256="0" * 64)) for d in spec.datasets))
-    monkeypatch.setattr("benchmark.spec.load_spec", lambda tier: pinned)
+    monkeypatch.setattr("benchmark.protocol.spec.load_spec", lambda tier: pinned)
     assert cli._record_prepared_sha256("narrativeqa", out, digest) == 1
     assert "not the paper's selection" in capsys.readouterr().err
 
@@ -633,7 +633,7 @@ STORY = " ".join(f"Sentence number {i} tells that item {i} sits in room {i}." fo
 
 
 def test_paper_sections_are_two_64_word_units_with_half_overlap_cut_at_sentences():
-    from benchmark.synthesis import paper_sections
+    from benchmark.protocol.synthesis import paper_sections
 
     sentences = [f"Sentence number {i} tells that item {i} sits in room {i}." for i in range(40)]
     assert {len(x.split()) for x in sentences} == {11}  # 5 sentences (55 words) fill a 64-word unit
@@ -647,7 +647,7 @@ def test_paper_sections_are_two_64_word_units_with_half_overlap_cut_at_sentences
 
 
 def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monkeypatch):
-    from benchmark import synthesis as S
+    from benchmark.protocol import synthesis as S
 
     _, tok = tiny_model("llama")
     prompts = []
@@ -686,8 +686,8 @@ def test_paper_synthesis_prompt_and_pairs_remember_their_section(tmp_path, monke
 
 
 def test_paper_synthesis_recipe_batches_sections_and_parses_the_papers_way(tmp_path, monkeypatch):
-    from benchmark import synthesis as S
-    from benchmark.datasets import Document
+    from benchmark.protocol import synthesis as S
+    from benchmark.protocol.datasets import Document
 
     batches = []
     dup = '[{"question": "Who?", "answer": "Mara"}, {"question": "Who?", "answer": "Mara"}]'
@@ -705,8 +705,8 @@ def test_paper_synthesis_recipe_batches_sections_and_parses_the_papers_way(tmp_p
 
 
 def test_ctx_qa_neighbours_context_is_the_pairs_section_and_one_either_side(tmp_path, monkeypatch):
-    from benchmark import synthesis as S
-    from benchmark.datasets import Document
+    from benchmark.protocol import synthesis as S
+    from benchmark.protocol.datasets import Document
 
     monkeypatch.setattr(S, "_generate_texts",
                         lambda m, t, prompts, *a: ['[{"question": "Q%d?", "answer": "A"}]' % len(p) for p in prompts])
@@ -727,8 +727,8 @@ def test_ctx_qa_neighbours_context_is_the_pairs_section_and_one_either_side(tmp_
 
 
 def test_an_impossible_recipe_combination_names_the_file_and_field(tmp_path):
-    from benchmark.spec import SpecError
-    from benchmark.submission import load_submission
+    from benchmark.protocol.spec import SpecError
+    from benchmark.protocol.submission import load_submission
 
     d = tmp_path / "submissions" / "bad"
     d.mkdir(parents=True)

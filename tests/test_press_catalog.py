@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.compression import build_compressor, evict, prefill
-from benchmark.press_catalog import (
+from benchmark.protocol.compression import build_compressor, evict, prefill
+from benchmark.protocol.press_catalog import (
     CATALOG,
     MODES,
     NOTE,
@@ -25,7 +25,7 @@ from benchmark.press_catalog import (
     scoring_mode,
     write_contributing,
 )
-from benchmark.tiny import tiny_model
+from benchmark.protocol.tiny import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SPAN = (6, 86)
@@ -40,7 +40,9 @@ def test_catalog_lists_exactly_kvpress_exports():
 
 def test_contributing_table_is_the_catalog():
     text = (ROOT / "CONTRIBUTING.md").read_text()
-    assert contributing_table(text) == markdown_table(), "regenerate the table: python -m benchmark.press_catalog"
+    assert contributing_table(text) == markdown_table(), (
+        "regenerate the table: python -m benchmark.protocol.press_catalog"
+    )
 
 
 def test_the_generator_rewrites_only_the_table(tmp_path):
@@ -54,7 +56,8 @@ def test_the_generator_rewrites_only_the_table(tmp_path):
 def test_press_behaviour_is_keyed_only_by_the_catalog():
     """compression and replay dispatch on the catalog's modes: no press class is named in their code,
     so a press of a new kvpress release is one catalog entry."""
-    sources = {m: (ROOT / "benchmark" / f"{m}.py").read_text() for m in ("compression", "replay", "runner", "plan")}
+    sources = {m: (ROOT / "benchmark" / "protocol" / f"{m}.py").read_text()
+               for m in ("compression", "replay", "runner", "plan")}
     named = [(m, n) for m, text in sources.items() for n in CATALOG if f'"{n}"' in text or f"'{n}'" in text]
     assert named == []
     assert all(s.mode in MODES for s in CATALOG.values())
@@ -95,7 +98,7 @@ def test_pyramidkv_no_longer_runs_as_snapkv():
 
 
 def test_nested_press_from_yaml(tmp_path):
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     d = tmp_path / "submissions" / "critical"
     d.mkdir(parents=True)

@@ -9,7 +9,7 @@ import pytest
 from test_runner import make_submission
 from tiny_loaders import tiny_loaders
 
-from benchmark import runner as R
+from benchmark.protocol import runner as R
 
 TESTS = Path(__file__).resolve().parent
 
@@ -17,7 +17,7 @@ TESTS = Path(__file__).resolve().parent
 @pytest.mark.slow
 def test_ray_run_merges_to_exactly_the_in_process_result(tmp_path, document, monkeypatch):
     ray = pytest.importorskip("ray")
-    from benchmark.executors import run_on_ray
+    from benchmark.integrations.executors import run_on_ray
 
     rows = [{"doc_id": f"d{i}", "text": document.text + f" Extra fact number {i}.",
              "questions": [{"id": f"d{i}-{q.id}", "question": q.question, "answers": list(q.answers)}

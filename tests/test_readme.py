@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 MAP = README[README.index("## Where things are"):README.index("## Common commands")]
 
-FILES = sorted([p.name for p in (ROOT / "benchmark").glob("*.py") if p.name != "__init__.py"]
+FILES = sorted([p.name for p in [*(ROOT / "benchmark").glob("*.py"),
+                                 *(ROOT / "benchmark").glob("*/*.py")] if p.name != "__init__.py"]
                + [p.name for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh")]
                + [p.name for p in (ROOT / "perf").glob("*.py") if p.name != "__init__.py"]
                + [p.name for p in (ROOT / "docs").glob("*.md")])

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import leaderboard
-from benchmark.page import PAGE_HTML
-from benchmark.results import aggregate
-from benchmark.spec import load_spec
-from benchmark.submission import load_submission
+from benchmark.board import leaderboard
+from benchmark.board.page import PAGE_HTML
+from benchmark.protocol.results import aggregate
+from benchmark.protocol.spec import load_spec
+from benchmark.protocol.submission import load_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ROOT = ROOT / "leaderboard" / "results"

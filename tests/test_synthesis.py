@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from benchmark import synthesis
-from benchmark.synthesis import (
+from benchmark.protocol import synthesis
+from benchmark.protocol.synthesis import (
     SynthesisSettings,
     build_prompt,
     cached_synthesize,

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from benchmark.cli import main
-from benchmark.evaluator import Loaders
 from benchmark.paths import sha256_file
-from benchmark.tiny import tiny_model
+from benchmark.protocol.evaluator import Loaders
+from benchmark.protocol.tiny import tiny_model
 
 SUB = """name: usersub
 authors: [test]
@@ -105,7 +105,7 @@ def test_bad_or_missing_file_fails_naming_it(tmp_path, submission, tiny, capsys)
 def test_file_named_like_a_spec_dataset_is_refused(tmp_path, user_file, submission, tiny, capsys):
     clash = tmp_path / "mini-narrative.jsonl"
     clash.write_text(user_file.read_text())
-    from benchmark.spec import load_spec
+    from benchmark.protocol.spec import load_spec
 
     if "mini-narrative" not in {d.id for d in load_spec("mini").datasets}:
         pytest.skip("the spec has no dataset of that name")

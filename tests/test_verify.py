@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import runner as R
-from benchmark.evaluator import Loaders
-from benchmark.tiny import tiny_model
-from benchmark.verify import detection_probability, new_seed, sample_pairs, sample_size, verify_result
+from benchmark.protocol import runner as R
+from benchmark.protocol.evaluator import Loaders
+from benchmark.protocol.tiny import tiny_model
+from benchmark.trust.verify import detection_probability, new_seed, sample_pairs, sample_size, verify_result
 
 
 @pytest.fixture()
 def tiny_result(tmp_path, document):
     """A tiny-model result file, its submissions folder, and the loaders that made it."""
-    from benchmark.spec import DataFile, load_spec
+    from benchmark.protocol.spec import DataFile, load_spec
 
     data = tmp_path / "docs.jsonl"
     rows = [{"doc_id": f"d{i}", "text": document.text + f" Extra fact number {i}.",
@@ -51,8 +51,8 @@ def test_verify_passes_on_an_honest_result(tiny_result):
 
 
 def test_verify_detects_gold_generations(tiny_result):
-    from benchmark.results import aggregate
-    from benchmark.spec import load_spec
+    from benchmark.protocol.results import aggregate
+    from benchmark.protocol.spec import load_spec
 
     path, subs, loaders = tiny_result
     data = json.loads(path.read_text())
@@ -99,8 +99,8 @@ def test_verify_detects_a_changed_plan_digest(tiny_result):
 
 
 def test_the_leaderboard_shows_what_verify_re_ran_of_this_exact_file(tiny_result):
-    from benchmark.leaderboard import load_entries
-    from benchmark.verify import record_path, write_record
+    from benchmark.board.leaderboard import load_entries
+    from benchmark.trust.verify import record_path, write_record
 
     path, subs, loaders = tiny_result
     runs = path.parents[3]
@@ -116,7 +116,7 @@ def test_the_leaderboard_shows_what_verify_re_ran_of_this_exact_file(tiny_result
 
 
 def test_a_result_made_on_another_kind_of_device_is_not_compared(tiny_result):
-    from benchmark.spec import SpecError
+    from benchmark.protocol.spec import SpecError
 
     path, subs, loaders = tiny_result
     data = json.loads(path.read_text())

@@ -8,12 +8,12 @@ import dataclasses
 import functools
 from pathlib import Path
 
-from benchmark.evaluator import Loaders
+from benchmark.protocol.evaluator import Loaders
 
 
 def tiny_spec(data: str | Path, tier: str = "mini"):
     """The ``tier`` spec with its first dataset's test split replaced by ``data``."""
-    from benchmark.spec import DataFile, load_spec
+    from benchmark.protocol.spec import DataFile, load_spec
 
     spec = load_spec(tier)
     return dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(Path(data), None)),))
@@ -21,7 +21,7 @@ def tiny_spec(data: str | Path, tier: str = "mini"):
 
 def tiny_llama(model_spec, device=None, dtype=None):
     """The tiny random llama (seeded: the same weights in every process), whatever model is asked for."""
-    from benchmark.tiny import tiny_model
+    from benchmark.protocol.tiny import tiny_model
 
     return tiny_model("llama")
 

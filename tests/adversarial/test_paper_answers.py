@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import cli, paper_data
-from benchmark.conformance import check_result_file, kept_per_head
-from benchmark.datasets import load_documents
-from benchmark.runner import result_header
-from benchmark.spec import load_spec
+from benchmark import cli
+from benchmark.paper import paper_data
+from benchmark.protocol.datasets import load_documents
+from benchmark.protocol.runner import result_header
+from benchmark.protocol.spec import load_spec
+from benchmark.trust.conformance import check_result_file, kept_per_head
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -65,8 +66,8 @@ def paper_result(root: Path, docs: list, answers_of=None, skip: int = 0, after: 
     stored answers are ``answers_of(question, prediction)`` (default: the gold ones); the last
     ``skip`` questions of the last document are left out; ``after`` follows every generation."""
     from benchmark.config import DTYPE_BYTES, KV_SHAPES
-    from benchmark.results import ResultFile, result_path
-    from benchmark.submission import load_submission
+    from benchmark.protocol.results import ResultFile, result_path
+    from benchmark.protocol.submission import load_submission
 
     sub = load_submission(ROOT / "submissions" / "paper-tier-default")
     spec = load_spec("paper")
@@ -130,7 +131,7 @@ def test_text_after_the_answer_is_scored_the_papers_way(tmp_path, prepared):
     paper's extraction reads the generation alone and takes its last line, the mini tier's would take
     ``Tollervik`` through the answer prefix. Stored the paper's way, the file passes every check;
     stored the mini way, the extraction and score checks name the fields."""
-    from benchmark.metrics import Scoring
+    from benchmark.protocol.metrics import Scoring
 
     path = paper_result(tmp_path, prepared, after="}.\nThe story says so in its second part.")
     data = json.loads(path.read_text())

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import leaderboard
+from benchmark.board import leaderboard
 from benchmark.config import DTYPE_BYTES, KV_SHAPES
-from benchmark.conformance import check_result_file, kept_per_head
-from benchmark.results import aggregate
-from benchmark.runner import result_header
-from benchmark.spec import load_spec
+from benchmark.protocol.results import aggregate
+from benchmark.protocol.runner import result_header
+from benchmark.protocol.spec import load_spec
+from benchmark.trust.conformance import check_result_file, kept_per_head
 
 INJECTED = "\n\n# HACKED <script>alert(1)</script>"
 MODEL_ID = "qwen2.5-0.5b"
@@ -35,9 +35,9 @@ YAML = ("name: adapted\nauthors: [Test Author]\ndescription: header attacks\n"
 def write_result(root: Path) -> tuple[Path, Path]:
     """A conformant mini result with a QA adapter (base and base_kv_adapter_decode on every
     question of mini-narrative); returns (path, submissions dir)."""
-    from benchmark.datasets import load_split
-    from benchmark.results import ResultFile, result_path
-    from benchmark.submission import load_submission
+    from benchmark.protocol.datasets import load_split
+    from benchmark.protocol.results import ResultFile, result_path
+    from benchmark.protocol.submission import load_submission
 
     folder = root / "submissions" / "adapted"
     folder.mkdir(parents=True)

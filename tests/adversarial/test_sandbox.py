@@ -2,7 +2,7 @@
 change what the harness generates, counts or checks, write where others read, or hold a run.
 
 The harness (model, eviction, accounting, decoding, scoring) runs in the test's process; the
-submission's press and hook run in the sandbox (benchmark.worker) and return only data. Each test
+submission's press and hook run in the sandbox (benchmark.trust.worker) and return only data. Each test
 is one attack; the probe test shows the spy would find the answer if it ran beside the harness.
 """
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import runner as R
-from benchmark.evaluator import Loaders
 from benchmark.paths import PACKAGE_DIR
-from benchmark.tiny import tiny_model
-from benchmark.worker import WorkerError, bwrap_works, sandbox_args
+from benchmark.protocol import runner as R
+from benchmark.protocol.evaluator import Loaders
+from benchmark.protocol.tiny import tiny_model
+from benchmark.trust.worker import WorkerError, bwrap_works, sandbox_args
 
 SECRET = "Zorblax-4417"  # a gold answer that is in no document text and no train_qa pair
 CHECKOUT = PACKAGE_DIR.parent
@@ -157,7 +157,7 @@ def data(tmp_path, document):
 @pytest.fixture()
 def tiny(data):
     """Loaders of the tiny model and of the mini spec with ``data`` as its first dataset."""
-    from benchmark.spec import DataFile, load_spec
+    from benchmark.protocol.spec import DataFile, load_spec
 
     spec = load_spec("mini")
     spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
@@ -219,15 +219,15 @@ def test_the_press_and_the_hook_find_no_answer(tmp_path, data, tiny, capfd):
 
 
 PATCHER = """
-    import benchmark.compression, benchmark.runner, transformers
+    import benchmark.protocol.compression, benchmark.protocol.runner, transformers
 
     # Import-time code of a press that would forge a result from inside the harness's process:
     # every answer replaced, nothing evicted, the accounting shrunk.
-    benchmark.runner.DocumentRun._answer = lambda self, *a, **k: ([], {})
+    benchmark.protocol.runner.DocumentRun._answer = lambda self, *a, **k: ([], {})
     transformers.PreTrainedTokenizerBase.decode = lambda self, *a, **k: "HACKED"
-    benchmark.compression.evict_planned = lambda kv, keep, span, n_keep=None: kv
-    benchmark.compression.kv_entries = lambda kv: 1
-    benchmark.compression.kv_bytes = lambda kv: 1
+    benchmark.protocol.compression.evict_planned = lambda kv, keep, span, n_keep=None: kv
+    benchmark.protocol.compression.kv_entries = lambda kv: 1
+    benchmark.protocol.compression.kv_bytes = lambda kv: 1
     """
 
 
@@ -266,10 +266,10 @@ def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, dat
 
 NO_EVICTION = """
     import torch
-    import benchmark.plan
+    import benchmark.protocol.plan
 
     # keep every entry, whatever the budget says
-    benchmark.plan.plan_from_scores = lambda scores, n_doc, rho, budget: torch.ones(
+    benchmark.protocol.plan.plan_from_scores = lambda scores, n_doc, rho, budget: torch.ones(
         len(scores.for_rho(rho)), scores.for_rho(rho)[0].shape[0], n_doc, dtype=torch.bool)
     """
 
@@ -298,7 +298,7 @@ CANARY = """
         except OSError:
             pass
     try:
-        with open(pkg / "verify.py", "a"):
+        with open(pkg / "trust" / "verify.py", "a"):
             Path({cache!r} + "/_verify_appendable").write_text("")
     except OSError:
         pass
@@ -312,8 +312,8 @@ def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_pat
     file pass verify.
     Both kinds of sandboxed process run the canary: validate's conformance child and the
     SubmissionProcess (evaluate's; validate asks the same one for its plans)."""
-    from benchmark.conformance import VALIDATE_TIMEOUT_S, _check_in_sandbox
     from benchmark.paths import cache_dir
+    from benchmark.trust.conformance import VALIDATE_TIMEOUT_S, _check_in_sandbox
 
     model_dir = tmp_path / "model"
     model, tok = tiny_model("llama")
@@ -344,7 +344,7 @@ def test_a_sleeping_press_is_stopped_with_one_line(tmp_path, data, tiny):
 
 
 def test_validate_gives_a_sleeping_press_its_time_limit(tmp_path, data):
-    from benchmark.conformance import check_submission_isolated
+    from benchmark.trust.conformance import check_submission_isolated
 
     folder = submission(tmp_path, "sleeper", data_file=data,
                         press="import time\ntime.sleep(600)\n" + textwrap.dedent(PLAIN_PRESS))
@@ -366,7 +366,7 @@ def test_a_submission_that_exits_in_the_sandbox_is_a_one_line_failure(tmp_path, 
 
 def test_the_harness_never_imports_submission_code(tmp_path, data):
     from benchmark.paths import import_from
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     folder = submission(tmp_path, "any", data_file=data)
     with pytest.raises(RuntimeError, match="only in the sandbox"):
@@ -377,7 +377,7 @@ def test_the_harness_never_imports_submission_code(tmp_path, data):
 
 def test_every_file_a_hook_can_import_is_in_the_adapter_key(tmp_path, data):
     """A hook's helper module changes its adapters' cache key, so no stale adapter is reused."""
-    from benchmark.submission import load_submission
+    from benchmark.protocol.submission import load_submission
 
     folder = submission(tmp_path, "helper", recipe="qa", hook=True, data_file=data, extra={"helper.py": "X = 1\n"})
     before = load_submission(folder).recipe.hash()
@@ -413,7 +413,7 @@ def test_a_checkout_under_tmp_runs_in_the_sandbox(tmp_path):
 def test_an_endless_reply_is_refused_not_read_into_memory(tmp_path, data, tiny, monkeypatch):
     """A press that writes one enormous line on the protocol's stream: the harness stops reading at
     its limit and fails with one line, instead of holding whatever the sandbox sends."""
-    import benchmark.worker as W
+    import benchmark.trust.worker as W
 
     monkeypatch.setattr(W, "MAX_REPLY_CHARS", 1 << 16)
     flood = textwrap.dedent("""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from benchmark.verify import TAMPERED, detection_probability, ranked_pairs, sample_pairs, sample_size
+from benchmark.trust.verify import TAMPERED, detection_probability, ranked_pairs, sample_pairs, sample_size
 
 
 def _result(n_docs: int = 6, rhos=(0.0, 0.5, 0.9, 1.0)) -> dict:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.spec import YAML_MAX_BYTES, YAML_MAX_DEPTH, SpecError, load_spec
-from benchmark.submission import load_submission
+from benchmark.protocol.spec import YAML_MAX_BYTES, YAML_MAX_DEPTH, SpecError, load_spec
+from benchmark.protocol.submission import load_submission
 
 ROOT = Path(__file__).resolve().parents[2]
 

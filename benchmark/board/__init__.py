@@ -1,0 +1,1 @@
+"""The leaderboard: result files to its tables, page and figures."""

@@ -1,0 +1,1 @@
+"""The benchmark inside other tools: lm-eval (model and tasks), Ray, peft adapter export."""

@@ -1,0 +1,1 @@
+"""The paper tier's datasets and its cost estimate."""
