@@ -14,172 +14,14 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
+from attack_kit import CHECKOUT, KW, PLAIN_PRESS, PRESS, SECRET, needs_bwrap, submission
 
 from benchmark.paths import PACKAGE_DIR
 from benchmark.protocol import runner as R
-from benchmark.protocol.evaluator import Loaders
 from benchmark.protocol.tiny import tiny_model
-from benchmark.trust.worker import WorkerError, bwrap_works, sandbox_args
-
-SECRET = "Zorblax-4417"  # a gold answer that is in no document text and no train_qa pair
-CHECKOUT = PACKAGE_DIR.parent
-needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap does not run here (CI installs it)")
-
-SPY = """
-    import gc, inspect, json, subprocess, sys
-    from pathlib import Path
-
-    # the gold answer reversed: the probe never builds the answer itself, so finding it is a real leak
-    REV = {rev!r}
-    FILES = {files!r}
-    CHECKOUT = {checkout!r}
-
-    def _hit(s):
-        return isinstance(s, str) and REV in s[::-1]
-
-    def _search(obj, seen, depth=0):
-        if _hit(obj):
-            return True
-        if depth > 5 or id(obj) in seen or type(obj).__module__ == "torch":
-            return False
-        seen.add(id(obj))
-        if isinstance(obj, dict):
-            return any(_search(k, seen, depth + 1) or _search(v, seen, depth + 1) for k, v in list(obj.items()))
-        if isinstance(obj, (list, tuple, set, frozenset)):
-            return any(_search(x, seen, depth + 1) for x in list(obj))
-        if not inspect.ismodule(obj) and isinstance(getattr(obj, "__dict__", None), dict):
-            return _search(obj.__dict__, seen, depth + 1)
-        return False
-
-    def search(where):
-        seen = set()
-        stack = any(_search(f.frame.f_locals, seen) for f in inspect.stack()[1:])
-        heap = False
-        for o in gc.get_objects():
-            try:
-                if isinstance(o, dict):
-                    heap = any(_hit(v) or _hit(k) for k, v in list(o.items()))
-                elif isinstance(o, (list, tuple, set)):
-                    heap = any(_hit(x) for x in list(o))
-            except Exception:
-                continue
-            if heap:
-                break
-        disk = []
-        for root in FILES:
-            paths = [Path(root)] if Path(root).is_file() else list(Path(root).rglob("*")) if Path(root).is_dir() else []
-            for p in paths:
-                try:
-                    if REV in p.read_text(errors="ignore")[::-1]:
-                        disk.append(str(p))
-                except OSError:
-                    continue
-        try:  # every gold answer of the mini tier is in git's history
-            git = subprocess.run(["git", "-C", CHECKOUT, "show", "HEAD:benchmark/data/mini/mini-narrative.test.jsonl"],
-                                 capture_output=True, text=True, timeout=30).stdout
-        except Exception:
-            git = ""
-        report = {{"where": where, "stack": stack, "heap": heap, "disk": disk, "git_bytes": len(git)}}
-        print("SPY " + json.dumps(report), file=sys.stderr, flush=True)
-        return report
-    """
-
-PRESS = """
-    from dataclasses import dataclass
-
-    from kvpress import ScorerPress
-
-    from spy import search
-
-
-    @dataclass
-    class SpyPress(ScorerPress):
-        def score(self, module, hidden_states, keys, values, attentions, kwargs):
-            search("press")
-            return -keys.norm(dim=-1)
-    """
-
-PLAIN_PRESS = """
-    from dataclasses import dataclass
-
-    from kvpress import ScorerPress
-
-
-    @dataclass
-    class SpyPress(ScorerPress):  # the spy's scores without its search: for the attacks that need no probe
-        score_depends_on_rho = False
-
-        def score(self, module, hidden_states, keys, values, attentions, kwargs):
-            return -keys.norm(dim=-1)
-    """
-
-HOOK = """
-    from spy import search
-
-
-    def make_pairs(view):
-        search("hook")
-        return [{"question": q, "answer": a} for q, a in view.train_qa]
-    """
-
-YAML = """
-    name: {name}
-    authors: [Mallory]
-    description: an attack
-    compressor: {{press: 'press:SpyPress'}}
-    adapter:
-      recipe: {recipe}
-    """
-TRAIN = """  lora: {{r: 2, alpha: 4}}
-  train: {{epochs: 1, batch_size: 4{hook}}}
-"""
-
-KW = dict(rhos=[0.0, 0.5], conditions=["base", "base_kv_adapter_decode"], progress=False)
-
-
-@pytest.fixture()
-def data(tmp_path, document):
-    """A one-document dataset whose first question's gold answer is SECRET."""
-    path = tmp_path / "data" / "docs.jsonl"
-    path.parent.mkdir()
-    row = {"doc_id": "d0", "text": document.text,
-           "questions": [{"id": "q-secret", "question": "What is the vault code?", "answers": [SECRET]},
-                         {"id": "q-town", "question": "Where is the bakery?", "answers": ["Tollervik"]}],
-           "train_qa": [{"question": q, "answer": a} for q, a in document.train_qa]}
-    path.write_text(json.dumps(row) + "\n")
-    return path
-
-
-@pytest.fixture()
-def tiny(data):
-    """Loaders of the tiny model and of the mini spec with ``data`` as its first dataset."""
-    from benchmark.protocol.spec import DataFile, load_spec
-
-    spec = load_spec("mini")
-    spec = dataclasses.replace(spec, datasets=(dataclasses.replace(spec.datasets[0], test=DataFile(data, None)),))
-    model, tok = tiny_model("llama")
-    return Loaders(load_spec=lambda tier: spec, load_model=lambda *a: (model, tok))
-
-
-def submission(tmp_path: Path, name: str, press: str = PLAIN_PRESS, recipe: str = "none", hook: bool = False,
-               extra: dict | None = None, data_file: Path | None = None) -> Path:
-    folder = tmp_path / "submissions" / name
-    folder.mkdir(parents=True)
-    files = [str(data_file), str(PACKAGE_DIR / "data"), str(CHECKOUT / "leaderboard"), str(CHECKOUT / ".git"),
-             str(CHECKOUT / "tests")]
-    yml = textwrap.dedent(YAML.format(name=name, recipe=recipe))
-    if recipe != "none":
-        yml += TRAIN.format(hook=", hook: 'hooks:make_pairs'" if hook else "")
-    sources = {"submission.yaml": yml,
-               "spy.py": SPY.format(rev=SECRET[::-1], files=files, checkout=str(CHECKOUT)), "press.py": press,
-               "hooks.py": HOOK} | (extra or {})
-    for file, src in sources.items():
-        (folder / file).write_text(textwrap.dedent(src).lstrip())
-    return folder
+from benchmark.trust.worker import sandbox_args
 
 
 def _spy_reports(err: str) -> list[dict]:
@@ -264,27 +106,6 @@ def test_patching_the_harness_from_submission_code_changes_nothing(tmp_path, dat
     assert kv[0.5] < kv[0.0]
 
 
-NO_EVICTION = """
-    import torch
-    import benchmark.protocol.plan
-
-    # keep every entry, whatever the budget says
-    benchmark.protocol.plan.plan_from_scores = lambda scores, n_doc, rho, budget: torch.ones(
-        len(scores.for_rho(rho)), scores.for_rho(rho)[0].shape[0], n_doc, dtype=torch.bool)
-    """
-
-
-def test_a_plan_that_keeps_more_than_the_budget_stops_the_run(tmp_path, data, tiny, capsys):
-    from benchmark.cli import main
-
-    folder = submission(tmp_path, "keepall", data_file=data, press="import keepall\n" + textwrap.dedent(PLAIN_PRESS),
-                        extra={"keepall.py": NO_EVICTION})
-    rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "0.5", "--conditions", "base"],
-              loaders=tiny)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert rc == 2 and len(err) == 1 and "budget is exactly" in err[0], err
-
-
 CANARY = """
     from pathlib import Path
 
@@ -334,36 +155,6 @@ def test_submission_code_cannot_write_the_package_the_cache_or_the_model(tmp_pat
         (PACKAGE_DIR / "_sandbox_canary.py").unlink(missing_ok=True)
 
 
-def test_a_sleeping_press_is_stopped_with_one_line(tmp_path, data, tiny):
-    folder = submission(tmp_path, "sleeper", data_file=data,
-                        press="import time\ntime.sleep(600)\n" + textwrap.dedent(PLAIN_PRESS))
-    t0 = time.monotonic()
-    with pytest.raises(WorkerError, match=r"took longer than 3 s.*--worker-timeout") as info:
-        R.evaluate(folder, out=tmp_path / "runs", worker_timeout=3, loaders=tiny, **KW)
-    assert "\n" not in str(info.value) and time.monotonic() - t0 < 60
-
-
-def test_validate_gives_a_sleeping_press_its_time_limit(tmp_path, data):
-    from benchmark.trust.conformance import check_submission_isolated
-
-    folder = submission(tmp_path, "sleeper", data_file=data,
-                        press="import time\ntime.sleep(600)\n" + textwrap.dedent(PLAIN_PRESS))
-    t0 = time.monotonic()
-    assert check_submission_isolated(folder, timeout=5) == [
-        f"{folder}: the conformance check did not finish within 5 s"]
-    assert time.monotonic() - t0 < 30
-
-
-def test_a_submission_that_exits_in_the_sandbox_is_a_one_line_failure(tmp_path, data, tiny, capsys):
-    from benchmark.cli import main
-
-    folder = submission(tmp_path, "quitter", data_file=data, press="import sys\nsys.exit(0)\n")
-    rc = main(["evaluate", str(folder), "--out", str(tmp_path / "runs"), "--rhos", "0", "--conditions", "base"],
-              loaders=tiny)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert rc == 2 and len(err) == 1 and "sys.exit" in err[0], err
-
-
 def test_the_harness_never_imports_submission_code(tmp_path, data):
     from benchmark.paths import import_from
     from benchmark.protocol.submission import load_submission
@@ -408,26 +199,3 @@ def test_a_checkout_under_tmp_runs_in_the_sandbox(tmp_path):
                          env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"{re.escape(str(clone.resolve() / 'benchmark'))} False\n", out.stdout), out.stdout
-
-
-def test_an_endless_reply_is_refused_not_read_into_memory(tmp_path, data, tiny, monkeypatch):
-    """A press that writes one enormous line on the protocol's stream: the harness stops reading at
-    its limit and fails with one line, instead of holding whatever the sandbox sends."""
-    import benchmark.trust.worker as W
-
-    monkeypatch.setattr(W, "MAX_REPLY_CHARS", 1 << 16)
-    flood = textwrap.dedent("""
-        import os, stat
-
-        for fd in range(3, 20):  # the protocol's stream: a pipe the process may write
-            try:
-                if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    os.write(fd, b"x" * (1 << 20))
-                    break
-            except OSError:
-                continue
-        """)
-    folder = submission(tmp_path, "flood", data_file=data, press="import flood\n" + textwrap.dedent(PLAIN_PRESS),
-                        extra={"flood.py": flood})
-    with pytest.raises(WorkerError, match="longer than 65536 characters"):
-        R.evaluate(folder, out=tmp_path / "runs", loaders=tiny, **KW)
