@@ -60,11 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2, help="adapter training steps")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"])
-    ap.add_argument(
-        "--tiny",
-        action="store_true",
-        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
-    )
+    from benchmark.protocol.tiny import add_tiny_argument
+
+    add_tiny_argument(ap)
     args = ap.parse_args(argv)
 
     from benchmark.config import EvalRequest

@@ -25,11 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="a model id of the mini spec (default: the spec's default)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round and way")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument(
-        "--tiny",
-        action="store_true",
-        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
-    )
+    from benchmark.protocol.tiny import add_tiny_argument
+
+    add_tiny_argument(ap)
     args = ap.parse_args(argv)
 
     import torch

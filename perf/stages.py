@@ -175,11 +175,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="also print torch.profiler's top operators (by self CPU time): of training, or of "
                          "answering the questions (prefill, scoring, eviction and decoding together)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 2))
-    ap.add_argument(
-        "--tiny",
-        action="store_true",
-        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
-    )
+    from benchmark.protocol.tiny import add_tiny_argument
+
+    add_tiny_argument(ap)
     args = ap.parse_args(argv)
 
     import torch

@@ -113,11 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--model")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument(
-        "--tiny",
-        action="store_true",
-        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
-    )
+    from benchmark.protocol.tiny import add_tiny_argument
+
+    add_tiny_argument(ap)
     ap.add_argument("--in-process", action="store_true", help="run the methods one after another in this "
                     "process (quicker to start; peak RSS is then the process's so far, not each method's own)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

@@ -28,11 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs (for a quicker look)")
     ap.add_argument("--max-steps", type=int, help="cap the training steps (for a quicker look)")
-    ap.add_argument(
-        "--tiny",
-        action="store_true",
-        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run of the script",
-    )
+    from benchmark.protocol.tiny import add_tiny_argument
+
+    add_tiny_argument(ap)
     args = ap.parse_args(argv)
 
     import dataclasses

@@ -83,3 +83,11 @@ def load_tiny_model(model_spec=None, device: str | None = None, dtype: str | Non
     if device is not None:
         model = model.to(device)
     return model, tok
+
+
+def add_tiny_argument(parser) -> None:
+    """``--tiny`` on a ``perf/`` script's parser: run it on :func:`load_tiny_model` in place of the
+    spec's model (the scripts' smoke tests run them so)."""
+    parser.add_argument("--tiny", action="store_true",
+                        help="a tiny random model (benchmark.protocol.tiny) in place of the spec's: a smoke run "
+                             "of the script")
