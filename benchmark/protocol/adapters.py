@@ -714,16 +714,14 @@ class AdapterStore:
                 info["cached"] = False
         set_eval_scale(model, name, recipe.lora.eval_scale)
         model.set_adapter(name)
-        model.eval()
         return info
 
 
 def _load_state(model, name: str, folder: Path, recipe: Recipe) -> dict:
-    # add_adapter makes its LoRA modules in training mode, where LoRA dropout is live: the callers
-    # put the model back in evaluation mode (see in_training_mode)
     model.add_adapter(recipe.lora.peft_config(), adapter_name=name)
     state = {k.removeprefix(AdapterStore.PREFIX): v for k, v in load_file(str(folder / AdapterStore.WEIGHTS)).items()}
     set_peft_model_state_dict(model, state, adapter_name=name)
+    model.eval()  # add_adapter makes its LoRA modules in training mode, LoRA dropout live (see in_training_mode)
     return state
 
 
@@ -733,7 +731,6 @@ def attach_saved(model, name: str, folder: Path, recipe: Recipe) -> None:
     _load_state(model, name, folder, recipe)
     set_eval_scale(model, name, recipe.lora.eval_scale)
     model.set_adapter(name)
-    model.eval()
 
 
 def in_training_mode(model) -> list[str]:
