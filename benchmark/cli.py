@@ -338,18 +338,23 @@ def cmd_publish(args) -> int:
     from pathlib import Path
 
     from .protocol.results import load_result, result_path_of, write_atomic
+    from .protocol.spec import current_version, spec_name
     from .trust.conformance import check_result_file
 
     status = 0
     for run_file in args.run_files:
         problems = check_result_file(run_file, submissions_dir=args.submissions)
+        data = None if problems else load_result(run_file)
+        if data is not None and spec_name(data) != data["tier"]:  # shown while kept, never added anew
+            problems = [f"{run_file}: field 'spec_version': '{data['spec_version']}' is superseded; re-run it on "
+                        f"the current {data['tier']} spec ({current_version(data['tier'])})"]
         for p in problems:
             print(f"FAIL {p}", file=sys.stderr)
         if problems:
             print(f"not published: {run_file} ({_count(len(problems), 'problem')})", file=sys.stderr)
             status = 1
             continue
-        dest = result_path_of(args.results, load_result(run_file))
+        dest = result_path_of(args.results, data)
         if Path(run_file).resolve() != dest.resolve():
             write_atomic(dest, Path(run_file).read_text(encoding="utf-8"))
         print(f"published {run_file} -> {dest}")

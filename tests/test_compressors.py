@@ -230,3 +230,29 @@ def test_every_comparison_table_prints_its_detectable_difference(results, tmp_pa
         assert f"_Detectable difference_ ({what}): " in group, what
     overall = md.split("## overall · ", 1)[1].split("\n## ", 1)[0]
     assert "_Detectable difference_ (vs #1): " in overall
+
+
+def test_the_overall_section_pools_the_datasets(tmp_path):
+    """The overall section's compressor table pairs each question of both datasets with random
+    eviction's, a document of each dataset its own cluster: its gain is the mean over both and its
+    detectable difference the one of all those pairs (8 documents, not 4)."""
+    root = tmp_path / "results"
+    for ds, shift in (("mini-narrative", 0.0), ("mini-health", 4.0)):
+        write(root, "random-noadapter", RANDOM, random_base, dataset=ds)
+        write(root, "snap-noadapter", SNAP, lambda d, q, r, s=shift: snap_base(d, q, r) + s, dataset=ds)
+    md = leaderboard.render(root, tmp_path / "lb" / "README.md", tmp_path / "lb" / "plots")
+    overall = md.split("## overall · mini · smollm2-135m · not recorded\n", 1)[1].split("\n## ", 1)[0]
+    part = overall.split("### The compressor alone (KV-only gain over random eviction, pooled over mini-health, "
+                         "mini-narrative)", 1)[1]
+    row = next(line for line in part.splitlines() if "SnapKVPress" in line)
+    diffs, clusters = [], []
+    for ds, shift in (("mini-narrative", 0.0), ("mini-health", 4.0)):
+        for d, doc in enumerate(DOCS):
+            for q in range(len(QUESTIONS)):
+                for rho in INTERIOR:
+                    diffs.append(snap_base(d, q, rho) + shift - random_base(d, q, rho))
+                    clusters.append(f"{ds}/{doc}")
+    assert f"**{statistics.mean(diffs):+.1f} [" in row  # +32.5: both datasets
+    mde = detectable_difference(diffs, clusters)
+    assert f"_Detectable difference_ (gain 0<ρ<1): {mde:.1f} points" in part
+    assert mde != pytest.approx(detectable_difference(diffs[:len(diffs) // 2], clusters[:len(diffs) // 2]))

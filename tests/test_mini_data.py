@@ -138,3 +138,15 @@ def test_different_seed_changes_output() -> None:
     spec = gm.DATASETS[0]
     assert gm.build_document(spec, "x", 1) == gm.build_document(spec, "x", 1)
     assert gm.build_document(spec, "x", 1)["text"] != gm.build_document(spec, "x", 2)["text"]
+
+
+def test_question_counts_change_only_the_questions() -> None:
+    """More questions per document draw from the same document and train_qa (cached adapters stay
+    valid); asking for more facts than a stratum has fails naming the document."""
+    spec = gm.DATASETS[1]
+    ten, twenty = gm.build_document(spec, "x", 7), gm.build_document(spec, "x", 7, (12, 8))
+    assert (ten["text"], ten["train_qa"]) == (twenty["text"], twenty["train_qa"])
+    assert len(twenty["questions"]) == 20
+    assert [q["tags"][0] for q in twenty["questions"]].count("covered") == 12
+    with pytest.raises(ValueError, match="x: 40 covered"):
+        gm.build_document(spec, "x", 7, (40, 4))

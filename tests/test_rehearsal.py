@@ -318,11 +318,11 @@ def test_a_bf16_spec_converts_the_shared_weights_in_float32():
 
 
 def test_leaderboard_marks_rehearsal_sections_only():
-    from benchmark.board.leaderboard import rehearsal_note
+    from benchmark.board.leaderboard import tier_note
 
-    assert rehearsal_note("paper-rehearsal").startswith(" **Rehearsal of the paper tier**")
-    assert "not paper-tier results" in rehearsal_note("paper-rehearsal")
-    assert rehearsal_note("paper") == rehearsal_note("mini") == ""
+    assert tier_note("paper-rehearsal").startswith(" **Rehearsal of the paper tier**")
+    assert "not paper-tier results" in tier_note("paper-rehearsal")
+    assert tier_note("paper") == tier_note("mini") == ""
 
 
 def test_synthesis_cap_reaches_the_generator(tmp_path):

@@ -39,7 +39,15 @@ from ..extras import require
 from ..paths import sha256_file
 from ..protocol.metrics import clustered_bootstrap_ci
 from ..protocol.results import load_result
-from ..protocol.spec import CONDITION_HELP, REHEARSED_TIERS, TIERS
+from ..protocol.spec import (
+    CONDITION_HELP,
+    REHEARSED_TIERS,
+    TIERS,
+    current_version,
+    load_spec,
+    spec_name,
+    superseded_versions,
+)
 from . import compressors, figures, strata
 from .figures import band, colors, new_figure, plot_style, plot_text, save_svg
 from .page import PAGE_HTML, write_page
@@ -58,7 +66,7 @@ class Entry:
     """One result file, reduced to what the leaderboard shows."""
 
     name: str
-    tier: str
+    tier: str  # the result's tier, or its spec version where that spec is superseded (protocol.spec.spec_name)
     dataset: str
     model: str
     model_name: str
@@ -182,7 +190,7 @@ def _entry(data: dict, source: str) -> Entry:
     present = {c for _, c in cells}
     env = data.get("environment") or {}
     return Entry(
-        name=sub["name"], tier=data["tier"], dataset=data["dataset"]["id"], model=data["model"]["id"],
+        name=sub["name"], tier=spec_name(data), dataset=data["dataset"]["id"], model=data["model"]["id"],
         model_name=data["model"]["name"], headline=headline, compressor=_compressor_label(sub["compressor"]),
         recipe=_recipe_label(sub["adapter"], data["model"]["id"]), spec_version=data["spec_version"],
         date=data["updated"][:10],
@@ -229,8 +237,10 @@ GroupKey = tuple[str, str, str, str]  # (tier, dataset, model, dtype)
 
 
 def _tier_order(tier: str):
+    """Tiers in config order, each superseded spec after them (newest first)."""
     order = {t: i for i, t in enumerate(TIERS)}
-    return order.get(tier, len(TIERS)), tier
+    old = list(reversed(superseded_versions()))
+    return (order[tier], "") if tier in order else (len(TIERS) + (old.index(tier) if tier in old else len(old)), tier)
 
 
 def group_entries(entries: list[Entry]) -> dict[GroupKey, list[Entry]]:
@@ -270,10 +280,15 @@ class Overall:
     name: str
     entries: list[Entry]  # one per dataset, in dataset order
 
-    def scores(self) -> dict[tuple, float]:
+    @property
+    def compressor(self) -> str:
+        return self.entries[0].compressor
+
+    def scores(self, cond: str | None = None) -> dict[tuple, float]:
+        """:meth:`Entry.scores` of every dataset; documents of different datasets are different clusters."""
         out: dict[tuple, float] = {}
         for e in self.entries:
-            out.update(e.scores(cluster=f"{e.dataset}/"))  # documents of different datasets are different clusters
+            out.update(e.scores(cond, cluster=f"{e.dataset}/"))
         return out
 
     def mean(self) -> float:
@@ -380,8 +395,14 @@ def _overall_title(key: tuple[str, str, str]) -> str:
     return "overall · " + " · ".join(key)
 
 
-def rehearsal_note(tier: str) -> str:
-    """The line that marks a rehearsal tier's sections ('' for a tier run as itself)."""
+def tier_note(tier: str) -> str:
+    """The line that marks a rehearsal tier's sections and a superseded spec's ('' for a tier run as itself)."""
+    if tier in superseded_versions():
+        of = load_spec(tier).tier
+        return (f" **Superseded spec {tier}** (`benchmark/specs/superseded/{tier}.yaml`): results made under an "
+                f"earlier {of} spec, shown until their entries are re-run on the current one "
+                f"({current_version(of)}); its questions and ρ grid differ, so its numbers do not compare with "
+                f"the current spec's sections.")
     if tier not in REHEARSED_TIERS:
         return ""
     return (f" **Rehearsal of the {REHEARSED_TIERS[tier]} tier** (stand-in models, fixture documents, capped "
@@ -562,12 +583,15 @@ def _gain_text(c) -> str:
     return f"{c.diff:+.1f} {fmt_ci(c.lo, c.hi, signed=True)}"
 
 
-def compressor_section(group: list[Entry]) -> list[str]:
-    """The compressors' own effect (:mod:`compressors`): KV-only ROUGE-L minus random eviction's."""
+def compressor_section(group: list, pooled: list[str] | None = None) -> list[str]:
+    """The compressors' own effect (:mod:`compressors`): KV-only ROUGE-L minus random eviction's, of a
+    group's entries, or of :class:`Overall` entries with ``pooled`` naming their datasets."""
     sec = compressors.section(group)
+    title = "### The compressor alone (KV-only gain over random eviction" + (
+        f", pooled over {', '.join(escape_md(d) for d in pooled)})\n" if pooled else ")\n")
     if sec.reference is None:
         if any(not c.is_random for c in compressors.configs(group)):
-            return ["### The compressor alone (KV-only gain over random eviction)\n",
+            return [title,
                     f"No random-eviction entry (`{compressors.RANDOM_PRESS}`) in this group: the compressors' own "
                     "effect is not measured here.\n"]
         return []
@@ -580,7 +604,7 @@ def compressor_section(group: list[Entry]) -> list[str]:
             + [f"**{_gain_text(g.pooled)}**"] for g in sec.gains]
     headers = (["#", "compressor", "entries (same base rows)", "KV-only mean 0<ρ<1"]
                + [f"gain ρ={fmt_rho(r)}" for r in rhos] + ["gain 0<ρ<1"])
-    out = ["### The compressor alone (KV-only gain over random eviction)\n",
+    out = [title,
            f"`base` ROUGE-L (no adapter: the compressor alone) minus random eviction's ({code_md(ref.label)}, the base "
            f"rows of {', '.join(escape_md(n) for n in ref.names)}) on the same (document, question, ρ), with a "
            "document-clustered 95% CI. **#** ranks by the gain over all 0 < ρ < 1; configurations whose difference "
@@ -720,20 +744,21 @@ def render_markdown(entries: list[Entry], plot_links: dict[GroupKey, dict[str, s
         out.append(f"## {escape_md(_overall_title(key))}\n")
         out.append(f"Tier **{tier}**, model **{escape_md(model)}**, dtype **{escape_md(dtype)}**: each submission's "
                    f"headline predictions at 0 < ρ < 1 pooled over {', '.join(escape_md(d) for d in datasets)} (test "
-                   f"splits), ranked as above.{rehearsal_note(tier)}\n")
+                   f"splits), ranked as above.{tier_note(tier)}\n")
         if full:
             out.append(overall_table(datasets, full, submissions_link) + "\n")
         if apart:
             out.append("Not ranked here:\n")
             out.append("\n".join(f"* **{_sub_link(n, submissions_link)}**: {escape_md(why)}" for n, why in apart)
                        + "\n")
+        out.extend(compressor_section(full, pooled=datasets))
     for key, group in groups.items():
         tier, ds, model, dtype = key
         out.append(f"## {escape_md(group_title(key))}\n")
         specs = sorted({e.spec_version for e in group})
         out.append(f"Tier **{tier}**, dataset **{escape_md(ds)}** (test split), model **{escape_md(model)}** "
                    f"([{escape_md(group[0].model_name)}](../docs/tiers.md#models)), dtype **{escape_md(dtype)}**; spec "
-                   f"{', '.join(escape_md(v) for v in specs)}.{rehearsal_note(tier)}\n")
+                   f"{', '.join(escape_md(v) for v in specs)}.{tier_note(tier)}\n")
         out.append("### Ranking (ROUGE-L, headline condition)\n")
         if ranks[key]:
             out.append(main_table(group, submissions_link, ranks[key]) + "\n")

@@ -521,10 +521,15 @@ def stratify(facts: list[Fact], train_qa: list[dict]) -> tuple[list[Fact], list[
     return covered, uncovered
 
 
-def eval_questions(rng: random.Random, facts: list[Fact], train_qa: list[dict], doc_id: str) -> list[dict]:
+def eval_questions(rng: random.Random, facts: list[Fact], train_qa: list[dict], doc_id: str,
+                   counts: tuple[int, int] = (N_COVERED, N_UNCOVERED)) -> list[dict]:
+    """``counts`` = (covered, uncovered) questions, drawn without replacement, in document order."""
     covered, uncovered = stratify(facts, train_qa)
-    picked = [(f, "covered") for f in rng.sample(covered, N_COVERED)] + \
-             [(f, "uncovered") for f in rng.sample(uncovered, N_UNCOVERED)]
+    if counts[0] > len(covered) or counts[1] > len(uncovered):
+        raise ValueError(f"{doc_id}: {counts[0]} covered and {counts[1]} uncovered questions asked, the document "
+                         f"has {len(covered)} covered and {len(uncovered)} uncovered facts")
+    picked = [(f, "covered") for f in rng.sample(covered, counts[0])] + \
+             [(f, "uncovered") for f in rng.sample(uncovered, counts[1])]
     order = {f.fact_id: i for i, f in enumerate(facts)}
     picked.sort(key=lambda ft: order[ft[0].fact_id])  # document order
     return [{"id": f"{doc_id}-q{j}", "question": f.fill(rng.choice(f.attribute.eval_qs)), "answers": f.answers,
@@ -569,31 +574,35 @@ def validate(doc: dict, facts: list[Fact]) -> None:
         raise ValueError(f"{doc['doc_id']}: " + "; ".join(problems))
 
 
-def build_document(spec: DatasetSpec, doc_id: str, seed: int) -> dict:
+def build_document(spec: DatasetSpec, doc_id: str, seed: int,
+                   counts: tuple[int, int] = (N_COVERED, N_UNCOVERED)) -> dict:
+    """One document; its text and ``train_qa`` are drawn before the questions, so ``counts`` changes
+    only the questions."""
     rng = random.Random(seed)
     slots, sections = spec.fact_base(rng)
     facts = [f for section in sections for f in section]
     text = spec.text(rng, slots, sections, rng.randint(*spec.fillers))
     train_qa = make_train_qa(facts, seed=rng.randrange(2**31))
-    doc = {"doc_id": doc_id, "text": text, "questions": eval_questions(rng, facts, train_qa, doc_id),
+    doc = {"doc_id": doc_id, "text": text, "questions": eval_questions(rng, facts, train_qa, doc_id, counts),
            "train_qa": train_qa}
     validate(doc, facts)
     return doc
 
 
-def build_split(spec: DatasetSpec, split: str, n_docs: int, offset: int) -> list:
-    return [build_document(spec, f"{spec.prefix}-{split}-{i:02d}", spec.seed * 1000 + offset + i)
+def build_split(spec: DatasetSpec, split: str, n_docs: int, offset: int,
+                counts: tuple[int, int] = (N_COVERED, N_UNCOVERED)) -> list:
+    return [build_document(spec, f"{spec.prefix}-{split}-{i:02d}", spec.seed * 1000 + offset + i, counts)
             for i in range(n_docs)]
 
 
-def write_all(out_dir: Path) -> list:
+def write_all(out_dir: Path, counts: tuple[int, int] = (N_COVERED, N_UNCOVERED)) -> list:
     """Generate every dataset split into `out_dir`; returns the written paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for spec in DATASETS:
         for split, n_docs, offset in SPLITS:
             path = out_dir / f"{spec.name}.{split}.jsonl"
-            lines = [json.dumps(doc, ensure_ascii=False) for doc in build_split(spec, split, n_docs, offset)]
+            lines = [json.dumps(doc, ensure_ascii=False) for doc in build_split(spec, split, n_docs, offset, counts)]
             path.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
             paths.append(path)
     return paths
@@ -602,8 +611,10 @@ def write_all(out_dir: Path) -> list:
 def main(argv: list | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument("--questions", type=int, nargs=2, default=(N_COVERED, N_UNCOVERED),
+                        metavar=("COVERED", "UNCOVERED"), help="evaluation questions per document, by stratum")
     args = parser.parse_args(argv)
-    for path in write_all(args.out):
+    for path in write_all(args.out, tuple(args.questions)):
         print(path)
 
 

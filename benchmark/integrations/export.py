@@ -18,7 +18,7 @@ from ..config import CONDITIONS
 from ..paths import stable_hash
 from ..protocol.adapters import AdapterStore
 from ..protocol.results import load_result
-from ..protocol.spec import SpecError, load_spec
+from ..protocol.spec import SpecError, load_spec, spec_name
 
 METADATA = "lorakv.json"
 
@@ -77,7 +77,7 @@ def base_model_name(result: Path, data: dict, model_path: str | Path | None) -> 
     """``base_model_name_or_path``: a spec model's Hub id (its ``upstream`` or Hub repo); a Hub
     model of one's own: its id; a local folder: ``model_path``, which must be that model (its name
     and revision as recorded)."""
-    spec = load_spec(data["tier"])
+    spec = load_spec(spec_name(data))
     model = data["model"]
     if model["id"] in {m.id for m in spec.models}:
         hub = spec.model(model["id"]).hub_id

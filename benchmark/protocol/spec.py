@@ -19,6 +19,9 @@ from ..config import BUDGETS, CONDITION_HELP, CONDITIONS, REHEARSED_TIERS, TIERS
 from ..paths import PACKAGE_DIR, cache_dir, sha256_file, stable_hash
 
 SPEC_DIR = PACKAGE_DIR / "specs"
+#: earlier versions of a tier's spec, ``<spec_version>.yaml``, kept verbatim so that results made under
+#: them still validate, verify and show (in their own sections) until they are re-run on the current one
+SUPERSEDED_DIR = SPEC_DIR / "superseded"
 SCHEMA_DIR = PACKAGE_DIR / "schemas"
 
 
@@ -249,13 +252,28 @@ def load_yaml(path: Path, schema_name: str) -> dict:
     return raw
 
 
+def superseded_versions() -> tuple[str, ...]:
+    """The spec versions in ``specs/superseded/``, sorted."""
+    return tuple(sorted(p.stem for p in SUPERSEDED_DIR.glob("*.yaml")))
+
+
+def spec_name(data: dict) -> str:
+    """What :func:`load_spec` loads a result file's spec by: the version of a superseded spec, else the tier."""
+    version = data.get("spec_version")
+    return version if version in superseded_versions() else data["tier"]
+
+
 def load_spec(tier_or_path: str | Path = "mini") -> Spec:
-    """Load ``specs/<tier>.yaml`` (or a YAML path), validate it and freeze it."""
+    """Load ``specs/<tier>.yaml``, a superseded spec by its version (``specs/superseded/<version>.yaml``)
+    or a YAML path; validate it and freeze it."""
     path = Path(tier_or_path)
     if str(tier_or_path) in TIERS:
         path = SPEC_DIR / f"{tier_or_path}.yaml"
+    elif str(tier_or_path) in superseded_versions():
+        path = SUPERSEDED_DIR / f"{tier_or_path}.yaml"
     if not path.exists():
-        raise SpecError(f"no spec at {path} (tiers: {', '.join(TIERS)})")
+        raise SpecError(f"no spec at {path} (tiers: {', '.join(TIERS)}; superseded: "
+                        f"{', '.join(superseded_versions()) or 'none'})")
     rehearsed = REHEARSED_TIERS.get(str(tier_or_path))
     read = [path] + ([SPEC_DIR / f"{rehearsed}.yaml", SPEC_DIR / "mini.yaml"] if rehearsed else [])
     return _load_spec(path, rehearsed is not None, tuple(sha256_file(p) for p in read), cache_dir())
@@ -331,5 +349,11 @@ def rehearsal_raw(path: Path) -> dict:
 
 
 def known_spec_hashes() -> dict[str, str]:
-    """spec hash -> spec_version for every spec shipped in the package."""
-    return {load_spec(t).hash: load_spec(t).spec_version for t in TIERS}
+    """spec hash -> spec_version for every spec shipped in the package, superseded ones included."""
+    specs = [load_spec(name) for name in (*TIERS, *superseded_versions())]
+    return {s.hash: s.spec_version for s in specs}
+
+
+def current_version(tier: str) -> str:
+    """The spec version ``evaluate`` runs for ``tier`` now."""
+    return load_spec(tier).spec_version

@@ -632,10 +632,10 @@ def check_result_file(path: str | Path, *, submissions_dir: str | Path | None = 
 
 def _result_spec(path: Path, data: dict):
     """(spec, answer prefix, problems) of the tier and model the file names."""
-    from ..protocol.spec import SpecError, load_spec
+    from ..protocol.spec import SpecError, load_spec, spec_name
 
     try:
-        spec = load_spec(data["tier"])
+        spec = load_spec(spec_name(data))
         if is_own_model(data, spec):  # a model of one's own runs with the spec's prompt
             return spec, spec.prompt.answer_prefix, []
         return spec, spec.prompt_for(spec.model(data["model"]["id"])).answer_prefix, []

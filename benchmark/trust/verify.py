@@ -130,7 +130,7 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
     from ..protocol import runner
     from ..protocol.evaluator import LOADERS
     from ..protocol.results import load_result
-    from ..protocol.spec import SpecError
+    from ..protocol.spec import SpecError, spec_name
     from .conformance import _find_submissions_dir
 
     path = Path(path)
@@ -142,7 +142,7 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
         raise SpecError(f"{path}: field 'submission/hash': {data['submission']['hash']} but {folder} hashes to "
                         f"{submission.hash()}; verify re-runs the committed submission, which changed")
     loaders = loaders or LOADERS
-    spec = loaders.load_spec(data["tier"])
+    spec = loaders.load_spec(spec_name(data))
     if spec.hash != data["spec_hash"]:
         raise SpecError(f"{path}: field 'spec_hash': {data['spec_hash']}, this version's {data['tier']} spec is "
                         f"{spec.hash}; verify needs the spec the result was produced under")
