@@ -355,7 +355,8 @@ def _set(path_in_data, value):
     (_set(["submission", "name"], "someone-else"), "submission/name"),
     (_set(["rhos"], [0.0, 0.5, 0.75, 0.9, 0.95, 1.0, 0.99]), "rhos"),
     (_set(["format"], "lorakv-bench-result/0"), "format"),
-    (lambda d: d.update(predictions=[p for p in d["predictions"] if p["rho"] != 0.5]), "predictions"),
+    (lambda d: d.update(predictions=[p for p in d["predictions"] if p["rho"] != sorted(d["rhos"])[1]]),
+     "predictions"),
     (lambda d: d.update(predictions=[p for p in d["predictions"] if p["doc_id"] != d["documents"][0]["doc_id"]],
                         documents=d["documents"][1:]), "documents"),
 ], ids=["prediction-not-extracted", "exact-match", "cell-rouge", "cell-kv-bytes", "unknown-spec", "submission-hash",
@@ -420,7 +421,8 @@ def test_changed_gold_answers_are_reported(valid_result):
 @pytest.mark.parametrize("mutate, field, words", [
     (_set(["predictions", 0, "question_id"], "no-such-question"), "predictions/0/question_id", "pinned dataset"),
     (_set(["predictions", 0, "question"], "An easier question?"), "predictions/0/question", "pinned dataset asks"),
-    (_set(["predictions", 0, "tags"], ["covered"]), "predictions/0/tags", "pinned dataset"),
+    (lambda d: d["predictions"][0].update(tags=["uncovered" if d["predictions"][0]["tags"] == ["covered"]
+                                                else "covered"]), "predictions/0/tags", "pinned dataset"),
     (_set(["dataset", "sha256"], "0" * 64), "dataset/sha256", "spec pins"),
 ], ids=["unknown-question-id", "changed-question-text", "changed-tags", "other-dataset-hash"])
 def test_predictions_checked_against_pinned_dataset(valid_result, mutate, field, words):

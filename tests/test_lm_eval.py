@@ -89,7 +89,9 @@ def test_simple_evaluate_equals_document_run(tiny_run, task_manager, condition):
     from benchmark.integrations.lm_eval_model import LorakvLM
     from benchmark.integrations.lm_eval_tasks.utils import documents
 
-    rho, limit = 0.9, 12  # the 10 questions of the first document, 2 of the second
+
+    docs = documents("mini", "mini-narrative")
+    rho, limit = 0.9, len(docs[0].questions) + 2  # the questions of the first document, 2 of the second
     lm = LorakvLM.from_run(tiny_run, rho=rho, condition=condition)
     out = lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=task_manager, limit=limit, log_samples=True,
                                   bootstrap_iters=0)
@@ -98,9 +100,8 @@ def test_simple_evaluate_equals_document_run(tiny_run, task_manager, condition):
     assert len(samples) == limit
 
     # The runner's own answers for the same documents / questions / rho / condition.
-    docs = documents("mini", "mini-narrative")
     expected = {}
-    for doc, n in ((docs[0], 10), (docs[1], 2)):
+    for doc, n in ((docs[0], len(docs[0].questions)), (docs[1], 2)):
         _, preds = tiny_run.evaluate(doc, [rho], [condition], doc.questions[:n])
         expected |= {p["question_id"]: p for p in preds}
     assert [s["doc"]["question_id"] for s in samples] == list(expected)

@@ -15,40 +15,51 @@ import pytest
 
 from benchmark.data import generate_mini as gm
 
-MINI_DIR = Path(gm.__file__).resolve().parent / "mini"
-FILES = [f"{spec.name}.{split}.jsonl" for spec in gm.DATASETS for split, _, _ in gm.SPLITS]
+NAMES = [f"{spec.name}.{split}.jsonl" for spec in gm.DATASETS for split, _, _ in gm.SPLITS]
+FILES = [f"{folder}/{name}" for folder in gm.FOLDERS for name in NAMES]  # relative to the data folder
 DOC_KEYS = ["doc_id", "text", "questions", "train_qa"]
 
 
 def load(name: str) -> list[dict]:
-    return [json.loads(line) for line in (MINI_DIR / name).read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in (gm.HERE / name).read_text(encoding="utf-8").splitlines()]
 
 
 def all_docs() -> list[tuple[str, dict]]:
     return [(name, doc) for name in FILES for doc in load(name)]
 
 
+@pytest.mark.parametrize("folder", gm.FOLDERS)
 @pytest.mark.parametrize("hash_seed", ["0", "12345"])
-def test_regeneration_is_byte_identical(tmp_path: Path, hash_seed: str) -> None:
-    """The CLI reproduces the committed files exactly, whatever the string-hash seed."""
+def test_regeneration_is_byte_identical(tmp_path: Path, hash_seed: str, folder: str) -> None:
+    """The CLI reproduces the committed files exactly, whatever the string-hash seed; its default
+    writes the current folder."""
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    subprocess.run([sys.executable, "-m", "benchmark.data.generate_mini", "--out", str(tmp_path)],
-                   check=True, env=env, cwd=Path(gm.__file__).resolve().parents[2], capture_output=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
-    for name in FILES:
-        assert (tmp_path / name).read_bytes() == (MINI_DIR / name).read_bytes(), name
+    counts = [] if folder == gm.CURRENT else ["--questions", *map(str, gm.FOLDERS[folder])]
+    subprocess.run([sys.executable, "-m", "benchmark.data.generate_mini", "--out", str(tmp_path), *counts],
+                   check=True, env=env, cwd=gm.HERE.parents[1], capture_output=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(NAMES)
+    for name in NAMES:
+        assert (tmp_path / name).read_bytes() == (gm.HERE / folder / name).read_bytes(), name
+
+
+def test_the_folders_hold_the_same_documents() -> None:
+    """Only the questions differ between the folders: the same texts and train_qa, so an adapter
+    trained for one serves the other."""
+    for name in NAMES:
+        docs = [[(d["doc_id"], d["text"], d["train_qa"]) for d in load(f"{folder}/{name}")] for folder in gm.FOLDERS]
+        assert all(d == docs[0] for d in docs), name
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_file_layout_and_counts(name: str) -> None:
-    raw = (MINI_DIR / name).read_bytes()
+    raw = (gm.HERE / name).read_bytes()
     assert raw.endswith(b"\n") and not raw.endswith(b"\n\n")
     docs = load(name)
-    split = name.split(".")[1]
+    split = name.split("/")[1].split(".")[1]
     assert len(docs) == {"test": 6, "dev": 4}[split]
     for line, doc in zip(raw.decode("utf-8").splitlines(), docs):
         assert line == json.dumps(doc, ensure_ascii=False)  # canonical serialisation
-    prefix = {"mini-narrative": "narr", "mini-health": "health"}[name.split(".")[0]]
+    prefix = {"mini-narrative": "narr", "mini-health": "health"}[name.split("/")[1].split(".")[0]]
     assert [d["doc_id"] for d in docs] == [f"{prefix}-{split}-{i:02d}" for i in range(len(docs))]
 
 
@@ -56,14 +67,15 @@ def test_file_layout_and_counts(name: str) -> None:
 def test_record_format(name: str, doc: dict) -> None:
     assert list(doc) == DOC_KEYS
     assert isinstance(doc["text"], str) and doc["text"].strip()
-    assert len(doc["questions"]) == gm.N_COVERED + gm.N_UNCOVERED == 10
+    covered, uncovered = gm.FOLDERS[name.split("/")[0]]
+    assert len(doc["questions"]) == covered + uncovered
     for j, q in enumerate(doc["questions"]):
         assert list(q) == ["id", "question", "answers", "tags"]
         assert q["id"] == f"{doc['doc_id']}-q{j}"
         assert isinstance(q["question"], str) and q["question"].endswith("?")
         assert q["answers"] and all(isinstance(a, str) and a for a in q["answers"])
         assert q["tags"] in (["covered"], ["uncovered"])
-    assert [q["tags"][0] for q in doc["questions"]].count("covered") == gm.N_COVERED
+    assert [q["tags"][0] for q in doc["questions"]].count("covered") == covered
     for pair in doc["train_qa"]:
         assert list(pair) == ["question", "answer"]
         assert isinstance(pair["question"], str) and isinstance(pair["answer"], str) and pair["answer"]
@@ -107,12 +119,13 @@ def test_train_qa_procedure_never_receives_questions() -> None:
 
 
 def test_ids_unique_across_files() -> None:
-    docs = [doc for _, doc in all_docs()]
-    doc_ids = [d["doc_id"] for d in docs]
-    q_ids = [q["id"] for d in docs for q in d["questions"]]
-    assert len(set(doc_ids)) == len(doc_ids) == 20
-    assert len(set(q_ids)) == len(q_ids) == 20 * 10
-    assert all(re.fullmatch(r"(narr|health)-(test|dev)-\d\d-q\d", i) for i in q_ids)
+    for folder, counts in gm.FOLDERS.items():
+        docs = [doc for name, doc in all_docs() if name.startswith(f"{folder}/")]
+        doc_ids = [d["doc_id"] for d in docs]
+        q_ids = [q["id"] for d in docs for q in d["questions"]]
+        assert len(set(doc_ids)) == len(doc_ids) == 20
+        assert len(set(q_ids)) == len(q_ids) == 20 * sum(counts)
+        assert all(re.fullmatch(r"(narr|health)-(test|dev)-\d\d-q\d+", i) for i in q_ids)
 
 
 @pytest.mark.parametrize("attributes", [gm.NARRATIVE_ATTRIBUTES, gm.HEALTH_PATIENT_ATTRIBUTES,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.protocol.spec import current_version
 
 REPO = Path(__file__).resolve().parents[1]
 NO_ADAPTER = REPO / "submissions" / "snapkv-noadapter"
@@ -76,8 +77,9 @@ def test_unknown_model_is_one_line(arg, says, monkeypatch, capsys):
     assert main(["evaluate", str(NO_ADAPTER), "--model", arg, "--docs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert err.startswith(f"error: --model {arg}: neither a model id of spec mini-2.1 (smollm2-135m, qwen2.5-0.5b) "
-                          "nor a local folder") and says in err
+    version = current_version("mini")
+    assert err.startswith(f"error: --model {arg}: neither a model id of spec {version} (smollm2-135m, "
+                          "qwen2.5-0.5b) nor a local folder") and says in err
 
 
 def test_folder_problems_are_one_line(tmp_path, tiny_folder, capsys):
@@ -88,7 +90,8 @@ def test_folder_problems_are_one_line(tmp_path, tiny_folder, capsys):
     named = tiny_folder.rename(tmp_path / "smollm2-135m")  # would be taken for the spec's model
     assert main(["evaluate", str(NO_ADAPTER), "--model", str(named), "--docs", "1", "--rhos", "0.5",
                  "--dataset", "mini-health"]) == 2
-    assert "'smollm2-135m' is a model id of spec mini-2.1; rename the folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"'smollm2-135m' is a model id of spec {current_version('mini')}; rename the folder" in err
 
 
 def _own_result(tiny_folder, tmp_path) -> Path:

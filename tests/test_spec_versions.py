@@ -65,3 +65,22 @@ def test_results_of_a_superseded_spec_have_their_own_sections() -> None:
                 key[0])
         else:
             assert "Superseded" not in tier_note(key[0])
+
+
+def _superseded_results() -> list[Path]:
+    return sorted(p for p in RESULTS.rglob("*.json") if spec_name(json.loads(p.read_text())) in superseded_versions())
+
+
+@pytest.mark.skipif(not _superseded_results(), reason="no committed result of a superseded spec")
+def test_publish_refuses_a_result_of_a_superseded_spec(tmp_path, capsys) -> None:
+    """A result made under a superseded spec is kept where it is, but never added anew: publish names
+    the field and the current version, copies nothing and exits 1."""
+    from benchmark.cli import main
+
+    src = _superseded_results()[0]
+    data = json.loads(src.read_text())
+    assert main(["publish", str(src), "--results", str(tmp_path / "out"), "--submissions",
+                 str(ROOT / "submissions")]) == 1
+    err = capsys.readouterr().err
+    assert f"field 'spec_version': '{data['spec_version']}' is superseded" in err
+    assert current_version(data["tier"]) in err and not (tmp_path / "out").exists()

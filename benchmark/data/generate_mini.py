@@ -1,4 +1,4 @@
-"""Deterministic generator of the two fictional QA datasets of the mini tier (spec mini-2.0).
+"""Deterministic generator of the two fictional QA datasets of the mini tier (specs mini-2.0 to mini-2.2).
 
 ``mini-narrative`` mirrors NarrativeQA: the chronicle of an invented village and seven of its
 residents. ``mini-health`` mirrors LongHealth: the case file of an invented patient, one letter
@@ -21,11 +21,12 @@ The three steps, and what each one may see
 3. **Evaluation questions** (:func:`eval_questions`) are drawn afterwards, worded with the
    disjoint ``Attribute.eval_qs`` templates, and tagged ``covered`` (their fact is the subject
    of a train_qa pair) or ``uncovered`` (no train_qa question or answer contains the fact's
-   answer), 6 and 4 per document.
+   answer): 12 and 8 per document (``FOLDERS``; 6 and 4 in ``mini/``, the superseded specs' data).
 
 Each document has its own ``random.Random(seed)``; only lists and tuples are iterated, so the
 output is byte-identical across runs and Python versions. Run
-``python -m benchmark.data.generate_mini [--out DIR]`` (default: ``benchmark/data/mini``).
+``python -m benchmark.data.generate_mini [--out DIR] [--questions COVERED UNCOVERED]`` (default:
+``benchmark/data/mini-2.2``, 12 and 8); ``--out benchmark/data/mini --questions 6 4`` writes ``mini/``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "mini"
+HERE = Path(__file__).resolve().parent
+#: the data folders the package ships -> evaluation questions per document, (covered, uncovered); the
+#: documents and their train_qa are the same in every folder, only the number of questions differs
+FOLDERS = {"mini": (6, 4), "mini-2.2": (12, 8)}  # mini: specs mini-2.0 and mini-2.1 (superseded)
+CURRENT = "mini-2.2"  # the folder of the current mini spec
+DEFAULT_OUT = HERE / CURRENT
 SPLITS = (("test", 6, 0), ("dev", 4, 500))  # (split, number of documents, seed offset)
-N_COVERED, N_UNCOVERED = 6, 4  # evaluation questions per document, by stratum
+N_COVERED, N_UNCOVERED = FOLDERS[CURRENT]  # evaluation questions per document, by stratum
 COVER_FRACTION = 0.5  # share of the fact base that make_train_qa covers
 MIN_FACTS = 40
 WORD_RANGE = (950, 1400)  # about 1,500-2,500 tokens with the Qwen2.5 tokenizer (README)
