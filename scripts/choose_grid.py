@@ -13,7 +13,7 @@ The rule (every figure is measured here, on dev documents with more questions th
    power when it is ``--target`` (6) points or more: ``metrics.detectable_difference`` of the
    paired differences, clustered by document, with the standard error scaled from the dev split's
    documents to the test split's (SE x sqrt(dev docs / test docs)). A design's questions per document
-   are a subset of the pilot's, stratified like the data (60% covered), averaged over seeded draws.
+   are a subset of the pilot's, stratified like the data (12 of 20 covered), averaged over seeded draws.
 4. **Cost**: of the designs that pass, the one with the fewest decode rows per document and
    condition (questions x rhos, rho 0 and 1 included).
 
@@ -80,11 +80,16 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def at(rows: dict, rhos) -> float:
+    """Mean base ROUGE-L of ``rows`` (:func:`base_rows`) at ``rhos``."""
+    return mean(v for (_, _, r), (v, _) in rows.items() if r in rhos)
+
+
 def subset(rows: dict, k: int, seed: int) -> set[tuple[str, str]]:
-    """k questions of each document, stratified like the data (60% covered), seeded."""
+    """k questions of each document, stratified like the data (its share of covered questions), seeded."""
     tags = {(doc, qid): tag for (doc, qid, _), (_, tag) in rows.items()}
     rng = random.Random(seed)
-    n_covered = round(0.6 * k)
+    n_covered = round(generate_mini.N_COVERED / (generate_mini.N_COVERED + generate_mini.N_UNCOVERED) * k)
     picked = set()
     for doc in sorted({d for d, _ in tags}):
         for tag, n in (("covered", n_covered), ("uncovered", k - n_covered)):
@@ -138,21 +143,16 @@ def main(argv: list | None = None) -> None:
                              conditions=[BASE], out=str(args.out))
         rows[name] = base_rows(paths)
     ref = rows[REFERENCE]
-    floor = mean(v for (_, _, r), (v, _) in ref.items() if r == 1.0)
-    full = mean(v for (_, _, r), (v, _) in ref.items() if r == 0.0)
+    floor, full = at(ref, [1.0]), at(ref, [0.0])
 
     print(f"Base ROUGE-L on the dev split ({DEV_DOCS} documents, {sum(args.pilot_questions)} questions each), "
           f"model {model_id}: rho = 0 {full:.1f}, rho = 1 (floor) {floor:.1f}")
-    table = [[name] + [mean(v for (_, _, r), (v, _) in rows[name].items() if r == rho) for rho in args.pilot_rhos]
-             for name in PRESSES]
+    table = [[name] + [at(rows[name], [rho]) for rho in args.pilot_rhos] for name in PRESSES]
     print(tabulate(table, headers=["press"] + [f"rho={r:g}" for r in args.pilot_rhos], floatfmt=".1f"))
 
-    strongest = max((n for n in PRESSES if n != REFERENCE),
-                    key=lambda n: mean(v for (_, _, r), (v, _) in rows[n].items() if r in args.pilot_rhos))
-    working = [r for r in args.pilot_rhos
-               if mean(v for (_, _, rr), (v, _) in ref.items() if rr == r) >= floor + args.above_floor]
-    losing = [r for r in args.pilot_rhos
-              if mean(v for (_, _, rr), (v, _) in rows[strongest].items() if rr == r) <= full - args.loss]
+    strongest = max((n for n in PRESSES if n != REFERENCE), key=lambda n: at(rows[n], args.pilot_rhos))
+    working = [r for r in args.pilot_rhos if at(ref, [r]) >= floor + args.above_floor]
+    losing = [r for r in args.pilot_rhos if at(rows[strongest], [r]) <= full - args.loss]
     print(f"\nrandom eviction >= floor + {args.above_floor:g} at rho {working}; strongest press {strongest} "
           f">= {args.loss:g} below rho = 0 at rho {losing}")
 

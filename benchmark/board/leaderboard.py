@@ -237,10 +237,9 @@ GroupKey = tuple[str, str, str, str]  # (tier, dataset, model, dtype)
 
 
 def _tier_order(tier: str):
-    """Tiers in config order, each superseded spec after them (newest first)."""
-    order = {t: i for i, t in enumerate(TIERS)}
-    old = list(reversed(superseded_versions()))
-    return (order[tier], "") if tier in order else (len(TIERS) + (old.index(tier) if tier in old else len(old)), tier)
+    """Tiers in config order, then the superseded specs (newest first), then anything else by name."""
+    known = [*TIERS, *reversed(superseded_versions())]
+    return (known.index(tier) if tier in known else len(known)), tier
 
 
 def group_entries(entries: list[Entry]) -> dict[GroupKey, list[Entry]]:
