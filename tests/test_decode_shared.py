@@ -112,3 +112,43 @@ def test_decode_refuses_another_attention_function(qa_prompt, document):
     model.config._attn_implementation = "sdpa"
     with pytest.raises(ValueError, match="attn_implementation"):
         greedy_decode(model, tok, [Row(kv, offset, suffixes[0])], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_rows_that_stop_leave_the_batch_and_change_no_answer(name, qa_prompt, document, monkeypatch):
+    """A row that has stopped leaves its batch before the next step (the batch shrinks, caches with
+    no row left are dropped); every answer equals the row decoded alone, and the copying decode's."""
+    kind, config = MODELS[name]
+    model, tok = tiny_model(kind, **config)
+    caches = _caches(model, tok, qa_prompt, document)
+    rows = [Row(kv, offset, s) for kv, offset, suffixes in caches for s in suffixes]
+    free = greedy_decode(model, tok, rows, max_new_tokens=8, batch_size=len(rows))
+    # a stop string that ends some rows after a token or two and others later or never
+    chars = sorted({c for t in free for c in t[1:6] if not c.isspace()}, key=lambda c: sum(c in t for t in free))
+    stop = (chars[len(chars) // 2],)
+    sizes = []
+    real = attention.shared_prefix_attention
+
+    def spy(query, key, value, attention_mask, shared, scaling):
+        sizes.append((query.shape[0], len(shared.keys)))
+        return real(query, key, value, attention_mask, shared, scaling)
+
+    monkeypatch.setattr(attention, "shared_prefix_attention", spy)
+    got = greedy_decode(model, tok, rows, max_new_tokens=8, stop=stop, batch_size=len(rows))
+    monkeypatch.undo()
+    alone = [greedy_decode(model, tok, [row], max_new_tokens=8, stop=stop)[0] for row in rows]
+    assert got == alone
+    assert got == greedy_decode(model, tok, rows, max_new_tokens=8, stop=stop, batch_size=len(rows),
+                                batch_decode=G.decode_batch_copy)
+    batch_sizes = [b for b, _ in sizes]
+    assert batch_sizes[0] == len(rows) and min(batch_sizes) < len(rows)  # rows really left
+    assert batch_sizes == sorted(batch_sizes, reverse=True)
+
+
+def test_a_cache_whose_rows_all_stopped_is_dropped():
+    k = [torch.full((2, 3, 4), float(i)) for i in range(3)]
+    sp = attention.SharedPrefix([(0, 3), (3, 5), (5, 9)], k, [t + 10 for t in k], [None, torch.ones(2, 3).bool(), None])
+    sp.take_groups([2, 0, 1])
+    assert sp.bounds == [(0, 2), (2, 3)]
+    assert [int(t[0, 0, 0]) for t in sp.keys] == [0, 2] and [int(t[0, 0, 0]) for t in sp.values] == [10, 12]
+    assert sp.keep == [None, None]

@@ -58,6 +58,15 @@ class SharedPrefix:
     values: list[torch.Tensor]
     keep: list[torch.Tensor | None]
 
+    def take_groups(self, counts: list[int]) -> None:
+        """Rows have left the batch: ``counts[i]`` of cache i's rows remain (still grouped, in
+        order); a cache with none left is dropped."""
+        kept = [i for i, c in enumerate(counts) if c]
+        ends = [sum(counts[j] for j in kept[:k + 1]) for k in range(len(kept))]
+        self.bounds = [(end - counts[i], end) for i, end in zip(kept, ends)]
+        self.keys, self.values = [self.keys[i] for i in kept], [self.values[i] for i in kept]
+        self.keep = [self.keep[i] for i in kept]
+
 
 def shared_prefix(module) -> SharedPrefix | None:
     """The compressed caches a decode over shared caches has handed this attention module for the

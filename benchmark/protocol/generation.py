@@ -42,6 +42,11 @@ class _PreallocatedLayer(DynamicLayer):
         self._kbuf, self._vbuf, self._len = keys, values, length
         self.keys, self.values = keys[:, :, :length], values[:, :, :length]
 
+    def take_rows(self, keep: torch.Tensor) -> None:
+        """Keep only the batch rows ``keep`` (in that order)."""
+        self._kbuf, self._vbuf = self._kbuf[keep], self._vbuf[keep]
+        self.keys, self.values = self._kbuf[:, :, :self._len], self._vbuf[:, :, :self._len]
+
     def update(self, key_states, value_states, cache_kwargs=None):
         end = self._len + key_states.shape[-2]
         self._kbuf[:, :, self._len:end] = key_states
@@ -80,10 +85,11 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
     cache, offset and suffix (masked padding gets exactly zero attention weight):
     rows that read the *same* cache object with the same offset and suffix are decoded once
     (the runner hands identical caches over as one object, e.g. rho = 0 under two scorers);
-    rows are batched longest cache first, rows on one cache object next to each other, so that a
-    batch holds few distinct caches; and a batch reads each distinct cache once, in place
-    (``batch_decode``, default :func:`decode_batch_shared`; :func:`decode_batch_copy` is the
-    copying reference)."""
+    rows are batched shortest question suffix first (then longest cache first, rows on one cache
+    object next to each other), so that a batch's questions are left-padded by a token or two
+    rather than to the longest question of the document; a batch reads each distinct cache once, in
+    place (``batch_decode``, default :func:`decode_batch_shared`; :func:`decode_batch_copy` is the
+    copying reference); and a row leaves its batch once it has stopped."""
     batch_decode = batch_decode or decode_batch_shared
     unique: dict[tuple, int] = {}
     slot = [unique.setdefault((id(r.kv), r.position_offset, tuple(r.suffix_ids)), len(unique)) for r in rows]
@@ -94,7 +100,8 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
     cache_rank: dict[int, int] = {}
     for r in todo:
         cache_rank.setdefault(id(r.kv), len(cache_rank))
-    order = sorted(range(len(todo)), key=lambda i: (-todo[i].kv[0][0].shape[2], cache_rank[id(todo[i].kv)]))
+    order = sorted(range(len(todo)), key=lambda i: (len(todo[i].suffix_ids), -todo[i].kv[0][0].shape[2],
+                                                     cache_rank[id(todo[i].kv)]))
     texts: list[str] = [""] * len(todo)
     for i in range(0, len(order), batch_size):
         batch = order[i:i + batch_size]
@@ -144,8 +151,18 @@ def decode_batch_shared(model, tokenizer, rows: list[Row], max_new_tokens: int, 
     attn_modules = [layer.self_attn for layer in language_model(model).layers]
     for module, sp in zip(attn_modules, shared):
         module._lorakv_shared = sp
+    def shrink(keep: torch.Tensor) -> None:  # rows leave the batch: the buffers' rows and the caches' bounds
+        for layer in cache.layers:
+            layer.take_rows(keep)
+        group_of = torch.tensor([g for g, (lo, hi) in enumerate(bounds) for _ in range(lo, hi)])[keep.cpu()]
+        counts = torch.bincount(group_of, minlength=len(bounds)).tolist()
+        for sp in shared:
+            sp.take_groups(counts)
+        bounds[:] = shared[0].bounds
+
     try:
-        texts = _decode_loop(model, tokenizer, grouped, cache, [0] * len(grouped), q_len, max_new_tokens, stop)
+        texts = _decode_loop(model, tokenizer, grouped, cache, [0] * len(grouped), q_len, max_new_tokens, stop,
+                             shrink)
     finally:
         for module in attn_modules:
             module._lorakv_shared = None
@@ -194,18 +211,28 @@ def decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, st
     attn_modules = [layer.self_attn for layer in language_model(model).layers]
     for module, m in zip(attn_modules, head_keep or [None] * n_layers):
         module._lorakv_keep = m
+    def shrink(keep: torch.Tensor) -> None:  # rows leave the batch
+        for layer in cache.layers:
+            layer.take_rows(keep)
+        for module in attn_modules:
+            if module._lorakv_keep is not None:
+                module._lorakv_keep = module._lorakv_keep[keep]
+
     try:
         lens = [r.kv[0][0].shape[2] for r in rows]
-        return _decode_loop(model, tokenizer, rows, cache, lens, q_len, max_new_tokens, stop)
+        return _decode_loop(model, tokenizer, rows, cache, lens, q_len, max_new_tokens, stop, shrink)
     finally:
         for module in attn_modules:
             module._lorakv_keep = None
 
 
 def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: int, max_new_tokens: int,
-                 stop: tuple[str, ...]) -> list[str]:
+                 stop: tuple[str, ...], shrink: Callable[[torch.Tensor], None]) -> list[str]:
     """Greedy steps over ``cache``, which already holds ``cache_lens[b]`` entries of row b (right-
-    padded to their maximum; all 0 when the caches are shared beside it, see decode_batch_shared)."""
+    padded to their maximum; all 0 when the caches are shared beside it, see decode_batch_shared).
+    A row that has stopped leaves the batch before the next step: ``shrink(keep)`` narrows what the
+    caller holds per row (cache buffers, shared-cache bounds, head masks) to the batch indices
+    ``keep``, in order."""
     device = model.device
     bsz = len(rows)
     cache_len = max(cache_lens)
@@ -221,7 +248,7 @@ def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: in
 
     stop_ids = _stop_ids(model, tokenizer)
     generated = [[] for _ in rows]
-    done = [False] * bsz
+    active = list(range(bsz))  # the rows still in the batch, in batch order
     total = cache_len
     for step in range(max_new_tokens):
         cache_position = torch.arange(total, total + input_ids.shape[1], device=device)
@@ -231,21 +258,25 @@ def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: in
         ).logits[:, -1]
         total += input_ids.shape[1]
         next_ids = logits.argmax(dim=-1)
-        for b in range(bsz):
-            if done[b]:
-                continue
-            tok = int(next_ids[b])
+        keep = []
+        for j, b in enumerate(active):
+            tok = int(next_ids[j])
             if tok in stop_ids:
-                done[b] = True
                 continue
             generated[b].append(tok)
             if stop and any(s in tokenizer.decode(generated[b], skip_special_tokens=True).lstrip() for s in stop):
-                done[b] = True
-        if all(done):
+                continue
+            keep.append(j)
+        if not keep or step == max_new_tokens - 1:
             break
+        if len(keep) < len(active):
+            idx = torch.tensor(keep, device=device)
+            next_ids, position_ids, mask = next_ids[idx], position_ids[idx], mask[idx]
+            shrink(idx)
+            active = [active[j] for j in keep]
         input_ids = next_ids[:, None]
         position_ids = position_ids[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones(bsz, 1)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
 
     texts = []
     for ids in generated:
