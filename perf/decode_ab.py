@@ -5,7 +5,10 @@ the reference of the ratios):
 * ``plain``: every row, batches in row order, each row's cache copied into the batch buffer
 * ``copy``: ``greedy_decode`` (identical rows once, longest cache first) with the copying batch
   decode (``batch_decode=generation.decode_batch_copy``)
-* ``shared``: ``greedy_decode`` as it is: each distinct cache read once per batch, in place
+* ``cache``: ``greedy_decode`` reading each distinct cache once per batch, in place, batched longest
+  cache first with every row kept to its batch's end (``batching="cache"``)
+* ``shared``: ``greedy_decode`` as it is: as ``cache``, batched shortest question first, a row
+  leaving its batch once it stops (``batching="suffix"``, :data:`benchmark.config.BATCHINGS`)
 
 Each (repeat, mode) is one ``DocumentRun.evaluate`` of the document: the runner's whole path, with
 the decode of the mode in place of ``greedy_decode``. The adapter is a short-trained one (--steps),
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +32,7 @@ from benchmark.paths import set_offline  # before transformers is imported
 set_offline()
 
 
-def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
+def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16, batching=None):
     from benchmark.protocol.generation import decode_batch_copy
 
     out = []
@@ -43,13 +45,16 @@ def decoder(mode: str):
     """A stand-in for the runner's ``greedy_decode`` that decodes the ``mode`` way."""
     from benchmark.protocol.generation import decode_batch_copy, greedy_decode
 
-    return {"plain": plain_decode, "copy": functools.partial(greedy_decode, batch_decode=decode_batch_copy),
-            "shared": greedy_decode}[mode]
+    def batched(batching, **fixed):  # the runner passes its own batching: this one wins
+        return lambda *a, **kw: greedy_decode(*a, **(kw | fixed | {"batching": batching}))
+
+    return {"plain": plain_decode, "copy": batched("cache", batch_decode=decode_batch_copy),
+            "cache": batched("cache"), "shared": batched("suffix")}[mode]
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", nargs="+", choices=["plain", "copy", "shared"], default=["copy", "shared"],
+    ap.add_argument("--modes", nargs="+", choices=["plain", "copy", "cache", "shared"], default=["copy", "shared"],
                     help="decodes to time, interleaved; the first is the reference (default: copy shared)")
     ap.add_argument("--submission", default="submissions/snapkv")
     ap.add_argument("--model")

@@ -25,7 +25,7 @@ adapter:
 """
 
 
-def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16):
+def plain_decode(model, tok, rows, *, max_new_tokens, stop=(), batch_size=16, batching=None):
     """The decode before deduplication, length ordering and shared caches: every row, batches in row
     order, each row's cache copied into the batch buffer."""
     out = []
@@ -40,9 +40,9 @@ def counted(monkeypatch):
     seen = []
     real = G.decode_batch_shared
 
-    def spy(model, tok, rows, *a):
+    def spy(model, tok, rows, *a, **kw):
         seen.append(len(rows))
-        return real(model, tok, rows, *a)
+        return real(model, tok, rows, *a, **kw)
 
     monkeypatch.setattr(G, "decode_batch_shared", spy)
     return seen

@@ -50,6 +50,32 @@ def test_verify_passes_on_an_honest_result(tiny_result):
     assert json.loads(path.read_text())["environment"]["batch_size"] == 64  # the batch size verify decodes in
 
 
+def test_verify_decodes_in_the_batching_the_result_records(tiny_result, monkeypatch):
+    """A row's tokens can depend on its batch (in bfloat16), so verify batches as the run did: the
+    scheme the result records, and "cache" for a result made before the scheme was recorded."""
+    from benchmark.config import BATCHING
+
+    path, subs, loaders = tiny_result
+    data = json.loads(path.read_text())
+    assert data["environment"]["batching"] == BATCHING == "suffix"
+    seen = []
+    real = R.greedy_decode
+
+    def spy(*a, **kw):
+        seen.append(kw["batching"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(R, "greedy_decode", spy)
+    assert verify_result(path, 1, seed="b", submissions_dir=subs, loaders=loaders).ok
+    assert set(seen) == {"suffix"}
+    del data["environment"]["batching"]
+    path.write_text(json.dumps(data, indent=1))
+    seen.clear()
+    v = verify_result(path, 1, seed="b", submissions_dir=subs, loaders=loaders)
+    assert v.ok, v.mismatches
+    assert set(seen) == {"cache"}
+
+
 def test_verify_detects_gold_generations(tiny_result):
     from benchmark.protocol.results import aggregate
     from benchmark.protocol.spec import load_spec

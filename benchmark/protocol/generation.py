@@ -27,6 +27,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ..config import BATCHING, BATCHINGS
 from . import attention
 from .attention import SharedPrefix
 from .compression import KV, language_model
@@ -63,8 +64,10 @@ class Row:
     suffix_ids: list[int]  # question + assistant header + answer prefix
 
 
-#: decodes one batch of rows: (model, tokenizer, rows, max_new_tokens, stop) -> one text per row
-BatchDecode = Callable[[object, object, list[Row], int, tuple[str, ...]], list[str]]
+#: decodes one batch of rows: (model, tokenizer, rows, max_new_tokens, stop, leave=) -> one text per row;
+#: ``leave``: a row that has stopped leaves the batch before the next step
+BatchDecode = Callable[..., list[str]]
+
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -77,7 +80,8 @@ def _stop_ids(model, tokenizer) -> set[int]:
 
 @torch.no_grad()
 def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, stop: tuple[str, ...] = (),
-                  batch_size: int = 16, batch_decode: BatchDecode | None = None) -> list[str]:
+                  batch_size: int = 16, batch_decode: BatchDecode | None = None,
+                  batching: str = BATCHING) -> list[str]:
     """Decode every row greedily; returns the generated text of each (leading whitespace dropped),
     cut at the first stop string.
 
@@ -85,11 +89,11 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
     cache, offset and suffix (masked padding gets exactly zero attention weight):
     rows that read the *same* cache object with the same offset and suffix are decoded once
     (the runner hands identical caches over as one object, e.g. rho = 0 under two scorers);
-    rows are batched shortest question suffix first (then longest cache first, rows on one cache
-    object next to each other), so that a batch's questions are left-padded by a token or two
-    rather than to the longest question of the document; a batch reads each distinct cache once, in
-    place (``batch_decode``, default :func:`decode_batch_shared`; :func:`decode_batch_copy` is the
-    copying reference); and a row leaves its batch once it has stopped."""
+    rows are batched as ``batching`` says (:data:`benchmark.config.BATCHINGS`), rows on one cache object next to
+    each other; and a batch reads each distinct cache once, in place (``batch_decode``, default
+    :func:`decode_batch_shared`; :func:`decode_batch_copy` is the copying reference)."""
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching {batching!r}: expected one of {', '.join(BATCHINGS)}")
     batch_decode = batch_decode or decode_batch_shared
     unique: dict[tuple, int] = {}
     slot = [unique.setdefault((id(r.kv), r.position_offset, tuple(r.suffix_ids)), len(unique)) for r in rows]
@@ -100,17 +104,20 @@ def greedy_decode(model, tokenizer, rows: list[Row], *, max_new_tokens: int, sto
     cache_rank: dict[int, int] = {}
     for r in todo:
         cache_rank.setdefault(id(r.kv), len(cache_rank))
-    order = sorted(range(len(todo)), key=lambda i: (len(todo[i].suffix_ids), -todo[i].kv[0][0].shape[2],
-                                                     cache_rank[id(todo[i].kv)]))
+    by_suffix = batching == "suffix"
+    order = sorted(range(len(todo)), key=lambda i: (len(todo[i].suffix_ids) if by_suffix else 0,
+                                                     -todo[i].kv[0][0].shape[2], cache_rank[id(todo[i].kv)]))
     texts: list[str] = [""] * len(todo)
     for i in range(0, len(order), batch_size):
         batch = order[i:i + batch_size]
-        for j, text in zip(batch, batch_decode(model, tokenizer, [todo[j] for j in batch], max_new_tokens, stop)):
+        for j, text in zip(batch, batch_decode(model, tokenizer, [todo[j] for j in batch], max_new_tokens, stop,
+                                                     leave=by_suffix)):
             texts[j] = text
     return [texts[s] for s in slot]
 
 
-def decode_batch_shared(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+def decode_batch_shared(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...],
+                        leave: bool = True) -> list[str]:
     """Decode one batch reading each distinct cache object once.
 
     Memory: the batch buffer (the model's cache) holds only the rows' own tokens, per layer
@@ -162,7 +169,7 @@ def decode_batch_shared(model, tokenizer, rows: list[Row], max_new_tokens: int, 
 
     try:
         texts = _decode_loop(model, tokenizer, grouped, cache, [0] * len(grouped), q_len, max_new_tokens, stop,
-                             shrink)
+                             shrink if leave else None)
     finally:
         for module in attn_modules:
             module._lorakv_shared = None
@@ -172,7 +179,8 @@ def decode_batch_shared(model, tokenizer, rows: list[Row], max_new_tokens: int, 
     return out
 
 
-def decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...]) -> list[str]:
+def decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, stop: tuple[str, ...],
+                      leave: bool = True) -> list[str]:
     """The copying decode: every row's cache copied into its own slot of one buffer padded to the
     batch's longest cache, (batch, kv_heads, cache_len + q_len + max_new_tokens, head_dim) per layer.
     The reference for the tests and for ``perf/decode_ab.py --modes copy shared``."""
@@ -220,19 +228,20 @@ def decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, st
 
     try:
         lens = [r.kv[0][0].shape[2] for r in rows]
-        return _decode_loop(model, tokenizer, rows, cache, lens, q_len, max_new_tokens, stop, shrink)
+        return _decode_loop(model, tokenizer, rows, cache, lens, q_len, max_new_tokens, stop,
+                            shrink if leave else None)
     finally:
         for module in attn_modules:
             module._lorakv_keep = None
 
 
 def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: int, max_new_tokens: int,
-                 stop: tuple[str, ...], shrink: Callable[[torch.Tensor], None]) -> list[str]:
+                 stop: tuple[str, ...], shrink: Callable[[torch.Tensor], None] | None) -> list[str]:
     """Greedy steps over ``cache``, which already holds ``cache_lens[b]`` entries of row b (right-
     padded to their maximum; all 0 when the caches are shared beside it, see decode_batch_shared).
-    A row that has stopped leaves the batch before the next step: ``shrink(keep)`` narrows what the
-    caller holds per row (cache buffers, shared-cache bounds, head masks) to the batch indices
-    ``keep``, in order."""
+    With ``shrink``, a row that has stopped leaves the batch before the next step: ``shrink(keep)``
+    narrows what the caller holds per row (cache buffers, shared-cache bounds, head masks) to the
+    batch indices ``keep``, in order; without it a stopped row is carried to the batch's end."""
     device = model.device
     bsz = len(rows)
     cache_len = max(cache_lens)
@@ -249,6 +258,7 @@ def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: in
     stop_ids = _stop_ids(model, tokenizer)
     generated = [[] for _ in rows]
     active = list(range(bsz))  # the rows still in the batch, in batch order
+    done = [False] * bsz
     total = cache_len
     for step in range(max_new_tokens):
         cache_position = torch.arange(total, total + input_ids.shape[1], device=device)
@@ -260,16 +270,20 @@ def _decode_loop(model, tokenizer, rows, cache, cache_lens: list[int], q_len: in
         next_ids = logits.argmax(dim=-1)
         keep = []
         for j, b in enumerate(active):
+            if done[b]:
+                continue
             tok = int(next_ids[j])
             if tok in stop_ids:
+                done[b] = True
                 continue
             generated[b].append(tok)
             if stop and any(s in tokenizer.decode(generated[b], skip_special_tokens=True).lstrip() for s in stop):
+                done[b] = True
                 continue
             keep.append(j)
         if not keep or step == max_new_tokens - 1:
             break
-        if len(keep) < len(active):
+        if shrink is not None and len(keep) < len(active):
             idx = torch.tensor(keep, device=device)
             next_ids, position_ids, mask = next_ids[idx], position_ids[idx], mask[idx]
             shrink(idx)

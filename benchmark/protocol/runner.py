@@ -29,7 +29,7 @@ import torch
 from peft.helpers import DoraCaching
 from tqdm.auto import tqdm
 
-from ..config import EvalRequest, as_request, uses_adapter
+from ..config import BATCHING, EvalRequest, as_request, uses_adapter
 from ..trust.worker import WorkerError
 from .adapters import (
     AdapterStore,
@@ -77,6 +77,7 @@ class DocumentRun:
     code: SubmissionCode | None = None
     store: AdapterStore = field(default_factory=AdapterStore)
     batch_size: int = 64
+    batching: str = BATCHING
     progress: bool = True
     stats: dict = field(default_factory=lambda: {"prefills": 0, "decoded_tokens": 0})
 
@@ -295,7 +296,8 @@ class DocumentRun:
                 continue
             with adapter_state(self.model, weights == "adapter"):
                 texts = greedy_decode(self.model, self.tokenizer, [row for row, _ in items],
-                                      max_new_tokens=gen.max_new_tokens, stop=gen.stop, batch_size=self.batch_size)
+                                      max_new_tokens=gen.max_new_tokens, stop=gen.stop, batch_size=self.batch_size,
+                                      batching=self.batching)
             for (_, meta), text in zip(items, texts):
                 q = meta["question"]
                 prediction = self.scoring.extract(text, r.prompt.answer_prefix)
@@ -337,7 +339,7 @@ def open_run(spec: Spec, submission: Submission, request: EvalRequest, *, model_
     return DocumentRun.build(model, tok, spec, submission, model_key=model_key(model_spec),
                              prompt=spec.prompt_for(model_spec), device=pick_device(request.device),
                              worker_timeout=request.worker_timeout, batch_size=request.batch_size,
-                             progress=request.progress)
+                             batching=request.batching, progress=request.progress)
 
 
 def evaluate(request: EvalRequest | str | Path, *, loaders: Loaders = LOADERS, **options) -> list[Path]:
@@ -393,7 +395,7 @@ def _evaluate_datasets(run: DocumentEvaluator, spec, submission, model_spec, dat
             documents = documents[req.shard[0]::req.shard[1]]
         header = result_header(submission, spec, model_spec, ds, req.split, req.rhos, req.conditions,
                                environment(req.device, run.dtype)
-                               | {"sandbox": run.sandbox, "batch_size": req.batch_size},
+                               | {"sandbox": run.sandbox, "batch_size": req.batch_size, "batching": req.batching},
                                slice={"docs": req.docs, "questions": req.questions}, tokenizer=run.tokenizer)
         path = result_path(req.out, submission.name, spec.tier, model_spec.id, ds.id, req.split, req.shard)
         result = ResultFile(path, header)

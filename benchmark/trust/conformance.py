@@ -683,9 +683,10 @@ HEADER_KEYS = {"model": ("id", "name"), "dataset": ("id", "split", "sha256"),
                "submission": ("name", "hash", "compressor", "adapter", "headline_condition")}
 VERSION_KEYS = ("lorakv_bench", "python", "torch", "transformers", "peft", "kvpress")
 ENVIRONMENT_KEYS = (*VERSION_KEYS, "device", "torch_threads", "dtype", "sandbox")  # what results.environment writes
-#: recorded where they apply: the GPU's name on CUDA; the decoding batch size (results made before it
-#: was recorded lack it, and verify then decodes in EvalRequest's default)
-OPTIONAL_ENVIRONMENT_KEYS = ("gpu_name", "batch_size")
+#: recorded where they apply: the GPU's name on CUDA; the decoding batch size and batching scheme
+#: (results made before they were recorded lack them, and verify then decodes in EvalRequest's
+#: default batch size and the "cache" scheme)
+OPTIONAL_ENVIRONMENT_KEYS = ("gpu_name", "batch_size", "batching")
 VERSION_PATTERN = re.compile(r"[0-9A-Za-z.+\-]{1,40}")
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
 GPU_NAME_PATTERN = re.compile(r"[A-Za-z0-9 ._()\-]{1,64}")
@@ -806,6 +807,7 @@ def check_environment(path: Path, data: dict, spec) -> list[str]:
     """``environment`` holds what ``results.environment`` writes and nothing else, each value from
     a fixed vocabulary or pattern: versions, the device, a positive thread count, a dtype the model
     runs in, the sandbox, and a GPU name only on a CUDA device."""
+    from ..config import BATCHINGS
     from .worker import SANDBOXES
 
     env, problems = data["environment"], []
@@ -828,6 +830,8 @@ def check_environment(path: Path, data: dict, spec) -> list[str]:
     dtypes = run_dtypes(spec, data["model"]["id"], data)
     if "dtype" in env and env["dtype"] not in dtypes:
         problems.append(f"{where}/dtype': {env['dtype']!r:.80}; the model runs in {', '.join(dtypes)}")
+    if "batching" in env and env["batching"] not in BATCHINGS:
+        problems.append(f"{where}/batching': {env['batching']!r:.80}; expected one of {', '.join(BATCHINGS)}")
     if "sandbox" in env and env["sandbox"] not in SANDBOXES:
         problems.append(f"{where}/sandbox': {env['sandbox']!r:.80}; expected one of {', '.join(SANDBOXES)}")
     if "gpu_name" in env:

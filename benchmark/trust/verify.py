@@ -10,7 +10,8 @@ the sandbox, :mod:`benchmark.trust.worker`):
   adapter, no decoding) and must match;
 * **generations, a sample:** K ranked (document, rho) pairs (0 < rho < 1, what the headline
   averages) are drawn, and each document they fall in is re-run whole, as the run decoded it (every
-  rho and condition, in the run's batch size, so each row is batched with the same rows): adapter
+  rho and condition, in the run's batch size and batching scheme, so each row is batched with the
+  same rows): adapter
   trained or loaded; every generation of the document, its ``kv_entries``, plan digests and the
   adapter's size and losses must match.
 
@@ -176,11 +177,13 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
                                           f"{str(recorded.get(key))[:16]}, the re-run's is {value[:16]}")
 
     # Decoded in the run's batches: a sampled document is re-run whole (every rho and condition, in the
-    # run's batch size), since a row's greedy tokens can depend on the rows batched with it (bf16 does).
+    # run's batch size and batching), since a row's greedy tokens can depend on the rows batched with it
+    # (bf16 does). A result that does not record its batching was decoded "cache" (config.BATCHINGS).
     batch = data["environment"].get("batch_size")
+    batching = data["environment"].get("batching", "cache")
     request = EvalRequest(submission=str(folder), tier=data["tier"], model_id=data["model"]["id"], device=device,
                           dtype=dtype, progress=False, **({"worker_timeout": worker_timeout} if worker_timeout else {}),
-                          **({"batch_size": batch} if batch else {}))
+                          batching=batching, **({"batch_size": batch} if batch else {}))
     with runner.open_run(spec, submission, request, loaders=loaders) as run:
         sampled = sorted({d for d, _ in verdict.pairs})
         planned = [d for d in sorted(records) if records[d].get("plans") and d not in sampled]

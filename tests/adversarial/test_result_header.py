@@ -137,6 +137,7 @@ ATTACKS = {
     "gpu-name-on-cpu": (_set("environment", "gpu_name", "NVIDIA H100 80GB HBM3"), "environment/gpu_name"),
     "unknown-environment-field": (_set("environment", "gpu", "H100"), "environment/gpu"),
     "sandbox-free-text": (_set("environment", "sandbox", "trust me"), "environment/sandbox"),
+    "batching-free-text": (_set("environment", "batching", "suffix" + INJECTED), "environment/batching"),
     "device": (_set("environment", "device", "tpu" + INJECTED), "environment/device"),
     "version": (_set("environment", "torch", "2.13" + INJECTED), "environment/torch"),
     "threads": (_set("environment", "torch_threads", 0), "environment/torch_threads"),
