@@ -148,7 +148,11 @@ def test_lock_removed_by_its_holder_still_excludes(tmp_path):
     ({"slice": {"docs": 2, "questions": None}}, "slice"),
     ({"rhos": [0.0, 0.5, 1.0]}, "rhos"),
     ({"conditions": ["base", "adapter_all"]}, "conditions"),
-], ids=["questions", "docs", "rho-grid", "conditions"])
+    ({"environment": {"dtype": "bfloat16"}}, "decoding"),
+    ({"environment": {"device": "cuda:0"}}, "decoding"),
+    ({"environment": {"batch_size": 8}}, "decoding"),
+    ({"environment": {"batching": "suffix"}}, "decoding"),
+], ids=["questions", "docs", "rho-grid", "conditions", "dtype", "device", "batch-size", "batching"])
 def test_resume_with_another_slice_is_refused(tmp_path, change, field):
     path = tmp_path / "r.json"
     ResultFile(path, header()).add_document(*document("d0"))

@@ -14,7 +14,7 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
-from ..config import uses_adapter
+from ..config import EvalRequest, uses_adapter
 from .metrics import clustered_bootstrap_ci
 from .spec import SpecError, validate_against
 
@@ -103,7 +103,9 @@ def aggregate(predictions: list[dict], documents: list[dict]) -> list[dict]:
 
 
 #: Header fields that make a result file's identity: a run resumes a file only if all are equal.
-IDENTITY = ("spec_hash", "submission", "model", "dataset", "tier", "rhos", "conditions", "slice")
+#: ``decoding`` is what of ``environment`` decides the generations (device kind, dtype, batch size,
+#: batching): a file's documents must all have been decoded alike, as verify re-runs them.
+IDENTITY = ("spec_hash", "submission", "model", "dataset", "tier", "rhos", "conditions", "slice", "decoding")
 
 
 class ResultFile:
@@ -139,7 +141,8 @@ class ResultFile:
         for key in IDENTITY:
             if _identity(old, key) != _identity(self._header, key):
                 what = {"submission": "submission (hash)", "slice": "slice (--docs / --questions)",
-                        "rhos": "rhos (--rhos)", "conditions": "conditions (--conditions)"}.get(key, key)
+                        "rhos": "rhos (--rhos)", "conditions": "conditions (--conditions)",
+                        "decoding": "decoding (--device, --dtype, --batch-size, batching)"}.get(key, key)
                 raise SpecError(
                     f"{self.path}: field '{key}': this file holds {what} {_identity(old, key)!r}, this run asks for "
                     f"{_identity(self._header, key)!r}; resume with the same settings, "
@@ -179,9 +182,14 @@ class ResultFile:
 
 def _identity(data: dict, key: str):
     """``data[key]``; a missing slice (files written before it was recorded) is a full-split run
-    (publish still checks the coverage)."""
+    (publish still checks the coverage). ``decoding`` is read from ``environment``, with verify's
+    defaults for what files written before it was recorded lack."""
     if key == "slice":
         return data.get("slice") or {"docs": None, "questions": None}
+    if key == "decoding":
+        env = data.get("environment") or {}
+        return {"device": str(env.get("device") or "cpu").split(":")[0], "dtype": env.get("dtype"),
+                "batch_size": env.get("batch_size", EvalRequest.batch_size), "batching": env.get("batching", "cache")}
     return data.get(key)
 
 
