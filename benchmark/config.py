@@ -25,8 +25,8 @@ REHEARSED_TIERS = {"paper-rehearsal": "paper"}
 #: a dataset's splits; results name the split in the file name unless it is the first (test)
 SPLITS = ("test", "dev")
 #: How the decode puts rows into batches (``generation.greedy_decode``; a result records it in
-#: ``environment.batching``, and one without it was decoded ``"cache"``). In float32 on the CPU a
-#: row's answer does not depend on the rows beside it, so both give the same answers; in bfloat16
+#: ``environment.batching``, and one without it was decoded :data:`UNRECORDED_BATCHING`). In float32
+#: on the CPU a row's answer does not depend on the rows beside it, so both give the same answers; in bfloat16
 #: it can, so verify re-runs a result in its own scheme.
 #:   cache:  longest cache first; every row stays in its batch until the batch's last row stops
 #:   suffix: shortest question suffix first (then longest cache first), so that a batch's questions
@@ -34,6 +34,7 @@ SPLITS = ("test", "dev")
 #:           that has stopped leaves the batch
 BATCHINGS = ("cache", "suffix")
 BATCHING = "suffix"  # what runs now
+UNRECORDED_BATCHING = "cache"  # what a result without environment.batching was decoded in
 #: the datasets of the paper tier that ``prepare-data`` converts (the paper spec's dataset ids; a test checks)
 PAPER_DATASETS = ("narrativeqa", "longhealth")
 

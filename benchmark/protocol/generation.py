@@ -69,7 +69,6 @@ class Row:
 BatchDecode = Callable[..., list[str]]
 
 
-
 def _stop_ids(model, tokenizer) -> set[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
@@ -158,14 +157,15 @@ def decode_batch_shared(model, tokenizer, rows: list[Row], max_new_tokens: int, 
     attn_modules = [layer.self_attn for layer in language_model(model).layers]
     for module, sp in zip(attn_modules, shared):
         module._lorakv_shared = sp
+
     def shrink(keep: torch.Tensor) -> None:  # rows leave the batch: the buffers' rows and the caches' bounds
         for layer in cache.layers:
             layer.take_rows(keep)
-        group_of = torch.tensor([g for g, (lo, hi) in enumerate(bounds) for _ in range(lo, hi)])[keep.cpu()]
-        counts = torch.bincount(group_of, minlength=len(bounds)).tolist()
+        now = shared[0].bounds  # every layer's bounds are alike
+        group_of = torch.tensor([g for g, (lo, hi) in enumerate(now) for _ in range(lo, hi)])[keep.cpu()]
+        counts = torch.bincount(group_of, minlength=len(now)).tolist()
         for sp in shared:
             sp.take_groups(counts)
-        bounds[:] = shared[0].bounds
 
     try:
         texts = _decode_loop(model, tokenizer, grouped, cache, [0] * len(grouped), q_len, max_new_tokens, stop,
@@ -219,6 +219,7 @@ def decode_batch_copy(model, tokenizer, rows: list[Row], max_new_tokens: int, st
     attn_modules = [layer.self_attn for layer in language_model(model).layers]
     for module, m in zip(attn_modules, head_keep or [None] * n_layers):
         module._lorakv_keep = m
+
     def shrink(keep: torch.Tensor) -> None:  # rows leave the batch
         for layer in cache.layers:
             layer.take_rows(keep)

@@ -14,7 +14,7 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
-from ..config import EvalRequest, uses_adapter
+from ..config import UNRECORDED_BATCHING, EvalRequest, uses_adapter
 from .metrics import clustered_bootstrap_ci
 from .spec import SpecError, validate_against
 
@@ -189,7 +189,8 @@ def _identity(data: dict, key: str):
     if key == "decoding":
         env = data.get("environment") or {}
         return {"device": str(env.get("device") or "cpu").split(":")[0], "dtype": env.get("dtype"),
-                "batch_size": env.get("batch_size", EvalRequest.batch_size), "batching": env.get("batching", "cache")}
+                "batch_size": env.get("batch_size", EvalRequest.batch_size),
+                "batching": env.get("batching", UNRECORDED_BATCHING)}
     return data.get(key)
 
 

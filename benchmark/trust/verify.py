@@ -127,7 +127,7 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
     """Re-run the result file's plans and a sample of its pairs; mismatches name each prediction.
     ``progress(message)`` is called as each document starts. ``loaders`` load the spec and the
     model (:class:`~benchmark.protocol.evaluator.Loaders`; the real ones by default)."""
-    from ..config import EvalRequest
+    from ..config import UNRECORDED_BATCHING, EvalRequest
     from ..protocol import runner
     from ..protocol.evaluator import LOADERS
     from ..protocol.results import load_result
@@ -178,9 +178,9 @@ def verify_result(path: str | Path, sample: int | None = None, *, seed: str | No
 
     # Decoded in the run's batches: a sampled document is re-run whole (every rho and condition, in the
     # run's batch size and batching), since a row's greedy tokens can depend on the rows batched with it
-    # (bf16 does). A result that does not record its batching was decoded "cache" (config.BATCHINGS).
+    # (bf16 does). A result that does not record its batching was decoded config.UNRECORDED_BATCHING.
     batch = data["environment"].get("batch_size")
-    batching = data["environment"].get("batching", "cache")
+    batching = data["environment"].get("batching", UNRECORDED_BATCHING)
     request = EvalRequest(submission=str(folder), tier=data["tier"], model_id=data["model"]["id"], device=device,
                           dtype=dtype, progress=False, **({"worker_timeout": worker_timeout} if worker_timeout else {}),
                           batching=batching, **({"batch_size": batch} if batch else {}))
