@@ -12,7 +12,9 @@ A valid embedded tier needs:
 The base condition needs no adapter, so this trains nothing. Runs land in ``--out`` (default
 ``runs/gates``) and resume; a rerun only re-reads them.
 
-    python scripts/validity_gates.py [--model qwen2.5-0.5b] [--rhos 0 0.5 0.8 0.9 0.95 1]
+    python scripts/validity_gates.py [--model qwen2.5-0.5b] [--rhos 0 0.25 0.5 0.9 1]
+
+``--rhos`` defaults to the spec's grid.
 """
 
 from __future__ import annotations
@@ -60,11 +62,12 @@ def base_scores(data: dict) -> dict[tuple[str, float], dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model id (default: the spec's default model)")
-    ap.add_argument("--rhos", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9, 0.95, 1.0])
+    ap.add_argument("--rhos", type=float, nargs="+", help="default: the spec's grid")
     ap.add_argument("--out", default="runs/gates")
     args = ap.parse_args()
     spec = load_spec("mini")
     model_id = spec.model(args.model).id
+    args.rhos = args.rhos or list(spec.rhos)
 
     scores: dict[str, dict] = {}
     kv_full = 0
