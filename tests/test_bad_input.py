@@ -171,7 +171,11 @@ def test_train_qa_that_gives_an_evaluation_question_away_is_a_leak(tmp_path, cap
 
 
 def test_committed_mini_data_has_no_leaks():
+    """Every data file the mini spec pins (test and dev splits of both datasets)."""
     from benchmark.protocol.datasets import check_documents, check_leaks
+    from benchmark.protocol.spec import load_spec
 
-    for f in sorted((ROOT / "benchmark" / "data" / "mini").glob("*.jsonl")):
-        assert check_documents(f)[1] == [] and check_leaks(f) == [], f
+    files = [f for ds in load_spec("mini").datasets for f in (ds.test, ds.dev) if f is not None]
+    assert len(files) == 4
+    for f in files:
+        assert check_documents(f.path, f.sha256)[1] == [] and check_leaks(f.path) == [], f.path

@@ -265,22 +265,23 @@ ENVIRONMENT = {"lorakv_bench": "0.1.0", "python": "3.11.7", "torch": "2.13.0+cpu
                "sandbox": "bubblewrap"}
 
 
-def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative") -> tuple[Path, Path]:
+def write_valid_result(tmp_path: Path, dataset: str = "mini-narrative", spec_name: str = "mini") -> tuple[Path, Path]:
     """A result file that passes every check: real mini-tier questions, made-up generations,
-    metrics and cells computed the way the runner does. Returns (path, submissions dir)."""
+    metrics and cells computed the way the runner does, under the spec ``load_spec(spec_name)``
+    loads (the mini tier's current one by default). Returns (path, submissions dir)."""
     from benchmark.protocol.datasets import load_split
     from benchmark.protocol.results import ResultFile, result_path
     from benchmark.protocol.submission import load_submission
 
     folder = write_submission(tmp_path, "knorm", yaml_for("knorm"))
     sub = load_submission(folder)
-    spec = load_spec("mini")
+    spec = load_spec(spec_name)
     scoring = spec.scoring()
     model = spec.model()
     ds = spec.dataset(dataset)
     prefix = spec.prompt_for(model).answer_prefix
     header = result_header(sub, spec, model, ds, "test", sorted(spec.rhos), list(spec.conditions), dict(ENVIRONMENT))
-    path = result_path(tmp_path / "leaderboard" / "results", sub.name, "mini", model.id, ds.id)
+    path = result_path(tmp_path / "leaderboard" / "results", sub.name, spec.tier, model.id, ds.id)
     rf = ResultFile(path, header)
     docs, preds = [], []
     for d_i, doc in enumerate(load_split(ds.test)):

@@ -42,12 +42,18 @@ def test_regeneration_is_byte_identical(tmp_path: Path, hash_seed: str, folder: 
         assert (tmp_path / name).read_bytes() == (gm.HERE / folder / name).read_bytes(), name
 
 
-def test_the_folders_hold_the_same_documents() -> None:
-    """Only the questions differ between the folders: the same texts and train_qa, so an adapter
-    trained for one serves the other."""
+def test_other_question_counts_keep_the_documents(tmp_path: Path) -> None:
+    """``--questions`` changes only the questions: the same texts and train_qa as every shipped
+    folder, so an adapter trained for one count serves another."""
+    subprocess.run([sys.executable, "-m", "benchmark.data.generate_mini", "--out", str(tmp_path),
+                    "--questions", "6", "4"], check=True, cwd=gm.HERE.parents[1], capture_output=True)
     for name in NAMES:
-        docs = [[(d["doc_id"], d["text"], d["train_qa"]) for d in load(f"{folder}/{name}")] for folder in gm.FOLDERS]
-        assert all(d == docs[0] for d in docs), name
+        fewer = [json.loads(line) for line in (tmp_path / name).read_text(encoding="utf-8").splitlines()]
+        assert fewer and all(sorted(q["tags"][0] for q in d["questions"]) == ["covered"] * 6 + ["uncovered"] * 4
+                             for d in fewer), name
+        for folder in gm.FOLDERS:
+            assert [(d["doc_id"], d["text"], d["train_qa"]) for d in fewer] == [
+                (d["doc_id"], d["text"], d["train_qa"]) for d in load(f"{folder}/{name}")], (folder, name)
 
 
 @pytest.mark.parametrize("name", FILES)

@@ -1,4 +1,4 @@
-"""Deterministic generator of the two fictional QA datasets of the mini tier (specs mini-2.0 to mini-2.2).
+"""Deterministic generator of the two fictional QA datasets of the mini tier (spec mini-2.2).
 
 ``mini-narrative`` mirrors NarrativeQA: the chronicle of an invented village and seven of its
 residents. ``mini-health`` mirrors LongHealth: the case file of an invented patient, one letter
@@ -21,12 +21,13 @@ The three steps, and what each one may see
 3. **Evaluation questions** (:func:`eval_questions`) are drawn afterwards, worded with the
    disjoint ``Attribute.eval_qs`` templates, and tagged ``covered`` (their fact is the subject
    of a train_qa pair) or ``uncovered`` (no train_qa question or answer contains the fact's
-   answer): 12 and 8 per document (``FOLDERS``; 6 and 4 in ``mini/``, the superseded specs' data).
+   answer): 12 and 8 per document (``FOLDERS``).
 
 Each document has its own ``random.Random(seed)``; only lists and tuples are iterated, so the
 output is byte-identical across runs and Python versions. Run
 ``python -m benchmark.data.generate_mini [--out DIR] [--questions COVERED UNCOVERED]`` (default:
-``benchmark/data/mini-2.2``, 12 and 8); ``--out benchmark/data/mini --questions 6 4`` writes ``mini/``.
+``benchmark/data/mini-2.2``, 12 and 8). Other counts change only the questions: the documents and
+their ``train_qa`` stay the same, so adapters trained for one count serve another.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 #: the data folders the package ships -> evaluation questions per document, (covered, uncovered); the
 #: documents and their train_qa are the same in every folder, only the number of questions differs
-FOLDERS = {"mini": (6, 4), "mini-2.2": (12, 8)}  # mini: specs mini-2.0 and mini-2.1 (superseded)
+FOLDERS = {"mini-2.2": (12, 8)}
 CURRENT = "mini-2.2"  # the folder of the current mini spec
 DEFAULT_OUT = HERE / CURRENT
 SPLITS = (("test", 6, 0), ("dev", 4, 500))  # (split, number of documents, seed offset)

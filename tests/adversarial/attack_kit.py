@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from benchmark.paths import PACKAGE_DIR
+from benchmark.protocol.spec import load_spec
 from benchmark.trust.worker import bwrap_works
 
 SECRET = "Zorblax-4417"  # a gold answer that is in no document text and no train_qa pair
 CHECKOUT = PACKAGE_DIR.parent
+#: the mini spec's mini-narrative test split, as git names it: the spy reads it from git's history
+GOLD_FILE = load_spec("mini").dataset("mini-narrative").test.path.relative_to(CHECKOUT).as_posix()
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap does not run here (CI installs it)")
 
 SPY = """
@@ -23,6 +26,7 @@ SPY = """
     REV = {rev!r}
     FILES = {files!r}
     CHECKOUT = {checkout!r}
+    GOLD_FILE = {gold_file!r}  # a committed data file of the mini tier, relative to the checkout
 
     def _hit(s):
         return isinstance(s, str) and REV in s[::-1]
@@ -65,7 +69,7 @@ SPY = """
                 except OSError:
                     continue
         try:  # every gold answer of the mini tier is in git's history
-            git = subprocess.run(["git", "-C", CHECKOUT, "show", "HEAD:benchmark/data/mini/mini-narrative.test.jsonl"],
+            git = subprocess.run(["git", "-C", CHECKOUT, "show", "HEAD:" + GOLD_FILE],
                                  capture_output=True, text=True, timeout=30).stdout
         except Exception:
             git = ""
@@ -137,7 +141,8 @@ def submission(tmp_path: Path, name: str, press: str = PLAIN_PRESS, recipe: str 
     if recipe != "none":
         yml += TRAIN.format(hook=", hook: 'hooks:make_pairs'" if hook else "")
     sources = {"submission.yaml": yml,
-               "spy.py": SPY.format(rev=SECRET[::-1], files=files, checkout=str(CHECKOUT)), "press.py": press,
+               "spy.py": SPY.format(rev=SECRET[::-1], files=files, checkout=str(CHECKOUT), gold_file=GOLD_FILE),
+               "press.py": press,
                "hooks.py": HOOK} | (extra or {})
     for file, src in sources.items():
         (folder / file).write_text(textwrap.dedent(src).lstrip())

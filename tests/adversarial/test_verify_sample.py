@@ -10,7 +10,7 @@ from benchmark.trust.verify import TAMPERED, detection_probability, ranked_pairs
 
 
 def _result(n_docs: int = 6, rhos=(0.0, 0.5, 0.9, 1.0)) -> dict:
-    """The parts of a result file the sample reads: 6 documents x 2 ranked rhos, as mini-2.1's."""
+    """The parts of a result file the sample reads: 6 documents x 4 rhos, 2 of them ranked (12 pairs)."""
     return {"submission": {"name": "forger"}, "tier": "mini", "model": {"id": "qwen2.5-0.5b"},
             "dataset": {"id": "mini-narrative", "split": "test"}, "updated": "2026-01-01T00:00:00+00:00",
             "predictions": [{"doc_id": f"d{i}", "rho": r} for i in range(n_docs) for r in rhos]}
