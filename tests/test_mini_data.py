@@ -20,8 +20,8 @@ FILES = [f"{folder}/{name}" for folder in gm.FOLDERS for name in NAMES]  # relat
 DOC_KEYS = ["doc_id", "text", "questions", "train_qa"]
 
 
-def load(name: str) -> list[dict]:
-    return [json.loads(line) for line in (gm.HERE / name).read_text(encoding="utf-8").splitlines()]
+def load(name: str, root: Path = gm.HERE) -> list[dict]:
+    return [json.loads(line) for line in (root / name).read_text(encoding="utf-8").splitlines()]
 
 
 def all_docs() -> list[tuple[str, dict]]:
@@ -45,10 +45,9 @@ def test_regeneration_is_byte_identical(tmp_path: Path, hash_seed: str, folder: 
 def test_other_question_counts_keep_the_documents(tmp_path: Path) -> None:
     """``--questions`` changes only the questions: the same texts and train_qa as every shipped
     folder, so an adapter trained for one count serves another."""
-    subprocess.run([sys.executable, "-m", "benchmark.data.generate_mini", "--out", str(tmp_path),
-                    "--questions", "6", "4"], check=True, cwd=gm.HERE.parents[1], capture_output=True)
+    gm.write_all(tmp_path, (6, 4))
     for name in NAMES:
-        fewer = [json.loads(line) for line in (tmp_path / name).read_text(encoding="utf-8").splitlines()]
+        fewer = load(name, tmp_path)
         assert fewer and all(sorted(q["tags"][0] for q in d["questions"]) == ["covered"] * 6 + ["uncovered"] * 4
                              for d in fewer), name
         for folder in gm.FOLDERS:

@@ -108,19 +108,19 @@ def test_spec_name_picks_a_results_spec(superseded) -> None:
         load_spec("mini-0.1")
 
 
-def _results(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
-    """A conformant result of each spec, ``mini`` (current, mini-narrative) and ``OLD`` (mini-health):
-    spec name -> (path, submissions dir)."""
+def _result(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A conformant result of spec ``name``: ``mini`` (the current one) on mini-narrative, ``OLD`` on
+    mini-health. Returns (path, submissions dir)."""
     from test_conformance import write_valid_result
 
-    return {"mini": write_valid_result(tmp_path / "current", "mini-narrative"),
-            OLD: write_valid_result(tmp_path / "old", "mini-health", spec_name=OLD)}
+    dataset = "mini-narrative" if name == "mini" else "mini-health"
+    return write_valid_result(tmp_path / name, dataset, spec_name=name)
 
 
 def test_a_result_of_a_superseded_spec_validates_while_the_spec_ships(superseded, tmp_path, monkeypatch) -> None:
     from benchmark.trust.conformance import check_result_file
 
-    path, subs = _results(tmp_path)[OLD]
+    path, subs = _result(tmp_path, OLD)
     data = json.loads(path.read_text())
     assert (data["tier"], data["spec_version"], spec_name(data)) == ("mini", OLD, OLD)
     assert {p["rho"] for p in data["predictions"]} == set(OLD_RHOS)
@@ -133,7 +133,7 @@ def test_results_of_a_superseded_spec_have_their_own_sections(superseded, tmp_pa
     """Each result is shown under its spec: the current tier's sections, or a section of its
     superseded version after every tier's, marked so."""
     root = tmp_path / "board" / "results"
-    for path, _ in _results(tmp_path).values():
+    for path, _ in (_result(tmp_path, "mini"), _result(tmp_path, OLD)):
         rel = path.relative_to(path.parents[3])  # <submission>/<tier>/<model>/<dataset>.json
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / rel)
@@ -155,13 +155,12 @@ def test_publish_refuses_a_result_of_a_superseded_spec(superseded, tmp_path, cap
     the field and the current version, copies nothing and exits 1; a current one is published."""
     from benchmark.cli import main
 
-    results = _results(tmp_path)
-    path, subs = results[OLD]
+    path, subs = _result(tmp_path, OLD)
     assert main(["publish", str(path), "--results", str(tmp_path / "out"), "--submissions", str(subs)]) == 1
     err = capsys.readouterr().err
     assert f"field 'spec_version': '{OLD}' is superseded" in err
     assert current_version("mini") in err and not (tmp_path / "out").exists()
-    path, subs = results["mini"]
+    path, subs = _result(tmp_path, "mini")
     assert main(["publish", str(path), "--results", str(tmp_path / "out"), "--submissions", str(subs)]) == 0
     assert [p.name for p in (tmp_path / "out").rglob("*.json")] == [path.name]
 
@@ -184,7 +183,7 @@ def test_verify_re_runs_a_result_under_its_own_spec(superseded, tmp_path) -> Non
     def load_model(model_spec, device, dtype):
         raise ModelLoaded(model_spec.id)
 
-    path, subs = _results(tmp_path)[OLD]
+    path, subs = _result(tmp_path, OLD)
     with pytest.raises(ModelLoaded):
         verify_result(path, seed="0" * 16, submissions_dir=subs,
                       loaders=Loaders(load_spec=load_spec_recorded, load_model=load_model))
