@@ -1,5 +1,6 @@
-"""Conformance of what is committed (every submission, every result file), and proof that the checks
-catch broken submissions and tampered results. The rendered leaderboard is checked in tests/test_regenerate.py."""
+"""Conformance of every committed submission, and proof that the checks catch broken submissions and
+tampered results. The committed result files and the rendered leaderboard are checked in
+tests/test_regenerate.py."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from benchmark.trust.conformance import check_result_file, check_submission, che
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMISSIONS = sorted(p for p in (ROOT / "submissions").glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
-RESULTS_ROOT = ROOT / "leaderboard" / "results"
-RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
 
 
 @pytest.fixture()
@@ -37,11 +36,6 @@ def as_sandbox(monkeypatch):
 def test_committed_submission_conforms(submission, committed_submission_problems):
     """(``committed_submission_problems``, tests/conftest.py: all of them in one sandboxed check)"""
     assert committed_submission_problems[str(submission)] == []
-
-
-@pytest.mark.parametrize("result", RESULTS, ids=[p.relative_to(RESULTS_ROOT).as_posix() for p in RESULTS])
-def test_committed_result_conforms(result):
-    assert check_result_file(result, submissions_dir=ROOT / "submissions") == []
 
 
 # ------------------------------------------------------------------ broken submissions are caught
@@ -526,11 +520,8 @@ def test_submission_modules_do_not_stay_in_sys_modules(tmp_path, as_sandbox):
     assert "press" not in sys.modules and "hooks" not in sys.modules
 
 
-PATCHING_PRESS = """
+PATCHING_HOOK = """
     import sys
-    from dataclasses import dataclass
-
-    from kvpress import ScorerPress
 
     # import-time code of a malicious submission: make every check pass
     for name in ("benchmark.trust.conformance",):
@@ -539,25 +530,26 @@ PATCHING_PRESS = """
         mod.check_submission = lambda *a, **k: []
 
 
-    @dataclass
-    class NormPress(ScorerPress):
-        def score(self, module, hidden_states, keys, values, attentions, kwargs):
-            return values.norm(dim=-1)
+    def make_pairs(view):
+        return [{"question": q, "answer": a} for q, a in view.train_qa]
     """
 
 
 def test_import_time_code_of_a_submission_cannot_patch_the_result_checks(valid_result, tmp_path, capsys):
-    """``validate`` runs the patcher's code in the sandbox (one check_submission_isolated), then
-    checks the tampered result in its own process: the patch never reaches that check."""
+    """``validate`` imports the patcher's code (a QA hook's module) in the sandbox (one
+    check_submission_isolated), then checks the tampered result in its own process: the patch never
+    reaches that check. (A press's module is imported the same way, in the same child; a hook is
+    used because a press of its own would start two more sandboxed children for its plans.)"""
     from benchmark.cli import main
 
     path, subs = valid_result
-    evil = write_submission(tmp_path / "elsewhere", "patcher", yaml_for("patcher", "{press: 'press:NormPress'}"),
-                            {"press.py": PATCHING_PRESS})
+    evil = write_submission(tmp_path / "elsewhere", "patcher",
+                            yaml_for("patcher", adapter="{recipe: qa, train: {hook: 'patch:make_pairs'}}"),
+                            {"patch.py": PATCHING_HOOK})
     _tamper(path, _set(["predictions", 0, "rouge_l"], 100.0))
     assert main(["validate", str(evil), str(path)]) == 1
     out, err = capsys.readouterr()
-    assert f"ok   {evil}" in out.splitlines()  # it passes its own check (it is a valid press)...
+    assert f"ok   {evil}" in out.splitlines()  # it passes its own check (it is a valid submission)...
     assert any(line.startswith(f"FAIL {path} (") for line in out.splitlines())  # ...but the result check is intact
     assert any("field 'predictions/0/rouge_l'" in line for line in err.splitlines()), err
     problems = check_result_file(path, submissions_dir=subs)

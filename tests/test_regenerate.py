@@ -1,6 +1,10 @@
-"""Behaviour pins: what is committed regenerates byte for byte from what it was derived from.
+"""The committed result files conform, and what is committed regenerates byte for byte from what it
+was derived from. (In one file, so that one test worker loads each result file, and checks it
+against the schema, once.)
 
-A refactoring that changes a number, a hash or a rendered byte fails here:
+Conformance: every committed result file passes ``check_result_file`` (what a submitter must meet).
+
+Behaviour pins: a refactoring that changes a number, a hash or a rendered byte fails here:
 - every committed result file re-serialises identically after its scores and cells are recomputed
   from its predictions (``results.aggregate``, ``Spec.scoring``, the writer's format);
 - every committed result file's ``submission.hash`` is what its committed submission folder hashes
@@ -9,9 +13,8 @@ A refactoring that changes a number, a hash or a rendered byte fails here:
   ``leaderboard/README.md``, ``leaderboard/leaderboard.json``, ``leaderboard/leaderboard.csv``,
   ``leaderboard/index.html`` and ``leaderboard/plots/*.svg``; the committed data files hold the committed
   page's ranking.
-``tests/test_conformance.py`` checks the same files with tolerances (what a submitter must meet);
-this file checks exact equality (what a refactoring must keep), and that the committed leaderboard
-folder is up to date (no stale or missing file).
+The conformance check allows tolerances; the pins check exact equality (what a refactoring must
+keep), and that the committed leaderboard folder is up to date (no stale or missing file).
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ from benchmark.board.page import PAGE_HTML
 from benchmark.protocol.results import aggregate
 from benchmark.protocol.spec import load_spec
 from benchmark.protocol.submission import load_submission
+from benchmark.trust.conformance import check_result_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ROOT = ROOT / "leaderboard" / "results"
 RESULTS = sorted(RESULTS_ROOT.rglob("*.json")) if RESULTS_ROOT.exists() else []
 IDS = [p.relative_to(RESULTS_ROOT).as_posix() for p in RESULTS]
+
+
+@pytest.mark.parametrize("result", RESULTS, ids=IDS)
+def test_committed_result_conforms(result):
+    assert check_result_file(result, submissions_dir=ROOT / "submissions") == []
 
 
 def _serialise(data: dict) -> str:
