@@ -8,7 +8,9 @@ For every (model, dataset, document)::
     plan      = the kept entries per (scoring weights, rho): from those scores, or, for a press that
                 is the submission's own code, from the sandbox (benchmark.trust.worker), checked here
     for every rho and condition: evict from that condition's prefill with that condition's plan
-    decode    = all questions x rho x conditions, batched, once per decode weights
+                (one cache per prefill weights and kept entries: conditions that agree on both share it)
+    decode    = all questions x rho x conditions, batched, once per decode weights; rows on the same
+                cache with the same question decoded once
     metrics   = ROUGE-L / EM per question; the result file is rewritten after each document
 
 All of it runs in this process, the harness; submission code never does (it runs in the sandbox
@@ -269,11 +271,14 @@ class DocumentRun:
         for rho in rhos:
             for cond in conditions:
                 c = CONDITIONS[cond]
-                # When rho keeps all or none of the document the scores choose nothing: one cache object
-                # serves every scorer, and greedy_decode decodes rows on the same cache once.
-                key = (c["prefill"], c["score"] if 0 < self.scoring.kept(n_doc, rho) < n_doc else None, rho)
+                # One cache object per prefill and kept entries, and greedy_decode decodes rows on the same
+                # cache once: when rho keeps all or none of the document, or when both scorers keep the
+                # same entries (a press that reads no weights: random, a fixed window), the conditions
+                # that prefill alike share their rows.
                 plan = plans[c["score"]][rho]
                 digests[f"{rho}|{cond}"] = digest(plan)
+                chooses = 0 < self.scoring.kept(n_doc, rho) < n_doc
+                key = (c["prefill"], digests[f"{rho}|{cond}"] if chooses else None, rho)
                 if key not in pruned:
                     if rho >= 1 and no_context:
                         pruned[key] = no_context[c["prefill"]]
