@@ -5,7 +5,6 @@ checks read them for such a model only."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,6 @@ from benchmark.protocol.spec import current_version
 
 REPO = Path(__file__).resolve().parents[1]
 NO_ADAPTER = REPO / "submissions" / "snapkv-noadapter"
-
-
-def _real_cache() -> Path:
-    """The provisioned model cache (tests run with a private LORAKV_CACHE; the converted mini models
-    live in the user's)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lorakv-bench"
-
-
-def converted_smollm2() -> Path:
-    found = sorted((_real_cache() / "models").glob("smollm2-135m-*/config.json"))
-    if not found:
-        pytest.skip("SmolLM2-135M is not converted in the model cache (run `lorakv-bench smoke --model smollm2-135m`)")
-    return found[0].parent
 
 
 @pytest.fixture
@@ -57,15 +42,6 @@ def test_folder_becomes_a_model_of_its_own(tiny_folder):
     # the revision follows the weights and the config
     (tiny_folder / "model.safetensors").write_bytes((tiny_folder / "model.safetensors").read_bytes() + b" ")
     assert folder_revision(tiny_folder) != m.source["revision"]
-
-
-def test_kv_shape_from_config_agrees_with_the_spec_models_table():
-    from transformers import AutoConfig
-
-    from benchmark.config import KV_SHAPES
-    from benchmark.protocol.models import kv_shape_of
-
-    assert kv_shape_of(AutoConfig.from_pretrained(converted_smollm2())) == KV_SHAPES["smollm2-135m"]
 
 
 @pytest.mark.parametrize("arg, says", [
@@ -146,12 +122,16 @@ def test_leaderboard_groups_own_models_apart(tiny_folder, tmp_path):
 def test_converted_smollm2_as_a_folder(tmp_path, capsys):
     """SmolLM2 as the harness converts it into the model cache, passed as ``--model PATH`` end to end (CLI), and
     the result passes ``validate`` but for the protocol's full-split rules (one document here)."""
+    from transformers import AutoConfig
+
     from benchmark.config import KV_SHAPES
-    from benchmark.protocol.models import provision
+    from benchmark.protocol.models import kv_shape_of, provision
     from benchmark.protocol.spec import load_spec
     from benchmark.trust.conformance import check_result_file
 
     folder = provision(load_spec("mini").model("smollm2-135m"))  # converted from its wheel where not yet
+    # the KV shape read from a config (what an own model records) agrees with the spec's table
+    assert kv_shape_of(AutoConfig.from_pretrained(folder)) == KV_SHAPES["smollm2-135m"]
     out = tmp_path / "runs"
     assert main(["evaluate", str(NO_ADAPTER), "--model", str(folder), "--dataset", "mini-narrative", "--docs", "1",
                  "--questions", "2", "--rhos", "0.5", "0.9", "--device", "cpu", "--out", str(out)]) == 0
