@@ -269,6 +269,7 @@ class DocumentRun:
         nc_suffixes = [r.no_doc_suffix_ids(q.question) for q in questions] if no_context else suffixes
         n_doc = span[1] - span[0]
         for rho in rhos:
+            chooses = 0 < self.scoring.kept(n_doc, rho) < n_doc  # the plan picks some entries, not all or none
             for cond in conditions:
                 c = CONDITIONS[cond]
                 # One cache object per prefill and kept entries, and greedy_decode decodes rows on the same
@@ -277,7 +278,6 @@ class DocumentRun:
                 # that prefill alike share their rows.
                 plan = plans[c["score"]][rho]
                 digests[f"{rho}|{cond}"] = digest(plan)
-                chooses = 0 < self.scoring.kept(n_doc, rho) < n_doc
                 key = (c["prefill"], digests[f"{rho}|{cond}"] if chooses else None, rho)
                 if key not in pruned:
                     if rho >= 1 and no_context:
